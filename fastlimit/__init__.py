@@ -1,0 +1,48 @@
+"""fastlimit: exact rate limits shared by every process on a host.
+
+GCRA state lives in a lock-free hash table in shared memory, so gunicorn and
+uvicorn workers, multiprocessing pools and batch jobs share one set of limits
+with no server and no network round trip.
+
+Example:
+    >>> import fastlimit
+    >>> table = fastlimit.SharedTable.anonymous(capacity=1000)
+    >>> lim = fastlimit.Limiter("100/1h", store=table, name="api")
+    >>> lim.allow("user:42")
+    True
+    >>> lim.hit("user:42").remaining
+    98
+"""
+
+from fastlimit._core import Decision
+from fastlimit.clock import FakeClock
+from fastlimit.errors import (
+    BackendError,
+    CapacityError,
+    ConfigurationError,
+    FastLimitError,
+    TableError,
+    TableFullError,
+)
+from fastlimit.limiter import Key, Limiter
+from fastlimit.rate import Rate
+from fastlimit.table import SharedTable, TableStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "CapacityError",
+    "ConfigurationError",
+    "Decision",
+    "FakeClock",
+    "FastLimitError",
+    "Key",
+    "Limiter",
+    "Rate",
+    "SharedTable",
+    "TableError",
+    "TableFullError",
+    "TableStats",
+    "__version__",
+]

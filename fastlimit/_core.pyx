@@ -1,0 +1,858 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, embedsignature=True, binding=False
+"""fastlimit's compiled core: GCRA over a lock-free hash table in shared memory.
+
+The core knows integers: key fingerprints, nanosecond times, the emission
+interval, the burst and the cost.  The Python facade (table.py, limiter.py)
+owns files, headers, rates and clock policy.
+
+Table layout (the header page itself is described in table.py):
+
+* slots are ``{uint64 fp, int64 tat}`` (16 bytes); a bucket is 8 slots, 128
+  bytes, aligned so that it spans one pair of cache lines;
+* a key's fingerprint ``fp`` is SipHash-1-3 of the key under a 128-bit key
+  derived from the table's random secret and the limiter's name; ``fp`` is
+  never 0;
+* a key lives in one of two buckets chosen by the low and high halves of
+  ``fp``; a new key goes to the bucket with fewer live entries.
+
+The ``tat`` word of a slot says who owns it:
+
+* ``tat >= 0``: the slot is the state of key ``fp``; ``tat <= now`` means the
+  key is fresh, so the slot may be reclaimed by any key;
+* ``tat == FREE``: the slot is free whatever ``fp`` says;
+* ``tat == LOCK | owner``: a claim is in flight by the process ``owner``
+  (pid and start time).
+
+See ``_claim`` for the protocol and its crash-safety argument.
+"""
+
+from libc.stdint cimport int64_t, uint64_t, INT64_MAX
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.long cimport PyLong_Check
+from cpython.unicode cimport PyUnicode_Check
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+import os
+
+import numpy as np
+
+from fastlimit.errors import CapacityError, TableFullError
+
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
+cdef extern from "_atomic.h" nogil:
+    int64_t fl_load_i64(const int64_t*)
+    uint64_t fl_load_u64(const uint64_t*)
+    int64_t fl_load_i64_sc(const int64_t*)
+    uint64_t fl_load_u64_sc(const uint64_t*)
+    void fl_store_u64_sc(uint64_t*, uint64_t)
+    bint fl_cas_i64(int64_t*, int64_t*, int64_t)
+    uint64_t fl_add_u64(uint64_t*, uint64_t)
+    void fl_pause()
+    void fl_prefetch_w(const void*)
+    bint fl_unlikely(bint)
+
+
+cdef extern from "_siphash.h" nogil:
+    uint64_t fl_siphash13(uint64_t, uint64_t, const unsigned char*, size_t)
+    uint64_t fl_siphash13_u64(uint64_t, uint64_t, uint64_t)
+
+
+cdef extern from "_proc.h" nogil:
+    int fl_proc_stat(long, char*, uint64_t*)
+    int fl_proc_alive(long, uint64_t, uint64_t)
+
+
+cdef extern from *:
+    """
+    #define FL_FREE ((int64_t)INT64_MIN)
+    #define FL_LOCK_BITS ((int64_t)0xC000000000000000LL)
+    #define FL_IS_LOCK(t) (((t) & FL_LOCK_BITS) == FL_LOCK_BITS)
+    #define FL_PID_BITS 22
+    #define FL_PID_MASK ((int64_t)((1LL << FL_PID_BITS) - 1))
+    #define FL_START_MASK ((uint64_t)((1ULL << 40) - 1))
+    """
+    const int64_t FL_FREE
+    const int64_t FL_LOCK_BITS
+    bint FL_IS_LOCK(int64_t) nogil
+    const int FL_PID_BITS
+    const int64_t FL_PID_MASK
+    const uint64_t FL_START_MASK
+
+
+cdef struct fl_slot:
+    uint64_t fp
+    int64_t tat
+
+
+cdef struct Engine:
+    fl_slot* slots
+    uint64_t nbuckets
+    uint64_t* counters
+
+
+cdef enum:
+    BUCKET_SLOTS = 8
+    LINE_SLOTS = 4
+    BUCKET_BYTES = 128
+    SLOT_BYTES = 16
+    # results of gcra(); the facade maps the negative ones through on_full
+    R_DENIED = 0
+    R_ALLOWED = 1
+    R_FULL = -1
+    R_TIMEOUT = -2
+    # internal results of _find/_claim
+    FOUND = 10
+    ABSENT = 11
+    RETRY = 12
+    # header counters, in the order table.py lays them out
+    C_FULL = 0
+    C_LOCK_BREAKS = 1
+    C_LOCK_TIMEOUTS = 2
+    # on_full policies
+    ON_FULL_DENY = 0
+    ON_FULL_ALLOW = 1
+    ON_FULL_RAISE = 2
+    # prefetch distance of batch loops, in keys
+    PREFETCH_AHEAD = 16  # a power of two
+
+# A claim is a handful of instructions: spin briefly, then yield and probe
+# whether the owner still lives; a live owner stalled this long (stopped in a
+# debugger, SIGSTOP) makes the waiter give up and apply on_full.
+cdef int SPIN_ROUNDS = 200
+cdef int64_t PROBE_AFTER_NS = 50_000
+cdef int64_t PROBE_EVERY_NS = 1_000_000
+cdef int64_t LOCK_WAIT_LIMIT_NS = 1_000_000_000
+
+# The largest tolerance (burst x emission interval) accepted: keeps every sum
+# of a time and a tolerance or cost inside int64 for the next ~140 years.
+MAX_TOLERANCE_NS = 1 << 61
+
+# LOCK value naming this process; refreshed in the child after fork.
+cdef int64_t _my_lock = 0
+
+
+cdef inline int64_t mono_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+def monotonic_ns():
+    """CLOCK_MONOTONIC in nanoseconds: the clock shared table state uses."""
+    return mono_ns()
+
+
+def _refresh_owner():
+    """Recompute the lock token naming this process (call after fork)."""
+    global _my_lock
+    cdef char state = 0
+    cdef uint64_t start = 0
+    cdef long pid = os.getpid()
+    if fl_proc_stat(pid, &state, &start) != 0:
+        start = 0
+    _my_lock = FL_LOCK_BITS | <int64_t>((start & FL_START_MASK) << FL_PID_BITS) | (pid & FL_PID_MASK)
+
+
+_refresh_owner()
+os.register_at_fork(after_in_child=_refresh_owner)
+
+
+cdef inline fl_slot* _bucket1(const Engine* e, uint64_t fp) noexcept nogil:
+    return e.slots + (((fp & 0xFFFFFFFFu) * e.nbuckets) >> 32) * BUCKET_SLOTS
+
+
+cdef inline fl_slot* _bucket2(const Engine* e, uint64_t fp) noexcept nogil:
+    return e.slots + (((fp >> 32) * e.nbuckets) >> 32) * BUCKET_SLOTS
+
+
+cdef inline void _prefetch_key(const Engine* e, uint64_t fp) noexcept nogil:
+    # the first line of each bucket: where _find looks first; fetching all
+    # four lines of every key would exhaust the core's miss buffers
+    cdef fl_slot* b = _bucket1(e, fp)
+    fl_prefetch_w(b)
+    fl_prefetch_w(b + LINE_SLOTS)
+    b = _bucket2(e, fp)
+    fl_prefetch_w(b)
+    fl_prefetch_w(b + LINE_SLOTS)
+
+
+cdef int _wait_unlock(Engine* e, fl_slot* s, int64_t lock) noexcept nogil:
+    """Wait until ``s.tat`` is no longer ``lock``.
+
+    Breaks the lock (to FREE) when its owner has died, so a process killed
+    mid-claim never wedges the others.  Returns 0, or R_TIMEOUT when a live
+    owner holds it longer than LOCK_WAIT_LIMIT_NS.
+    """
+    cdef int i
+    cdef int64_t start, t, next_probe, expected
+    for i in range(SPIN_ROUNDS):
+        if fl_load_i64(&s.tat) != lock:
+            return 0
+        fl_pause()
+    start = mono_ns()
+    next_probe = start + PROBE_AFTER_NS
+    while True:
+        sched_yield()
+        if fl_load_i64(&s.tat) != lock:
+            return 0
+        t = mono_ns()
+        if t >= next_probe:
+            if lock != _my_lock and not fl_proc_alive(
+                    <long>(lock & FL_PID_MASK),
+                    (<uint64_t>lock >> FL_PID_BITS) & FL_START_MASK,
+                    FL_START_MASK):
+                expected = lock
+                if fl_cas_i64(&s.tat, &expected, FL_FREE):
+                    fl_add_u64(&e.counters[C_LOCK_BREAKS], 1)
+                return 0
+            next_probe = t + PROBE_EVERY_NS
+        if t - start > LOCK_WAIT_LIMIT_NS:
+            fl_add_u64(&e.counters[C_LOCK_TIMEOUTS], 1)
+            return R_TIMEOUT
+
+
+cdef int _find(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2,
+               fl_slot** out, int64_t* tat_out) noexcept nogil:
+    """Look ``fp`` up in its two buckets: FOUND (slot, validated tat), ABSENT,
+    RETRY (the table changed under us) or R_TIMEOUT.
+
+    A key owns at most one committed slot, so the scan order is free: the
+    first line of both buckets comes first (new keys fill first lines first),
+    which is where most keys are and what single calls and batches fetch.
+    """
+    cdef fl_slot* lines[4]
+    cdef fl_slot* s
+    cdef int64_t t
+    cdef int i, j, nlines = 4 if b2 != b1 else 2
+    lines[0] = b1
+    lines[1] = b2 if b2 != b1 else b1 + LINE_SLOTS
+    lines[2] = b1 + LINE_SLOTS
+    lines[3] = b2 + LINE_SLOTS
+    for j in range(nlines):
+        for i in range(LINE_SLOTS):
+            s = lines[j] + i
+            if fl_load_u64(&s.fp) != fp:
+                continue
+            t = fl_load_i64(&s.tat)
+            if t >= 0:
+                # The tat we read is fp's only if fp still owns the slot: a
+                # reclaim swaps fp only while it holds the slot's lock.
+                if fl_load_u64(&s.fp) != fp:
+                    return RETRY
+                out[0] = s
+                tat_out[0] = t
+                return FOUND
+            if t == FL_FREE:
+                continue
+            # a claim is in flight on this slot: ours (a concurrent first hit
+            # of the same key) or another key's over our expired entry
+            if _wait_unlock(e, s, t) == R_TIMEOUT:
+                return R_TIMEOUT
+            return RETRY
+    return ABSENT
+
+
+cdef inline int _vacancy(fl_slot* bucket, int64_t now, fl_slot** unused,
+                         fl_slot** expired) noexcept nogil:
+    """Number of live slots in ``bucket``; ``unused`` gets its first slot that
+    holds no key (never used, or FREE), ``expired`` its first slot holding a
+    fully replenished key (free too, but that key may come back)."""
+    cdef int i, live = 0
+    cdef int64_t t
+    unused[0] = NULL
+    expired[0] = NULL
+    for i in range(BUCKET_SLOTS):
+        t = fl_load_i64(&bucket[i].tat)
+        if t == FL_FREE or t == 0:
+            if unused[0] == NULL:
+                unused[0] = bucket + i
+        elif t > 0 and t <= now:
+            if expired[0] == NULL:
+                expired[0] = bucket + i
+        else:
+            live += 1
+    return live
+
+
+cdef int _dedupe(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, fl_slot* mine) noexcept nogil:
+    """0 if ``mine`` may become fp's slot; RETRY if another slot owns fp or
+    wins the race to; R_TIMEOUT if a stalled live claimer blocks the answer."""
+    cdef fl_slot* bucket = b1
+    cdef fl_slot* o
+    cdef int64_t t
+    cdef int i
+    while True:
+        for i in range(BUCKET_SLOTS):
+            o = bucket + i
+            if o == mine:
+                continue
+            while fl_load_u64_sc(&o.fp) == fp:
+                t = fl_load_i64_sc(&o.tat)
+                if t == FL_FREE:
+                    break
+                if t >= 0 or o < mine:
+                    return RETRY
+                # a claimer of fp above us: it will yield to us if it sees us,
+                # or commit if it does not; wait to learn which
+                if _wait_unlock(e, o, t) == R_TIMEOUT:
+                    return R_TIMEOUT
+        if bucket == b2 or b1 == b2:
+            return 0
+        bucket = b2
+
+
+cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
+                int64_t value) noexcept nogil:
+    """Make a free slot fp's, holding ``value``: FOUND, RETRY, R_FULL or R_TIMEOUT.
+
+    Protocol (all 64-bit CAS; a slot's fp and tat are never written together):
+
+    1. Pick a free slot (FREE, or ``0 <= tat <= now``) in the emptier bucket
+       and CAS its tat from the value seen to LOCK|me.  Holders of the old
+       key's state read tat then re-check fp, so from here on they cannot
+       use the slot: their CAS fails on LOCK and their fp check fails after.
+    2. Publish fp (sequentially consistent exchange).
+    3. Scan both buckets for another slot naming fp (sequentially consistent
+       loads).  Two claimers of one key each publish, then scan, so at least
+       one sees the other (Dekker).  A committed one wins; between two locked
+       ones the lower address wins; the lower waits for a higher one to
+       either commit (then it yields) or yield (then it commits).  Waits only
+       point upward, so they cannot cycle.
+    4. CAS tat from LOCK|me to ``value`` (commit), or to FREE (yield).
+
+    Crash safety: a process killed anywhere leaves at most slots whose tat
+    is LOCK|dead-owner.  The only processes that wait on such a slot are
+    those after the same fp, and they break it to FREE once /proc shows the
+    owner (pid and start time) gone; an uncommitted claim carried no state,
+    so nothing is lost.  A lock is broken only when its owner is dead, so no
+    late write from a stalled owner can land on a slot someone else owns.
+    """
+    cdef fl_slot* u1
+    cdef fl_slot* x1
+    cdef fl_slot* u2 = NULL
+    cdef fl_slot* x2 = NULL
+    cdef fl_slot* s
+    cdef int live1, live2 = BUCKET_SLOTS + 1
+    cdef int64_t t, lock = _my_lock
+    cdef int r
+    live1 = _vacancy(b1, now, &u1, &x1)
+    if b2 != b1:
+        live2 = _vacancy(b2, now, &u2, &x2)
+    if live2 < live1:
+        u1, x1, u2, x2 = u2, x2, u1, x1
+    # the emptier bucket first, but keep replenished keys while any slot is
+    # unused: their next hit then finds them instead of claiming again
+    s = u1 if u1 != NULL else (u2 if u2 != NULL else (x1 if x1 != NULL else x2))
+    if s == NULL:
+        return R_FULL
+    t = fl_load_i64(&s.tat)
+    if not (t == FL_FREE or (t >= 0 and t <= now)):
+        return RETRY
+    if not fl_cas_i64(&s.tat, &t, lock):
+        return RETRY
+    fl_store_u64_sc(&s.fp, fp)
+    r = _dedupe(e, fp, b1, b2, s)
+    t = lock
+    if r != 0:
+        fl_cas_i64(&s.tat, &t, FL_FREE)
+        return r
+    if not fl_cas_i64(&s.tat, &t, value):
+        return RETRY  # our lock was broken: only if /proc lied about us
+    return FOUND
+
+
+cdef inline int _update(fl_slot* s, uint64_t fp, int64_t t, int64_t now, int64_t inc,
+                        int64_t tau, bint consume, int64_t* tat_out) noexcept nogil:
+    """The GCRA step on slot ``s``, whose tat ``t`` was read while fp owned
+    it: R_ALLOWED / R_DENIED, or RETRY if the slot changed hands."""
+    cdef int64_t new_tat
+    while True:
+        new_tat = (t if t > now else now) + inc
+        if new_tat - now > tau:
+            tat_out[0] = t
+            return R_DENIED
+        if not consume:
+            tat_out[0] = t
+            return R_ALLOWED
+        if fl_cas_i64(&s.tat, &t, new_tat):
+            tat_out[0] = new_tat
+            return R_ALLOWED
+        # lost a race: go again on the fresh value if fp still owns the slot
+        if t < 0 or fl_load_u64(&s.fp) != fp:
+            return RETRY
+
+
+cdef inline fl_slot* _probe(fl_slot* b1, fl_slot* b2, uint64_t fp) noexcept nogil:
+    """fp's slot if it is in the first line of either bucket, else NULL."""
+    cdef int i
+    for i in range(LINE_SLOTS):
+        if fl_load_u64(&b1[i].fp) == fp:
+            return b1 + i
+    for i in range(LINE_SLOTS):
+        if fl_load_u64(&b2[i].fp) == fp:
+            return b2 + i
+    return NULL
+
+
+cdef int gcra(Engine* e, uint64_t fp, int64_t now, int64_t inc, int64_t tau,
+              bint consume, int64_t* tat_out) noexcept nogil:
+    """One GCRA step for fingerprint ``fp`` at ``now`` with increment ``inc``
+    (cost x emission interval).  Stores the new tat only when ``consume`` and
+    allowed.  Returns R_ALLOWED or R_DENIED with the key's tat after the step
+    in ``tat_out`` (``now`` for a key with no state), or R_FULL / R_TIMEOUT.
+    """
+    cdef fl_slot* b1 = _bucket1(e, fp)
+    cdef fl_slot* b2 = _bucket2(e, fp)
+    cdef fl_slot* s
+    cdef int64_t t = 0
+    cdef int r
+    fl_prefetch_w(b2)  # let the second bucket's miss overlap the first's
+    s = _probe(b1, b2, fp)
+    # fast path: a known key in a first line, no claim in flight
+    if s != NULL:
+        t = fl_load_i64(&s.tat)
+        if t >= 0 and fl_load_u64(&s.fp) == fp:
+            r = _update(s, fp, t, now, inc, tau, consume, tat_out)
+            if r != RETRY:
+                return r
+    while True:
+        r = _find(e, fp, b1, b2, &s, &t)
+        if r == FOUND:
+            r = _update(s, fp, t, now, inc, tau, consume, tat_out)
+            if r != RETRY:
+                return r
+            continue
+        if r == ABSENT:
+            if inc > tau:
+                tat_out[0] = now
+                return R_DENIED
+            if not consume:
+                tat_out[0] = now
+                return R_ALLOWED
+            r = _claim(e, fp, b1, b2, now, now + inc)
+            if r == FOUND:
+                tat_out[0] = now + inc
+                return R_ALLOWED
+        if r == RETRY:
+            continue
+        if r == R_FULL:
+            fl_add_u64(&e.counters[C_FULL], 1)
+        return r
+
+
+cdef class Decision:
+    """The answer to one check.
+
+    Attributes:
+        allowed: whether the hit passed (and was counted).
+        limit: the burst: the most hits the key can make at once.
+        remaining: hits of cost 1 that would pass right now, in ``[0, limit]``.
+        reset_after: seconds until the key is fully replenished.
+        retry_after: seconds until the same hit would pass; 0 when allowed,
+            always > 0 when denied.
+
+    ``reset_after_ns`` and ``retry_after_ns`` give the same as integers.
+    A Decision is truthy when allowed.
+    """
+
+    cdef readonly bint allowed
+    cdef readonly int64_t limit
+    cdef readonly int64_t remaining
+    cdef readonly int64_t reset_after_ns
+    cdef readonly int64_t retry_after_ns
+
+    def __init__(self, bint allowed, int64_t limit, int64_t remaining,
+                 int64_t reset_after_ns=0, int64_t retry_after_ns=0):
+        self.allowed = allowed
+        self.limit = limit
+        self.remaining = remaining
+        self.reset_after_ns = reset_after_ns
+        self.retry_after_ns = retry_after_ns
+
+    @property
+    def reset_after(self):
+        return self.reset_after_ns / 1e9
+
+    @property
+    def retry_after(self):
+        return self.retry_after_ns / 1e9
+
+    def __bool__(self):
+        return self.allowed
+
+    def _key(self):
+        return (self.allowed, self.limit, self.remaining, self.reset_after_ns,
+                self.retry_after_ns)
+
+    def __eq__(self, other):
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return self._key() == (<Decision>other)._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __reduce__(self):
+        return (Decision, self._key())
+
+    def __repr__(self):
+        return (f"Decision(allowed={bool(self.allowed)}, limit={self.limit}, "
+                f"remaining={self.remaining}, reset_after={self.reset_after:g}, "
+                f"retry_after={self.retry_after:g})")
+
+
+cdef class TableView:
+    """The mapped slots of one table in this process (see table.SharedTable)."""
+
+    cdef Engine engine
+    cdef object _buffer   # keeps the mapping exported while the engine uses it
+    cdef readonly uint64_t secret0
+    cdef readonly uint64_t secret1
+
+    def __cinit__(self, buffer, Py_ssize_t slots_offset, uint64_t nbuckets,
+                  Py_ssize_t counters_offset, uint64_t secret0, uint64_t secret1):
+        cdef unsigned char[::1] mv = buffer
+        cdef unsigned char* base = &mv[0]
+        if nbuckets == 0 or nbuckets >= (<uint64_t>1 << 32):
+            raise ValueError(f"nbuckets must be in [1, 2**32), got {nbuckets}")
+        if slots_offset + <Py_ssize_t>(nbuckets * BUCKET_BYTES) > mv.shape[0]:
+            raise ValueError("buffer is smaller than the table it should hold")
+        if (<size_t>(base + slots_offset)) % BUCKET_BYTES or (<size_t>(base + counters_offset)) % 8:
+            raise ValueError("table buffer is misaligned")
+        self._buffer = mv
+        self.engine.slots = <fl_slot*>(base + slots_offset)
+        self.engine.nbuckets = nbuckets
+        self.engine.counters = <uint64_t*>(base + counters_offset)
+        self.secret0 = secret0
+        self.secret1 = secret1
+
+    def release(self):
+        """Stop using the mapping (limiters on it raise from now on)."""
+        self.engine.slots = NULL
+        self._buffer = None
+
+    @property
+    def closed(self):
+        return self.engine.slots == NULL
+
+    def _hold_claim(self, uint64_t fp, int64_t now):
+        """Test hook: run a claim for ``fp`` up to its lock and stop, as a
+        process killed mid-claim would.  Returns the slot index."""
+        cdef Engine* e = &self.engine
+        cdef fl_slot* b1 = _bucket1(e, fp)
+        cdef fl_slot* b2 = _bucket2(e, fp)
+        cdef fl_slot* s
+        cdef int64_t t
+        cdef fl_slot* x
+        _vacancy(b1, now, &s, &x)
+        if s == NULL:
+            _vacancy(b2, now, &s, &x)
+        if s == NULL:
+            raise TableFullError("no free slot to hold")
+        t = fl_load_i64(&s.tat)
+        if not fl_cas_i64(&s.tat, &t, _my_lock):
+            raise RuntimeError("slot changed")
+        fl_store_u64_sc(&s.fp, fp)
+        return s - e.slots
+
+
+cdef inline uint64_t _derive(uint64_t k0, uint64_t k1, bytes tag):
+    return fl_siphash13(k0, k1, <const unsigned char*>PyBytes_AS_STRING(tag),
+                        PyBytes_GET_SIZE(tag))
+
+
+cdef class Gcra:
+    """GCRA for every key of one named limiter over one TableView.
+
+    The clock is CLOCK_MONOTONIC read in C unless ``clock`` (a callable
+    returning int nanoseconds) is given.  ``on_full`` is 0 (deny), 1 (allow)
+    or 2 (raise TableFullError).
+    """
+
+    cdef TableView table
+    cdef Engine* eng
+    cdef uint64_t ks0, ks1, ki0, ki1
+    cdef readonly int64_t emission_interval_ns
+    cdef readonly int64_t burst
+    cdef readonly int64_t tolerance_ns
+    cdef readonly int on_full
+    cdef readonly object clock
+    cdef readonly str name
+
+    def __cinit__(self, TableView table not None, str name not None,
+                  int64_t emission_interval_ns, int64_t burst, clock=None,
+                  int on_full=ON_FULL_DENY):
+        if emission_interval_ns < 1:
+            raise ValueError(f"emission interval must be >= 1 ns, got {emission_interval_ns}")
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
+        if burst > MAX_TOLERANCE_NS // emission_interval_ns:
+            raise ValueError(
+                f"burst x emission interval must be <= {MAX_TOLERANCE_NS} ns, got "
+                f"{burst} x {emission_interval_ns}")
+        if on_full not in (ON_FULL_DENY, ON_FULL_ALLOW, ON_FULL_RAISE):
+            raise ValueError(f"on_full must be 0, 1 or 2, got {on_full}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable or None, got {clock!r}")
+        self.table = table
+        self.eng = &table.engine
+        self.name = name
+        self.emission_interval_ns = emission_interval_ns
+        self.burst = burst
+        self.tolerance_ns = burst * emission_interval_ns
+        self.on_full = on_full
+        self.clock = clock
+        # Each limiter hashes under its own key, so keys of different
+        # limiters never share state and the name costs nothing per call.
+        cdef bytes n = name.encode("utf-8")
+        cdef uint64_t s0 = table.secret0, s1 = table.secret1
+        self.ks0 = _derive(s0, s1, b"fastlimit/str/0/" + n)
+        self.ks1 = _derive(s0, s1, b"fastlimit/str/1/" + n)
+        self.ki0 = _derive(s0, s1, b"fastlimit/int/0/" + n)
+        self.ki1 = _derive(s0, s1, b"fastlimit/int/1/" + n)
+
+    cdef inline uint64_t _fingerprint(self, object key) except 0:
+        cdef Py_ssize_t n
+        cdef const char* p
+        cdef uint64_t h
+        if PyUnicode_Check(key):
+            p = PyUnicode_AsUTF8AndSize(key, &n)
+            h = fl_siphash13(self.ks0, self.ks1, <const unsigned char*>p, n)
+        elif PyBytes_Check(key):
+            h = fl_siphash13(self.ks0, self.ks1,
+                             <const unsigned char*>PyBytes_AS_STRING(key),
+                             PyBytes_GET_SIZE(key))
+        elif PyLong_Check(key):
+            h = fl_siphash13_u64(self.ki0, self.ki1, _int_key(key))
+        else:
+            raise TypeError(f"keys must be str, bytes or int, got {type(key).__name__}")
+        return h if h else 1
+
+    def fingerprint(self, key):
+        """The 64-bit table fingerprint of ``key`` for this limiter."""
+        return self._fingerprint(key)
+
+    cdef inline int64_t _now(self) except? -1:
+        if self.clock is None:
+            return mono_ns()
+        return self.clock()
+
+    cdef inline int64_t _increment(self, int64_t cost) except -1:
+        if cost == 1:
+            return self.emission_interval_ns
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        if cost > self.burst:
+            raise CapacityError(
+                f"cost {cost} exceeds the burst of {self.burst}: it can never pass")
+        return (cost if cost else 1) * self.emission_interval_ns
+
+    cdef inline Engine* _engine(self) except NULL:
+        if self.eng.slots == NULL:
+            raise ValueError("the table of this limiter is closed")
+        return self.eng
+
+    cdef int _step(self, key, int64_t cost, int64_t* now, int64_t* tat, int64_t* inc) except -3:
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        inc[0] = self._increment(cost)
+        now[0] = self._now()
+        return gcra(e, fp, now[0], inc[0], self.tolerance_ns, cost != 0, tat)
+
+    def allow(self, key, int64_t cost=1):
+        """Count a hit of ``cost`` on ``key`` if it passes; return whether it did."""
+        cdef int64_t now, tat, inc
+        cdef int r = self._step(key, cost, &now, &tat, &inc)
+        if r >= 0:
+            return r == R_ALLOWED
+        if self.on_full == ON_FULL_ALLOW:
+            return True
+        if self.on_full == ON_FULL_RAISE:
+            self._raise_full(key, r)
+        return False
+
+    def hit(self, key, int64_t cost=1):
+        """Count a hit of ``cost`` on ``key`` if it passes; return the Decision.
+
+        ``cost=0`` counts nothing and answers as ``peek(key)``.
+        """
+        cdef int64_t now, tat, inc
+        cdef int r = self._step(key, cost, &now, &tat, &inc)
+        return self._decision(key, r, now, tat, inc)
+
+    def peek(self, key, int64_t cost=1):
+        """The Decision a hit of ``cost`` would get now, counting nothing."""
+        cdef int64_t now, tat, inc
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        inc = self._increment(cost)
+        now = self._now()
+        cdef int r = gcra(e, fp, now, inc, self.tolerance_ns, False, &tat)
+        return self._decision(key, r, now, tat, inc)
+
+    def reset(self, key):
+        """Forget ``key``'s state: its next hit sees a full burst."""
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        cdef fl_slot* b1 = _bucket1(e, fp)
+        cdef fl_slot* b2 = _bucket2(e, fp)
+        cdef fl_slot* s = NULL
+        cdef int64_t t = 0
+        cdef int r
+        while True:
+            r = _find(e, fp, b1, b2, &s, &t)
+            if r == FOUND:
+                if fl_cas_i64(&s.tat, &t, FL_FREE):
+                    return
+            elif r == ABSENT:
+                return
+            elif r == R_TIMEOUT:
+                raise TimeoutError(
+                    f"key {key!r} of limiter {self.name!r} is locked by a stalled process")
+
+    def hit_many(self, keys, int64_t cost=1):
+        """Hit each key once with ``cost``, in order; return a numpy bool array.
+
+        ``keys`` is a sequence of str/bytes/int or a numpy integer array (the
+        fast path: hashing and the table walk run without the GIL, with the
+        next buckets prefetched).  One clock read serves the whole batch.
+        """
+        if not isinstance(keys, (np.ndarray, list, tuple)):
+            keys = list(keys)
+        cdef Py_ssize_t n = len(keys), i
+        cdef object src_arr
+        cdef const uint64_t[::1] src
+        cdef uint64_t[::1] fps
+        cdef bint ints = isinstance(keys, np.ndarray)
+        if ints:
+            if keys.dtype.kind not in "iu":
+                raise TypeError(f"key arrays must hold integers, got dtype {keys.dtype}")
+            src_arr = np.ascontiguousarray(keys).astype(np.uint64, copy=False)
+        else:
+            src_arr = np.empty(n, dtype=np.uint64)
+            fps = src_arr
+            for i in range(n):
+                fps[i] = self._fingerprint(keys[i])
+        src = src_arr
+        cdef Engine* e = self._engine()
+        cdef int64_t inc = self._increment(cost)
+        cdef int64_t now = self._now()
+        cdef object out_arr = np.empty(n, dtype=np.bool_)
+        cdef unsigned char[::1] out = out_arr.view(np.uint8)
+        cdef Py_ssize_t failed = -1
+        if n:
+            with nogil:
+                failed = _batch(e, &src[0], ints, self.ki0, self.ki1, n, now, inc,
+                                self.tolerance_ns, cost != 0, self.on_full, &out[0])
+        if failed >= 0:
+            self._raise_full(keys[failed], R_FULL)
+        return out_arr
+
+    cdef _raise_full(self, key, int r):
+        if r == R_TIMEOUT:
+            raise TableFullError(
+                f"key {key!r} of limiter {self.name!r}: its slot is locked by a "
+                f"stalled process")
+        raise TableFullError(
+            f"no free slot for key {key!r} of limiter {self.name!r}: both of its "
+            f"buckets hold live keys (open the table with a larger capacity)")
+
+    cdef Decision _decision(self, key, int r, int64_t now, int64_t tat, int64_t inc):
+        cdef Decision d = Decision.__new__(Decision)
+        cdef int64_t ahead, remaining
+        d.limit = self.burst
+        if r < 0:
+            if self.on_full == ON_FULL_RAISE:
+                self._raise_full(key, r)
+            if self.on_full == ON_FULL_DENY:
+                d.allowed = False
+                d.remaining = 0
+                d.reset_after_ns = 0
+                d.retry_after_ns = inc
+                return d
+            # allow: answer as for a key seen for the first time
+            r = R_ALLOWED
+            tat = now + inc
+        d.allowed = r == R_ALLOWED
+        ahead = tat - now
+        if ahead < 0:
+            ahead = 0
+        remaining = (self.tolerance_ns - ahead) // self.emission_interval_ns
+        d.remaining = 0 if remaining < 0 else (self.burst if remaining > self.burst else remaining)
+        d.reset_after_ns = ahead
+        d.retry_after_ns = 0 if d.allowed else (tat if tat > now else now) + inc - self.tolerance_ns - now
+        return d
+
+
+cdef inline uint64_t _int_fp(uint64_t k0, uint64_t k1, uint64_t key) noexcept nogil:
+    cdef uint64_t h = fl_siphash13_u64(k0, k1, key)
+    return h if h else 1
+
+
+cdef Py_ssize_t _batch(Engine* e, const uint64_t* src, bint ints, uint64_t k0, uint64_t k1,
+                       Py_ssize_t n, int64_t now, int64_t inc, int64_t tau, bint consume,
+                       int on_full, unsigned char* out) noexcept nogil:
+    """GCRA over a batch: ``src`` holds fingerprints, or int keys to hash with
+    (k0, k1) when ``ints``.  Key i+AHEAD is hashed and its buckets prefetched
+    while key i is served, so memory latency overlaps with work.  Returns -1,
+    or the index of the first key that found no slot under on_full=raise.
+    """
+    cdef uint64_t ring[PREFETCH_AHEAD]  # fingerprints of keys i .. i+AHEAD-1
+    cdef uint64_t fp
+    cdef Py_ssize_t i
+    cdef int64_t tat
+    cdef int r
+    for i in range(n if n < PREFETCH_AHEAD else PREFETCH_AHEAD):
+        fp = _int_fp(k0, k1, src[i]) if ints else src[i]
+        ring[i] = fp
+        _prefetch_key(e, fp)
+    for i in range(n):
+        fp = ring[i & (PREFETCH_AHEAD - 1)]
+        if i + PREFETCH_AHEAD < n:
+            ring[i & (PREFETCH_AHEAD - 1)] = (
+                _int_fp(k0, k1, src[i + PREFETCH_AHEAD]) if ints else src[i + PREFETCH_AHEAD])
+            _prefetch_key(e, ring[i & (PREFETCH_AHEAD - 1)])
+        r = gcra(e, fp, now, inc, tau, consume, &tat)
+        if fl_unlikely(r < 0):
+            if on_full == ON_FULL_RAISE:
+                return i
+            r = R_ALLOWED if on_full == ON_FULL_ALLOW else R_DENIED
+        out[i] = r
+    return -1
+
+
+cdef inline uint64_t _int_key(object key) except? 0xFFFFFFFFFFFFFFFF:
+    # ints are hashed as their 64-bit two's complement pattern
+    if key < 0:
+        if key < -(1 << 63):
+            raise ValueError(f"int keys must fit in 64 bits, got {key}")
+        return <uint64_t><int64_t>key
+    if key >= (1 << 64):
+        raise ValueError(f"int keys must fit in 64 bits, got {key}")
+    return <uint64_t>key
+
+
+def siphash13(uint64_t k0, uint64_t k1, bytes data not None):
+    """SipHash-1-3 of ``data`` under key (k0, k1): exposed for tests."""
+    return fl_siphash13(k0, k1, <const unsigned char*>PyBytes_AS_STRING(data),
+                        PyBytes_GET_SIZE(data))
+
+
+def siphash13_u64(uint64_t k0, uint64_t k1, uint64_t word):
+    """SipHash-1-3 of the 8 little-endian bytes of ``word``: exposed for tests."""
+    return fl_siphash13_u64(k0, k1, word)
+
+
+def _set_lock_wait_limit(int64_t ns):
+    """Test hook: how long a waiter lets a live lock owner stall."""
+    global LOCK_WAIT_LIMIT_NS
+    LOCK_WAIT_LIMIT_NS = ns

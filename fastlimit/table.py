@@ -1,0 +1,510 @@
+"""SharedTable: the memory-mapped segment that holds every limiter's state.
+
+A table is one file (by default ``/dev/shm/fastlimit.<name>``) holding a
+4 KiB header page and then buckets of slots.  Any process that opens the same
+name shares the same state: workers forked from one parent, processes started
+with ``spawn``, or unrelated programs.  The file is created with mode 0600 and
+is only ever removed by :meth:`SharedTable.unlink`: nothing unlinks it behind
+your back when a process exits (unlike ``multiprocessing.shared_memory``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from fastlimit import _core
+from fastlimit.errors import ConfigurationError, TableError
+
+__all__ = ["SharedTable", "TableStats", "DEFAULT_CAPACITY"]
+
+log = logging.getLogger("fastlimit")
+
+MAGIC = b"FLTABLE1"
+LAYOUT_VERSION = 1
+HEADER_BYTES = 4096
+SLOT_BYTES = 16
+BUCKET_SLOTS = 8
+BUCKET_BYTES = SLOT_BYTES * BUCKET_SLOTS
+CLOCK_MONOTONIC_ID = 1
+DEFAULT_CAPACITY = 65_536
+MAX_CAPACITY = 1_000_000_000
+# Slots per key, as a fraction: 23/16 = 1.4375 slots (23 bytes) per key of
+# capacity.  With two bucket choices of 8 slots, a table filled to capacity
+# finds a full pair for about one new key in a million (simulated).
+_SLOTS_PER_KEY = (23, 16)
+_LOCK_BITS = -(1 << 62)  # 0xC000... as int64
+_FREE = -(1 << 63)
+
+SLOT_DTYPE = np.dtype([("fp", "<u8"), ("tat", "<i8")])
+# The counters live on their own cache line (offset 128): processes bump them
+# on rare events only, and must not bounce the line that holds the layout.
+COUNTERS = ("full_events", "lock_breaks", "lock_timeouts")  # order known to _core
+COUNTERS_OFFSET = 128
+HEADER_DTYPE = np.dtype(
+    {
+        "names": [
+            "magic", "version", "header_size", "slot_size", "bucket_slots",
+            "capacity", "nbuckets", "clock_id", "flags", "secret", "boot_id",
+            "created_ns", *COUNTERS,
+        ],
+        "formats": [
+            "S8", "<u4", "<u4", "<u4", "<u4", "<u8", "<u8", "<u4", "<u4",
+            ("<u8", (2,)), "S16", "<i8", "<u8", "<u8", "<u8",
+        ],
+        "offsets": [0, 8, 12, 16, 20, 24, 32, 40, 44, 48, 64, 80, 128, 136, 144],
+        "itemsize": HEADER_BYTES,
+    }
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+OnFull = Literal["deny", "allow", "raise"]
+_ON_FULL = {"deny": 0, "allow": 1, "raise": 2}
+
+
+def shm_dir() -> str:
+    """Where named tables live: ``$FASTLIMIT_SHM_DIR`` or ``/dev/shm``."""
+    return os.environ.get("FASTLIMIT_SHM_DIR", "/dev/shm")
+
+
+def nbuckets_for(capacity: int) -> int:
+    num, den = _SLOTS_PER_KEY
+    return max(1, -(-capacity * num // (den * BUCKET_SLOTS)))
+
+
+def _boot_id() -> bytes:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return bytes.fromhex(f.read().strip().replace("-", ""))
+    except OSError:  # no /proc: treat every boot as the same one
+        return b"\0" * 16
+
+
+def _check_capacity(capacity: Any) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise ConfigurationError(f"capacity must be an int, got {capacity!r}")
+    if not 1 <= capacity <= MAX_CAPACITY:
+        raise ConfigurationError(f"capacity must be between 1 and {MAX_CAPACITY}, got {capacity}")
+    return capacity
+
+
+def _on_full_code(on_full: str) -> int:
+    try:
+        return _ON_FULL[on_full]
+    except (KeyError, TypeError):
+        raise ConfigurationError(
+            f"on_full must be one of 'deny', 'allow', 'raise', got {on_full!r}") from None
+
+
+def _new_header(capacity: int) -> np.ndarray:
+    h = np.zeros(1, HEADER_DTYPE)
+    h["version"] = LAYOUT_VERSION
+    h["header_size"] = HEADER_BYTES
+    h["slot_size"] = SLOT_BYTES
+    h["bucket_slots"] = BUCKET_SLOTS
+    h["capacity"] = capacity
+    h["nbuckets"] = nbuckets_for(capacity)
+    h["clock_id"] = CLOCK_MONOTONIC_ID
+    h["secret"] = np.frombuffer(os.urandom(16), "<u8")
+    h["boot_id"] = _boot_id()
+    h["created_ns"] = time.time_ns()
+    return h
+
+
+def _segment_bytes(nbuckets: int) -> int:
+    return HEADER_BYTES + nbuckets * BUCKET_BYTES
+
+
+@dataclass(frozen=True)
+class TableStats:
+    """A snapshot of a table, computed from its numpy view.
+
+    ``live_keys`` counts keys whose state is not yet fully replenished;
+    ``locked_slots`` counts claims in flight (or left by a killed process,
+    reclaimed by the next process that needs them).
+    """
+
+    capacity: int
+    slots: int
+    live_keys: int
+    locked_slots: int
+    full_events: int
+    lock_breaks: int
+    lock_timeouts: int
+    nbytes: int
+
+    @property
+    def bytes_per_key(self) -> float:
+        """Bytes of segment per key of capacity."""
+        return self.nbytes / self.capacity
+
+
+class SharedTable:
+    """GCRA state shared by every process that opens the same table.
+
+    Create or attach with :meth:`open`; :meth:`create` and :meth:`attach`
+    insist on one or the other; :meth:`anonymous` makes a table shared only
+    with forked children.
+
+    Example:
+        >>> table = SharedTable.anonymous(capacity=1000)
+        >>> table.stats().capacity
+        1000
+        >>> table.close()
+    """
+
+    def __init__(self, mm: mmap.mmap, path: str | None, on_full: OnFull = "deny") -> None:
+        # Use open/create/attach/anonymous; this only wraps a mapped segment.
+        self._on_full = _on_full_code(on_full)
+        self._on_full_name = on_full
+        self._mm: mmap.mmap | None = mm
+        self._path = path
+        header = np.frombuffer(mm, HEADER_DTYPE, count=1)
+        self._header: np.ndarray | None = header
+        self._capacity = int(header["capacity"][0])
+        self._nbuckets = int(header["nbuckets"][0])
+        secret = header["secret"][0]
+        self._slots: np.ndarray | None = np.frombuffer(
+            mm, SLOT_DTYPE, count=self._nbuckets * BUCKET_SLOTS, offset=HEADER_BYTES)
+        self._view = _core.TableView(
+            mm, HEADER_BYTES, self._nbuckets, COUNTERS_OFFSET, int(secret[0]), int(secret[1]))
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        name: str | None = None,
+        capacity: int | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        on_full: OnFull = "deny",
+    ) -> SharedTable:
+        """Attach to the table ``name``, creating it if it does not exist.
+
+        Safe when many processes call it at once: exactly one creates the
+        table, the rest attach to it.
+
+        Args:
+            name: the table's name (letters, digits, ``_.-``); the file is
+                ``$FASTLIMIT_SHM_DIR/fastlimit.<name>`` (``/dev/shm`` by default).
+            capacity: keys the table must hold; default 65,536 (23 bytes per
+                key).  When attaching, a different capacity is an error.
+            path: a file to use instead of a name (e.g. on disk).
+            on_full: what a new key gets when its buckets are full of live
+                keys: ``"deny"``, ``"allow"`` or ``"raise"`` (TableFullError).
+
+        Raises:
+            TableError: the file is not a compatible fastlimit table, its
+                capacity differs, or there is no space for it.
+        """
+        return cls._open(_resolve(name, path), capacity, "open", on_full)
+
+    @classmethod
+    def create(
+        cls,
+        name: str | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        on_full: OnFull = "deny",
+    ) -> SharedTable:
+        """Create the table ``name``; fails if it already exists."""
+        return cls._open(_resolve(name, path), capacity, "create", on_full)
+
+    @classmethod
+    def attach(
+        cls,
+        name: str | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        capacity: int | None = None,
+        on_full: OnFull = "deny",
+    ) -> SharedTable:
+        """Attach to the existing table ``name``; fails if there is none."""
+        return cls._open(_resolve(name, path), capacity, "attach", on_full)
+
+    @classmethod
+    def anonymous(cls, capacity: int = DEFAULT_CAPACITY, *, on_full: OnFull = "deny") -> SharedTable:
+        """A table with no name, shared with processes forked after this call."""
+        capacity = _check_capacity(capacity)
+        header = _new_header(capacity)
+        mm = mmap.mmap(-1, _segment_bytes(int(header["nbuckets"][0])))
+        mm[:HEADER_BYTES] = header.tobytes()
+        mm[:len(MAGIC)] = MAGIC
+        return cls(mm, None, on_full)
+
+    @classmethod
+    def _open(cls, path: str, capacity: int | None, mode: str, on_full: OnFull) -> SharedTable:
+        _on_full_code(on_full)
+        if capacity is not None:
+            capacity = _check_capacity(capacity)
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+        if mode != "attach":
+            flags |= os.O_CREAT
+        if mode == "create":
+            flags |= os.O_EXCL
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise TableError(f"table {path} already exists: attach to it or unlink it") from None
+        except FileNotFoundError:
+            if mode == "attach":
+                raise TableError(
+                    f"no table at {path}: create it first with SharedTable.open"
+                    f"(name, capacity=...)") from None
+            raise TableError(f"cannot create {path}: its directory does not exist") from None
+        except PermissionError as e:
+            raise TableError(f"cannot open table {path}: {e.strerror}") from None
+        try:
+            # The lock makes create-or-attach atomic, and dies with its holder.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = _prepare(fd, path, capacity, mode)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            # mmap keeps a dup of fd, which shares the lock: release it by hand
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        return cls(mm, path, on_full)
+
+    def close(self) -> None:
+        """Unmap the table in this process.  Limiters on it raise afterwards;
+        the table itself and other processes are untouched."""
+        if self._mm is None:
+            return
+        self._view.release()
+        self._header = self._slots = None
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # numpy views handed out still pin the mapping; it goes with them
+        self._mm = None
+
+    def unlink(self) -> None:
+        """Remove the table's file.  Processes that have it mapped keep using
+        it; the next :meth:`open` of the name makes a new, empty table."""
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> SharedTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._path is None:
+            raise TypeError(
+                "an anonymous table is shared only with forked processes; open a "
+                "named table to send it to a spawned process")
+        return (_attach_path, (self._path, self._on_full_name))
+
+    def __repr__(self) -> str:
+        where = self._path or "anonymous"
+        state = "closed" if self.closed else f"capacity={self._capacity}"
+        return f"<SharedTable {where} {state}>"
+
+    # -- inspection ----------------------------------------------------------
+
+    @property
+    def path(self) -> str | None:
+        return self._path
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def on_full(self) -> OnFull:
+        return self._on_full_name
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    @property
+    def nbytes(self) -> int:
+        return _segment_bytes(self._nbuckets)
+
+    @property
+    def slots(self) -> np.ndarray:
+        """The slots as a numpy structured array (fields ``fp``, ``tat``).
+
+        A live view: values change as processes hit the table."""
+        return self._require(self._slots)
+
+    @property
+    def header(self) -> np.ndarray:
+        """The header page as a numpy record (layout, secret, counters)."""
+        return self._require(self._header)[0]
+
+    def _require(self, array: np.ndarray | None) -> np.ndarray:
+        if array is None:
+            raise ValueError("table is closed")
+        return array
+
+    def stats(self, now_ns: int | None = None) -> TableStats:
+        """Capacity, live keys, locked slots and event counters.
+
+        ``now_ns`` defaults to CLOCK_MONOTONIC; pass your clock's time when
+        the limiters use an injected clock."""
+        tat = self.slots["tat"]
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        header = self.header
+        return TableStats(
+            capacity=self._capacity,
+            slots=len(tat),
+            live_keys=int(np.count_nonzero(tat > now)),
+            locked_slots=int(np.count_nonzero((tat & _LOCK_BITS) == _LOCK_BITS)),
+            full_events=int(header["full_events"]),
+            lock_breaks=int(header["lock_breaks"]),
+            lock_timeouts=int(header["lock_timeouts"]),
+            nbytes=self.nbytes,
+        )
+
+    def verify(self) -> list[str]:
+        """Check the table's invariants; returns the problems found (none: []).
+
+        Every committed slot must name a key (fp != 0), sit in one of its
+        key's two buckets, and be the only committed slot of that key.
+        """
+        slots = self.slots.copy()  # one snapshot, so the checks agree
+        fp, tat = slots["fp"], slots["tat"]
+        problems: list[str] = []
+        committed = tat >= 0
+        orphans = np.nonzero(committed & (fp == 0) & (tat != 0))[0]
+        problems += [f"slot {i} holds state (tat={tat[i]}) but no key" for i in orphans[:10]]
+        index = np.nonzero(committed & (fp != 0))[0]
+        keys = fp[index]
+        values, counts = np.unique(keys, return_counts=True)
+        problems += [f"key fingerprint {v:#018x} owns {c} slots" for v, c in
+                     zip(values[counts > 1][:10], counts[counts > 1][:10])]
+        nb = np.uint64(self._nbuckets)
+        b1 = ((keys & np.uint64(0xFFFFFFFF)) * nb) >> np.uint64(32)
+        b2 = ((keys >> np.uint64(32)) * nb) >> np.uint64(32)
+        bucket = (index // BUCKET_SLOTS).astype(np.uint64)
+        misplaced = index[(bucket != b1) & (bucket != b2)]
+        problems += [f"slot {i} is outside its key's buckets" for i in misplaced[:10]]
+        return problems
+
+    # -- for limiters --------------------------------------------------------
+
+    def _gcra(
+        self,
+        name: str,
+        emission_interval_ns: int,
+        burst: int,
+        *,
+        clock: Callable[[], int] | None = None,
+        on_full: OnFull | None = None,
+    ) -> _core.Gcra:
+        if self.closed:
+            raise ValueError("table is closed")
+        code = self._on_full if on_full is None else _on_full_code(on_full)
+        return _core.Gcra(self._view, name, emission_interval_ns, burst, clock, code)
+
+
+def _attach_path(path: str, on_full: OnFull) -> SharedTable:
+    return SharedTable.attach(path=path, on_full=on_full)
+
+
+def _resolve(name: str | None, path: str | os.PathLike[str] | None) -> str:
+    if path is not None:
+        return os.fspath(path)
+    if name is None:
+        raise ConfigurationError("a table needs a name (or a path)")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigurationError(
+            f"table name {name!r} is not valid: use 1-200 letters, digits, '_', '.' "
+            f"or '-', not starting with '.' or '-'")
+    return os.path.join(shm_dir(), f"fastlimit.{name}")
+
+
+def _prepare(fd: int, path: str, capacity: int | None, mode: str) -> int:
+    """With the file locked: initialise it if new, else validate it.
+    Returns the segment size."""
+    size = os.fstat(fd).st_size
+    raw = os.pread(fd, HEADER_BYTES, 0) if size >= HEADER_BYTES else b""
+    if len(raw) < HEADER_BYTES or raw[: len(MAGIC)] == b"\0" * len(MAGIC):
+        # New, or left half-made by a creator that died: (re)initialise.
+        if mode == "attach" and capacity is None:
+            raise TableError(
+                f"table {path} was never initialised (its creator may have died): "
+                f"open it with a capacity to initialise it")
+        return _initialise(fd, path, capacity or DEFAULT_CAPACITY)
+    header = np.frombuffer(raw, HEADER_DTYPE)[0]
+    if header["magic"] != MAGIC:
+        raise TableError(
+            f"{path} is not a fastlimit table (magic {bytes(header['magic'])!r}, "
+            f"expected {MAGIC!r})")
+    if header["version"] != LAYOUT_VERSION:
+        raise TableError(
+            f"table {path} has layout version {int(header['version'])}; this fastlimit "
+            f"uses version {LAYOUT_VERSION}: unlink it, or use the fastlimit that made it")
+    layout = (int(header["header_size"]), int(header["slot_size"]), int(header["bucket_slots"]))
+    if layout != (HEADER_BYTES, SLOT_BYTES, BUCKET_SLOTS):
+        raise TableError(f"table {path} has an unknown layout {layout}")
+    if header["clock_id"] != CLOCK_MONOTONIC_ID:
+        raise TableError(f"table {path} keeps time on clock {int(header['clock_id'])}, not "
+                         f"CLOCK_MONOTONIC")
+    have = int(header["capacity"])
+    if capacity is not None and capacity != have:
+        raise TableError(
+            f"table {path} has capacity {have}, not {capacity}: open it with "
+            f"capacity={have} (or None), or unlink it to resize")
+    expected = _segment_bytes(int(header["nbuckets"]))
+    if int(header["nbuckets"]) != nbuckets_for(have) or size != expected:
+        raise TableError(f"table {path} is {size} bytes, expected {expected}: it is corrupt")
+    boot = _boot_id()
+    if header["boot_id"] != boot:
+        # A table on disk that outlived a reboot: its times count from the old
+        # boot's CLOCK_MONOTONIC, so every key would look far in the future.
+        log.warning("fastlimit: table %s was written before the last reboot; clearing it", path)
+        os.pwrite(fd, bytes(expected - HEADER_BYTES), HEADER_BYTES)
+        fixed = header.copy()
+        fixed["boot_id"] = boot
+        os.pwrite(fd, fixed.tobytes(), 0)
+    return expected
+
+
+def _initialise(fd: int, path: str, capacity: int) -> int:
+    header = _new_header(capacity)
+    size = _segment_bytes(int(header["nbuckets"][0]))
+    os.ftruncate(fd, 0)  # zero any leftovers of a failed creation
+    os.ftruncate(fd, size)
+    try:
+        # Reserve the pages now: tmpfs otherwise fails later with SIGBUS.
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            pass  # no fallocate on this file system: pages come on first use
+        else:
+            os.ftruncate(fd, 0)
+            free = _free_bytes(path)
+            raise TableError(
+                f"cannot allocate {size} bytes for table {path} (capacity {capacity}): "
+                f"{e.strerror}; {free} bytes free there.  Docker's default /dev/shm "
+                f"is 64 MB (raise it with --shm-size), or use a smaller capacity") from None
+    os.pwrite(fd, header.tobytes()[len(MAGIC):], len(MAGIC))
+    os.pwrite(fd, MAGIC, 0)  # last: a header with a magic is complete
+    return size
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return -1
