@@ -1,0 +1,325 @@
+"""SharedTable lifecycle, layout checks, stats and table-full behaviour."""
+
+import errno
+import logging
+import multiprocessing as mp
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from fastlimit import ConfigurationError, FakeClock, Limiter, SharedTable, TableError, TableFullError
+from fastlimit import table as table_mod
+
+
+def path_of(name):
+    return os.path.join(table_mod.shm_dir(), f"fastlimit.{name}")
+
+
+def test_open_creates_then_attaches_to_the_same_state(table_name, clock):
+    a = SharedTable.open(table_name, capacity=1000)
+    b = SharedTable.open(table_name)
+    assert b.capacity == 1000 and b.path == a.path == path_of(table_name)
+    la = Limiter("3/1h", store=a, name="api", clock=clock)
+    lb = Limiter("3/1h", store=b, name="api", clock=clock)
+    assert la.allow("k", 2)
+    assert lb.peek("k").remaining == 1
+    assert SharedTable.open(table_name, capacity=1000).capacity == 1000
+    with pytest.raises(TableError, match="has capacity 1000, not 2000"):
+        SharedTable.open(table_name, capacity=2000)
+
+
+def test_create_and_attach_insist(table_name):
+    with pytest.raises(TableError, match="no table at .*create it first"):
+        SharedTable.attach(table_name)
+    SharedTable.create(table_name, capacity=100)
+    with pytest.raises(TableError, match="already exists"):
+        SharedTable.create(table_name, capacity=100)
+    assert SharedTable.attach(table_name, capacity=100).capacity == 100
+
+
+def test_file_is_private_to_the_user(table):
+    assert os.stat(table.path).st_mode & 0o777 == 0o600
+
+
+def test_rejects_foreign_files(table_name):
+    with open(path_of(table_name), "wb") as f:
+        f.write(b"NOTMINE!" + bytes(8000))
+    with pytest.raises(TableError, match="is not a fastlimit table"):
+        SharedTable.open(table_name)
+
+
+def test_rejects_other_layout_versions(table_name):
+    SharedTable.create(table_name, capacity=100).close()
+    with open(path_of(table_name), "r+b") as f:
+        f.seek(8)
+        f.write((99).to_bytes(4, "little"))
+    with pytest.raises(TableError, match="layout version 99; this fastlimit uses version 1"):
+        SharedTable.attach(table_name)
+
+
+def test_rejects_truncated_tables(table_name):
+    SharedTable.create(table_name, capacity=1000).close()
+    os.truncate(path_of(table_name), 5000)
+    with pytest.raises(TableError, match="is 5000 bytes, expected .*corrupt"):
+        SharedTable.attach(table_name)
+
+
+def test_half_made_table_is_reinitialised(table_name):
+    # a creator that died before writing its header leaves an empty file
+    open(path_of(table_name), "wb").close()
+    with pytest.raises(TableError, match="never initialised"):
+        SharedTable.attach(table_name)
+    t = SharedTable.open(table_name, capacity=64)
+    assert t.capacity == 64 and t.verify() == []
+
+
+def test_close_and_unlink(table_name, clock):
+    t = SharedTable.open(table_name, capacity=100)
+    lim = Limiter("1/1h", store=t, clock=clock)
+    view = t.slots  # a numpy view handed out keeps the mapping alive
+    assert lim.allow("k")
+    t.close()
+    t.close()
+    assert t.closed and view.shape == (t._nbuckets * 8,)
+    with pytest.raises(ValueError, match="closed"):
+        lim.allow("k")
+    with pytest.raises(ValueError, match="closed"):
+        t.stats()
+    with pytest.raises(ValueError, match="closed"):
+        Limiter("1/1h", store=t)
+    live = SharedTable.open(table_name)
+    still = Limiter("1/1h", store=live, clock=clock)
+    live.unlink()
+    assert not os.path.exists(path_of(table_name))
+    assert not still.allow("k"), "an unlinked table keeps working where it is mapped"
+    fresh = Limiter("1/1h", store=SharedTable.open(table_name, capacity=100), clock=clock)
+    assert fresh.allow("k"), "the name now names a new, empty table"
+    live.unlink()  # already gone: no error
+
+
+def test_stats_count_live_keys_and_bytes():
+    clock = FakeClock()
+    t = SharedTable.anonymous(capacity=1000)
+    lim = Limiter("10/10s", store=t, clock=clock)
+    for k in range(30):
+        lim.hit(k, cost=k % 3 + 1)  # tats 1, 2 or 3 s ahead
+    s = t.stats(now_ns=clock())
+    assert (s.capacity, s.live_keys, s.locked_slots, s.full_events) == (1000, 30, 0, 0)
+    assert s.slots >= 1000 and s.slots % 8 == 0
+    clock.advance(2)
+    assert t.stats(now_ns=clock()).live_keys == 10
+    clock.advance(1)
+    assert t.stats(now_ns=clock()).live_keys == 0
+
+
+def test_memory_per_key_is_at_most_24_bytes():
+    for capacity in (10_000, 100_000, 1_000_000):
+        t = SharedTable.anonymous(capacity=capacity)
+        assert t.stats().bytes_per_key <= 24, capacity
+        assert t.nbytes == len(t._mm)
+        t.close()
+
+
+def test_header_is_a_numpy_record(table):
+    h = table.header
+    assert bytes(h["magic"]) == b"FLTABLE1" and h["version"] == 1
+    assert h["capacity"] == 4096 and h["slot_size"] == 16 and h["bucket_slots"] == 8
+    assert h["secret"].any(), "a random 128-bit secret"
+    assert table.slots.dtype.names == ("fp", "tat")
+
+
+def test_each_table_has_its_own_secret(table_name):
+    a = SharedTable.anonymous(capacity=10)
+    b = SharedTable.anonymous(capacity=10)
+    assert not np.array_equal(a.header["secret"], b.header["secret"])
+    fa = Limiter("1/1s", store=a)._impl.fingerprint("k")
+    fb = Limiter("1/1s", store=b)._impl.fingerprint("k")
+    assert fa != fb
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "../x", ".hidden", "-x", "a" * 201, "sp ace", 5])
+def test_table_names_are_validated(name):
+    with pytest.raises(ConfigurationError, match="is not valid"):
+        SharedTable.open(name)
+
+
+@pytest.mark.parametrize("capacity", [0, -1, 10**10, 2.5, True, "100"])
+def test_capacity_is_validated(capacity, table_name):
+    with pytest.raises(ConfigurationError, match="capacity must be"):
+        SharedTable.open(table_name, capacity=capacity)
+
+
+def test_on_full_is_validated(table_name):
+    with pytest.raises(ConfigurationError, match="on_full must be one of 'deny', 'allow', 'raise', got 'yes'"):
+        SharedTable.open(table_name, on_full="yes")
+
+
+def test_table_needs_a_name_or_path():
+    with pytest.raises(ConfigurationError, match="needs a name"):
+        SharedTable.open()
+
+
+def test_path_tables_live_where_asked(tmp_path, clock):
+    p = tmp_path / "rates.tbl"
+    t = SharedTable.open(path=p, capacity=100)
+    Limiter("1/1h", store=t, clock=clock).hit("k")
+    t.close()
+    again = SharedTable.open(path=str(p))
+    assert not Limiter("1/1h", store=again, clock=clock).allow("k"), "state persists in the file"
+    with pytest.raises(TableError, match="directory does not exist"):
+        SharedTable.open(path=tmp_path / "missing" / "t")
+
+
+def test_table_from_an_earlier_boot_is_cleared(tmp_path, clock, caplog):
+    p = tmp_path / "rates.tbl"
+    t = SharedTable.open(path=p, capacity=100)
+    Limiter("1/1h", store=t, clock=clock).hit("k")
+    t.close()
+    with open(p, "r+b") as f:
+        f.seek(64)  # boot_id
+        f.write(b"\x01" * 16)
+    with caplog.at_level(logging.WARNING, logger="fastlimit"):
+        again = SharedTable.open(path=p)
+    assert "before the last reboot" in caplog.text
+    assert Limiter("1/1h", store=again, clock=clock).allow("k"), "old-boot times are meaningless"
+
+
+def test_no_space_is_a_clear_error(table_name, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(TableError, match=r"cannot allocate \d+ bytes .*capacity 100000.*--shm-size"):
+        SharedTable.open(table_name, capacity=100_000)
+    assert os.path.getsize(path_of(table_name)) == 0
+
+
+# -- full tables ---------------------------------------------------------------
+
+def fill(on_full):
+    """A tiny table whose every slot holds a live key."""
+    clock = FakeClock()
+    t = SharedTable.anonymous(capacity=8, on_full=on_full)
+    lim = Limiter("1/1h", store=t, clock=clock)
+    slots = t.stats().slots
+    for k in range(10_000):
+        lim.hit(f"key-{k}")
+        if t.stats(clock()).live_keys == slots:
+            return t, lim, clock, slots
+    raise AssertionError("the table never filled")
+
+
+@pytest.mark.parametrize("on_full", ["deny", "allow", "raise"])
+def test_table_full_behaviour(on_full):
+    t, lim, clock, tracked = fill("allow")
+    assert tracked >= 8, "holds at least its capacity"
+    events = t.stats(clock()).full_events
+    lim = Limiter("1/1h", store=t, clock=clock, on_full=on_full)
+    if on_full == "raise":
+        with pytest.raises(TableFullError, match="no free slot for key 'new' of limiter 'default'"):
+            lim.hit("new")
+        with pytest.raises(TableFullError):
+            lim.allow("new")
+        with pytest.raises(TableFullError):
+            lim.hit_many(["key-0", "new"])
+    else:
+        d = lim.hit("new")
+        assert d.allowed == (on_full == "allow")
+        assert lim.allow("new") == (on_full == "allow")
+        if on_full == "deny":
+            assert d.retry_after_ns == lim.rate.emission_interval_ns and d.remaining == 0
+        else:
+            assert d.remaining == 0 and d.reset_after == 3600
+        assert lim.hit_many(["new", "key-0"]).tolist() == [on_full == "allow", False]
+    assert t.stats(clock()).full_events == events + 3
+    assert not lim.allow("key-0"), "tracked keys keep their state"
+
+
+def test_expired_slots_are_reused_without_a_sweeper():
+    t, lim, clock, tracked = fill("deny")
+    assert not lim.allow("newcomer")
+    clock.advance(3600)  # every key fully replenished: every slot free
+    for k in range(tracked):
+        assert lim.allow(f"other-{k}")
+    assert t.stats(clock()).live_keys == tracked
+    assert t.verify() == []
+
+
+def test_verify_finds_corruption():
+    t = SharedTable.anonymous(capacity=100)
+    lim = Limiter("1/1h", store=t)
+    lim.hit("a")
+    assert t.verify() == []
+    slots = t.slots
+    i = int(np.nonzero(slots["fp"])[0][0])
+    j = (i + 1) % len(slots)
+    slots[j] = slots[i]  # two slots for one key
+    problems = t.verify()
+    assert any("owns 2 slots" in p for p in problems)
+    slots["fp"][j] = 0
+    assert any("holds state" in p for p in t.verify())
+
+
+# -- sharing ---------------------------------------------------------------
+
+def _hit_in_child(lim, q):
+    q.put([lim.allow("k") for _ in range(3)])
+
+
+def test_anonymous_table_is_shared_with_forked_children(clock):
+    lim = Limiter("4/1h", store=SharedTable.anonymous(capacity=100))
+    assert lim.allow("k")
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_hit_in_child, args=(lim, q))
+    p.start()
+    assert q.get(timeout=30) == [True, True, True]
+    p.join()
+    assert not lim.allow("k")
+
+
+def test_anonymous_table_cannot_be_pickled():
+    with pytest.raises(TypeError, match="shared only with forked processes"):
+        pickle.dumps(SharedTable.anonymous(capacity=10))
+
+
+def test_named_table_and_limiter_pickle_to_an_attach(table):
+    lim = Limiter("2/1h", store=table, name="x", burst=2)
+    lim.hit("k")
+    twin = pickle.loads(pickle.dumps(lim))
+    assert (twin.name, twin.burst, twin.rate, twin.store.path) == ("x", 2, lim.rate, table.path)
+    assert twin.hit("k").remaining == 0
+
+
+def test_spawned_children_share_a_named_table(table):
+    lim = Limiter("4/1h", store=table)
+    assert lim.allow("k")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_hit_in_child, args=(lim, q))
+    p.start()
+    assert q.get(timeout=60) == [True, True, True]
+    p.join()
+    assert not lim.allow("k")
+
+
+def _open_at_once(name, barrier, q):
+    barrier.wait()
+    t = SharedTable.open(name, capacity=5000)
+    q.put(bytes(t.header["secret"].tobytes()))
+
+
+def test_many_processes_opening_at_once_get_one_table(table_name):
+    ctx = mp.get_context("spawn")
+    n = 6
+    barrier, q = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_at_once, args=(table_name, barrier, q)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    secrets = {q.get(timeout=60) for _ in range(n)}
+    for p in procs:
+        p.join()
+    assert len(secrets) == 1, "exactly one process created the table"
+    assert SharedTable.attach(table_name).verify() == []
