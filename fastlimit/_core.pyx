@@ -699,6 +699,38 @@ cdef class Gcra:
         cdef int r = gcra(e, fp, now, inc, self.tolerance_ns, False, &tat)
         return self._decision(key, r, now, tat, inc)
 
+    def refund(self, key, int64_t cost=1):
+        """Give back a hit of ``cost`` counted earlier: ``tat -= cost x T``.
+
+        For composite checks: when one limit of several denies, the hits
+        already counted on the others are refunded, which leaves their state
+        as if the request never came (a key whose tat falls to ``now`` or
+        below is fresh either way).  Returns False if the key has no state.
+        """
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        cdef int64_t inc = self._increment(cost)
+        cdef fl_slot* b1 = _bucket1(e, fp)
+        cdef fl_slot* b2 = _bucket2(e, fp)
+        cdef fl_slot* s = NULL
+        cdef int64_t t = 0
+        cdef int r
+        if cost == 0:
+            return False
+        while True:
+            r = _find(e, fp, b1, b2, &s, &t)
+            if r == FOUND:
+                while t >= 0:
+                    if fl_cas_i64(&s.tat, &t, t - inc if t > inc else 1):
+                        return True
+                    if fl_load_u64(&s.fp) != fp:
+                        break
+            elif r == ABSENT:
+                return False
+            elif r == R_TIMEOUT:
+                raise TimeoutError(
+                    f"key {key!r} of limiter {self.name!r} is locked by a stalled process")
+
     def reset(self, key):
         """Forget ``key``'s state: its next hit sees a full burst."""
         cdef uint64_t fp = self._fingerprint(key)

@@ -4,12 +4,12 @@ exceptions are for misuse and for states the caller must handle."""
 from __future__ import annotations
 
 __all__ = [
-    "FastLimitError",
-    "ConfigurationError",
-    "CapacityError",
-    "TableFullError",
-    "TableError",
     "BackendError",
+    "CapacityError",
+    "ConfigurationError",
+    "FastLimitError",
+    "TableError",
+    "TableFullError",
 ]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Iterable, Union
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -13,9 +14,9 @@ from fastlimit.errors import ConfigurationError
 from fastlimit.rate import NS_PER_S, Rate
 from fastlimit.table import OnFull, SharedTable
 
-__all__ = ["Limiter", "Key"]
+__all__ = ["Key", "Limiter"]
 
-Key = Union[str, bytes, int]
+Key = str | bytes | int
 
 
 class Limiter:
@@ -86,6 +87,7 @@ class Limiter:
         self.hit = impl.hit  # type: ignore[method-assign]
         self.peek = impl.peek  # type: ignore[method-assign]
         self.reset = impl.reset  # type: ignore[method-assign]
+        self.refund = impl.refund  # type: ignore[method-assign]
         self.hit_many = impl.hit_many  # type: ignore[method-assign]
 
     def allow(self, key: Key, cost: int = 1) -> bool:
@@ -102,21 +104,26 @@ class Limiter:
         """Count a hit of ``cost`` if it passes; return the full Decision.
 
         A denied hit counts nothing.  ``cost=0`` answers as :meth:`peek`."""
-        return self._impl.hit(key, cost)  # type: ignore[no-any-return]
+        return self._impl.hit(key, cost)
 
     def peek(self, key: Key, cost: int = 1) -> Decision:
         """The Decision a hit of ``cost`` would get now, counting nothing."""
-        return self._impl.peek(key, cost)  # type: ignore[no-any-return]
+        return self._impl.peek(key, cost)
 
     def reset(self, key: Key) -> None:
         """Forget ``key``: its next hit sees a full burst."""
         self._impl.reset(key)
 
+    def refund(self, key: Key, cost: int = 1) -> bool:
+        """Give back a hit of ``cost`` counted earlier (composite checks use
+        it when another limit denies).  False if the key has no state."""
+        return bool(self._impl.refund(key, cost))
+
     def hit_many(self, keys: Iterable[Key] | np.ndarray, cost: int = 1) -> np.ndarray:
         """Hit every key once, in order; return a numpy bool array of results.
 
         A numpy integer array is the fast path (no GIL, prefetching)."""
-        return self._impl.hit_many(keys, cost)  # type: ignore[no-any-return]
+        return self._impl.hit_many(keys, cost)
 
     def wait(self, key: Key, cost: int = 1, timeout: float | None = None) -> bool:
         """Block until a hit of ``cost`` on ``key`` passes (and count it).

@@ -17,15 +17,16 @@ import mmap
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from fastlimit import _core
 from fastlimit.errors import ConfigurationError, TableError
 
-__all__ = ["SharedTable", "TableStats", "DEFAULT_CAPACITY"]
+__all__ = ["DEFAULT_CAPACITY", "SharedTable", "TableStats"]
 
 log = logging.getLogger("fastlimit")
 
@@ -234,7 +235,9 @@ class SharedTable:
         return cls._open(_resolve(name, path), capacity, "attach", on_full)
 
     @classmethod
-    def anonymous(cls, capacity: int = DEFAULT_CAPACITY, *, on_full: OnFull = "deny") -> SharedTable:
+    def anonymous(
+        cls, capacity: int = DEFAULT_CAPACITY, *, on_full: OnFull = "deny"
+    ) -> SharedTable:
         """A table with no name, shared with processes forked after this call."""
         capacity = _check_capacity(capacity)
         header = _new_header(capacity)
@@ -348,7 +351,8 @@ class SharedTable:
     @property
     def header(self) -> np.ndarray:
         """The header page as a numpy record (layout, secret, counters)."""
-        return self._require(self._header)[0]
+        record: np.ndarray = self._require(self._header)[0]
+        return record
 
     def _require(self, array: np.ndarray | None) -> np.ndarray:
         if array is None:
@@ -390,7 +394,7 @@ class SharedTable:
         keys = fp[index]
         values, counts = np.unique(keys, return_counts=True)
         problems += [f"key fingerprint {v:#018x} owns {c} slots" for v, c in
-                     zip(values[counts > 1][:10], counts[counts > 1][:10])]
+                     zip(values[counts > 1][:10], counts[counts > 1][:10], strict=True)]
         nb = np.uint64(self._nbuckets)
         b1 = ((keys & np.uint64(0xFFFFFFFF)) * nb) >> np.uint64(32)
         b2 = ((keys >> np.uint64(32)) * nb) >> np.uint64(32)

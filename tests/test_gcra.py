@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model import Model
 
 import fastlimit
 from fastlimit import CapacityError, ConfigurationError, Decision, FakeClock, Limiter, SharedTable
-
-from model import Model
 
 S = 10**9
 
@@ -110,6 +109,20 @@ def test_reset_restores_full_burst(mem, clock):
     assert lim.peek("k").remaining == 2
     lim.reset("never-seen")
     assert lim.allow("k", 2)
+
+
+def test_refund_undoes_a_hit(mem, clock):
+    lim = Limiter("3/3s", store=mem, clock=clock)
+    lim.hit("k")
+    before = lim.peek("k")
+    lim.hit("k", cost=2)
+    assert lim.refund("k", cost=2)
+    assert lim.peek("k") == before
+    assert lim.refund("k") and lim.peek("k").remaining == 3
+    assert lim.refund("k"), "refunding past fresh leaves it fresh"
+    assert lim.peek("k") == Decision(True, 3, 3, 0, 0)
+    assert not lim.refund("never-seen")
+    assert not lim.refund("k", cost=0)
 
 
 def test_key_types(mem, clock):

@@ -171,9 +171,9 @@ def test_a_stalled_live_claimer_times_out_into_on_full(table):
 def test_unrelated_process_attaches_by_name(table):
     lim = Limiter("3/1h", store=table, name="x")
     assert lim.allow("k")
-    code = ("import fastlimit; t = fastlimit.SharedTable.attach(%r); "
+    code = (f"import fastlimit; t = fastlimit.SharedTable.attach({table_name_of(table)!r}); "
             "l = fastlimit.Limiter('3/1h', store=t, name='x'); "
-            "print(sum(l.allow('k') for _ in range(5)))" % table_name_of(table))
+            "print(sum(l.allow('k') for _ in range(5)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "2"
@@ -206,7 +206,8 @@ def test_exact_keys_survive_claim_churn_in_their_buckets(table_name):
     table = SharedTable.open(table_name, capacity=400)  # ~575 slots: buckets are shared
     ctx = mp.get_context("fork")
     barrier, q = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_exact_under_churn, args=(table_name, barrier, q)) for _ in range(4)]
+    procs = [ctx.Process(target=_exact_under_churn, args=(table_name, barrier, q))
+             for _ in range(4)]
     for p in procs:
         p.start()
     total = sum(q.get(timeout=120) for _ in procs)
