@@ -1,0 +1,60 @@
+"""Shared helpers of the benchmark scripts: timing and the C baseline."""
+
+from __future__ import annotations
+
+import collections
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def ns_per_call(fn: Callable[[Any], Any], keys: list[Any], repeat: int = 5) -> float:
+    """Median over ``repeat`` runs of ``fn(key)`` for every key, in ns per call.
+
+    ``deque(map(...))`` drives the calls from C, so the loop adds ~15 ns to
+    every figure alike (``len`` measures that floor)."""
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter_ns()
+        collections.deque(map(fn, keys), maxlen=0)
+        runs.append((time.perf_counter_ns() - t0) / len(keys))
+    return statistics.median(runs)
+
+
+def timed(fn: Callable[[], Any], per: int, repeat: int = 5) -> float:
+    """Median ns per item of ``fn()`` which handles ``per`` items."""
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter_ns()
+        fn()
+        runs.append((time.perf_counter_ns() - t0) / per)
+    return statistics.median(runs)
+
+
+def load_baseline() -> Any:
+    """Build (once) and import bench/_baseline.pyx."""
+    import numpy as np
+    import pyximport
+
+    pyximport.install(
+        build_dir=os.path.join(HERE, ".build"),
+        setup_args={"include_dirs": [np.get_include()]},
+        language_level=3,
+        inplace=False,
+    )
+    sys.path.insert(0, HERE)
+    import _baseline
+
+    return _baseline
+
+
+def table(rows: Iterable[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    rows = [header, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
