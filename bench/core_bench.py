@@ -30,9 +30,9 @@ import sys
 import time
 
 import numpy as np
+from _util import load_baseline, ns_per_call, table, timed
 
 import fastlimit
-from _util import load_baseline, ns_per_call, table, timed
 
 RATE = "1000/1h"  # keys stay live (T = 3.6 s) and are never denied in the run
 
