@@ -16,15 +16,18 @@ Example:
 
 from fastlimit._core import Decision
 from fastlimit.clock import FakeClock
+from fastlimit.concurrency import ConcurrencyLimit, Lease
 from fastlimit.errors import (
     BackendError,
     CapacityError,
+    ConcurrencyLimitExceeded,
     ConfigurationError,
     FastLimitError,
     TableError,
     TableFullError,
 )
 from fastlimit.limiter import Key, Limiter
+from fastlimit.quota import Quota, QuotaSpec, Usage
 from fastlimit.rate import Rate
 from fastlimit.table import SharedTable, TableStats
 
@@ -33,16 +36,22 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "CapacityError",
+    "ConcurrencyLimit",
+    "ConcurrencyLimitExceeded",
     "ConfigurationError",
     "Decision",
     "FakeClock",
     "FastLimitError",
     "Key",
+    "Lease",
     "Limiter",
+    "Quota",
+    "QuotaSpec",
     "Rate",
     "SharedTable",
     "TableError",
     "TableFullError",
     "TableStats",
+    "Usage",
     "__version__",
 ]

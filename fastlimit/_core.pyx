@@ -570,49 +570,21 @@ cdef inline uint64_t _derive(uint64_t k0, uint64_t k1, bytes tag):
                         PyBytes_GET_SIZE(tag))
 
 
-cdef class Gcra:
-    """GCRA for every key of one named limiter over one TableView.
-
-    The clock is CLOCK_MONOTONIC read in C unless ``clock`` (a callable
-    returning int nanoseconds) is given.  ``on_full`` is 0 (deny), 1 (allow)
-    or 2 (raise TableFullError).
-    """
+cdef class _Keyed:
+    """What every user of a table shares: the view, the per-name hash keys
+    (so keys of different names never share state and the name costs nothing
+    per call), and key -> fingerprint."""
 
     cdef TableView table
     cdef Engine* eng
     cdef uint64_t ks0, ks1, ki0, ki1
-    cdef readonly int64_t emission_interval_ns
-    cdef readonly int64_t burst
-    cdef readonly int64_t tolerance_ns
-    cdef readonly int on_full
-    cdef readonly object clock
     cdef readonly str name
+    cdef readonly int on_full
 
-    def __cinit__(self, TableView table not None, str name not None,
-                  int64_t emission_interval_ns, int64_t burst, clock=None,
-                  int on_full=ON_FULL_DENY):
-        if emission_interval_ns < 1:
-            raise ValueError(f"emission interval must be >= 1 ns, got {emission_interval_ns}")
-        if burst < 1:
-            raise ValueError(f"burst must be >= 1, got {burst}")
-        if burst > MAX_TOLERANCE_NS // emission_interval_ns:
-            raise ValueError(
-                f"burst x emission interval must be <= {MAX_TOLERANCE_NS} ns, got "
-                f"{burst} x {emission_interval_ns}")
-        if on_full not in (ON_FULL_DENY, ON_FULL_ALLOW, ON_FULL_RAISE):
-            raise ValueError(f"on_full must be 0, 1 or 2, got {on_full}")
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be callable or None, got {clock!r}")
+    def __cinit__(self, TableView table not None, str name not None, *args, **kwargs):
         self.table = table
         self.eng = &table.engine
         self.name = name
-        self.emission_interval_ns = emission_interval_ns
-        self.burst = burst
-        self.tolerance_ns = burst * emission_interval_ns
-        self.on_full = on_full
-        self.clock = clock
-        # Each limiter hashes under its own key, so keys of different
-        # limiters never share state and the name costs nothing per call.
         cdef bytes n = name.encode("utf-8")
         cdef uint64_t s0 = table.secret0, s1 = table.secret1
         self.ks0 = _derive(s0, s1, b"fastlimit/str/0/" + n)
@@ -638,8 +610,78 @@ cdef class Gcra:
         return h if h else 1
 
     def fingerprint(self, key):
-        """The 64-bit table fingerprint of ``key`` for this limiter."""
+        """The 64-bit table fingerprint of ``key`` under this name."""
         return self._fingerprint(key)
+
+    cdef inline Engine* _engine(self) except NULL:
+        if self.eng.slots == NULL:
+            raise ValueError(f"the table of {self.name!r} is closed")
+        return self.eng
+
+    cdef int _set_on_full(self, int on_full) except -1:
+        if on_full not in (ON_FULL_DENY, ON_FULL_ALLOW, ON_FULL_RAISE):
+            raise ValueError(f"on_full must be 0, 1 or 2, got {on_full}")
+        self.on_full = on_full
+        return 0
+
+    cdef _raise_full(self, key, int r):
+        if r == R_TIMEOUT:
+            raise TableFullError(
+                f"key {key!r} of {self.name!r}: its slot is locked by a stalled process")
+        raise TableFullError(
+            f"no free slot for key {key!r} of {self.name!r}: both of its buckets hold "
+            f"live keys (open the table with a larger capacity)")
+
+    def reset(self, key):
+        """Forget ``key``'s state: it starts afresh."""
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        cdef fl_slot* s = NULL
+        cdef int64_t t = 0
+        cdef int r
+        while True:
+            r = _find(e, fp, _bucket1(e, fp), _bucket2(e, fp), &s, &t)
+            if r == FOUND:
+                if fl_cas_i64(&s.tat, &t, FL_FREE):
+                    return
+            elif r == ABSENT:
+                return
+            elif r == R_TIMEOUT:
+                raise TimeoutError(
+                    f"key {key!r} of {self.name!r} is locked by a stalled process")
+
+
+cdef class Gcra(_Keyed):
+    """GCRA for every key of one named limiter over one TableView.
+
+    The clock is CLOCK_MONOTONIC read in C unless ``clock`` (a callable
+    returning int nanoseconds) is given.  ``on_full`` is 0 (deny), 1 (allow)
+    or 2 (raise TableFullError).
+    """
+
+    cdef readonly int64_t emission_interval_ns
+    cdef readonly int64_t burst
+    cdef readonly int64_t tolerance_ns
+    cdef readonly object clock
+
+    def __cinit__(self, TableView table not None, str name not None,
+                  int64_t emission_interval_ns, int64_t burst, clock=None,
+                  int on_full=ON_FULL_DENY):
+        if emission_interval_ns < 1:
+            raise ValueError(f"emission interval must be >= 1 ns, got {emission_interval_ns}")
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
+        if burst > MAX_TOLERANCE_NS // emission_interval_ns:
+            raise ValueError(
+                f"burst x emission interval must be <= {MAX_TOLERANCE_NS} ns, got "
+                f"{burst} x {emission_interval_ns}")
+        self._set_on_full(on_full)
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable or None, got {clock!r}")
+        self.emission_interval_ns = emission_interval_ns
+        self.burst = burst
+        self.tolerance_ns = burst * emission_interval_ns
+        self.clock = clock
 
     cdef inline int64_t _now(self) except? -1:
         if self.clock is None:
@@ -655,11 +697,6 @@ cdef class Gcra:
             raise CapacityError(
                 f"cost {cost} exceeds the burst of {self.burst}: it can never pass")
         return (cost if cost else 1) * self.emission_interval_ns
-
-    cdef inline Engine* _engine(self) except NULL:
-        if self.eng.slots == NULL:
-            raise ValueError("the table of this limiter is closed")
-        return self.eng
 
     cdef int _step(self, key, int64_t cost, int64_t* now, int64_t* tat, int64_t* inc) except -3:
         cdef uint64_t fp = self._fingerprint(key)
@@ -731,26 +768,6 @@ cdef class Gcra:
                 raise TimeoutError(
                     f"key {key!r} of limiter {self.name!r} is locked by a stalled process")
 
-    def reset(self, key):
-        """Forget ``key``'s state: its next hit sees a full burst."""
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
-        cdef fl_slot* b1 = _bucket1(e, fp)
-        cdef fl_slot* b2 = _bucket2(e, fp)
-        cdef fl_slot* s = NULL
-        cdef int64_t t = 0
-        cdef int r
-        while True:
-            r = _find(e, fp, b1, b2, &s, &t)
-            if r == FOUND:
-                if fl_cas_i64(&s.tat, &t, FL_FREE):
-                    return
-            elif r == ABSENT:
-                return
-            elif r == R_TIMEOUT:
-                raise TimeoutError(
-                    f"key {key!r} of limiter {self.name!r} is locked by a stalled process")
-
     def hit_many(self, keys, int64_t cost=1):
         """Hit each key once with ``cost``, in order; return a numpy bool array.
 
@@ -789,15 +806,6 @@ cdef class Gcra:
             self._raise_full(keys[failed], R_FULL)
         return out_arr
 
-    cdef _raise_full(self, key, int r):
-        if r == R_TIMEOUT:
-            raise TableFullError(
-                f"key {key!r} of limiter {self.name!r}: its slot is locked by a "
-                f"stalled process")
-        raise TableFullError(
-            f"no free slot for key {key!r} of limiter {self.name!r}: both of its "
-            f"buckets hold live keys (open the table with a larger capacity)")
-
     cdef Decision _decision(self, key, int r, int64_t now, int64_t tat, int64_t inc):
         cdef Decision d = Decision.__new__(Decision)
         cdef int64_t ahead, remaining
@@ -823,6 +831,253 @@ cdef class Gcra:
         d.reset_after_ns = ahead
         d.retry_after_ns = 0 if d.allowed else (tat if tat > now else now) + inc - self.tolerance_ns - now
         return d
+
+
+# -- calendar quotas ------------------------------------------------------------
+#
+# A quota slot holds one word: (period tag << 40) | count.  The tag is the
+# calendar period's index + 1, so a slot whose tag is older than the current
+# period's is "expired" in the table's sense (its word <= (tag << 40) - 1):
+# it reads as count 0 and any key may reclaim it.  A new period therefore
+# starts at zero on first use, without a sweeper, and one CAS moves both the
+# period and the count.  Quota tables never hold GCRA or lease slots (the
+# header's clock id keeps them apart): their words are not times.
+
+cdef enum:
+    QUOTA_COUNT_BITS = 40
+    Q_PEEK = 0
+    Q_CONSUME = 1
+    Q_REFUND = 2
+
+QUOTA_MAX_COUNT = (<int64_t>1 << QUOTA_COUNT_BITS) - 1
+QUOTA_MAX_TAG = (1 << 22) - 1
+
+
+cdef int quota_step(Engine* e, uint64_t fp, int64_t tag, int64_t limit, int64_t cost,
+                    int mode, int64_t* count_out) noexcept nogil:
+    """Count ``cost`` against ``limit`` in period ``tag`` (mode Q_CONSUME),
+    check without counting (Q_PEEK) or give back (Q_REFUND).  ``count_out``
+    gets the period's count after the step."""
+    cdef fl_slot* b1 = _bucket1(e, fp)
+    cdef fl_slot* b2 = _bucket2(e, fp)
+    cdef fl_slot* s = NULL
+    cdef int64_t base = tag << QUOTA_COUNT_BITS
+    cdef int64_t mask = (<int64_t>1 << QUOTA_COUNT_BITS) - 1
+    cdef int64_t t = 0, count, new
+    cdef int r
+    while True:
+        r = _find(e, fp, b1, b2, &s, &t)
+        if r == FOUND:
+            while True:
+                count = (t & mask) if (t & ~mask) == base else 0
+                if mode == Q_REFUND:
+                    new = count - cost if count > cost else 0
+                elif count + cost > limit:
+                    count_out[0] = count
+                    return R_DENIED
+                else:
+                    new = count + cost
+                if mode == Q_PEEK or new == count:
+                    count_out[0] = count
+                    return R_ALLOWED
+                if fl_cas_i64(&s.tat, &t, base | new):
+                    count_out[0] = new
+                    return R_ALLOWED
+                if t < 0 or fl_load_u64(&s.fp) != fp:
+                    break
+            continue
+        if r == ABSENT:
+            count_out[0] = 0
+            if mode != Q_CONSUME or cost == 0:
+                return R_ALLOWED
+            if cost > limit:
+                return R_DENIED
+            r = _claim(e, fp, b1, b2, base - 1, base | cost)
+            if r == FOUND:
+                count_out[0] = cost
+                return R_ALLOWED
+        if r == RETRY:
+            continue
+        if r == R_FULL:
+            fl_add_u64(&e.counters[C_FULL], 1)
+        return r
+
+
+cdef class QuotaCounter(_Keyed):
+    """Per-key counts of one named quota, per calendar period tag (the
+    facade, quota.py, maps wall-clock time to tags)."""
+
+    cdef readonly int64_t limit
+
+    def __cinit__(self, TableView table not None, str name not None, int64_t limit,
+                  int on_full=ON_FULL_DENY):
+        if not 1 <= limit <= QUOTA_MAX_COUNT:
+            raise ValueError(f"a quota limit must be between 1 and {QUOTA_MAX_COUNT}, got {limit}")
+        self._set_on_full(on_full)
+        self.limit = limit
+
+    def step(self, key, int64_t tag, int64_t cost, int mode):
+        """(result, count): result is 1 allowed, 0 denied, -1 no slot, -2
+        slot locked by a stalled process; count is the period's count."""
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        cdef int64_t count = 0
+        cdef int r
+        if not 1 <= tag <= QUOTA_MAX_TAG:
+            raise ValueError(f"period tag out of range: {tag}")
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        if mode not in (Q_PEEK, Q_CONSUME, Q_REFUND):
+            raise ValueError(f"bad mode {mode}")
+        r = quota_step(e, fp, tag, self.limit, cost, mode, &count)
+        if r < 0 and self.on_full == ON_FULL_RAISE:
+            self._raise_full(key, r)
+        return r, count
+
+
+# -- concurrency leases ---------------------------------------------------------
+#
+# A key with limit N owns N lease slots, fingerprints (key, 0..N-1).  A held
+# lease's word is LEASE | owner, where owner is the holder's (pid, start
+# time): bit 62 set and 63 clear makes it a positive time beyond any clock,
+# so GCRA and reclaim logic sharing the table always see it as live.  Taking
+# a lease is a claim (or a CAS from a dead holder's word); giving it back is a
+# CAS to FREE.  Each lease slot has at most one holder, so at most N are in
+# flight; a holder that dies is replaced by the next acquirer that finds the
+# key full and sees in /proc that the holder is gone.
+
+cdef extern from *:
+    """
+    #define FL_LEASE_BIT ((int64_t)0x4000000000000000LL)
+    #define FL_IS_LEASE(t) ((t) > 0 && ((t) & FL_LEASE_BIT))
+    """
+    const int64_t FL_LEASE_BIT
+    bint FL_IS_LEASE(int64_t) nogil
+
+
+cdef inline uint64_t _lease_fp(uint64_t fp, int64_t i) noexcept nogil:
+    cdef uint64_t h = fl_siphash13_u64(fp, 0x6c65617365u, <uint64_t>i)
+    return h if h else 1
+
+
+cdef inline bint _holder_dead(int64_t t) noexcept nogil:
+    if (t & ~FL_LEASE_BIT) == (_my_lock & ~FL_LOCK_BITS):
+        return False  # ours: this process is alive
+    return not fl_proc_alive(<long>(t & FL_PID_MASK),
+                             (<uint64_t>t >> FL_PID_BITS) & FL_START_MASK, FL_START_MASK)
+
+
+cdef class Leases(_Keyed):
+    """In-flight leases of one named concurrency limit."""
+
+    cdef readonly uint64_t reclaimed
+
+    def __cinit__(self, TableView table not None, str name not None, int on_full=ON_FULL_DENY):
+        self._set_on_full(on_full)
+
+    @staticmethod
+    def owner_word():
+        """The word a lease held by this process holds."""
+        return FL_LEASE_BIT | (_my_lock & ~FL_LOCK_BITS)
+
+    def try_acquire(self, key, int64_t limit, int64_t start=0):
+        """Take one of ``key``'s ``limit`` leases: its index, or -1 when all
+        are held by live processes (-2: no slot in the table, -3: a stalled
+        claimer).  ``start`` spreads concurrent acquirers over the leases."""
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        cdef int64_t mine = FL_LEASE_BIT | (_my_lock & ~FL_LOCK_BITS)
+        cdef int64_t i, j, t = 0, now
+        cdef uint64_t lfp
+        cdef fl_slot* s = NULL
+        cdef int r, problem = 0
+        if limit < 1:
+            raise ValueError(f"a concurrency limit must be >= 1, got {limit}")
+        cdef int64_t got = -1
+        with nogil:
+            now = mono_ns()
+            for j in range(limit):
+                i = (start + j) % limit
+                lfp = _lease_fp(fp, i)
+                r = _take_lease(e, lfp, now, mine)
+                if r == R_ALLOWED:
+                    got = i
+                    break
+                if r < 0:
+                    problem = r
+            if got < 0:
+                # every lease looked held: replace holders that are gone
+                for i in range(limit):
+                    lfp = _lease_fp(fp, i)
+                    if _find(e, lfp, _bucket1(e, lfp), _bucket2(e, lfp), &s, &t) != FOUND:
+                        continue
+                    if FL_IS_LEASE(t) and _holder_dead(t) and fl_cas_i64(&s.tat, &t, mine):
+                        got = i
+                        break
+                if got >= 0:
+                    self.reclaimed += 1
+        if got >= 0:
+            return got
+        if problem:
+            if self.on_full == ON_FULL_RAISE:
+                self._raise_full(key, problem)
+            return -2 if problem == R_FULL else -3
+        return -1
+
+    def release(self, key, int64_t index):
+        """Give lease ``index`` of ``key`` back; False if this process did not hold it."""
+        cdef uint64_t lfp = _lease_fp(self._fingerprint(key), index)
+        cdef Engine* e = self._engine()
+        cdef int64_t mine = FL_LEASE_BIT | (_my_lock & ~FL_LOCK_BITS)
+        cdef int64_t t = 0
+        cdef fl_slot* s = NULL
+        while True:
+            r = _find(e, lfp, _bucket1(e, lfp), _bucket2(e, lfp), &s, &t)
+            if r == RETRY:
+                continue
+            if r != FOUND or t != mine:
+                return False
+            if fl_cas_i64(&s.tat, &t, FL_FREE):
+                return True
+
+    def in_flight(self, key, int64_t limit):
+        """How many of ``key``'s first ``limit`` leases are held."""
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        cdef int64_t i, t = 0, n = 0
+        cdef uint64_t lfp
+        cdef fl_slot* s = NULL
+        for i in range(limit):
+            lfp = _lease_fp(fp, i)
+            if _find(e, lfp, _bucket1(e, lfp), _bucket2(e, lfp), &s, &t) == FOUND and FL_IS_LEASE(t):
+                n += 1
+        return n
+
+
+cdef int _take_lease(Engine* e, uint64_t fp, int64_t now, int64_t mine) noexcept nogil:
+    """R_ALLOWED if the lease slot ``fp`` is now ours, R_DENIED if held."""
+    cdef fl_slot* b1 = _bucket1(e, fp)
+    cdef fl_slot* b2 = _bucket2(e, fp)
+    cdef fl_slot* s = NULL
+    cdef int64_t t = 0
+    cdef int r
+    while True:
+        r = _find(e, fp, b1, b2, &s, &t)
+        if r == FOUND:
+            if FL_IS_LEASE(t):
+                return R_DENIED
+            if fl_cas_i64(&s.tat, &t, mine):
+                return R_ALLOWED
+            continue
+        if r == ABSENT:
+            r = _claim(e, fp, b1, b2, now, mine)
+            if r == FOUND:
+                return R_ALLOWED
+        if r == RETRY:
+            continue
+        if r == R_FULL:
+            fl_add_u64(&e.counters[C_FULL], 1)
+        return r
 
 
 cdef inline uint64_t _int_fp(uint64_t k0, uint64_t k1, uint64_t key) noexcept nogil:

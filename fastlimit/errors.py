@@ -35,3 +35,19 @@ class TableError(FastLimitError, OSError):
 
 class BackendError(FastLimitError):
     """A remote backend (Redis) failed and the policy says to raise."""
+
+
+class ConcurrencyLimitExceeded(FastLimitError):
+    """Every lease of a key stayed held until the acquire gave up.
+
+    Attributes:
+        key: the key.
+        limit: its concurrency limit.
+        retry_after: a suggested wait in seconds before trying again.
+    """
+
+    def __init__(self, key: object, limit: int, retry_after: float) -> None:
+        super().__init__(f"{limit} of {limit} leases of key {key!r} are in use")
+        self.key = key
+        self.limit = limit
+        self.retry_after = retry_after

@@ -36,7 +36,12 @@ HEADER_BYTES = 4096
 SLOT_BYTES = 16
 BUCKET_SLOTS = 8
 BUCKET_BYTES = SLOT_BYTES * BUCKET_SLOTS
-CLOCK_MONOTONIC_ID = 1
+# What a table's words mean, stored as its header's clock id: "rates" hold
+# CLOCK_MONOTONIC times (GCRA tats, and leases); "quotas" hold calendar
+# period counts.  A table holds one kind: each kind's notion of an expired
+# slot would misread the other's words.
+KINDS = {"rates": 1, "quotas": 2}
+Kind = Literal["rates", "quotas"]
 DEFAULT_CAPACITY = 65_536
 MAX_CAPACITY = 1_000_000_000
 # Slots per key, as a fraction: 23/16 = 1.4375 slots (23 bytes) per key of
@@ -106,7 +111,7 @@ def _on_full_code(on_full: str) -> int:
             f"on_full must be one of 'deny', 'allow', 'raise', got {on_full!r}") from None
 
 
-def _new_header(capacity: int) -> np.ndarray:
+def _new_header(capacity: int, kind: Kind) -> np.ndarray:
     h = np.zeros(1, HEADER_DTYPE)
     h["version"] = LAYOUT_VERSION
     h["header_size"] = HEADER_BYTES
@@ -114,7 +119,7 @@ def _new_header(capacity: int) -> np.ndarray:
     h["bucket_slots"] = BUCKET_SLOTS
     h["capacity"] = capacity
     h["nbuckets"] = nbuckets_for(capacity)
-    h["clock_id"] = CLOCK_MONOTONIC_ID
+    h["clock_id"] = KINDS[kind]
     h["secret"] = np.frombuffer(os.urandom(16), "<u8")
     h["boot_id"] = _boot_id()
     h["created_ns"] = time.time_ns()
@@ -166,6 +171,7 @@ class SharedTable:
     def __init__(self, mm: mmap.mmap, path: str | None, on_full: OnFull = "deny") -> None:
         # Use open/create/attach/anonymous; this only wraps a mapped segment.
         self._on_full = _on_full_code(on_full)
+        self._kind: Kind = _kind_of(int(np.frombuffer(mm, HEADER_DTYPE, count=1)["clock_id"][0]))
         self._on_full_name = on_full
         self._mm: mmap.mmap | None = mm
         self._path = path
@@ -189,6 +195,7 @@ class SharedTable:
         *,
         path: str | os.PathLike[str] | None = None,
         on_full: OnFull = "deny",
+        kind: Kind = "rates",
     ) -> SharedTable:
         """Attach to the table ``name``, creating it if it does not exist.
 
@@ -203,12 +210,15 @@ class SharedTable:
             path: a file to use instead of a name (e.g. on disk).
             on_full: what a new key gets when its buckets are full of live
                 keys: ``"deny"``, ``"allow"`` or ``"raise"`` (TableFullError).
+            kind: ``"rates"`` (limiters and concurrency leases, on
+                CLOCK_MONOTONIC, cleared after a reboot) or ``"quotas"``
+                (calendar counts, kept across reboots).  Attaching checks it.
 
         Raises:
             TableError: the file is not a compatible fastlimit table, its
                 capacity differs, or there is no space for it.
         """
-        return cls._open(_resolve(name, path), capacity, "open", on_full)
+        return cls._open(_resolve(name, path), capacity, "open", on_full, kind)
 
     @classmethod
     def create(
@@ -218,9 +228,10 @@ class SharedTable:
         *,
         path: str | os.PathLike[str] | None = None,
         on_full: OnFull = "deny",
+        kind: Kind = "rates",
     ) -> SharedTable:
         """Create the table ``name``; fails if it already exists."""
-        return cls._open(_resolve(name, path), capacity, "create", on_full)
+        return cls._open(_resolve(name, path), capacity, "create", on_full, kind)
 
     @classmethod
     def attach(
@@ -230,25 +241,32 @@ class SharedTable:
         path: str | os.PathLike[str] | None = None,
         capacity: int | None = None,
         on_full: OnFull = "deny",
+        kind: Kind | None = None,
     ) -> SharedTable:
-        """Attach to the existing table ``name``; fails if there is none."""
-        return cls._open(_resolve(name, path), capacity, "attach", on_full)
+        """Attach to the existing table ``name``; fails if there is none
+        (or, when ``kind`` is given, if it holds another kind)."""
+        return cls._open(_resolve(name, path), capacity, "attach", on_full, kind)
 
     @classmethod
     def anonymous(
-        cls, capacity: int = DEFAULT_CAPACITY, *, on_full: OnFull = "deny"
+        cls, capacity: int = DEFAULT_CAPACITY, *, on_full: OnFull = "deny", kind: Kind = "rates"
     ) -> SharedTable:
         """A table with no name, shared with processes forked after this call."""
         capacity = _check_capacity(capacity)
-        header = _new_header(capacity)
+        _kind_id(kind)
+        header = _new_header(capacity, kind)
         mm = mmap.mmap(-1, _segment_bytes(int(header["nbuckets"][0])))
         mm[:HEADER_BYTES] = header.tobytes()
         mm[:len(MAGIC)] = MAGIC
         return cls(mm, None, on_full)
 
     @classmethod
-    def _open(cls, path: str, capacity: int | None, mode: str, on_full: OnFull) -> SharedTable:
+    def _open(
+        cls, path: str, capacity: int | None, mode: str, on_full: OnFull, kind: Kind | None
+    ) -> SharedTable:
         _on_full_code(on_full)
+        if kind is not None:
+            _kind_id(kind)
         if capacity is not None:
             capacity = _check_capacity(capacity)
         flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -271,7 +289,7 @@ class SharedTable:
         try:
             # The lock makes create-or-attach atomic, and dies with its holder.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = _prepare(fd, path, capacity, mode)
+            size = _prepare(fd, path, capacity, mode, kind)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             # mmap keeps a dup of fd, which shares the lock: release it by hand
@@ -312,7 +330,7 @@ class SharedTable:
             raise TypeError(
                 "an anonymous table is shared only with forked processes; open a "
                 "named table to send it to a spawned process")
-        return (_attach_path, (self._path, self._on_full_name))
+        return (_attach_path, (self._path, self._on_full_name, self._kind))
 
     def __repr__(self) -> str:
         where = self._path or "anonymous"
@@ -403,7 +421,20 @@ class SharedTable:
         problems += [f"slot {i} is outside its key's buckets" for i in misplaced[:10]]
         return problems
 
-    # -- for limiters --------------------------------------------------------
+    # -- the store protocol: what Limiter, Quota and ConcurrencyLimit call ----
+
+    @property
+    def kind(self) -> Kind:
+        return self._kind
+
+    def _user(self, kind: Kind, what: str, on_full: OnFull | None) -> int:
+        if self.closed:
+            raise ValueError("table is closed")
+        if self._kind != kind:
+            raise ConfigurationError(
+                f"{what} needs a table of kind {kind!r}; {self._path or 'this table'} holds "
+                f"{self._kind}")
+        return self._on_full if on_full is None else _on_full_code(on_full)
 
     def _gcra(
         self,
@@ -414,14 +445,42 @@ class SharedTable:
         clock: Callable[[], int] | None = None,
         on_full: OnFull | None = None,
     ) -> _core.Gcra:
-        if self.closed:
-            raise ValueError("table is closed")
-        code = self._on_full if on_full is None else _on_full_code(on_full)
+        code = self._user("rates", "a Limiter", on_full)
         return _core.Gcra(self._view, name, emission_interval_ns, burst, clock, code)
 
+    def _quota_counter(
+        self, name: str, limit: int, *, on_full: OnFull | None = None
+    ) -> _core.QuotaCounter:
+        code = self._user("quotas", "a Quota", on_full)
+        return _core.QuotaCounter(self._view, name, limit, code)
 
-def _attach_path(path: str, on_full: OnFull) -> SharedTable:
-    return SharedTable.attach(path=path, on_full=on_full)
+    def _leases(self, name: str, *, on_full: OnFull | None = None) -> _core.Leases:
+        code = self._user("rates", "a ConcurrencyLimit", on_full)
+        return _core.Leases(self._view, name, code)
+
+    def flush(self) -> None:
+        """Write the table's pages to its file now (quota tables on disk);
+        the kernel does so on its own within seconds otherwise."""
+        if self._mm is not None:
+            self._mm.flush()
+
+
+def _attach_path(path: str, on_full: OnFull, kind: Kind = "rates") -> SharedTable:
+    return SharedTable.attach(path=path, on_full=on_full, kind=kind)
+
+
+def _kind_id(kind: str) -> int:
+    try:
+        return KINDS[kind]
+    except (KeyError, TypeError):
+        raise ConfigurationError(f"kind must be 'rates' or 'quotas', got {kind!r}") from None
+
+
+def _kind_of(clock_id: int) -> Kind:
+    for name, value in KINDS.items():
+        if value == clock_id:
+            return name  # type: ignore[return-value]
+    raise TableError(f"unknown table kind (clock id {clock_id})")
 
 
 def _resolve(name: str | None, path: str | os.PathLike[str] | None) -> str:
@@ -436,7 +495,7 @@ def _resolve(name: str | None, path: str | os.PathLike[str] | None) -> str:
     return os.path.join(shm_dir(), f"fastlimit.{name}")
 
 
-def _prepare(fd: int, path: str, capacity: int | None, mode: str) -> int:
+def _prepare(fd: int, path: str, capacity: int | None, mode: str, kind: Kind | None) -> int:
     """With the file locked: initialise it if new, else validate it.
     Returns the segment size."""
     size = os.fstat(fd).st_size
@@ -447,7 +506,7 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str) -> int:
             raise TableError(
                 f"table {path} was never initialised (its creator may have died): "
                 f"open it with a capacity to initialise it")
-        return _initialise(fd, path, capacity or DEFAULT_CAPACITY)
+        return _initialise(fd, path, capacity or DEFAULT_CAPACITY, kind or "rates")
     header = np.frombuffer(raw, HEADER_DTYPE)[0]
     if header["magic"] != MAGIC:
         raise TableError(
@@ -460,9 +519,9 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str) -> int:
     layout = (int(header["header_size"]), int(header["slot_size"]), int(header["bucket_slots"]))
     if layout != (HEADER_BYTES, SLOT_BYTES, BUCKET_SLOTS):
         raise TableError(f"table {path} has an unknown layout {layout}")
-    if header["clock_id"] != CLOCK_MONOTONIC_ID:
-        raise TableError(f"table {path} keeps time on clock {int(header['clock_id'])}, not "
-                         f"CLOCK_MONOTONIC")
+    have_kind = _kind_of(int(header["clock_id"]))
+    if kind is not None and kind != have_kind:
+        raise TableError(f"table {path} holds {have_kind}, not {kind}")
     have = int(header["capacity"])
     if capacity is not None and capacity != have:
         raise TableError(
@@ -472,7 +531,7 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str) -> int:
     if int(header["nbuckets"]) != nbuckets_for(have) or size != expected:
         raise TableError(f"table {path} is {size} bytes, expected {expected}: it is corrupt")
     boot = _boot_id()
-    if header["boot_id"] != boot:
+    if have_kind == "rates" and header["boot_id"] != boot:
         # A table on disk that outlived a reboot: its times count from the old
         # boot's CLOCK_MONOTONIC, so every key would look far in the future.
         log.warning("fastlimit: table %s was written before the last reboot; clearing it", path)
@@ -483,8 +542,8 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str) -> int:
     return expected
 
 
-def _initialise(fd: int, path: str, capacity: int) -> int:
-    header = _new_header(capacity)
+def _initialise(fd: int, path: str, capacity: int, kind: Kind) -> int:
+    header = _new_header(capacity, kind)
     size = _segment_bytes(int(header["nbuckets"][0]))
     os.ftruncate(fd, 0)  # zero any leftovers of a failed creation
     os.ftruncate(fd, size)

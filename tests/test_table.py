@@ -227,7 +227,7 @@ def test_table_full_behaviour(on_full):
     events = t.stats(clock()).full_events
     lim = Limiter("1/1h", store=t, clock=clock, on_full=on_full)
     if on_full == "raise":
-        with pytest.raises(TableFullError, match="no free slot for key 'new' of limiter 'default'"):
+        with pytest.raises(TableFullError, match="no free slot for key 'new' of 'default'"):
             lim.hit("new")
         with pytest.raises(TableFullError):
             lim.allow("new")

@@ -1,0 +1,252 @@
+"""Calendar quotas: N per day, week or month, counted exactly across
+processes and kept across process, server and machine restarts."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastlimit import _core
+from fastlimit._core import Decision
+from fastlimit.errors import CapacityError, ConfigurationError
+from fastlimit.limiter import Key
+from fastlimit.table import OnFull, SharedTable
+
+__all__ = ["Quota", "QuotaSpec", "Usage", "state_dir"]
+
+Unit = Literal["day", "week", "month"]
+NS = 1_000_000_000
+DEFAULT_QUOTA_CAPACITY = 65_536
+_SPEC_RE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(?:1\s*)?([A-Za-z]+?)s?\s*$")
+_UNITS: dict[str, Unit] = {"day": "day", "d": "day", "week": "week", "w": "week",
+                           "month": "month", "mo": "month"}
+_MONDAY = date(1969, 12, 29).toordinal()  # weeks are ISO weeks, Monday to Sunday
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+def state_dir() -> str:
+    """Where quota files live by default: ``$FASTLIMIT_STATE_DIR``, else
+    ``$XDG_STATE_HOME/fastlimit``, else ``~/.local/state/fastlimit``."""
+    if "FASTLIMIT_STATE_DIR" in os.environ:
+        return os.environ["FASTLIMIT_STATE_DIR"]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "fastlimit")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSpec:
+    """``limit`` per calendar ``unit``: ``QuotaSpec.parse("500/month")``."""
+
+    limit: int
+    unit: Unit
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int):
+            raise ConfigurationError(f"a quota limit must be an int, got {self.limit!r}")
+        if not 1 <= self.limit <= _core.QUOTA_MAX_COUNT:
+            raise ConfigurationError(
+                f"a quota limit must be between 1 and {_core.QUOTA_MAX_COUNT}, got {self.limit}")
+        if self.unit not in ("day", "week", "month"):
+            raise ConfigurationError(
+                f"a quota period is 'day', 'week' or 'month', got {self.unit!r}")
+
+    @classmethod
+    def parse(cls, text: str | QuotaSpec) -> QuotaSpec:
+        """Parse ``'500/month'``, ``'500 per month'``, ``'10/day'``, ``'70/week'``."""
+        if isinstance(text, QuotaSpec):
+            return text
+        m = _SPEC_RE.match(text) if isinstance(text, str) else None
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ConfigurationError(
+                f"cannot parse quota {text!r}: expected '<limit>/<period>' or '<limit> per "
+                f"<period>' with period day, week or month, e.g. '500/month'")
+        return cls(int(m.group(1)), _UNITS[m.group(2).lower()])
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A key's standing in the current period."""
+
+    used: int
+    remaining: int
+    limit: int
+    resets_at: datetime  # the start of the next period, in UTC
+
+
+class Calendar:
+    """Maps wall-clock epoch nanoseconds to calendar periods of a time zone."""
+
+    def __init__(self, unit: Unit, tz: str | tzinfo = "UTC") -> None:
+        self.unit = unit
+        self.tz = _zone(tz)
+        self._cached = (0, 0, -1)  # tag, start_ns, end_ns of the last period asked
+
+    def period(self, now_ns: int) -> tuple[int, int, int]:
+        """(tag, start_ns, end_ns) of the period holding ``now_ns``; tags
+        count periods from 1970 and start at 1."""
+        tag, start, end = self._cached
+        if start <= now_ns < end:
+            return self._cached
+        local = datetime.fromtimestamp(now_ns // NS, self.tz).date()
+        if self.unit == "day":
+            first, after = local, local + timedelta(days=1)
+            tag = local.toordinal() - _EPOCH + 1
+        elif self.unit == "week":
+            first = local - timedelta(days=local.weekday())
+            after = first + timedelta(days=7)
+            tag = (first.toordinal() - _MONDAY) // 7 + 1
+        else:
+            first = local.replace(day=1)
+            after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+            tag = (first.year - 1970) * 12 + first.month
+        self._cached = (tag, self._midnight_ns(first), self._midnight_ns(after))
+        return self._cached
+
+    def _midnight_ns(self, day: date) -> int:
+        return int(datetime(day.year, day.month, day.day, tzinfo=self.tz).timestamp()) * NS
+
+
+class Quota:
+    """At most ``limit`` per calendar day, week or month for each key.
+
+    Counts live in a file-backed table, so they survive restarts and
+    redeploys, and every process that opens the same file counts against
+    the same numbers exactly.  A new period starts at zero on its first use.
+
+    Args:
+        spec: ``"500/month"``, ``"10/day"``, ``"70/week"`` or a QuotaSpec.
+        path: the quota file; default ``state_dir()/quotas.tbl``.  Its
+            directory is created if missing.  One file holds many quotas.
+        store: a SharedTable of kind ``"quotas"`` to use instead of ``path``.
+        name: the quota's name in the file; quotas with different names
+            never share counts.
+        tz: the time zone whose midnights bound the periods (default UTC).
+        clock: wall-clock epoch nanoseconds (default ``time.time_ns``).
+        capacity: keys the file holds when it is created.
+
+    Example:
+        >>> import tempfile, os
+        >>> q = Quota("2/month", path=os.path.join(tempfile.mkdtemp(), "q.tbl"))
+        >>> [q.allow("acct-1") for _ in range(3)]
+        [True, True, False]
+        >>> q.usage("acct-1").used
+        2
+    """
+
+    def __init__(
+        self,
+        spec: str | QuotaSpec,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        store: SharedTable | None = None,
+        name: str = "quota",
+        tz: str | tzinfo = "UTC",
+        clock: Callable[[], int] | None = None,
+        capacity: int = DEFAULT_QUOTA_CAPACITY,
+        on_full: OnFull | None = None,
+    ) -> None:
+        self.spec = QuotaSpec.parse(spec)
+        self.name = name
+        if store is None:
+            file = os.fspath(path) if path is not None else os.path.join(state_dir(), "quotas.tbl")
+            os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
+            store = SharedTable.open(path=file, capacity=capacity, kind="quotas")
+        self.store = store
+        self._counter = store._quota_counter(name, self.spec.limit, on_full=on_full)
+        self.calendar = Calendar(self.spec.unit, tz)
+        self.clock = clock or time.time_ns
+
+    @property
+    def limit(self) -> int:
+        return self.spec.limit
+
+    def hit(self, key: Key, cost: int = 1) -> Decision:
+        """Count ``cost`` if it fits in the period; return the Decision.
+
+        ``reset_after`` is the time to the period's end; a denied hit's
+        ``retry_after`` is the same (a quota refills only then).  ``cost=0``
+        answers as :meth:`peek`."""
+        if cost == 0:
+            return self.peek(key)
+        return self._step(key, cost, _Q_CONSUME)
+
+    def allow(self, key: Key, cost: int = 1) -> bool:
+        """:meth:`hit`, returning only whether it passed."""
+        return self.hit(key, cost).allowed
+
+    def peek(self, key: Key, cost: int = 1) -> Decision:
+        """The Decision a hit of ``cost`` would get, counting nothing."""
+        return self._step(key, cost, _Q_PEEK)
+
+    def refund(self, key: Key, cost: int = 1) -> bool:
+        """Give back ``cost`` counted in the current period (never below 0)."""
+        self._check_cost(cost)
+        tag, _, _ = self.calendar.period(self.clock())
+        result, _ = self._counter.step(key, tag, cost, _Q_REFUND)
+        return result == 1
+
+    def usage(self, key: Key) -> Usage:
+        """Used and remaining in the current period, and when it resets."""
+        tag, _, end = self.calendar.period(self.clock())
+        _, used = self._counter.step(key, tag, 0, _Q_PEEK)
+        return Usage(used, self.limit - used, self.limit,
+                     datetime.fromtimestamp(end // NS, timezone.utc))
+
+    def reset(self, key: Key) -> None:
+        """Forget ``key``'s count."""
+        self._counter.reset(key)
+
+    def _check_cost(self, cost: int) -> None:
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        if cost > self.limit:
+            raise CapacityError(
+                f"cost {cost} exceeds the quota of {self.limit} per {self.spec.unit}: "
+                f"it can never pass")
+
+    def _step(self, key: Key, cost: int, mode: int) -> Decision:
+        self._check_cost(cost)
+        now = self.clock()
+        tag, _, end = self.calendar.period(now)
+        result, count = self._counter.step(key, tag, cost, mode)
+        left = end - now
+        if result < 0:  # no slot: on_full "deny" or "allow" ("raise" raised)
+            if self._counter.on_full == 1:
+                return Decision(True, self.limit, self.limit - cost, left, 0)
+            return Decision(False, self.limit, 0, left, left)
+        allowed = result == 1
+        return Decision(allowed, self.limit, self.limit - count, left, 0 if allowed else left)
+
+    def __repr__(self) -> str:
+        return f"<Quota {self.name!r} {self.spec} tz={self.calendar.tz}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.spec, self.store, self.name, self.calendar.tz, self.clock))
+
+
+_Q_PEEK, _Q_CONSUME, _Q_REFUND = 0, 1, 2  # modes of QuotaCounter.step
+
+
+def _rebuild(spec: QuotaSpec, store: SharedTable, name: str, tz: tzinfo, clock: Any) -> Quota:
+    return Quota(spec, store=store, name=name, tz=tz, clock=clock)
+
+
+def _zone(tz: str | tzinfo) -> tzinfo:
+    if not isinstance(tz, str):
+        return tz
+    if tz.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(f"unknown time zone {tz!r} (expected an IANA name "
+                                 f"like 'Europe/Paris', or 'UTC')") from None
