@@ -24,6 +24,7 @@ from fastlimit.errors import (
     TableError,
     TableFullError,
 )
+from fastlimit.headers import DenialResponse, HeaderStyle
 from fastlimit.limiter import Key, Limiter
 from fastlimit.rate import Rate
 from fastlimit.table import SharedTable, TableStats
@@ -35,8 +36,10 @@ __all__ = [
     "CapacityError",
     "ConfigurationError",
     "Decision",
+    "DenialResponse",
     "FakeClock",
     "FastLimitError",
+    "HeaderStyle",
     "Key",
     "Limiter",
     "Rate",
