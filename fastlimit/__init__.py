@@ -26,6 +26,7 @@ from fastlimit.errors import (
 )
 from fastlimit.headers import DenialResponse, HeaderStyle
 from fastlimit.limiter import Key, Limiter
+from fastlimit.overrides import Overrides
 from fastlimit.rate import Rate
 from fastlimit.table import SharedTable, TableStats
 
@@ -42,6 +43,7 @@ __all__ = [
     "HeaderStyle",
     "Key",
     "Limiter",
+    "Overrides",
     "Rate",
     "SharedTable",
     "TableError",
