@@ -16,6 +16,7 @@ Example:
 
 from fastlimit._core import Decision
 from fastlimit.clock import FakeClock
+from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
 from fastlimit.errors import (
     BackendError,
     CapacityError,
@@ -27,7 +28,9 @@ from fastlimit.errors import (
 from fastlimit.headers import DenialResponse, HeaderStyle
 from fastlimit.limiter import Key, Limiter
 from fastlimit.overrides import Overrides
+from fastlimit.policy import Identity, Policy, PolicyDecision, Resolution
 from fastlimit.rate import Rate
+from fastlimit.spec import PolicySpec, QuotaSpec, RouteSpec, TierSpec
 from fastlimit.table import SharedTable, TableStats
 
 __version__ = "0.1.0"
@@ -35,19 +38,31 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "CapacityError",
+    "CompositeResult",
     "ConfigurationError",
     "Decision",
     "DenialResponse",
     "FakeClock",
     "FastLimitError",
     "HeaderStyle",
+    "Identity",
     "Key",
+    "LimitCheck",
     "Limiter",
     "Overrides",
+    "Policy",
+    "PolicyDecision",
+    "PolicySpec",
+    "QuotaSpec",
     "Rate",
+    "Resolution",
+    "RouteSpec",
     "SharedTable",
     "TableError",
     "TableFullError",
     "TableStats",
+    "TierSpec",
     "__version__",
+    "hit_all",
+    "peek_all",
 ]
