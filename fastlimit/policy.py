@@ -24,8 +24,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from fastlimit._core import Decision
 from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
@@ -45,8 +44,7 @@ log = logging.getLogger("fastlimit")
 CredentialKind = Literal["api_key", "session", "token", "anonymous", "invalid"]
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
     """Who makes a request, as the application authenticated it.
 
     The policy does not check credentials: the application does, then says
@@ -98,8 +96,7 @@ def _subject(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
+class Resolution(NamedTuple):
     """The limits a request is subject to, in the order they are hit.
 
     Attributes:
@@ -320,7 +317,7 @@ class Policy:
         checks: list[LimitCheck] = []
         applied: str | None = None
         entry = self._identities.get(kind)
-        if entry is not None and not any(r.spec.dedicated for r in routes):
+        if entry is not None and not (routes and any(r.spec.dedicated for r in routes)):
             applied = kind
             limit = entry[1]
             key = subject if subject is not None else _need_ip(client_ip, limit.name)
@@ -441,7 +438,8 @@ class PolicyDecision:
     denial adds ``Retry-After`` and has a :attr:`status` and :attr:`body`.
     """
 
-    __slots__ = ("allowed", "resolution", "result", "_policy", "_wall_ns", "_headers")
+    __slots__ = ("allowed", "resolution", "result", "_policy", "_wall_ns", "_headers",
+                 "_binding")
 
     def __init__(self, policy: Policy, resolution: Resolution, result: CompositeResult,
                  wall_ns: int) -> None:
@@ -451,6 +449,7 @@ class PolicyDecision:
         self._policy = policy
         self._wall_ns = wall_ns
         self._headers: list[tuple[str, str]] | None = None
+        self._binding: int | None = -1  # -1: not computed yet
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -472,11 +471,19 @@ class PolicyDecision:
     @property
     def binding(self) -> int | None:
         """Index of the most restrictive enforced limit, or None if none applied."""
-        pairs = zip(self.checks, self.result.decisions, strict=True)
-        enforced = [(i, d) for i, (c, d) in enumerate(pairs) if d is not None and not c.shadow]
-        if not enforced:
-            return None
-        return enforced[most_restrictive([d for _, d in enforced])][0]
+        if self._binding == -1:
+            checks, decisions = self.checks, self.result.decisions
+            enforced: list[int] = []
+            found: list[Decision] = []
+            for i, d in enumerate(decisions):
+                if d is not None and not checks[i].shadow:
+                    enforced.append(i)
+                    found.append(d)
+            if not enforced:
+                self._binding = None
+            else:
+                self._binding = enforced[0 if len(found) == 1 else most_restrictive(found)]
+        return self._binding
 
     @property
     def limit(self) -> str | None:

@@ -94,8 +94,11 @@ class _Node:
     def __init__(self) -> None:
         self.literal: dict[str, _Node] = {}
         self.param: _Node | None = None
-        self.here: dict[str, list[int]] = {}  # patterns ending at this node
-        self.tail: dict[str, list[int]] = {}  # patterns ending in '**' here
+        # pattern indices by method: those ending at this node, and those
+        # ending in '**' here.  After compiling, keyed by every method a
+        # request can name (and _OTHER), with '*' and HEAD->GET folded in.
+        self.here: dict[str, list[int]] = {}
+        self.tail: dict[str, list[int]] = {}
 
 
 class RouteTable(Generic[T]):
@@ -144,10 +147,11 @@ class RouteTable(Generic[T]):
                 node.here.setdefault(method, []).append(index)
                 if not any(s.startswith("{") for s in segments):
                     literal_paths.append("/" + "/".join(segments))
+        methods.discard(ANY)
+        _fold_methods(self._root, (*methods, _OTHER))
         self._dynamic = _has_wildcards(self._root)
         # The common case, a path that is itself a pattern, costs two dict
         # lookups: every method's answer for it is worked out now.
-        methods.discard(ANY)
         self._exact: dict[str, dict[str, tuple[T, ...]]] = {}
         for path in literal_paths:
             answers = {m: self._walk(m, path) for m in methods}
@@ -169,11 +173,27 @@ class RouteTable(Generic[T]):
         return self._walk(method, path)
 
     def _walk(self, method: str, path: str) -> tuple[T, ...]:
-        segments = [s for s in path.split("/") if s]
+        segments = path.split("/")  # a normalized path: ["", "a", "b"], or ["", ""] for "/"
+        end = len(segments) if segments[-1] else len(segments) - 1
         hits: list[int] = []
-        _collect(self._root, segments, 0, method, hits)
+        stack = [(self._root, 1)]
+        while stack:
+            node, i = stack.pop()
+            if node.tail:
+                hits += node.tail.get(method) or node.tail.get(_OTHER) or ()
+            if i == end:
+                if node.here:
+                    hits += node.here.get(method) or node.here.get(_OTHER) or ()
+                continue
+            child = node.literal.get(segments[i])
+            if child is not None:
+                stack.append((child, i + 1))
+            if node.param is not None:
+                stack.append((node.param, i + 1))
         if not hits:
             return ()
+        if len(hits) == 1:
+            return (self._values[hits[0]],)
         return tuple(self._values[i] for i in sorted(set(hits)))
 
 
@@ -183,21 +203,21 @@ def _has_wildcards(node: _Node) -> bool:
     return any(_has_wildcards(child) for child in node.literal.values())
 
 
-def _add(table: dict[str, list[int]], method: str, hits: list[int]) -> None:
-    for m in (method, ANY, "GET" if method == "HEAD" else None):
-        if m is not None and m in table:
-            hits.extend(table[m])
+def _fold(table: dict[str, list[int]], methods: tuple[str, ...]) -> dict[str, list[int]]:
+    folded: dict[str, list[int]] = {}
+    for m in methods:
+        found = table.get(m, []) + table.get(ANY, [])
+        if m == "HEAD":  # frameworks answer HEAD with the GET handler
+            found += table.get("GET", [])
+        if found:
+            folded[m] = sorted(set(found))
+    return folded
 
 
-def _collect(node: _Node, segments: list[str], i: int, method: str, hits: list[int]) -> None:
-    if node.tail:
-        _add(node.tail, method, hits)
-    if i == len(segments):
-        if node.here:
-            _add(node.here, method, hits)
-        return
-    child = node.literal.get(segments[i])
-    if child is not None:
-        _collect(child, segments, i + 1, method, hits)
+def _fold_methods(node: _Node, methods: tuple[str, ...]) -> None:
+    node.here = _fold(node.here, methods)
+    node.tail = _fold(node.tail, methods)
+    for child in node.literal.values():
+        _fold_methods(child, methods)
     if node.param is not None:
-        _collect(node.param, segments, i + 1, method, hits)
+        _fold_methods(node.param, methods)
