@@ -76,6 +76,7 @@ class Overrides:
         self._seen = -1
         self._write_lock = threading.Lock()  # flock does not exclude our own threads
         self._fd = -1
+        self._pid = os.getpid()
         self._mm: mmap.mmap | None = None
         if self._path is not None:
             self._fd, self._mm = _open_counter(self._path + ".gen")
@@ -167,6 +168,13 @@ class Overrides:
                 yield salt, entries
                 self._install(salt, entries)
                 return
+            if self._pid != os.getpid():
+                # Forked after opening (gunicorn --preload): the inherited
+                # descriptor shares its open file, and so its flock, with the
+                # parent and siblings.  A lock of our own needs our own open.
+                os.close(self._fd)
+                self._fd = os.open(self._path + ".gen", os.O_RDWR | os.O_CLOEXEC)
+                self._pid = os.getpid()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 try:

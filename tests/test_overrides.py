@@ -116,3 +116,27 @@ def test_writers_in_several_processes_lose_nothing(path):
     assert len(o) == 100
     assert all(o.rate_for("token", f"t{i}") == Rate(i + 1, 3600 * 10**9) for i in range(100))
     o.close()
+
+
+def _inherited_writer(o, start, barrier):
+    barrier.wait()
+    for i in range(start, start + 25):
+        o.set("token", f"t{i}", f"{i + 1}/1h")
+
+
+def test_writers_forked_after_opening_still_exclude_each_other(path):
+    # gunicorn --preload: the workers inherit one Overrides, and with it one
+    # open file description, on which flock would not exclude them
+    shared = Overrides(path)
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_inherited_writer, args=(shared, 25 * k, barrier))
+             for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    shared.refresh()
+    assert len(shared) == 100
+    shared.close()
