@@ -284,6 +284,14 @@ class Policy:
 
         Raises:
             ValueError: the identity names a tier the policy does not have.
+
+        Example:
+            >>> policy = Policy.from_dict({
+            ...     "identities": {"api_key": {"rate": "tier"}},
+            ...     "tiers": {"STARTER": {"requests_per_minute": 30,
+            ...                           "quotas": {"chat": "200/month"}}}})
+            >>> str(policy.tier_of(Identity.api_key("k", "STARTER")).quotas["chat"])
+            '200/month'
         """
         if identity.kind != "api_key":
             return None
@@ -309,6 +317,14 @@ class Policy:
         Raises:
             ValueError: a per-IP limit applies and ``client_ip`` is missing,
                 or an API key names an unknown tier.
+
+        Example:
+            >>> policy = Policy.from_dict({
+            ...     "identities": {"session": {"rate": "300/1m"}},
+            ...     "routes": {"POST /login": "5/1m"}})
+            >>> r = policy.resolve("POST", "/login/", Identity.session("u1"), "10.0.0.1")
+            >>> [(c.name, c.key, str(c.limiter.rate)) for c in r.checks]
+            [('session', 'u1', '300/1m'), ('POST /login', '10.0.0.1', '5/1m')]
         """
         identity = identity or _ANONYMOUS
         self.overrides.refresh()
@@ -400,7 +416,13 @@ class Policy:
     def peek(self, method: str, path: str, identity: Identity | None = None,
              client_ip: str | None = None, *, cost: int = 1) -> PolicyDecision:
         """What :meth:`hit` would answer now, counting nothing (and logging
-        nothing)."""
+        nothing).
+
+        Example:
+            >>> policy = Policy.from_dict({"identities": {"token": {"rate": "100/1h"}}})
+            >>> policy.peek("GET", "/ocr", Identity.token("t")).decision.remaining
+            100
+        """
         resolution = self.resolve(method, path, identity, client_ip)
         return PolicyDecision(self, resolution, peek_all(resolution.checks, cost),
                               self._wall_clock())
