@@ -16,6 +16,7 @@ Example:
 
 from fastlimit._core import Decision
 from fastlimit.clock import FakeClock
+from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
 from fastlimit.concurrency import ConcurrencyLimit, Lease
 from fastlimit.errors import (
     BackendError,
@@ -26,9 +27,13 @@ from fastlimit.errors import (
     TableError,
     TableFullError,
 )
+from fastlimit.headers import DenialResponse, HeaderStyle
 from fastlimit.limiter import Key, Limiter
+from fastlimit.overrides import Overrides
+from fastlimit.policy import Identity, Policy, PolicyDecision, Resolution
 from fastlimit.quota import Quota, QuotaSpec, Usage
 from fastlimit.rate import Rate
+from fastlimit.spec import PolicySpec, RouteSpec, TierSpec
 from fastlimit.table import SharedTable, TableStats
 
 __version__ = "0.1.0"
@@ -38,20 +43,35 @@ __all__ = [
     "CapacityError",
     "ConcurrencyLimit",
     "ConcurrencyLimitExceeded",
+    "CompositeResult",
     "ConfigurationError",
     "Decision",
+    "DenialResponse",
     "FakeClock",
     "FastLimitError",
+    "HeaderStyle",
+    "Identity",
     "Key",
     "Lease",
     "Limiter",
     "Quota",
+    "LimitCheck",
+    "Limiter",
+    "Overrides",
+    "Policy",
+    "PolicyDecision",
+    "PolicySpec",
     "QuotaSpec",
     "Rate",
+    "Resolution",
+    "RouteSpec",
     "SharedTable",
     "TableError",
     "TableFullError",
     "TableStats",
     "Usage",
+    "TierSpec",
     "__version__",
+    "hit_all",
+    "peek_all",
 ]

@@ -11,10 +11,13 @@ def table_name():
     """A unique table name; its file is removed after the test."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    try:
-        os.unlink(os.path.join(fastlimit.table.shm_dir(), f"fastlimit.{name}"))
-    except FileNotFoundError:
-        pass
+    base = os.path.join(fastlimit.table.shm_dir(), f"fastlimit.{name}")
+    # the table, and the overrides a Policy keeps beside it
+    for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 @pytest.fixture

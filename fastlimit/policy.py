@@ -1,0 +1,571 @@
+"""Policy: every limit of an API in one place, enforced per request.
+
+A request is ``(method, path, identity, client IP)``.  :meth:`Policy.resolve`
+turns it into the limits that apply:
+
+- the identity's limit: an API key gets its tier's rate (per account, or
+  per key), a session the session rate, a token the token rate (100/1h by
+  default, changeable per token at run time), and a caller with no
+  credential, an invalid one, or a key of a tier without API access gets the
+  anonymous rate per source IP;
+- every route limit whose pattern matches (per IP, or per identity); a
+  ``dedicated`` route limit replaces the identity's limit, so bulk routes
+  and webhooks do not eat the tier's budget.
+
+:meth:`Policy.hit` then counts the request against all of them at once (see
+:mod:`fastlimit.composite`) and returns a :class:`PolicyDecision` carrying
+the headers and, for a denial, the status and body to answer with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple
+
+from fastlimit._core import Decision
+from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
+from fastlimit.config import load_dict, load_file
+from fastlimit.headers import most_restrictive, retry_after_seconds
+from fastlimit.limiter import Limiter
+from fastlimit.overrides import Overrides
+from fastlimit.rate import Rate
+from fastlimit.routes import RouteTable
+from fastlimit.spec import IdentitySpec, PolicySpec, RouteSpec, TierSpec
+from fastlimit.table import SharedTable
+
+__all__ = ["Identity", "Policy", "PolicyDecision", "Resolution"]
+
+log = logging.getLogger("fastlimit")
+
+CredentialKind = Literal["api_key", "session", "token", "anonymous", "invalid"]
+
+
+class Identity(NamedTuple):
+    """Who makes a request, as the application authenticated it.
+
+    The policy does not check credentials: the application does, then says
+    what it found.  Build identities with the class methods.
+
+    Example:
+        >>> Identity.api_key("key_1", tier="STARTER", account="acct_9").subject
+        'key_1'
+        >>> Identity.invalid().kind
+        'invalid'
+    """
+
+    kind: CredentialKind
+    subject: str | None = None
+    tier: str | None = None
+    account: str | None = None
+
+    @classmethod
+    def api_key(cls, key: str, tier: str, *, account: str | None = None) -> Identity:
+        """A valid API key on ``tier``.  The tier limit is counted per
+        ``account`` when given (every key of an account shares it), else per
+        key; a ``[customers.<account>]`` entry overrides the tier."""
+        return cls("api_key", _subject(key), tier, account)
+
+    @classmethod
+    def session(cls, subject: str) -> Identity:
+        """A valid session; ``subject`` is the session or (better) user id."""
+        return cls("session", _subject(subject))
+
+    @classmethod
+    def token(cls, token: str) -> Identity:
+        """A valid API token (seed 002): limited per token."""
+        return cls("token", _subject(token))
+
+    @classmethod
+    def anonymous(cls) -> Identity:
+        """No credential: limited per source IP."""
+        return cls("anonymous")
+
+    @classmethod
+    def invalid(cls) -> Identity:
+        """A credential that failed to authenticate: limited as anonymous."""
+        return cls("invalid")
+
+
+def _subject(value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"an identity needs a non-empty str, got {value!r}")
+    return value
+
+
+class Resolution(NamedTuple):
+    """The limits a request is subject to, in the order they are hit.
+
+    Attributes:
+        checks: the limits and keys.
+        identity: the identity limit's kind that applied (``"anonymous"``
+            for invalid credentials), or None for a dedicated route.
+        rejected: why the credential was treated as invalid, if it was
+            (e.g. ``"tier FREE has no API access"``): the application
+            should refuse the request (401/403) as well.
+        tier: the caller's tier (with customer caps applied), for API keys.
+    """
+
+    checks: tuple[LimitCheck, ...]
+    identity: str | None
+    rejected: str | None = None
+    tier: TierSpec | None = None
+
+
+class _Limit:
+    """One configured limit: its name, default rate, and a Limiter per rate
+    it has been used at (overrides bring other rates)."""
+
+    __slots__ = ("name", "rate", "shadow", "_bucket", "_store", "_clock", "_limiters")
+
+    def __init__(self, name: str, bucket: str, rate: Rate | None, shadow: bool,
+                 store: Any, clock: Callable[[], int] | None) -> None:
+        self.name, self.rate, self.shadow = name, rate, shadow
+        self._bucket, self._store, self._clock = bucket, store, clock
+        self._limiters: dict[Rate, Limiter] = {}
+
+    def check(self, key: str, rate: Rate) -> LimitCheck:
+        lim = self._limiters.get(rate)
+        if lim is None:
+            # Same table name at every rate: a key's state (a time) carries
+            # over when its rate changes, so an override applies at once.
+            lim = self._limiters[rate] = Limiter(
+                rate, self._store, name=self._bucket, clock=self._clock)
+        return LimitCheck(self.name, lim, key, self.shadow)
+
+
+class _RouteLimit:
+    __slots__ = ("spec", "limit", "anonymous")
+
+    def __init__(self, spec: RouteSpec, limit: _Limit, anonymous: _Limit | None) -> None:
+        self.spec, self.limit, self.anonymous = spec, limit, anonymous
+
+
+class Policy:
+    """Tiers, identities, route limits, overrides and HTTP answers.
+
+    Load one with :meth:`from_file` (TOML) or :meth:`from_dict`; the schema
+    is in :mod:`fastlimit.config`.
+
+    Args:
+        spec: the checked policy.
+        store: the SharedTable for state (default: the ``[store]`` table,
+            else an anonymous table shared only with forked children).
+        clock: monotonic int-ns clock for the limiters (tests: FakeClock).
+        wall_clock: Unix-time int-ns clock for epoch/ISO reset headers
+            (default ``time.time_ns``).
+        overrides: an :class:`Overrides` or its path (default: the
+            ``[store] overrides`` path, else a file beside the named table,
+            else in-process only).
+
+    Example:
+        >>> from fastlimit import FakeClock
+        >>> clock = FakeClock()
+        >>> policy = Policy.from_dict({
+        ...     "identities": {"token": {"rate": "2/1h"}},
+        ...     "headers": {"reset": "delta"},
+        ... }, clock=clock)
+        >>> me = Identity.token("tok_1")
+        >>> [policy.hit("GET", "/ocr", me).allowed for _ in range(3)]
+        [True, True, False]
+        >>> denied = policy.hit("GET", "/ocr", me)
+        >>> denied.status, denied.retry_after, denied.headers[-1]
+        (429, 1800, ('Retry-After', '1800'))
+        >>> policy.overrides.set("token", "tok_1", "10/1h")   # seen at the next check
+        >>> clock.advance(360)                                 # 1/10 h, not 1/2 h
+        >>> policy.hit("GET", "/ocr", me).allowed
+        True
+    """
+
+    def __init__(
+        self,
+        spec: PolicySpec,
+        *,
+        store: Any = None,
+        clock: Callable[[], int] | None = None,
+        wall_clock: Callable[[], int] | None = None,
+        overrides: Overrides | str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self._owned: list[Any] = []
+        if store is None:
+            if spec.store.table is not None:
+                store = SharedTable.open(spec.store.table, capacity=spec.store.capacity)
+            else:
+                store = SharedTable.anonymous(capacity=spec.store.capacity or 65_536)
+            self._owned.append(store)
+        self.store = store
+        self.overrides = self._open_overrides(overrides, store)
+        self._wall_clock = wall_clock or time.time_ns
+        self.shadow_denials: Counter[str] = Counter()
+        """Shadow denials seen by this process, by limit name."""
+
+        def limit(name: str, rate: Rate | None, shadow: bool, suffix: str = "") -> _Limit:
+            return _Limit(name, f"{spec.name}/{name}{suffix}", rate, shadow or spec.shadow,
+                          store, clock)
+
+        self._identities: dict[str, tuple[IdentitySpec, _Limit]] = {
+            kind: (s, limit(s.name, s.rate if isinstance(s.rate, Rate) else None, s.shadow))
+            for kind, s in spec.identities.items()}
+        routes = [
+            _RouteLimit(r, limit(r.name, r.rate, r.shadow),
+                        None if r.anonymous_rate is None else
+                        limit(r.name, r.anonymous_rate, r.shadow, "#anonymous"))
+            for r in spec.routes]
+        self._routes: RouteTable[_RouteLimit] = RouteTable(
+            (p, r) for r in routes for p in r.spec.patterns)
+
+    # -- construction --------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **options: Any) -> Policy:
+        """Load the TOML policy at ``path``; ``options`` as for :class:`Policy`.
+
+        Raises:
+            ConfigurationError: naming the file, the key path and what was
+                expected.
+
+        Example:
+            >>> policy = Policy.from_file("examples/seed000.toml")   # doctest: +SKIP
+        """
+        return cls(load_file(path), **options)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **options: Any) -> Policy:
+        """Load a policy from a dict shaped like the TOML file.
+
+        Example:
+            >>> Policy.from_dict({"identities": {"session": {"rate": "300/1m"}}}).name
+            'policy'
+        """
+        return cls(load_dict(data), **options)
+
+    def _open_overrides(self, given: Overrides | str | os.PathLike[str] | None,
+                        store: Any) -> Overrides:
+        if isinstance(given, Overrides):
+            return given
+        path = given if given is not None else self.spec.store.overrides
+        if path is None and getattr(store, "path", None) is not None:
+            path = f"{store.path}.overrides.json"
+        overrides = Overrides(path)
+        self._owned.append(overrides)
+        return overrides
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def tiers(self) -> Mapping[str, TierSpec]:
+        return self.spec.tiers
+
+    def close(self) -> None:
+        """Release the table and overrides this policy opened itself."""
+        for thing in reversed(self._owned):
+            thing.close()
+        self._owned.clear()
+
+    def __enter__(self) -> Policy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Policy {self.name!r} from {self.spec.source}>"
+
+    # -- resolving -----------------------------------------------------------
+
+    def tier_of(self, identity: Identity) -> TierSpec | None:
+        """The tier (with customer caps) an API key's limits come from.
+
+        Raises:
+            ValueError: the identity names a tier the policy does not have.
+
+        Example:
+            >>> policy = Policy.from_dict({
+            ...     "identities": {"api_key": {"rate": "tier"}},
+            ...     "tiers": {"STARTER": {"requests_per_minute": 30,
+            ...                           "quotas": {"chat": "200/month"}}}})
+            >>> str(policy.tier_of(Identity.api_key("k", "STARTER")).quotas["chat"])
+            '200/month'
+        """
+        if identity.kind != "api_key":
+            return None
+        if identity.account is not None:
+            custom = self.spec.customers.get(identity.account)
+            if custom is not None:
+                return custom
+        tier = self.spec.tiers.get(identity.tier or "")
+        if tier is None:
+            raise ValueError(
+                f"unknown tier {identity.tier!r}; this policy has: {', '.join(self.spec.tiers)}")
+        return tier
+
+    def resolve(self, method: str, path: str, identity: Identity | None = None,
+                client_ip: str | None = None) -> Resolution:
+        """The limits ``method path`` from ``identity`` at ``client_ip`` is
+        subject to, with their keys, in the order they are hit.
+
+        ``path`` is the path as routed (percent-decoded); a query string is
+        ignored.  ``client_ip`` must be the peer address, or a proxy's
+        forwarded address only when the proxy is trusted.
+
+        Raises:
+            ValueError: a per-IP limit applies and ``client_ip`` is missing,
+                or an API key names an unknown tier.
+
+        Example:
+            >>> policy = Policy.from_dict({
+            ...     "identities": {"session": {"rate": "300/1m"}},
+            ...     "routes": {"POST /login": "5/1m"}})
+            >>> r = policy.resolve("POST", "/login/", Identity.session("u1"), "10.0.0.1")
+            >>> [(c.name, c.key, str(c.limiter.rate)) for c in r.checks]
+            [('session', 'u1', '300/1m'), ('POST /login', '10.0.0.1', '5/1m')]
+        """
+        identity = identity or _ANONYMOUS
+        self.overrides.refresh()
+        routes = self._routes.match(method.upper(), path)
+        kind, subject, rate, rejected, tier = self._identity(identity)
+        checks: list[LimitCheck] = []
+        applied: str | None = None
+        entry = self._identities.get(kind)
+        if entry is not None and not (routes and any(r.spec.dedicated for r in routes)):
+            applied = kind
+            limit = entry[1]
+            key = subject if subject is not None else _need_ip(client_ip, limit.name)
+            rate = self.overrides.rate_for(limit.name, key) or rate
+            if rate is not None:
+                checks.append(limit.check(key, rate))
+        anonymous = kind == "anonymous"
+        for r in routes:
+            limit = r.anonymous if anonymous and r.anonymous is not None else r.limit
+            if r.spec.per == "ip" or subject is None:
+                key = _need_ip(client_ip, limit.name)
+            else:
+                key = subject
+            rate = self.overrides.rate_for(limit.name, key) or limit.rate
+            assert rate is not None  # route limits always have a rate
+            checks.append(limit.check(key, rate))
+        return Resolution(tuple(checks), applied, rejected, tier)
+
+    def _identity(self, identity: Identity
+                  ) -> tuple[str, str | None, Rate | None, str | None, TierSpec | None]:
+        """(kind, subject, rate, rejected, tier) for the identity limit; the
+        subject is None for anonymous callers (they are keyed by IP)."""
+        kind = identity.kind
+        if kind in ("session", "token") and identity.subject:
+            return kind, identity.subject, self._default_rate(kind), None, None
+        rejected: str | None = None
+        if kind == "api_key" and identity.subject:
+            entry = self._identities.get("api_key")
+            subject = identity.account or identity.subject
+            if entry is None or entry[0].rate != "tier":
+                return kind, subject, self._default_rate(kind), None, None
+            tier = self.tier_of(identity)
+            assert tier is not None
+            if tier.api_access:
+                return kind, subject, tier.rate, None, tier
+            # The seed: API keys come with STARTER and above, and invalid
+            # keys get the anonymous limit.  A FREE account's key is such.
+            rejected = f"tier {tier.name} has no API access"
+        return "anonymous", None, self._default_rate("anonymous"), rejected, None
+
+    def _default_rate(self, kind: str) -> Rate | None:
+        entry = self._identities.get(kind)
+        return None if entry is None else entry[1].rate
+
+    # -- checking ------------------------------------------------------------
+
+    def hit(self, method: str, path: str, identity: Identity | None = None,
+            client_ip: str | None = None, *, cost: int = 1) -> PolicyDecision:
+        """Count the request against every limit it is subject to.
+
+        It passes only if all enforced limits allow it; if one denies,
+        nothing is consumed from any (see :mod:`fastlimit.composite`).
+        Shadow limits are counted and logged but never deny.
+
+        Args:
+            cost: what the request costs on each limit (e.g. N for a batch
+                of N files).
+
+        Raises:
+            CapacityError: ``cost`` exceeds an enforced limit's burst.
+            ValueError: as for :meth:`resolve`.
+
+        Example:
+            >>> from fastlimit import FakeClock
+            >>> policy = Policy.from_dict({"identities": {"anonymous": {"rate": "1/1m"}}},
+            ...                           clock=FakeClock(), wall_clock=lambda: 0)
+            >>> for header in policy.hit("GET", "/", client_ip="10.0.0.1").headers:
+            ...     print(*header)
+            X-RateLimit-Limit 1
+            X-RateLimit-Remaining 0
+            X-RateLimit-Reset 60
+        """
+        resolution = self.resolve(method, path, identity, client_ip)
+        result = hit_all(resolution.checks, cost)
+        decision = PolicyDecision(self, resolution, result, self._wall_clock())
+        if result.shadow_denied:
+            self._report_shadow(decision, method, path)
+        return decision
+
+    def peek(self, method: str, path: str, identity: Identity | None = None,
+             client_ip: str | None = None, *, cost: int = 1) -> PolicyDecision:
+        """What :meth:`hit` would answer now, counting nothing (and logging
+        nothing).
+
+        Example:
+            >>> policy = Policy.from_dict({"identities": {"token": {"rate": "100/1h"}}})
+            >>> policy.peek("GET", "/ocr", Identity.token("t")).decision.remaining
+            100
+        """
+        resolution = self.resolve(method, path, identity, client_ip)
+        return PolicyDecision(self, resolution, peek_all(resolution.checks, cost),
+                              self._wall_clock())
+
+    def _report_shadow(self, decision: PolicyDecision, method: str, path: str) -> None:
+        for i in decision.result.shadow_denied:
+            check = decision.checks[i]
+            self.shadow_denials[check.name] += 1
+            d = decision.result.decisions[i]
+            log.info(
+                "fastlimit shadow: %s %s would be denied by %r (%s); %s; would send %s",
+                method, path, check.name, decision.resolution.identity or "route",
+                d if d is not None else "cost exceeds its burst",
+                decision.render(i) if d is not None else [])
+
+
+_ANONYMOUS = Identity.anonymous()
+
+
+def _need_ip(client_ip: str | None, limit: str) -> str:
+    if not client_ip:
+        raise ValueError(f"limit {limit!r} is counted per source IP: pass client_ip")
+    return client_ip
+
+
+class PolicyDecision:
+    """The answer to one request under a policy.
+
+    Attributes:
+        allowed: whether to serve the request (shadow limits never deny).
+        resolution: the limits that applied (:class:`Resolution`).
+        result: the composite outcome, one Decision per limit.
+
+    The headers describe the most restrictive enforced limit, once; a
+    denial adds ``Retry-After`` and has a :attr:`status` and :attr:`body`.
+    """
+
+    __slots__ = ("allowed", "resolution", "result", "_policy", "_wall_ns", "_headers",
+                 "_binding")
+
+    def __init__(self, policy: Policy, resolution: Resolution, result: CompositeResult,
+                 wall_ns: int) -> None:
+        self.allowed = result.allowed
+        self.resolution = resolution
+        self.result = result
+        self._policy = policy
+        self._wall_ns = wall_ns
+        self._headers: list[tuple[str, str]] | None = None
+        self._binding: int | None = -1  # -1: not computed yet
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    @property
+    def checks(self) -> tuple[LimitCheck, ...]:
+        return self.resolution.checks
+
+    @property
+    def would_allow(self) -> bool:
+        """Whether it would pass with shadow limits enforced too."""
+        return self.allowed and not self.result.shadow_denied
+
+    @property
+    def rejected(self) -> str | None:
+        """Why the credential was treated as invalid (see :class:`Resolution`)."""
+        return self.resolution.rejected
+
+    @property
+    def binding(self) -> int | None:
+        """Index of the most restrictive enforced limit, or None if none applied."""
+        if self._binding == -1:
+            checks, decisions = self.checks, self.result.decisions
+            enforced: list[int] = []
+            found: list[Decision] = []
+            for i, d in enumerate(decisions):
+                if d is not None and not checks[i].shadow:
+                    enforced.append(i)
+                    found.append(d)
+            if not enforced:
+                self._binding = None
+            else:
+                self._binding = enforced[0 if len(found) == 1 else most_restrictive(found)]
+        return self._binding
+
+    @property
+    def limit(self) -> str | None:
+        """Name of the limit the headers describe (on a denial: the one
+        that makes the client wait longest)."""
+        i = self.binding
+        return None if i is None else self.checks[i].name
+
+    @property
+    def decision(self) -> Decision | None:
+        """The Decision of :attr:`limit`."""
+        i = self.binding
+        return None if i is None else self.result.decisions[i]
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Rate-limit headers to send, each once; empty when no enforced
+        limit applied (e.g. an unlimited tier)."""
+        if self._headers is None:
+            i = self.binding
+            self._headers = [] if i is None else self.render(i)
+        return self._headers
+
+    def render(self, index: int) -> list[tuple[str, str]]:
+        """The headers limit ``index`` alone would produce."""
+        d = self.result.decisions[index]
+        if d is None:
+            raise ValueError(f"limit {self.checks[index].name!r} has no decision")
+        return self._policy.spec.headers.render(
+            d, name=self.checks[index].name, rate=self.checks[index].limiter.rate,
+            wall_now_ns=self._wall_ns)
+
+    @property
+    def retry_after(self) -> int | None:
+        """Seconds to wait (the Retry-After value) when denied, else None."""
+        i = self.binding
+        if self.allowed or i is None:
+            return None
+        d = self.result.decisions[i]
+        assert d is not None
+        return retry_after_seconds(d, self.checks[i].limiter.rate)
+
+    @property
+    def status(self) -> int | None:
+        """The status to answer a denial with (429 unless configured)."""
+        return None if self.allowed else self._policy.spec.response.status
+
+    @property
+    def content_type(self) -> str:
+        return self._policy.spec.response.content_type
+
+    @property
+    def body(self) -> bytes | None:
+        """The denial's body (JSON by default), or None when allowed."""
+        if self.allowed:
+            return None
+        retry = self.retry_after
+        assert retry is not None
+        return self._policy.spec.response.render(retry_after=retry, limit=self.limit or "")
+
+    def __repr__(self) -> str:
+        state = "allowed" if self.allowed else f"denied by {self.limit!r}"
+        return f"<PolicyDecision {state} limits={[c.name for c in self.checks]}>"
