@@ -381,7 +381,8 @@ class Policy:
     # -- checking ------------------------------------------------------------
 
     def hit(self, method: str, path: str, identity: Identity | None = None,
-            client_ip: str | None = None, *, cost: int = 1) -> PolicyDecision:
+            client_ip: str | None = None, *, cost: int = 1,
+            content_length: int | None = None, files: int | None = None) -> PolicyDecision:
         """Count the request against every limit it is subject to.
 
         It passes only if all enforced limits allow it; if one denies,
@@ -391,6 +392,10 @@ class Policy:
         Args:
             cost: what the request costs on each limit (e.g. N for a batch
                 of N files).
+            content_length: the request body's size in bytes, checked
+                against the tier's payload caps (413).
+            files: the number of files in a batch upload, checked against
+                the tier's batch size cap (413).
 
         Raises:
             CapacityError: ``cost`` exceeds an enforced limit's burst.
@@ -565,6 +570,11 @@ class PolicyDecision:
         retry = self.retry_after
         assert retry is not None
         return self._policy.spec.response.render(retry_after=retry, limit=self.limit or "")
+
+    def release(self) -> None:
+        """End the request: give back what it holds while in flight (a
+        concurrency lease).  Call it once the response is sent; calling it
+        again, or on a denial, does nothing."""
 
     def __repr__(self) -> str:
         state = "allowed" if self.allowed else f"denied by {self.limit!r}"
