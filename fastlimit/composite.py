@@ -16,15 +16,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from fastlimit._core import Decision
 from fastlimit.errors import CapacityError
-from fastlimit.limiter import Key, Limiter
+from fastlimit.headers import Window
+from fastlimit.limiter import Key
 
 __all__ = ["CompositeResult", "LimitCheck", "hit_all", "peek_all"]
 
 log = logging.getLogger("fastlimit")
+
+
+class Meter(Protocol):
+    """What a composite check needs of a limit: a Limiter, or a Quota."""
+
+    @property
+    def burst(self) -> int: ...
+    def hit(self, key: Key, cost: int = 1) -> Decision: ...
+    def peek(self, key: Key, cost: int = 1) -> Decision: ...
+    def refund(self, key: Key, cost: int = 1) -> bool: ...
+    def window(self) -> Window: ...
 
 
 class LimitCheck(NamedTuple):
@@ -36,7 +48,7 @@ class LimitCheck(NamedTuple):
     """
 
     name: str
-    limiter: Limiter
+    limiter: Meter
     key: Key
     shadow: bool = False
 

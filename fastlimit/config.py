@@ -9,7 +9,8 @@ the key path and what was expected, e.g.::
 The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of it)::
 
     [policy]      name = "api"; shadow = false
-    [store]       table = "myapp"; capacity = 100000; overrides = "overrides.json"
+    [store]       table = "myapp"; capacity = 100000; overrides = "overrides.json";
+                  quotas = "state/quotas.tbl"
     [headers]     reset = "epoch" | "iso" | "delta"; legacy = true; ietf = false
     [response]    status = 429; content_type = "application/json"; body = {...}
     [identities.api_key]    rate = "tier" | "<rate>" | "unlimited"; name = "api"; shadow
@@ -25,6 +26,16 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
     [routes]      "POST /auth/session/login" = "5/1m"
     [routes.NAME] match = [patterns]; rate; anonymous_rate; per = "ip" | "identity";
                   dedicated = false; shadow = false
+    [quotas.NAME]       match = [patterns]; tz = "UTC"   (requests there spend the
+                        tier's quotas.NAME; cost as for the rate limits)
+    [concurrency.NAME]  match = [patterns]; retry_after = 1  (requests there hold one
+                        of the tier's concurrency.NAME leases while in flight)
+    [caps]              NAME = [patterns]   (requests there are checked against the
+                        tier's caps.NAME: byte caps against the body size, others
+                        against the number of files; over it: 413)
+    [response.quota], [response.concurrency], [response.too_large]: status, body,
+                        content_type of those denials (defaults: 429 QUOTA_EXCEEDED,
+                        429 CONCURRENCY_LIMITED, 413 PAYLOAD_TOO_LARGE)
 
 A rate is written as :meth:`fastlimit.Rate.parse` reads it (``"5/1m"``,
 ``"100/1h"``, ``"30s"`` windows...).  Byte sizes are ``"100MB"`` (10^6) or
@@ -40,8 +51,15 @@ from collections.abc import Collection, Mapping
 from typing import Any, NoReturn, TypeVar
 
 from fastlimit.errors import ConfigurationError
-from fastlimit.headers import RESET_FORMATS, DenialResponse, HeaderStyle, ResetFormat, sf_string
-from fastlimit.quota import QuotaSpec
+from fastlimit.headers import (
+    RESET_FORMATS,
+    DenialResponse,
+    HeaderStyle,
+    ResetFormat,
+    default_responses,
+    sf_string,
+)
+from fastlimit.quota import Calendar, QuotaSpec
 from fastlimit.rate import Rate
 from fastlimit.routes import parse_pattern
 from fastlimit.spec import (
@@ -51,6 +69,7 @@ from fastlimit.spec import (
     RouteSpec,
     StoreSpec,
     TierSpec,
+    UsageSpec,
 )
 
 if sys.version_info >= (3, 11):
@@ -144,7 +163,8 @@ def load_dict(
 
 def _policy(data: Any, at: _At, base: str, default_name: str) -> PolicySpec:
     top = _table(data, at, ("policy", "store", "headers", "response", "identities",
-                            "tier_defaults", "tiers", "customers", "routes"))
+                            "tier_defaults", "tiers", "customers", "routes", "quotas",
+                            "concurrency", "caps"))
     meta = _table(top.get("policy", {}), at / "policy", ("name", "shadow"))
     name = _name(meta.get("name", default_name), at / "policy" / "name")
     tiers = _tiers(top, at)
@@ -157,8 +177,9 @@ def _policy(data: Any, at: _At, base: str, default_name: str) -> PolicySpec:
         tiers=tiers,
         customers=_customers(top, at, tiers),
         routes=routes,
+        usage=_usage(top, at, tiers),
         headers=_headers(top.get("headers", {}), at / "headers"),
-        response=_response(top.get("response", {}), at / "response"),
+        responses=_responses(top.get("response", {}), at / "response"),
         store=_store(top.get("store", {}), at / "store", base),
         shadow=_bool(meta.get("shadow", False), at / "policy" / "shadow"),
         source=at.source,
@@ -288,22 +309,12 @@ def _routes(value: Any, at: _At) -> tuple[RouteSpec, ...]:
         short = isinstance(entry, str)  # "METHOD /path" = "<rate>"
         fields = _table({"rate": entry} if short else entry, here,
                         ("match", "rate", "anonymous_rate", "per", "dedicated", "shadow"))
-        match = fields.get("match", name)
-        patterns = [match] if isinstance(match, str) else match
-        if not isinstance(patterns, list) or not patterns:
-            (here / "match").fail("a pattern like 'POST /auth/session/login' or a list of them",
-                                  match)
-        for i, p in enumerate(patterns):
-            where = here / "match" / i if isinstance(match, list) else (
-                here / "match" if "match" in fields else here)
-            try:
-                parse_pattern(p)
-            except ConfigurationError as e:
-                where.fail(str(e).removeprefix("expected "), p)
+        patterns = _patterns(fields.get("match", name),
+                             here / "match" if "match" in fields else here)
         anonymous_rate = fields.get("anonymous_rate")
         out.append(RouteSpec(
             name=name,
-            patterns=tuple(patterns),
+            patterns=patterns,
             rate=_limited_rate(fields.get("rate", _MISSING), here if short else here / "rate"),
             anonymous_rate=None if anonymous_rate is None else _limited_rate(
                 anonymous_rate, here / "anonymous_rate"),
@@ -312,6 +323,20 @@ def _routes(value: Any, at: _At) -> tuple[RouteSpec, ...]:
             shadow=_bool(fields.get("shadow", False), here / "shadow"),
         ))
     return tuple(out)
+
+
+def _patterns(match: Any, at: _At) -> tuple[str, ...]:
+    """One ``"METHOD /path"`` pattern or a non-empty list of them, checked."""
+    patterns = [match] if isinstance(match, str) else match
+    if not isinstance(patterns, list) or not patterns:
+        at.fail("a pattern like 'POST /auth/session/login' or a list of them", match)
+    for i, p in enumerate(patterns):
+        try:
+            parse_pattern(p)
+        except ConfigurationError as e:
+            (at / i if isinstance(match, list) else at).fail(
+                str(e).removeprefix("expected "), p)
+    return tuple(patterns)
 
 
 def _unique_names(identities: Mapping[str, IdentitySpec], routes: tuple[RouteSpec, ...],
@@ -335,31 +360,78 @@ def _headers(value: Any, at: _At) -> HeaderStyle:
     )
 
 
-def _response(value: Any, at: _At) -> DenialResponse:
+_DENIAL_KINDS = ("quota", "concurrency", "too_large")
+
+
+def _responses(value: Any, at: _At) -> dict[str, DenialResponse]:
+    """``[response]`` answers rate limiting; its sub-tables the other denials."""
+    table = _table(value, at, ("status", "body", "content_type", *_DENIAL_KINDS))
+    defaults = default_responses()
+    out = {"rate": _response({k: v for k, v in table.items() if k not in _DENIAL_KINDS},
+                             at, defaults["rate"])}
+    for kind in _DENIAL_KINDS:
+        out[kind] = _response(table.get(kind, {}), at / kind, defaults[kind])
+    return out
+
+
+def _response(value: Any, at: _At, default: DenialResponse) -> DenialResponse:
     table = _table(value, at, ("status", "body", "content_type"))
-    status = table.get("status", 429)
+    status = table.get("status", default.status)
     if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
         (at / "status").fail("an HTTP status from 400 to 599", status)
-    content_type = _str(table.get("content_type", "application/json"), at / "content_type")
-    if "body" not in table:
-        return DenialResponse(status=status, content_type=content_type)
-    body = _table(table["body"], at / "body", None)
+    content_type = _str(table.get("content_type", default.content_type), at / "content_type")
+    body = _table(table["body"], at / "body", None) if "body" in table else default.body
     try:
         return DenialResponse(status=status, body=body, content_type=content_type)
     except ConfigurationError as e:
         (at / "body").fail(str(e).removeprefix("body must be "), body)
 
 
+def _usage(
+    top: Mapping[str, Any], at: _At, tiers: Mapping[str, TierSpec]
+) -> tuple[UsageSpec, ...]:
+    out: list[UsageSpec] = []
+    sections = (("quota", "quotas", ("match", "tz")),
+                ("concurrency", "concurrency", ("match", "retry_after")),
+                ("cap", "caps", ("match",)))
+    for kind, section, keys in sections:
+        for name, entry in _table(top.get(section, {}), at / section, None).items():
+            here = at / section / name
+            short = isinstance(entry, (str, list))  # NAME = [patterns]
+            fields = _table({"match": entry} if short else entry, here, keys)
+            defined = sorted({n for t in tiers.values() for n in getattr(t, section)})
+            if name not in defined:
+                here.fail(f"the name of an allowance some tier's {section} defines "
+                          f"({', '.join(defined) or 'none defined'})", name)
+            tz = _str(fields.get("tz", "UTC"), here / "tz")
+            if kind == "quota":
+                try:
+                    Calendar("month", tz)
+                except ConfigurationError:
+                    (here / "tz").fail("an IANA time zone like 'Europe/Paris', or 'UTC'", tz)
+            out.append(UsageSpec(
+                kind=kind,  # type: ignore[arg-type]
+                name=name,
+                patterns=_patterns(fields.get("match", _MISSING),
+                                   here if short else here / "match"),
+                tz=tz,
+                retry_after=_pos_int(fields.get("retry_after", 1), here / "retry_after"),
+            ))
+    return tuple(out)
+
+
 def _store(value: Any, at: _At, base: str) -> StoreSpec:
-    table = _table(value, at, ("table", "capacity", "overrides"))
+    table = _table(value, at, ("table", "capacity", "overrides", "quotas"))
     name = table.get("table")
     capacity = table.get("capacity")
     overrides = table.get("overrides")
+    quotas = table.get("quotas")
     return StoreSpec(
         table=None if name is None else _str(name, at / "table"),
         capacity=None if capacity is None else _pos_int(capacity, at / "capacity"),
         overrides=None if overrides is None else os.path.join(
             base, _str(overrides, at / "overrides")),
+        quotas=None if quotas is None else os.path.join(base, _str(quotas, at / "quotas")),
     )
 
 

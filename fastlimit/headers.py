@@ -19,16 +19,18 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from fastlimit._core import Decision
 from fastlimit.errors import ConfigurationError
 from fastlimit.rate import NS_PER_S, Rate
 
 __all__ = [
+    "CalendarWindow",
     "DEFAULT_BODY",
     "DenialResponse",
     "HeaderStyle",
+    "default_responses",
     "ResetFormat",
     "format_reset",
     "most_restrictive",
@@ -50,7 +52,17 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def next_unit_ns(decision: Decision, rate: Rate) -> int:
+class CalendarWindow(NamedTuple):
+    """A quota's current calendar period, in place of a Rate: a quota
+    refills all at once when its period ends (``Quota.window()``)."""
+
+    period_ns: int
+
+
+Window = Rate | CalendarWindow
+
+
+def next_unit_ns(decision: Decision, rate: Window) -> int:
     """Nanoseconds until the key has at least one more unit than now.
 
     0 when the key is fully replenished (nothing more will come).  For a
@@ -63,6 +75,8 @@ def next_unit_ns(decision: Decision, rate: Rate) -> int:
         1000000000
     """
     ahead = decision.reset_after_ns
+    if isinstance(rate, CalendarWindow):  # nothing comes back before the period ends
+        return ahead if decision.remaining < decision.limit else 0
     if ahead <= 0:
         return 0
     t = rate.emission_interval_ns
@@ -73,7 +87,7 @@ def next_unit_ns(decision: Decision, rate: Rate) -> int:
     return (units + 1) * t - x
 
 
-def retry_after_seconds(decision: Decision, rate: Rate) -> int:
+def retry_after_seconds(decision: Decision, rate: Window) -> int:
     """``Retry-After`` for a denial: whole seconds, rounded up, at least 1,
     and never earlier than the ``t`` of the ``RateLimit`` field.
 
@@ -186,14 +200,15 @@ class HeaderStyle:
                 f"reset format must be one of {RESET_FORMATS}, got {self.reset!r}")
 
     def render(
-        self, decision: Decision, *, name: str, rate: Rate, wall_now_ns: int
+        self, decision: Decision, *, name: str, rate: Window, wall_now_ns: int
     ) -> list[tuple[str, str]]:
         """The headers for one limit's decision (``Retry-After`` if denied).
 
         Args:
             decision: the limit's Decision for this request.
             name: the limit's name, for the IETF fields.
-            rate: the limit's rate (for ``w`` and ``t``).
+            rate: the limit's rate, or a quota's CalendarWindow (for ``w``
+                and ``t``).
             wall_now_ns: Unix time in ns, for epoch and ISO resets.
         """
         out: list[tuple[str, str]] = []
@@ -208,7 +223,10 @@ class HeaderStyle:
             item = sf_string(name)
             # w is the span the quota q refills over: the period when the
             # burst is the rate's limit, burst x T otherwise; whole seconds.
-            window = _ceil_div(decision.limit * rate.period_ns, rate.limit * NS_PER_S)
+            if isinstance(rate, CalendarWindow):
+                window = _ceil_div(rate.period_ns, NS_PER_S)
+            else:
+                window = _ceil_div(decision.limit * rate.period_ns, rate.limit * NS_PER_S)
             t = _ceil_div(next_unit_ns(decision, rate), NS_PER_S)
             out += [
                 ("RateLimit-Policy", f"{item};q={decision.limit};w={max(1, window)}"),
@@ -238,6 +256,20 @@ def _fill(value: Any, fields: Mapping[str, object]) -> Any:
     if isinstance(value, list):
         return [_fill(v, fields) for v in value]
     return value
+
+
+QUOTA_BODY: Mapping[str, Any] = {
+    "success": False,
+    "error": {"code": "QUOTA_EXCEEDED", "message": "Quota exceeded: {limit}"},
+}
+CONCURRENCY_BODY: Mapping[str, Any] = {
+    "success": False,
+    "error": {"code": "CONCURRENCY_LIMITED", "message": "Too many requests in flight: {limit}"},
+}
+TOO_LARGE_BODY: Mapping[str, Any] = {
+    "success": False,
+    "error": {"code": "PAYLOAD_TOO_LARGE", "message": "Request exceeds the cap: {limit}"},
+}
 
 
 @dataclass(frozen=True)
@@ -289,3 +321,16 @@ class DenialResponse:
         if fixed is not None:
             return fixed
         return self._encode(_fill(self.body, {"retry_after": retry_after, "limit": limit}))
+
+
+def default_responses() -> dict[str, DenialResponse]:
+    """The answer to each kind of denial when the policy says nothing:
+    ``rate`` (429 RATE_LIMITED), ``quota`` (429 QUOTA_EXCEEDED),
+    ``concurrency`` (429 CONCURRENCY_LIMITED) and ``too_large`` (413
+    PAYLOAD_TOO_LARGE); ``{limit}`` is the name of the limit or cap."""
+    return {
+        "rate": DenialResponse(),
+        "quota": DenialResponse(body=dict(QUOTA_BODY)),
+        "concurrency": DenialResponse(body=dict(CONCURRENCY_BODY)),
+        "too_large": DenialResponse(status=413, body=dict(TOO_LARGE_BODY)),
+    }

@@ -125,6 +125,10 @@ class Limiter:
         A numpy integer array is the fast path (no GIL, prefetching)."""
         return self._impl.hit_many(keys, cost)
 
+    def window(self) -> Rate:
+        """What headers describe this limit over (``w``, ``t``): its rate."""
+        return self.rate
+
     def wait(self, key: Key, cost: int = 1, timeout: float | None = None) -> bool:
         """Block until a hit of ``cost`` on ``key`` passes (and count it).
 

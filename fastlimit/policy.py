@@ -12,6 +12,11 @@ turns it into the limits that apply:
   ``dedicated`` route limit replaces the identity's limit, so bulk routes
   and webhooks do not eat the tier's budget.
 
+For an API key on a tier, the routes of ``[quotas]``, ``[concurrency]`` and
+``[caps]`` add the tier's allowances: a calendar quota counted with the
+rates, a concurrency lease held while the request is in flight, and size
+caps checked before anything is counted.
+
 :meth:`Policy.hit` then counts the request against all of them at once (see
 :mod:`fastlimit.composite`) and returns a :class:`PolicyDecision` carrying
 the headers and, for a denial, the status and body to answer with.
@@ -20,6 +25,7 @@ the headers and, for a denial, the status and body to answer with.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -28,13 +34,15 @@ from typing import Any, Literal, NamedTuple
 
 from fastlimit._core import Decision
 from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
+from fastlimit.concurrency import ConcurrencyLimit, Lease
 from fastlimit.config import load_dict, load_file
-from fastlimit.headers import most_restrictive, retry_after_seconds
+from fastlimit.headers import DenialResponse, most_restrictive, retry_after_seconds
 from fastlimit.limiter import Limiter
 from fastlimit.overrides import Overrides
+from fastlimit.quota import Quota, QuotaSpec, state_dir
 from fastlimit.rate import Rate
 from fastlimit.routes import RouteTable
-from fastlimit.spec import IdentitySpec, PolicySpec, RouteSpec, TierSpec
+from fastlimit.spec import IdentitySpec, PolicySpec, RouteSpec, TierSpec, UsageSpec
 from fastlimit.table import SharedTable
 
 __all__ = ["Identity", "Policy", "PolicyDecision", "Resolution"]
@@ -107,12 +115,17 @@ class Resolution(NamedTuple):
             (e.g. ``"tier FREE has no API access"``): the application
             should refuse the request (401/403) as well.
         tier: the caller's tier (with customer caps applied), for API keys.
+        leases: the concurrency limits the request holds a lease of while
+            in flight: (name, limit, key, leases per key).
+        caps: the tier's caps that apply: (name, maximum).
     """
 
     checks: tuple[LimitCheck, ...]
     identity: str | None
     rejected: str | None = None
     tier: TierSpec | None = None
+    leases: tuple[tuple[str, ConcurrencyLimit, str, int], ...] = ()
+    caps: tuple[tuple[str, int], ...] = ()
 
 
 class _Limit:
@@ -156,7 +169,7 @@ class Policy:
             else an anonymous table shared only with forked children).
         clock: monotonic int-ns clock for the limiters (tests: FakeClock).
         wall_clock: Unix-time int-ns clock for epoch/ISO reset headers
-            (default ``time.time_ns``).
+            and quota periods (default ``time.time_ns``).
         overrides: an :class:`Overrides` or its path (default: the
             ``[store] overrides`` path, else a file beside the named table,
             else in-process only).
@@ -217,6 +230,14 @@ class Policy:
             for r in spec.routes]
         self._routes: RouteTable[_RouteLimit] = RouteTable(
             (p, r) for r in routes for p in r.spec.patterns)
+        self._usage: RouteTable[UsageSpec] = RouteTable(
+            (p, u) for u in spec.usage for p in u.patterns)
+        self._quotas: dict[tuple[str, QuotaSpec], Quota] = {}
+        self._quota_table: SharedTable | None = None
+        self._concurrency = {
+            u.name: ConcurrencyLimit(None, store, name=f"{spec.name}/{u.name}",
+                                     retry_after=float(u.retry_after))
+            for u in spec.usage if u.kind == "concurrency"}
 
     # -- construction --------------------------------------------------------
 
@@ -261,6 +282,23 @@ class Policy:
     @property
     def tiers(self) -> Mapping[str, TierSpec]:
         return self.spec.tiers
+
+    def _quota(self, usage: UsageSpec, allowance: QuotaSpec) -> Quota:
+        """The Quota counting ``usage.name`` at ``allowance`` (tiers differ
+        in limit, not in counts: an upgrade keeps the month's usage)."""
+        quota = self._quotas.get((usage.name, allowance))
+        if quota is None:
+            if self._quota_table is None:
+                path = self.spec.store.quotas or os.path.join(
+                    state_dir(), f"{self.spec.name}-quotas.tbl")
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                self._quota_table = SharedTable.open(
+                    path=path, capacity=self.spec.store.capacity or 65_536, kind="quotas")
+                self._owned.append(self._quota_table)
+            quota = self._quotas[(usage.name, allowance)] = Quota(
+                allowance, store=self._quota_table, name=f"{self.spec.name}/{usage.name}",
+                tz=usage.tz, clock=self._wall_clock)
+        return quota
 
     def close(self) -> None:
         """Release the table and overrides this policy opened itself."""
@@ -350,7 +388,24 @@ class Policy:
             rate = self.overrides.rate_for(limit.name, key) or limit.rate
             assert rate is not None  # route limits always have a rate
             checks.append(limit.check(key, rate))
-        return Resolution(tuple(checks), applied, rejected, tier)
+        if tier is None or subject is None:
+            return Resolution(tuple(checks), applied, rejected, tier)
+        leases: list[tuple[str, ConcurrencyLimit, str, int]] = []
+        caps: list[tuple[str, int]] = []
+        for u in self._usage.match(method.upper(), path):
+            if u.kind == "quota":
+                allowance = tier.quotas.get(u.name)
+                if allowance is not None:
+                    checks.append(LimitCheck(u.name, self._quota(u, allowance), subject))
+            elif u.kind == "concurrency":
+                n = tier.concurrency.get(u.name)
+                if n is not None:
+                    leases.append((u.name, self._concurrency[u.name], subject, n))
+            else:
+                cap = tier.caps.get(u.name)
+                if cap is not None:
+                    caps.append((u.name, cap))
+        return Resolution(tuple(checks), applied, rejected, tier, tuple(leases), tuple(caps))
 
     def _identity(self, identity: Identity
                   ) -> tuple[str, str | None, Rate | None, str | None, TierSpec | None]:
@@ -387,7 +442,10 @@ class Policy:
 
         It passes only if all enforced limits allow it; if one denies,
         nothing is consumed from any (see :mod:`fastlimit.composite`).
-        Shadow limits are counted and logged but never deny.
+        Shadow limits are counted and logged but never deny.  In order:
+        the tier's caps (413, nothing counted), its concurrency leases
+        (taken now; :meth:`PolicyDecision.release` gives them back when the
+        response is done), then the rate limits and quotas together.
 
         Args:
             cost: what the request costs on each limit (e.g. N for a batch
@@ -412,8 +470,31 @@ class Policy:
             X-RateLimit-Reset 60
         """
         resolution = self.resolve(method, path, identity, client_ip)
-        result = hit_all(resolution.checks, cost)
-        decision = PolicyDecision(self, resolution, result, self._wall_clock())
+        for name, cap in resolution.caps:
+            size = content_length if name.endswith("_bytes") else files
+            if size is not None and size > cap:
+                return PolicyDecision(self, resolution, peek_all(resolution.checks, cost),
+                                      self._wall_clock(), denial=("too_large", name))
+        leases: list[Lease] = []
+        for name, limit, key, n in resolution.leases:
+            lease = limit.try_acquire(key, limit=n)
+            if lease is None:
+                for held in leases:
+                    held.release()
+                return PolicyDecision(self, resolution, peek_all(resolution.checks, cost),
+                                      self._wall_clock(), denial=("concurrency", name))
+            leases.append(lease)
+        try:
+            result = hit_all(resolution.checks, cost)
+        except BaseException:
+            for held in leases:
+                held.release()
+            raise
+        if not result.allowed:
+            for held in leases:
+                held.release()
+            leases = []
+        decision = PolicyDecision(self, resolution, result, self._wall_clock(), leases=leases)
         if result.shadow_denied:
             self._report_shadow(decision, method, path)
         return decision
@@ -465,18 +546,30 @@ class PolicyDecision:
     denial adds ``Retry-After`` and has a :attr:`status` and :attr:`body`.
     """
 
-    __slots__ = ("allowed", "resolution", "result", "_policy", "_wall_ns", "_headers",
-                 "_binding")
+    __slots__ = ("allowed", "resolution", "result", "kind", "_denied_by", "_policy", "_wall_ns",
+                 "_headers", "_binding", "_leases")
 
     def __init__(self, policy: Policy, resolution: Resolution, result: CompositeResult,
-                 wall_ns: int) -> None:
-        self.allowed = result.allowed
+                 wall_ns: int, *, denial: tuple[str, str] | None = None,
+                 leases: list[Lease] | None = None) -> None:
+        self.allowed = result.allowed and denial is None
         self.resolution = resolution
         self.result = result
+        self.kind: str | None = None
+        """What denied: ``"rate"``, ``"quota"``, ``"concurrency"`` or
+        ``"too_large"``; None when allowed."""
+        self._denied_by: str | None = None  # the limit or cap named in the body
+        if denial is not None:
+            self.kind, self._denied_by = denial
+        elif not result.allowed:
+            assert result.denied_by is not None
+            check = resolution.checks[result.denied_by]
+            self.kind = "quota" if isinstance(check.limiter, Quota) else "rate"
         self._policy = policy
         self._wall_ns = wall_ns
         self._headers: list[tuple[str, str]] | None = None
         self._binding: int | None = -1  # -1: not computed yet
+        self._leases = leases or []
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -528,10 +621,15 @@ class PolicyDecision:
     @property
     def headers(self) -> list[tuple[str, str]]:
         """Rate-limit headers to send, each once; empty when no enforced
-        limit applied (e.g. an unlimited tier)."""
+        limit applied (e.g. an unlimited tier) and on a 413."""
         if self._headers is None:
             i = self.binding
-            self._headers = [] if i is None else self.render(i)
+            if self.kind == "too_large":
+                self._headers = []
+            else:
+                self._headers = [] if i is None else self.render(i)
+            if self.kind == "concurrency":
+                self._headers.append(("Retry-After", str(self.retry_after)))
         return self._headers
 
     def render(self, index: int) -> list[tuple[str, str]]:
@@ -540,42 +638,55 @@ class PolicyDecision:
         if d is None:
             raise ValueError(f"limit {self.checks[index].name!r} has no decision")
         return self._policy.spec.headers.render(
-            d, name=self.checks[index].name, rate=self.checks[index].limiter.rate,
+            d, name=self.checks[index].name, rate=self.checks[index].limiter.window(),
             wall_now_ns=self._wall_ns)
 
     @property
     def retry_after(self) -> int | None:
-        """Seconds to wait (the Retry-After value) when denied, else None."""
+        """Seconds to wait (the Retry-After value) when denied, else None
+        (and None on a 413: waiting does not help)."""
+        if self.allowed or self.kind == "too_large":
+            return None
+        if self.kind == "concurrency":
+            assert self._denied_by is not None
+            return max(1, math.ceil(self._policy._concurrency[self._denied_by].retry_after))
         i = self.binding
-        if self.allowed or i is None:
+        if i is None:
             return None
         d = self.result.decisions[i]
         assert d is not None
-        return retry_after_seconds(d, self.checks[i].limiter.rate)
+        return retry_after_seconds(d, self.checks[i].limiter.window())
 
     @property
     def status(self) -> int | None:
-        """The status to answer a denial with (429 unless configured)."""
-        return None if self.allowed else self._policy.spec.response.status
+        """The status to answer a denial with (429, or 413 for a cap,
+        unless configured)."""
+        return None if self.kind is None else self._response().status
 
     @property
     def content_type(self) -> str:
-        return self._policy.spec.response.content_type
+        return self._response().content_type
 
     @property
     def body(self) -> bytes | None:
         """The denial's body (JSON by default), or None when allowed."""
-        if self.allowed:
+        if self.kind is None:
             return None
-        retry = self.retry_after
-        assert retry is not None
-        return self._policy.spec.response.render(retry_after=retry, limit=self.limit or "")
+        name = self._denied_by or self.limit or ""
+        return self._response().render(retry_after=self.retry_after or 0, limit=name)
+
+    def _response(self) -> DenialResponse:
+        return self._policy.spec.responses[self.kind or "rate"]
 
     def release(self) -> None:
-        """End the request: give back what it holds while in flight (a
-        concurrency lease).  Call it once the response is sent; calling it
+        """End the request: give back what it holds while in flight (its
+        concurrency leases).  Call it once the response is sent; calling it
         again, or on a denial, does nothing."""
+        leases, self._leases = self._leases, []
+        for lease in leases:
+            lease.release()
 
     def __repr__(self) -> str:
-        state = "allowed" if self.allowed else f"denied by {self.limit!r}"
+        by = self._denied_by or self.limit
+        state = "allowed" if self.allowed else f"denied ({self.kind}) by {by!r}"
         return f"<PolicyDecision {state} limits={[c.name for c in self.checks]}>"

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastlimit import _core
 from fastlimit._core import Decision
 from fastlimit.errors import CapacityError, ConfigurationError
+from fastlimit.headers import CalendarWindow
 from fastlimit.limiter import Key
 from fastlimit.table import OnFull, SharedTable
 
@@ -168,6 +169,17 @@ class Quota:
     @property
     def limit(self) -> int:
         return self.spec.limit
+
+    @property
+    def burst(self) -> int:
+        """The most one hit can cost (as for a Limiter): the limit."""
+        return self.spec.limit
+
+    def window(self) -> CalendarWindow:
+        """The current period's length, which rate-limit headers use as
+        their window (``w``) in place of a rate."""
+        _, start, end = self.calendar.period(self.clock())
+        return CalendarWindow(end - start)
 
     def hit(self, key: Key, cost: int = 1) -> Decision:
         """Count ``cost`` if it fits in the period; return the Decision.

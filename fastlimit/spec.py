@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fastlimit.headers import DenialResponse, HeaderStyle
+from fastlimit.headers import DenialResponse, HeaderStyle, default_responses
 from fastlimit.quota import QuotaSpec
 from fastlimit.rate import Rate
 
@@ -25,6 +25,7 @@ __all__ = [
     "RouteSpec",
     "StoreSpec",
     "TierSpec",
+    "UsageSpec",
 ]
 
 IdentityKind = Literal["api_key", "session", "token", "anonymous"]
@@ -99,15 +100,41 @@ class RouteSpec:
     shadow: bool = False
 
 
+UsageKind = Literal["quota", "concurrency", "cap"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSpec:
+    """Where one of the tiers' allowances applies: requests on these routes
+    spend the tier's quota ``name``, hold one of its concurrency leases
+    ``name`` while in flight, or are checked against its cap ``name``.
+
+    Attributes:
+        kind: ``"quota"``, ``"concurrency"`` or ``"cap"``.
+        name: the allowance's name in the tiers (``quotas``, ``concurrency``
+            or ``caps``).
+        patterns: ``"METHOD /path"`` patterns (see :mod:`fastlimit.routes`).
+        tz: quotas: the time zone of the calendar periods.
+        retry_after: concurrency: the ``Retry-After`` (seconds) when full.
+    """
+
+    kind: UsageKind
+    name: str
+    patterns: tuple[str, ...]
+    tz: str = "UTC"
+    retry_after: int = 1
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSpec:
     """Where state lives: a named shared table (None: an anonymous one,
-    shared only with forked children) and the overrides file (None: kept in
-    the process)."""
+    shared only with forked children), the overrides file (None: kept in
+    the process) and the quota file (None: ``state_dir()/<policy>-quotas.tbl``)."""
 
     table: str | None = None
     capacity: int | None = None
     overrides: str | None = None
+    quotas: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +147,8 @@ class PolicySpec:
     customers: Mapping[str, TierSpec] = field(default_factory=dict)
     routes: tuple[RouteSpec, ...] = ()
     headers: HeaderStyle = field(default_factory=HeaderStyle)
-    response: DenialResponse = field(default_factory=DenialResponse)
+    responses: Mapping[str, DenialResponse] = field(default_factory=default_responses)
+    usage: tuple[UsageSpec, ...] = ()
     store: StoreSpec = field(default_factory=StoreSpec)
     shadow: bool = False
     source: str = "<dict>"

@@ -70,7 +70,8 @@ def test_seed000_identities_and_routes():
     stripe = routes["stripe-webhook"]
     assert (stripe.patterns, stripe.rate, stripe.anonymous_rate, stripe.dedicated) == (
         ("POST /payment/webhooks/stripe",), Rate(200, MIN), None, True)
-    assert (spec.headers.reset, spec.headers.legacy, spec.response.status) == ("epoch", True, 429)
+    assert (spec.headers.reset, spec.headers.legacy) == ("epoch", True)
+    assert spec.responses["rate"].status == 429
     assert spec.store.table == "scopix"
 
 
@@ -78,7 +79,7 @@ def test_seed002():
     spec = load_file(EXAMPLES / "seed002.toml")
     assert spec.identities["token"].rate == Rate(100, 3600 * 10**9)
     assert spec.headers.reset == "iso"
-    assert dict(spec.response.body) == {
+    assert dict(spec.responses["rate"].body) == {
         "success": False, "error": {"code": "RATE_LIMITED", "message": "Too many requests"}}
 
 
