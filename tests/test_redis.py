@@ -381,10 +381,12 @@ def test_configuration_errors(redis_server):
 
 
 def test_a_client_can_be_passed_and_backends_pickle(redis_server, clock):
-    client = redis_server.client()
+    client = redis_server.client(decode_responses=True)
     b = RedisBackend(client, prefix=f"c{uuid.uuid4().hex[:8]}")
     assert b.client is client
-    assert Limiter("1/1h", store=b).allow("k")
+    lim = Limiter("2/1h", store=b, clock=clock)
+    assert lim.hit("k") == Decision(True, 2, 1, 1800 * S, 0)
+    assert lim.refund("k") and lim.allow("k", 2) and not lim.allow("k")
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(b)
     by_url = backend_for(redis_server)

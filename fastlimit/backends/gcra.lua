@@ -19,11 +19,13 @@
 --          inc_s, inc_ns (cost x emission interval), tau_s, tau_ns
 --          (tolerance), consume ('1' counts an allowed hit, '0' peeks).
 --
--- Reply, 'hit' and 'all': three integers per check: allowed (1/0), then
--- ahead_s, ahead_ns = max(0, tat - now) before the check.  The client
--- derives remaining, reset_after and retry_after from these.  In 'all' mode
--- the allowed flags say which checks would pass; the hits are stored only if
--- every one does.  Reply, 'refund': 1 per key that had state, else 0.
+-- Reply: one string of integers separated by spaces (a RESP array costs a
+-- pure-Python client more to parse than the rest of the check).  'hit' and
+-- 'all': three per check: allowed (1/0), then ahead_s, ahead_ns =
+-- max(0, tat - now) before the check.  The client derives remaining,
+-- reset_after and retry_after from these.  In 'all' mode the allowed flags
+-- say which checks would pass; the hits are stored only if every one does.
+-- 'refund': 1 per key that had state, else 0.  'reset': keys deleted.
 --
 -- Expiry: a key is written with PX = ceil((tat - now) / 1 ms), so it goes
 -- when fully replenished (a missing key and a key with tat <= now are the
@@ -38,7 +40,7 @@ end
 local E9 = 1000000000
 local mode = ARGV[1]
 if mode == 'reset' then
-    return redis.call('DEL', unpack(KEYS))
+    return tostring(redis.call('DEL', unpack(KEYS)))
 end
 local now_s, now_ns
 if ARGV[2] == '' then
@@ -134,7 +136,7 @@ if mode == 'refund' then
             out[i] = 1
         end
     end
-    return out
+    return table.concat(out, ' ')
 end
 
 local all = mode == 'all'
@@ -177,4 +179,5 @@ if all and not denied then
         store(key, q[1], q[2], q[3], q[4])
     end
 end
-return out
+-- numbers print as %.14g: exact, as every one is below 1e10
+return table.concat(out, ' ')

@@ -86,7 +86,7 @@ Check: TypeAlias = "tuple[Any, Key] | tuple[Any, Key, int]"
 HashTag = Callable[[str, Key], str | bytes]
 T = TypeVar("T")
 # an operation: yields script calls (keys, args), is sent their replies
-Plan = Generator[tuple[list[bytes], list[Any]], list[int], T]
+Plan = Generator[tuple[list[bytes], list[bytes]], list[int], T]
 
 LUA: str = importlib.resources.files("fastlimit.backends").joinpath("gcra.lua").read_text("utf-8")
 
@@ -205,9 +205,10 @@ class _Spec:
         self._str_base = base + b"{"
         self._int_base = base + b"#{"
         self._hash_tag = backend._hash_tag
-        tau_s, tau_ns = _split(self.tau)
-        self._tau_args = (tau_s, tau_ns)
-        self._group1 = (*_split(self.T), tau_s, tau_ns, 1)
+        # Script arguments go as bytes: redis-py packs bytes as they are, and
+        # encoding ints costs more than the rest of a check's client side.
+        self._tau_args = tuple(b"%d" % v for v in _split(self.tau))
+        self._group1 = (*(b"%d" % v for v in _split(self.T)), *self._tau_args, b"1")
         self._table = backend._deny_table
         self._checker: Any = None
         if self._table is not None:
@@ -255,10 +256,12 @@ class _Spec:
                 f"cost {cost} exceeds the burst of {self.burst}: it can never pass")
         return (cost if cost else 1) * self.T
 
-    def group(self, inc: int, consume: bool) -> tuple[int, int, int, int, int]:
+    def group(self, inc: int, consume: bool) -> tuple[bytes, ...]:
+        """A check's parameters for the script: inc (s, ns), tau (s, ns), consume."""
         if inc == self.T and consume:
             return self._group1
-        return (*_split(inc), *self._tau_args, 1 if consume else 0)
+        inc_s, inc_ns = _split(inc)
+        return (b"%d" % inc_s, b"%d" % inc_ns, *self._tau_args, b"1" if consume else b"0")
 
     def now(self) -> tuple[int | None, int | None]:
         """(local time for the deny cache, time to send to the script).
@@ -356,7 +359,7 @@ class _Spec:
             return False
         t0, now = self.now()
         try:
-            reply = yield [rkey], self.backend._args("hit", now, (self.group(inc, cost != 0),))
+            reply = yield [rkey], self.backend._args(b"hit", now, (self.group(inc, cost != 0),))
         except _Failure as f:
             return self.failed_allows(f)
         return self.result(key, reply, 0, inc, cost != 0, t0)[0]
@@ -369,7 +372,7 @@ class _Spec:
             return cached
         t0, now = self.now()
         try:
-            reply = yield [rkey], self.backend._args("hit", now, (self.group(inc, consume),))
+            reply = yield [rkey], self.backend._args(b"hit", now, (self.group(inc, consume),))
         except _Failure as f:
             return self.failed(f, inc)
         allowed, ahead, after = self.result(key, reply, 0, inc, consume, t0)
@@ -383,7 +386,7 @@ class _Spec:
         self.forget(key)
         _t0, now = self.now()
         try:
-            reply = yield [rkey], self.backend._args("refund", now, (self.group(inc, True),))
+            reply = yield [rkey], self.backend._args(b"refund", now, (self.group(inc, True),))
         except _Failure as f:
             self.raise_if_loud(f)
             return False
@@ -393,7 +396,7 @@ class _Spec:
         rkey = self.rkey(key)
         self.forget(key)
         try:
-            yield [rkey], ["reset"]
+            yield [rkey], [b"reset"]
         except _Failure as f:
             self.raise_if_loud(f)
 
@@ -407,7 +410,7 @@ class _Spec:
         if not todo:
             return out
         t0, now = self.now()
-        args = self.backend._args("hit", now, (self.group(inc, consume),))
+        args = self.backend._args(b"hit", now, (self.group(inc, consume),))
         for batch in self.backend._batches(rkeys, todo):
             try:
                 reply = yield [rkeys[i] for i in batch], args
@@ -562,9 +565,13 @@ class _BackendBase:
             fail = self.fail if on_full is None else _FAIL_OF_ON_FULL[on_full]
         return _Spec(self, name, emission_interval_ns, burst, clock, _check_fail(fail))
 
-    def _args(self, mode: str, now: int | None, groups: Sequence[Sequence[int]]) -> list[Any]:
-        args: list[Any] = [mode, "", ""] if now is None else [mode, *_split(now)]
-        args.append(len(groups))
+    def _args(self, mode: bytes, now: int | None,
+              groups: Sequence[Sequence[bytes]]) -> list[bytes]:
+        if now is None:
+            args = [mode, b"", b"", b"%d" % len(groups)]
+        else:
+            now_s, now_ns = _split(now)
+            args = [mode, b"%d" % now_s, b"%d" % now_ns, b"%d" % len(groups)]
         for g in groups:
             args.extend(g)
         return args
@@ -607,7 +614,7 @@ class _BackendBase:
         t0, now = items[0][0].now()
         try:
             reply = yield [it[2] for it in items], self._args(
-                "all", now, [spec.group(inc, consume) for spec, _k, _r, inc, consume in items])
+                b"all", now, [spec.group(inc, consume) for spec, _k, _r, inc, consume in items])
         except _Failure as f:
             return [spec.failed(f, inc) for spec, _k, _r, inc, _c in items]
         passed = all(reply[3 * i] == 1 for i in range(len(items)))
@@ -808,16 +815,16 @@ class RedisBackend(_BackendBase):
             result: T = stop.value
             return result
 
-    def _eval(self, keys: list[bytes], args: list[Any]) -> list[int]:
+    def _eval(self, keys: list[bytes], args: list[bytes]) -> list[int]:
         skipped = self._skip()
         if skipped is not None:
             raise skipped
         try:
-            reply: list[int] = self._script(keys=keys, args=args)
+            reply = self._script(keys=keys, args=args)
         except (RedisError, OSError) as e:
             raise self._failure(e) from e
         self._success()
-        return reply
+        return [int(x) for x in reply.split()]
 
     def hit_all(self, checks: Iterable[Check]) -> list[Decision | None]:
         return self._run(self._hit_all(checks, RedisGcra))
@@ -1043,11 +1050,11 @@ class AsyncRedisBackend(_BackendBase):
         if skipped is not None:
             raise skipped
         try:
-            reply: list[int] = await self._script(keys=keys, args=args)
+            reply = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as e:
             raise self._failure(e) from e
         self._success()
-        return reply
+        return [int(x) for x in reply.split()]
 
     async def hit_all(self, checks: Iterable[Check]) -> list[Decision | None]:
         return await self._run(self._hit_all(checks, AsyncRedisLimiter))
