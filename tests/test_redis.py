@@ -188,6 +188,14 @@ def test_hit_many_matches_sequential_hits(store, clock):
     assert not batch.allow(2**64 - 1), "-1 in an int64 array is the key 2**64-1"
 
 
+def test_hit_many_over_several_script_calls(store, clock):
+    # 3300 checks: Redis runs them as several scripts; a key's checks straddle them
+    lim = Limiter("2/1m", store=store, clock=clock)
+    keys = np.tile(np.arange(1100, dtype=np.uint64), 3)
+    assert lim.hit_many(keys).tolist() == [True] * 2200 + [False] * 1100
+    assert lim.peek(1099).remaining == 0 and lim.peek(1100).remaining == 2
+
+
 def test_wait_sleeps_on_the_clock(store, clock):
     lim = Limiter("2/1s", store=store, clock=clock)
     start = clock()
@@ -312,12 +320,12 @@ def test_keys_hold_the_tat_and_expire_when_replenished(redis_server, clock):
     assert key == b"fl:exp:{user:42}"
     assert int(r.get(key)) == clock() + d.reset_after_ns == clock() + 2 * 3333333334
     ms = -(-d.reset_after_ns // 10**6)  # 6667 ms
-    assert ms - 1000 < r.pttl(key) <= ms
+    assert ms - 500 < r.pttl(key) <= ms
     clock.advance(1)
     assert lim.refund("user:42")
     d = lim.peek("user:42")
     ms = -(-d.reset_after_ns // 10**6)
-    assert ms - 1000 < r.pttl(key) <= ms, "refund keeps the expiry at the new tat"
+    assert ms - 500 < r.pttl(key) <= ms, "refund keeps the expiry at the new tat"
     assert lim.refund("user:42")
     assert r.exists(key) == 0, "a refund down to fresh drops the key"
     lim.allow(-1)
