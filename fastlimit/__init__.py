@@ -12,7 +12,13 @@ Example:
     True
     >>> lim.hit("user:42").remaining
     98
+
+For limits shared by many hosts, ``fastlimit.RedisBackend`` (and
+``AsyncRedisBackend`` for asyncio) stand in for the table; they are imported
+on first use, so redis-py is needed only by those who use them.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from fastlimit._core import Decision
 from fastlimit.clock import FakeClock
@@ -36,7 +42,16 @@ from fastlimit.rate import Rate
 from fastlimit.spec import PolicySpec, RouteSpec, TierSpec
 from fastlimit.table import SharedTable, TableStats
 
+if TYPE_CHECKING:
+    from fastlimit.backends.redis import AsyncRedisBackend as AsyncRedisBackend
+    from fastlimit.backends.redis import RedisBackend as RedisBackend
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "RedisBackend": "fastlimit.backends.redis",
+    "AsyncRedisBackend": "fastlimit.backends.redis",
+}
 
 __all__ = [
     "BackendError",
@@ -75,3 +90,18 @@ __all__ = [
     "hit_all",
     "peek_all",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis backends need redis-py: import it only when they are asked for.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -30,3 +30,198 @@ def table(table_name):
 @pytest.fixture
 def clock():
     return fastlimit.FakeClock()
+
+
+# -- a real redis-server on 127.0.0.1, started and stopped by PID -------------
+
+class RedisServer:
+    """One ``redis-server`` process on a free loopback port, in a temp dir.
+
+    ``stop(sig)`` kills it by PID (SIGTERM, SIGKILL...), ``start()`` starts it
+    again on the same port (empty: nothing is persisted), ``pause()`` /
+    ``resume()`` stop and continue it (a server that hangs)."""
+
+    def __init__(self, binary, directory, *extra):
+        self.binary = binary
+        self.dir = directory
+        self.extra = extra
+        self.port = _free_port()
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout=10.0):
+        import subprocess
+        import time
+
+        import redis
+
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
+                             socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:  # wait until it answers PING (or died: port taken)
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode} "
+                                       f"on port {self.port}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+    def stop(self, sig=None):
+        import signal
+        import subprocess
+
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            os.kill(proc.pid, sig or signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def pause(self):
+        import signal
+
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        import signal
+
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def client(self, **kw):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, **kw)
+
+    def commands(self, name="evalsha"):
+        """How many times the server ran command ``name`` to completion (INFO
+        commandstats; an EVALSHA answered NOSCRIPT does not count)."""
+        with self.client() as c:
+            stats = c.info("commandstats").get(f"cmdstat_{name}", {})
+        return stats.get("calls", 0) - stats.get("failed_calls", 0)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_binary():
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = ("redis-server is not installed: the Redis backend tests need it "
+                   "(apt-get install redis-server; .ci/run installs it)")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+def _start_server(tmp_path_factory, *extra):
+    binary = _redis_binary()
+    last = None
+    for _ in range(3):  # a free port may be taken between probe and bind
+        server = RedisServer(binary, tmp_path_factory.mktemp("redis"), *extra)
+        try:
+            return server.start()
+        except RuntimeError as e:
+            last = e
+    raise last
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server shared by the tests that only read and write keys."""
+    server = _start_server(tmp_path_factory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path_factory):
+    """A redis-server of the test's own, which it may stop, kill or pause."""
+    server = _start_server(tmp_path_factory)
+    yield server
+    if server.proc is not None:
+        server.resume()  # a paused server cannot act on SIGTERM
+    server.stop()
+
+
+@pytest.fixture(params=["table", "redis", "redis+deny-cache"])
+def store_factory(request):
+    """Makes fresh stores of one kind; every test using it runs on all three
+    kinds: the shared table, Redis, and Redis behind a local deny cache.
+
+    Each Redis store has a prefix of its own, so tests never share keys."""
+    kind = request.param
+    made = []
+
+    def make():
+        if kind == "table":
+            made.append(fastlimit.SharedTable.anonymous(capacity=1024))
+            return made[-1]
+        server = request.getfixturevalue("redis_server")
+        deny = None
+        if kind.endswith("cache"):
+            deny = fastlimit.SharedTable.anonymous(capacity=1024)
+            made.append(deny)
+        backend = fastlimit.RedisBackend(server.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                                         timeout=10, connect_timeout=10, deny_cache=deny)
+        made.append(backend)
+        return backend
+
+    yield make
+    for s in made:
+        if isinstance(s, fastlimit.RedisBackend):
+            assert s.stats().errors == 0
+        s.close()
+
+
+@pytest.fixture
+def store(store_factory):
+    """A fresh store: the shared table, Redis, or Redis with a deny cache."""
+    return store_factory()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A one-node Redis Cluster (every slot on one server): enough for the
+    server to refuse a script whose keys span slots, as a real cluster does."""
+    import time
+
+    server = _start_server(tmp_path_factory, "--cluster-enabled", "yes",
+                           "--cluster-config-file", "nodes.conf")
+    with server.client() as c:
+        c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + 30
+        while b"cluster_state:ok" not in c.execute_command("CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError("the one-node cluster did not come up")
+            time.sleep(0.01)
+    yield server
+    server.stop()
