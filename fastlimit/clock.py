@@ -3,10 +3,14 @@ clock is injected; tests inject a FakeClock and move time by hand."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Protocol
+from collections.abc import Callable, Generator
+from typing import Protocol, TypeVar
 
-__all__ = ["Clock", "FakeClock", "monotonic_ns"]
+__all__ = ["Clock", "FakeClock", "monotonic_ns", "sleep_through", "asleep_through"]
+
+T = TypeVar("T")
 
 monotonic_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux: what the core reads
 
@@ -57,3 +61,29 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock({self._ns})"
+
+
+def sleep_through(attempts: Generator[float, None, T], sleep: Callable[[float], None]) -> T:
+    """Run a retry loop written as a generator that yields the pause before
+    each retry and returns the outcome; sleep with ``sleep`` between."""
+    try:
+        while True:
+            sleep(next(attempts))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def asleep_through(attempts: Generator[float, None, T],
+                         fake_sleep: Callable[[float], None] | None = None) -> T:
+    """:func:`sleep_through` for asyncio.  A fake clock's ``sleep`` moves time
+    instead (the loop still yields to other tasks)."""
+    try:
+        while True:
+            pause = next(attempts)
+            if fake_sleep is not None:
+                fake_sleep(pause)
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(pause)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import numpy as np
 
 from fastlimit._core import Decision
+from fastlimit.clock import asleep_through, sleep_through
 from fastlimit.errors import ConfigurationError
 from fastlimit.rate import NS_PER_S, Rate
 from fastlimit.table import OnFull, SharedTable
@@ -135,49 +135,28 @@ class Limiter:
         Returns False, counting nothing, if it cannot pass within ``timeout``
         seconds.  Sleeps with the clock's ``sleep`` if it has one (FakeClock
         does), else ``time.sleep``."""
-        sleep = getattr(self.clock, "sleep", time.sleep)
-        deadline = self._deadline(timeout)
-        while True:
-            d = self.hit(key, cost)
-            if d.allowed:
-                return True
-            pause = self._pause(d, deadline)
-            if pause is None:
-                return False
-            sleep(pause)
+        return sleep_through(self._attempts(key, cost, timeout),
+                             getattr(self.clock, "sleep", time.sleep))
 
     async def acquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> bool:
         """Async :meth:`wait`: awaits until the hit passes, or False on timeout."""
-        fake_sleep = getattr(self.clock, "sleep", None)
-        deadline = self._deadline(timeout)
+        return await asleep_through(self._attempts(key, cost, timeout),
+                                    getattr(self.clock, "sleep", None))
+
+    def _attempts(self, key: Key, cost: int, timeout: float | None) -> Generator[float, None, bool]:
+        """Hit until allowed, yielding each wait (the denial's retry_after);
+        False once the next try would fall past the deadline."""
+        now = self.clock or time.monotonic_ns
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout}")
+        deadline = None if timeout is None else now() + round(timeout * NS_PER_S)
         while True:
             d = self.hit(key, cost)
             if d.allowed:
                 return True
-            pause = self._pause(d, deadline)
-            if pause is None:
+            if deadline is not None and now() + d.retry_after_ns > deadline:
                 return False
-            if fake_sleep is not None:
-                fake_sleep(pause)
-                await asyncio.sleep(0)
-            else:
-                await asyncio.sleep(pause)
-
-    def _now(self) -> int:
-        return self.clock() if self.clock is not None else time.monotonic_ns()
-
-    def _deadline(self, timeout: float | None) -> int | None:
-        if timeout is None:
-            return None
-        if timeout < 0:
-            raise ValueError(f"timeout must be >= 0, got {timeout}")
-        return self._now() + round(timeout * NS_PER_S)
-
-    def _pause(self, d: Decision, deadline: int | None) -> float | None:
-        """Seconds to sleep before retrying, or None if past the deadline."""
-        if deadline is not None and self._now() + d.retry_after_ns > deadline:
-            return None
-        return d.retry_after
+            yield d.retry_after
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.rate, self.store, self.name, self.burst, self.clock, self.on_full))
