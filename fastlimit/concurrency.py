@@ -53,10 +53,15 @@ class Lease:
         lease ends only with its holder's process: this does nothing.
 
         Returns:
-            True if the lease is still held (or is one nothing records);
-            False if it was released, or expired before this renew: another
-            holder may have its place, so stop the work or acquire again.
-            A lease found expired is no longer :attr:`held`.
+            True if the lease is still held (or is one nothing records, or
+            Redis did not answer: the lease then stands until its TTL, and
+            the next renew tells); False if it was released, or expired
+            before this renew: another holder may have its place, so stop
+            the work or acquire again.  A lease found expired is no longer
+            :attr:`held`.
+
+        Raises:
+            BackendError: Redis failed and the failure policy is "raise".
         """
         if self.index < 0:
             return True

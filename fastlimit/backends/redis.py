@@ -571,20 +571,24 @@ class _LeasePlans(_Keyspace):
                 self.reclaimed += reply[1]
         return token if reply[0] == 1 else -1
 
-    def _token_call(self, mode: bytes, key: Key, token: int) -> Plan[bool]:
+    def _token_call(self, mode: bytes, key: Key, token: int, unknown: bool) -> Plan[bool]:
         rkey = self.rkey(key)
         try:
             reply = yield "leases", [rkey], [mode, self.now(), b"%d" % token, self._ttl]
         except _Failure as f:
             self.raise_if_loud(f)
-            return False
+            return unknown
         return reply[0] == 1
 
     def release(self, key: Key, token: int) -> Plan[bool]:
-        return self._token_call(b"release", key, token)
+        # unanswered: the lease stays in Redis and expires within its TTL
+        return self._token_call(b"release", key, token, False)
 
     def renew(self, key: Key, token: int) -> Plan[bool]:
-        return self._token_call(b"renew", key, token)
+        # Unanswered: the lease stands until its TTL as far as anyone can
+        # tell (acquires fail alike meanwhile), so the holder is not told it
+        # lost it; the next renew that reaches Redis tells.
+        return self._token_call(b"renew", key, token, True)
 
     def in_flight(self, key: Key) -> Plan[int]:
         rkey = self.rkey(key)
