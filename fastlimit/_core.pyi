@@ -86,7 +86,8 @@ class Gcra(_Keyed):
 class QuotaCounter(_Keyed):
     limit: int
     def __init__(self, table: TableView, name: str, limit: int, on_full: int = 0) -> None: ...
-    def step(self, key: _Key, tag: int, cost: int, mode: int) -> tuple[int, int]: ...
+    def step(self, key: _Key, tag: int, cost: int, mode: int,
+             left_ns: int = 0) -> tuple[int, int]: ...
 
 class Leases(_Keyed):
     reclaimed: int

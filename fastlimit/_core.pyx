@@ -916,9 +916,13 @@ cdef class QuotaCounter(_Keyed):
         self._set_on_full(on_full)
         self.limit = limit
 
-    def step(self, key, int64_t tag, int64_t cost, int mode):
+    def step(self, key, int64_t tag, int64_t cost, int mode, int64_t left_ns=0):
         """(result, count): result is 1 allowed, 0 denied, -1 no slot, -2
-        slot locked by a stalled process; count is the period's count."""
+        slot locked by a stalled process; count is the period's count.
+
+        ``left_ns`` (the time to the period's end) is part of the store
+        protocol for stores that must expire keys (Redis); the table needs
+        none: a slot of an older period is free for reuse."""
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
         cdef int64_t count = 0

@@ -20,7 +20,11 @@ _MAX_LIMIT = 100_000
 
 class Lease:
     """One held unit of a concurrency limit; give it back with :meth:`release`
-    or by leaving its ``with`` block.  Releasing twice is harmless."""
+    or by leaving its ``with`` block.  Releasing twice is harmless.
+
+    ``index`` is the store's token for the lease: its slot (0 to limit-1)
+    in a shared table, a random 63-bit number on Redis, -1 for a lease
+    nothing records (an unlimited key, or a store failing open)."""
 
     __slots__ = ("key", "index", "_owner")
 
@@ -38,6 +42,38 @@ class Lease:
         if owner is not None and self.index >= 0:
             owner._leases.release(self.key, self.index)
 
+    def renew(self) -> bool:
+        """Keep the lease alive: the heartbeat of work that may outlast the
+        store's lease time to live.
+
+        On Redis a lease expires ``lease_ttl`` seconds (default 60) after its
+        acquire or its last renew, so that a holder on a host that died
+        cannot keep it forever; call this more often than that (say every
+        ``lease_ttl / 3``) while the work goes on.  On the shared table a
+        lease ends only with its holder's process: this does nothing.
+
+        Returns:
+            True if the lease is still held (or is one nothing records, or
+            Redis did not answer: the lease then stands until its TTL, and
+            the next renew tells); False if it was released, or expired
+            before this renew: another holder may have its place, so stop
+            the work or acquire again.  A lease found expired is no longer
+            :attr:`held`.
+
+        Raises:
+            BackendError: Redis failed and the failure policy is "raise".
+        """
+        if self.index < 0:
+            return True
+        owner = self._owner
+        if owner is None:
+            return False
+        renew = getattr(owner._leases, "renew", None)
+        if renew is None or renew(self.key, self.index):
+            return True
+        self._owner = None
+        return False
+
     def __enter__(self) -> Lease:
         return self
 
@@ -52,21 +88,33 @@ class Lease:
 class ConcurrencyLimit:
     """At most ``limit`` holders of each key at once, across all processes.
 
-    Each key has ``limit`` lease slots in the shared table.  A lease records
+    On a shared table, each key has ``limit`` lease slots.  A lease records
     its holder's pid and start time: when a holder dies without releasing
     (SIGKILL, OOM kill), its lease is taken over by the next acquirer that
     finds the key full, as soon as ``/proc`` shows the holder gone.  A live
     holder keeps its lease until it releases, however long that takes.
 
+    On a :class:`~fastlimit.RedisBackend` the limit holds across hosts, and
+    a holder's death cannot be seen by its pid, so leases expire: a lease
+    counts for the backend's ``lease_ttl`` seconds (default 60) after its
+    acquire or its last :meth:`Lease.renew`, on the Redis server's clock.
+    A holder that dies frees its lease within ``lease_ttl``; work that runs
+    longer must renew.
+
     Args:
         limit: leases per key; ``None`` means unlimited (every acquire
             succeeds and nothing is recorded).
-        store: a SharedTable of kind "rates" (default: a new anonymous one);
-            it may be the same table your limiters use.
-        name: the limit's name in the table.
+        store: a SharedTable of kind "rates" (default: a new anonymous one;
+            it may be the same table your limiters use), or a RedisBackend.
+        name: the limit's name in the store.
+        on_full: what an acquire gets when the store cannot answer (a full
+            table; Redis down): ``"deny"`` (no lease), ``"allow"`` (a lease
+            nothing records) or ``"raise"``; default the store's.
         retry_after: the wait (seconds) suggested to callers turned away.
         clock, sleep: monotonic ns and a sleep function for blocking
-            acquires; a FakeClock provides both for tests.
+            acquires; a FakeClock provides both for tests.  A clock given
+            here is also the time of lease expiry on Redis (instead of the
+            server's), so tests can expire leases without waiting.
 
     Example:
         >>> uploads = ConcurrencyLimit(2)
@@ -94,7 +142,7 @@ class ConcurrencyLimit:
         self.name = name
         self.retry_after = retry_after
         self.store = SharedTable.anonymous() if store is None else store
-        self._leases = self.store._leases(name, on_full=on_full)
+        self._leases = self.store._leases(name, on_full=on_full, clock=clock)
         self.clock = clock or time.monotonic_ns
         self._sleep = sleep or getattr(clock, "sleep", None)
         self._spread = itertools.count()
@@ -111,7 +159,7 @@ class ConcurrencyLimit:
             return Lease(self, key, index)
         if index == -1:
             return None
-        if self._leases.on_full == 1:  # the table had no slot: on_full="allow"
+        if self._leases.on_full == 1:  # no slot, or Redis failed: on_full="allow"
             return Lease(None, key, -1)
         return None
 
@@ -129,13 +177,15 @@ class ConcurrencyLimit:
 
     def in_flight(self, key: Key, *, limit: int | None = None) -> int:
         """Leases of ``key`` held now (including any left by dead holders
-        and not yet taken over)."""
+        and not yet taken over; on Redis, not yet expired)."""
         n = self._limit(limit)
         return 0 if n is None else self._leases.in_flight(key, n)
 
     @property
     def reclaimed(self) -> int:
-        """Leases of dead holders this process took over."""
+        """Leases of dead holders this process took over (on Redis: expired
+        leases this process's acquires found and dropped; a key whose leases
+        all expired is gone before anyone looks, and not counted)."""
         return self._leases.reclaimed
 
     def _limit(self, limit: int | None) -> int | None:

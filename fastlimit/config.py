@@ -10,7 +10,8 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
 
     [policy]      name = "api"; shadow = false
     [store]       table = "myapp"; capacity = 100000; overrides = "overrides.json";
-                  quotas = "state/quotas.tbl"
+                  quotas = "state/quotas.tbl"   (table and quotas: unused when the
+                  Policy is given a RedisBackend as its store)
     [headers]     reset = "epoch" | "iso" | "delta"; legacy = true; ietf = false
     [response]    status = 429; content_type = "application/json"; body = {...}
     [identities.api_key]    rate = "tier" | "<rate>" | "unlimited"; name = "api"; shadow

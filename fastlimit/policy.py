@@ -166,8 +166,12 @@ class Policy:
     Args:
         spec: the checked policy.
         store: the SharedTable for state (default: the ``[store]`` table,
-            else an anonymous table shared only with forked children).
-        clock: monotonic int-ns clock for the limiters (tests: FakeClock).
+            else an anonymous table shared only with forked children), or a
+            :class:`~fastlimit.RedisBackend`: then rates, quotas and
+            concurrency leases all live in Redis, shared by every host
+            (``[store] quotas`` is not used).
+        clock: monotonic int-ns clock for the limiters and concurrency
+            limits (tests: FakeClock).
         wall_clock: Unix-time int-ns clock for epoch/ISO reset headers
             and quota periods (default ``time.time_ns``).
         overrides: an :class:`Overrides` or its path (default: the
@@ -236,7 +240,7 @@ class Policy:
         self._quota_table: SharedTable | None = None
         self._concurrency = {
             u.name: ConcurrencyLimit(None, store, name=f"{spec.name}/{u.name}",
-                                     retry_after=float(u.retry_after))
+                                     retry_after=float(u.retry_after), clock=clock)
             for u in spec.usage if u.kind == "concurrency"}
 
     # -- construction --------------------------------------------------------
@@ -288,17 +292,26 @@ class Policy:
         in limit, not in counts: an upgrade keeps the month's usage)."""
         quota = self._quotas.get((usage.name, allowance))
         if quota is None:
-            if self._quota_table is None:
-                path = self.spec.store.quotas or os.path.join(
-                    state_dir(), f"{self.spec.name}-quotas.tbl")
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                self._quota_table = SharedTable.open(
-                    path=path, capacity=self.spec.store.capacity or 65_536, kind="quotas")
-                self._owned.append(self._quota_table)
             quota = self._quotas[(usage.name, allowance)] = Quota(
-                allowance, store=self._quota_table, name=f"{self.spec.name}/{usage.name}",
+                allowance, store=self._quota_store(), name=f"{self.spec.name}/{usage.name}",
                 tz=usage.tz, clock=self._wall_clock)
         return quota
+
+    def _quota_store(self) -> Any:
+        """Where quotas count: a store other than a SharedTable (a
+        RedisBackend) counts them itself, across hosts; a rate table cannot
+        (its slots hold times, not counts), so beside it the policy opens a
+        quota file, kept across restarts."""
+        if not isinstance(self.store, SharedTable):
+            return self.store
+        if self._quota_table is None:
+            path = self.spec.store.quotas or os.path.join(
+                state_dir(), f"{self.spec.name}-quotas.tbl")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._quota_table = SharedTable.open(
+                path=path, capacity=self.spec.store.capacity or 65_536, kind="quotas")
+            self._owned.append(self._quota_table)
+        return self._quota_table
 
     def close(self) -> None:
         """Release the table and overrides this policy opened itself."""

@@ -19,7 +19,7 @@ from fastlimit.headers import CalendarWindow
 from fastlimit.limiter import Key
 from fastlimit.table import OnFull, SharedTable
 
-__all__ = ["Quota", "QuotaSpec", "Usage", "state_dir"]
+__all__ = ["Quota", "QuotaBase", "QuotaSpec", "Usage", "state_dir"]
 
 Unit = Literal["day", "week", "month"]
 NS = 1_000_000_000
@@ -116,53 +116,16 @@ class Calendar:
         return int(datetime(day.year, day.month, day.day, tzinfo=self.tz).timestamp()) * NS
 
 
-class Quota:
-    """At most ``limit`` per calendar day, week or month for each key.
+class QuotaBase:
+    """What every quota front end shares: the spec, the calendar, the clock,
+    and the arithmetic from a counter's answer to a Decision.  :class:`Quota`
+    adds the methods over a store; the asyncio quota of the Redis backend
+    adds them as coroutines."""
 
-    Counts live in a file-backed table, so they survive restarts and
-    redeploys, and every process that opens the same file counts against
-    the same numbers exactly.  A new period starts at zero on its first use.
-
-    Args:
-        spec: ``"500/month"``, ``"10/day"``, ``"70/week"`` or a QuotaSpec.
-        path: the quota file; default ``state_dir()/quotas.tbl``.  Its
-            directory is created if missing.  One file holds many quotas.
-        store: a SharedTable of kind ``"quotas"`` to use instead of ``path``.
-        name: the quota's name in the file; quotas with different names
-            never share counts.
-        tz: the time zone whose midnights bound the periods (default UTC).
-        clock: wall-clock epoch nanoseconds (default ``time.time_ns``).
-        capacity: keys the file holds when it is created.
-
-    Example:
-        >>> import tempfile, os
-        >>> q = Quota("2/month", path=os.path.join(tempfile.mkdtemp(), "q.tbl"))
-        >>> [q.allow("acct-1") for _ in range(3)]
-        [True, True, False]
-        >>> q.usage("acct-1").used
-        2
-    """
-
-    def __init__(
-        self,
-        spec: str | QuotaSpec,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        store: SharedTable | None = None,
-        name: str = "quota",
-        tz: str | tzinfo = "UTC",
-        clock: Callable[[], int] | None = None,
-        capacity: int = DEFAULT_QUOTA_CAPACITY,
-        on_full: OnFull | None = None,
-    ) -> None:
+    def __init__(self, spec: str | QuotaSpec, *, name: str, tz: str | tzinfo,
+                 clock: Callable[[], int] | None) -> None:
         self.spec = QuotaSpec.parse(spec)
         self.name = name
-        if store is None:
-            file = os.fspath(path) if path is not None else os.path.join(state_dir(), "quotas.tbl")
-            os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
-            store = SharedTable.open(path=file, capacity=capacity, kind="quotas")
-        self.store = store
-        self._counter = store._quota_counter(name, self.spec.limit, on_full=on_full)
         self.calendar = Calendar(self.spec.unit, tz)
         self.clock = clock or time.time_ns
 
@@ -180,6 +143,96 @@ class Quota:
         their window (``w``) in place of a rate."""
         _, start, end = self.calendar.period(self.clock())
         return CalendarWindow(end - start)
+
+    def _check_cost(self, cost: int) -> None:
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        if cost > self.limit:
+            raise CapacityError(
+                f"cost {cost} exceeds the quota of {self.limit} per {self.spec.unit}: "
+                f"it can never pass")
+
+    def _now(self) -> tuple[int, int, int]:
+        """(tag, end_ns, left_ns) of the current period."""
+        now = self.clock()
+        tag, _, end = self.calendar.period(now)
+        return tag, end, end - now
+
+    def _decision(self, result: int, count: int, cost: int, left: int, counter: Any) -> Decision:
+        """The Decision for a counter's ``(result, count)``.  A negative
+        result means the store could not answer; the counter's ``on_full``
+        then decides (1 allow; 0 deny, with the counter's ``retry_after_ns``
+        if it has one, else until the period ends: a full table frees up
+        only then)."""
+        if result < 0:  # "raise" raised in the counter
+            if counter.on_full == 1:
+                return Decision(True, self.limit, self.limit - cost, left, 0)
+            wait = getattr(counter, "retry_after_ns", left)
+            return Decision(False, self.limit, 0, left, wait)
+        allowed = result == 1
+        return Decision(allowed, self.limit, self.limit - count, left, 0 if allowed else left)
+
+    def _usage(self, used: int, end: int) -> Usage:
+        return Usage(used, self.limit - used, self.limit,
+                     datetime.fromtimestamp(end // NS, timezone.utc))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.spec} tz={self.calendar.tz}>"
+
+
+class Quota(QuotaBase):
+    """At most ``limit`` per calendar day, week or month for each key.
+
+    Counts live in a file-backed table, so they survive restarts and
+    redeploys, and every process that opens the same file counts against
+    the same numbers exactly.  A new period starts at zero on its first use.
+    With a :class:`~fastlimit.RedisBackend` as ``store`` the counts live in
+    Redis instead and are exact across hosts (periods still follow this
+    process's wall clock: hosts' clocks must agree, see the README).
+
+    Args:
+        spec: ``"500/month"``, ``"10/day"``, ``"70/week"`` or a QuotaSpec.
+        path: the quota file; default ``state_dir()/quotas.tbl``.  Its
+            directory is created if missing.  One file holds many quotas.
+        store: a SharedTable of kind ``"quotas"``, or a RedisBackend, to use
+            instead of ``path``.
+        name: the quota's name in the file; quotas with different names
+            never share counts.
+        tz: the time zone whose midnights bound the periods (default UTC).
+        clock: wall-clock epoch nanoseconds (default ``time.time_ns``).
+        capacity: keys the file holds when it is created.
+        on_full: what a hit gets when the store cannot answer (a full
+            table; Redis down): ``"deny"``, ``"allow"`` or ``"raise"``;
+            default the store's (on Redis: its ``fail`` policy).
+
+    Example:
+        >>> import tempfile, os
+        >>> q = Quota("2/month", path=os.path.join(tempfile.mkdtemp(), "q.tbl"))
+        >>> [q.allow("acct-1") for _ in range(3)]
+        [True, True, False]
+        >>> q.usage("acct-1").used
+        2
+    """
+
+    def __init__(
+        self,
+        spec: str | QuotaSpec,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        store: SharedTable | Any = None,
+        name: str = "quota",
+        tz: str | tzinfo = "UTC",
+        clock: Callable[[], int] | None = None,
+        capacity: int = DEFAULT_QUOTA_CAPACITY,
+        on_full: OnFull | None = None,
+    ) -> None:
+        super().__init__(spec, name=name, tz=tz, clock=clock)
+        if store is None:
+            file = os.fspath(path) if path is not None else os.path.join(state_dir(), "quotas.tbl")
+            os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
+            store = SharedTable.open(path=file, capacity=capacity, kind="quotas")
+        self.store = store
+        self._counter = store._quota_counter(name, self.spec.limit, on_full=on_full)
 
     def hit(self, key: Key, cost: int = 1) -> Decision:
         """Count ``cost`` if it fits in the period; return the Decision.
@@ -202,44 +255,25 @@ class Quota:
     def refund(self, key: Key, cost: int = 1) -> bool:
         """Give back ``cost`` counted in the current period (never below 0)."""
         self._check_cost(cost)
-        tag, _, _ = self.calendar.period(self.clock())
-        result, _ = self._counter.step(key, tag, cost, _Q_REFUND)
+        tag, _, left = self._now()
+        result, _ = self._counter.step(key, tag, cost, _Q_REFUND, left)
         return result == 1
 
     def usage(self, key: Key) -> Usage:
         """Used and remaining in the current period, and when it resets."""
-        tag, _, end = self.calendar.period(self.clock())
-        _, used = self._counter.step(key, tag, 0, _Q_PEEK)
-        return Usage(used, self.limit - used, self.limit,
-                     datetime.fromtimestamp(end // NS, timezone.utc))
+        tag, end, left = self._now()
+        _, used = self._counter.step(key, tag, 0, _Q_PEEK, left)
+        return self._usage(used, end)
 
     def reset(self, key: Key) -> None:
         """Forget ``key``'s count."""
         self._counter.reset(key)
 
-    def _check_cost(self, cost: int) -> None:
-        if cost < 0:
-            raise ValueError(f"cost must be >= 0, got {cost}")
-        if cost > self.limit:
-            raise CapacityError(
-                f"cost {cost} exceeds the quota of {self.limit} per {self.spec.unit}: "
-                f"it can never pass")
-
     def _step(self, key: Key, cost: int, mode: int) -> Decision:
         self._check_cost(cost)
-        now = self.clock()
-        tag, _, end = self.calendar.period(now)
-        result, count = self._counter.step(key, tag, cost, mode)
-        left = end - now
-        if result < 0:  # no slot: on_full "deny" or "allow" ("raise" raised)
-            if self._counter.on_full == 1:
-                return Decision(True, self.limit, self.limit - cost, left, 0)
-            return Decision(False, self.limit, 0, left, left)
-        allowed = result == 1
-        return Decision(allowed, self.limit, self.limit - count, left, 0 if allowed else left)
-
-    def __repr__(self) -> str:
-        return f"<Quota {self.name!r} {self.spec} tz={self.calendar.tz}>"
+        tag, _, left = self._now()
+        result, count = self._counter.step(key, tag, cost, mode, left)
+        return self._decision(result, count, cost, left, self._counter)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.spec, self.store, self.name, self.calendar.tz, self.clock))
@@ -248,7 +282,7 @@ class Quota:
 _Q_PEEK, _Q_CONSUME, _Q_REFUND = 0, 1, 2  # modes of QuotaCounter.step
 
 
-def _rebuild(spec: QuotaSpec, store: SharedTable, name: str, tz: tzinfo, clock: Any) -> Quota:
+def _rebuild(spec: QuotaSpec, store: Any, name: str, tz: tzinfo, clock: Any) -> Quota:
     return Quota(spec, store=store, name=name, tz=tz, clock=clock)
 
 

@@ -454,7 +454,10 @@ class SharedTable:
         code = self._user("quotas", "a Quota", on_full)
         return _core.QuotaCounter(self._view, name, limit, code)
 
-    def _leases(self, name: str, *, on_full: OnFull | None = None) -> _core.Leases:
+    def _leases(self, name: str, *, on_full: OnFull | None = None,
+                clock: Callable[[], int] | None = None) -> _core.Leases:
+        # No clock: on the table a lease ends with its holder's process (seen
+        # in /proc), never with time.  Stores whose leases expire use it.
         code = self._user("rates", "a ConcurrencyLimit", on_full)
         return _core.Leases(self._view, name, code)
 

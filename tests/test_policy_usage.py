@@ -1,14 +1,29 @@
 """Issue 5 through the policy: the tier table's monthly quotas, concurrent
-uploads and size caps (seed 000), over fake monotonic and wall clocks."""
+uploads and size caps (seed 000), over fake monotonic and wall clocks.
+
+Tests on ``make_policy`` run with the policy on a shared table (quotas in a
+quota file) and on Redis (rates, quotas and leases all in a real
+redis-server on 127.0.0.1, see conftest.py), and must answer alike.
+"""
 
 import json
+import os
 import pathlib
+import uuid
 from datetime import datetime, timezone
 
 import pytest
 from sfv import parse_list
 
-from fastlimit import ConfigurationError, FakeClock, Identity, Policy, SharedTable
+from fastlimit import (
+    ConfigurationError,
+    FakeClock,
+    Identity,
+    Policy,
+    Quota,
+    RedisBackend,
+    SharedTable,
+)
 from fastlimit.config import tomllib
 
 S = 10**9
@@ -33,19 +48,29 @@ def clocks():
     return Clocks()
 
 
-@pytest.fixture
-def make_policy(clocks, tmp_path, monkeypatch):
-    """seed000 (optionally tweaked) on a private table, quotas under tmp_path."""
+def seed000(tweak=None):
+    with open(EXAMPLES / "seed000.toml", "rb") as f:
+        data = tomllib.load(f)
+    if tweak is not None:
+        tweak(data)
+    return data
+
+
+def _policies(kind, request, clocks, tmp_path, monkeypatch):
+    """seed000 (optionally tweaked) on a private table, quotas under
+    tmp_path; or on Redis under a prefix of the test's own."""
     monkeypatch.setenv("FASTLIMIT_STATE_DIR", str(tmp_path / "state"))
-    made = []
+    made, backends = [], []
 
     def make(tweak=None, table=None):
-        with open(EXAMPLES / "seed000.toml", "rb") as f:
-            data = tomllib.load(f)
-        if tweak is not None:
-            tweak(data)
+        if table is None and kind == "redis":
+            server = request.getfixturevalue("redis_server")
+            table = RedisBackend(server.url, prefix=f"p{uuid.uuid4().hex[:10]}", timeout=10,
+                                 connect_timeout=10)
+            backends.append(table)
         table = table or SharedTable.anonymous(4096)
-        policy = Policy.from_dict(data, store=table, clock=clocks.mono, wall_clock=clocks.wall,
+        policy = Policy.from_dict(seed000(tweak), store=table, clock=clocks.mono,
+                                  wall_clock=clocks.wall,
                                   overrides=tmp_path / f"ov-{len(made)}.json")
         made.append(policy)
         return policy
@@ -54,6 +79,21 @@ def make_policy(clocks, tmp_path, monkeypatch):
     for policy in made:
         policy.close()
         policy.overrides.close()
+    for backend in backends:
+        assert backend.stats().errors == 0
+        backend.close()
+
+
+@pytest.fixture(params=["table", "redis"])
+def make_policy(request, clocks, tmp_path, monkeypatch):
+    """Makes policies on a table, or on Redis: tests using it run on both."""
+    yield from _policies(request.param, request, clocks, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def make_table_policy(request, clocks, tmp_path, monkeypatch):
+    """Makes policies on a table (quota files are the table's business)."""
+    yield from _policies("table", request, clocks, tmp_path, monkeypatch)
 
 
 def starter(account="acct_1"):
@@ -186,22 +226,22 @@ def test_caps_answer_413_and_count_nothing(make_policy):
     assert policy.hit("POST", "/files/upload/batch", custom, IP, files=10_000).allowed
 
 
-def test_quotas_persist_in_the_quota_file(make_policy, tmp_path):
+def test_quotas_persist_in_the_quota_file(make_table_policy, tmp_path):
     path = tmp_path / "q" / "quotas.tbl"
 
     def tweak(data):
         small_quota(data)
         data["store"]["quotas"] = str(path)
-    first = make_policy(tweak)
+    first = make_table_policy(tweak)
     assert first.hit("POST", "/images/analyze", starter(), IP).allowed
     first.close()
-    again = make_policy(tweak)
+    again = make_table_policy(tweak)
     quota = again.resolve("POST", "/images/analyze", starter(), IP).checks[1].limiter
     assert quota.store.path == str(path) and quota.usage("acct_1").used == 1
 
 
-def test_default_quota_file_is_named_after_the_policy(make_policy, tmp_path):
-    policy = make_policy()
+def test_default_quota_file_is_named_after_the_policy(make_table_policy, tmp_path):
+    policy = make_table_policy()
     quota = policy.resolve("POST", "/images/analyze", starter(), IP).checks[1].limiter
     assert quota.store.path == str(tmp_path / "state" / "scopix-quotas.tbl")
 
@@ -231,10 +271,54 @@ def test_custom_denial_responses(make_policy):
          "an HTTP status from 400 to 599"),
     ],
 )
-def test_bad_usage_sections(make_policy, section, key_path, expected):
+def test_bad_usage_sections(make_table_policy, section, key_path, expected):
     def tweak(data):
         for k, v in section.items():
             data.setdefault(k, {}).update(v)
     with pytest.raises(ConfigurationError) as e:
-        make_policy(tweak)
+        make_table_policy(tweak)
     assert f": {key_path}: expected {expected}" in str(e.value)
+
+
+# -- only on Redis: one policy, many hosts ------------------------------------------
+
+
+def test_a_policy_on_redis_is_shared_by_every_host(redis_server, clocks, tmp_path, monkeypatch):
+    # two hosts: two Policy objects, each with its own backend (connection),
+    # the same Redis and prefix; nothing of the policy's state is local
+    monkeypatch.setenv("FASTLIMIT_STATE_DIR", str(tmp_path / "state"))
+    prefix = f"p{uuid.uuid4().hex[:10]}"
+
+    def tweak(data):
+        small_quota(data)
+        data["tiers"]["STARTER"]["concurrency"]["uploads"] = 2
+        data["routes"]["batch-upload"]["rate"] = "3/1h"
+    hosts = [Policy.from_dict(seed000(tweak), clock=clocks.mono, wall_clock=clocks.wall,
+                              store=RedisBackend(redis_server.url, prefix=prefix))
+             for _ in range(2)]
+    a, b = hosts
+    # the quota: 3 a month, whichever host serves
+    assert a.hit("POST", "/images/analyze", starter(), IP).allowed
+    assert b.hit("POST", "/images/analyze", starter(), IP).allowed
+    assert a.hit("POST", "/images/analyze", starter(), IP).allowed
+    assert b.hit("POST", "/images/analyze", starter(), IP).kind == "quota"
+    quota = b.resolve("POST", "/images/analyze", starter(), IP).checks[1].limiter
+    assert isinstance(quota, Quota) and quota.store is b.store
+    assert quota.usage("acct_1").used == 3
+    assert not os.path.exists(tmp_path / "state"), "no quota file: the counts are in Redis"
+    # concurrent uploads: 2 in flight, across hosts
+    first = a.hit("POST", "/files/upload", starter(), IP)
+    second = b.hit("POST", "/files/upload", starter(), IP)
+    assert first.allowed and second.allowed
+    assert a.hit("POST", "/files/upload", starter(), IP).kind == "concurrency"
+    second.release()
+    third = a.hit("POST", "/files/upload", starter(), IP)
+    assert third.allowed, "a lease released on one host frees a place on the other"
+    # the upload route's rate (3/1h per IP) counted all three, across hosts
+    assert b.hit("POST", "/files/upload", starter("acct_2"), IP).kind == "rate"
+    for d in (first, third):
+        d.release()
+    for p in hosts:
+        assert p.store.stats().errors == 0
+        p.close()
+        p.store.close()

@@ -1,9 +1,14 @@
-"""Calendar quotas: boundaries, persistence, exactness across processes."""
+"""Calendar quotas: boundaries, persistence, exactness across processes.
+
+Tests on the ``where`` fixture run twice: on a quota file, and on Redis (a
+real redis-server on 127.0.0.1, see conftest.py), and must answer alike.
+"""
 
 import multiprocessing as mp
 import os
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timezone
 
 import pytest
@@ -16,6 +21,7 @@ from fastlimit import (
     Limiter,
     Quota,
     QuotaSpec,
+    RedisBackend,
     SharedTable,
     TableError,
 )
@@ -33,9 +39,48 @@ def qpath(tmp_path):
     return tmp_path / "state" / "quotas.tbl"
 
 
-def quota(qpath, spec, when, **kw):
+class Where:
+    """Where a test's quotas count: a quota file, or Redis under a prefix of
+    the test's own.  ``kw`` is what Quota takes for it (picklable: a
+    RedisBackend pickles as its URL); ``other`` is a separate place of the
+    same kind; ``code`` builds ``kw`` in a fresh interpreter."""
+
+    def __init__(self, kind, tmp_path, server=None):
+        self.kind = kind
+        self.server = server
+        self.backends = []
+        self.kw = self._make(tmp_path / "state" / "quotas.tbl")
+        self.other = self._make(tmp_path / "other.tbl")
+
+    def _make(self, path):
+        if self.kind == "table":
+            return {"path": path}
+        backend = RedisBackend(self.server.url, prefix=f"q{uuid.uuid4().hex[:10]}", timeout=10,
+                               connect_timeout=10)
+        self.backends.append(backend)
+        return {"store": backend}
+
+    @property
+    def code(self):
+        if self.kind == "table":
+            return f"path={str(self.kw['path'])!r}"
+        prefix = self.kw["store"].prefix
+        return f"store=fastlimit.RedisBackend({self.server.url!r}, prefix={prefix!r})"
+
+
+@pytest.fixture(params=["table", "redis"])
+def where(request, tmp_path):
+    server = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    w = Where(request.param, tmp_path, server)
+    yield w
+    for b in w.backends:
+        assert b.stats().errors == 0
+        b.close()
+
+
+def quota(where, spec, when, **kw):
     clock = FakeClock(at(when))
-    return Quota(spec, path=qpath, clock=clock, **kw), clock
+    return Quota(spec, clock=clock, **where.kw, **kw), clock
 
 
 @pytest.mark.parametrize(
@@ -47,8 +92,8 @@ def quota(qpath, spec, when, **kw):
         ("2023-02-28T23:59:59", "2023-03-01T00:00:00", "2023-03-01T00:00:00"),  # no leap day
     ],
 )
-def test_month_boundaries(qpath, before, after, resets_at):
-    q, clock = quota(qpath, "3/month", before)
+def test_month_boundaries(where, before, after, resets_at):
+    q, clock = quota(where, "3/month", before)
     assert [q.allow("acct") for _ in range(4)] == [True, True, True, False]
     denied = q.hit("acct")
     assert denied.retry_after_ns == denied.reset_after_ns == NS, "one second to the new month"
@@ -61,16 +106,16 @@ def test_month_boundaries(qpath, before, after, resets_at):
     assert [q.allow("acct") for _ in range(4)] == [True, True, True, False]
 
 
-def test_leap_february_is_29_days(qpath):
-    leap, _ = quota(qpath, "1/month", "2024-02-01T00:00:00", name="leap")
-    common, _ = quota(qpath, "1/month", "2023-02-01T00:00:00", name="common")
+def test_leap_february_is_29_days(where):
+    leap, _ = quota(where, "1/month", "2024-02-01T00:00:00", name="leap")
+    common, _ = quota(where, "1/month", "2023-02-01T00:00:00", name="common")
     assert leap.hit("a").reset_after_ns == 29 * 86400 * NS
     assert common.hit("a").reset_after_ns == 28 * 86400 * NS
 
 
-def test_day_and_week_periods(qpath):
-    q, clock = quota(qpath, "2/day", "2024-03-10T12:00:00", name="daily")
-    w, _ = quota(qpath, "2/week", "2024-03-10T12:00:00", name="weekly")
+def test_day_and_week_periods(where):
+    q, clock = quota(where, "2/day", "2024-03-10T12:00:00", name="daily")
+    w, _ = quota(where, "2/week", "2024-03-10T12:00:00", name="weekly")
     w.clock = clock
     assert q.allow("k") and q.allow("k") and not q.allow("k")
     assert w.allow("k") and w.allow("k") and not w.allow("k")
@@ -79,9 +124,9 @@ def test_day_and_week_periods(qpath):
     assert q.allow("k") and w.allow("k")
 
 
-def test_time_zone_moves_the_boundary(qpath):
+def test_time_zone_moves_the_boundary(where, qpath):
     # New York is UTC-5 in winter: its February starts at 05:00 UTC
-    q, clock = quota(qpath, "1/month", "2024-02-01T04:59:59", tz="America/New_York")
+    q, clock = quota(where, "1/month", "2024-02-01T04:59:59", tz="America/New_York")
     assert q.allow("k")
     assert not q.allow("k")
     assert q.usage("k").resets_at == datetime(2024, 2, 1, 5, tzinfo=timezone.utc)
@@ -91,8 +136,8 @@ def test_time_zone_moves_the_boundary(qpath):
         Quota("1/month", path=qpath, tz="Mars/Olympus")
 
 
-def test_decisions_cost_refund_reset(qpath):
-    q, clock = quota(qpath, "10/month", "2024-05-20T00:00:00")
+def test_decisions_cost_refund_reset(where):
+    q, clock = quota(where, "10/month", "2024-05-20T00:00:00")
     d = q.hit("k", cost=4)
     left = at("2024-06-01T00:00:00") - clock()
     assert d == Decision(True, 10, 6, left, 0)
@@ -110,12 +155,13 @@ def test_decisions_cost_refund_reset(qpath):
         q.hit("k", cost=-1)
 
 
-def test_quota_names_and_files_are_separate(qpath, tmp_path):
-    a, clock = quota(qpath, "1/month", "2024-05-20T00:00:00", name="ai")
-    b = Quota("1/month", path=qpath, name="chat", clock=clock)
-    c = Quota("1/month", path=tmp_path / "other.tbl", name="ai", clock=clock)
+def test_quota_names_and_stores_are_separate(where):
+    a, clock = quota(where, "1/month", "2024-05-20T00:00:00", name="ai")
+    b = Quota("1/month", **where.kw, name="chat", clock=clock)
+    c = Quota("1/month", **where.other, name="ai", clock=clock)
     assert a.allow("k") and b.allow("k") and c.allow("k")
     assert not a.allow("k")
+    assert not Quota("1/month", **where.kw, name="ai", clock=clock).allow("k"), "same name, store"
 
 
 @pytest.mark.parametrize(
@@ -136,7 +182,7 @@ def test_spec_rejects(text):
 
 
 def test_quota_tables_and_rate_tables_do_not_mix(qpath, table):
-    q, _ = quota(qpath, "1/month", "2024-05-20T00:00:00")
+    q = Quota("1/month", path=qpath)
     with pytest.raises(ConfigurationError, match="needs a table of kind 'rates'"):
         Limiter("1/1s", store=q.store)
     with pytest.raises(ConfigurationError, match="needs a table of kind 'quotas'"):
@@ -152,47 +198,90 @@ def test_default_path_is_under_the_state_dir(tmp_path, monkeypatch):
     assert os.stat(q.store.path).st_mode & 0o777 == 0o600
 
 
-def test_counts_survive_a_process_restart(qpath):
+def test_counts_survive_a_process_restart(where):
     when = at("2024-05-20T00:00:00")
-    code = ("import sys, fastlimit; q = fastlimit.Quota('5/month', path=sys.argv[1], "
+    code = (f"import fastlimit; q = fastlimit.Quota('5/month', {where.code}, "
             f"clock=lambda: {when}); print(sum(q.allow('acct') for _ in range(3)))")
     for expected in ("3", "2", "0"):
-        out = subprocess.run([sys.executable, "-c", code, str(qpath)], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == expected
-    q, _ = quota(qpath, "5/month", "2024-05-20T00:00:00")
+    q, _ = quota(where, "5/month", "2024-05-20T00:00:00")
     assert q.usage("acct").used == 5
 
 
 def test_counts_survive_a_reboot(qpath):
-    q, _ = quota(qpath, "5/month", "2024-05-20T00:00:00")
+    q = Quota("5/month", path=qpath, clock=FakeClock(at("2024-05-20T00:00:00")))
     q.hit("acct", cost=2)
     q.store.flush()
     q.store.close()
     with open(qpath, "r+b") as f:  # as if written before the last reboot
         f.seek(64)
         f.write(b"\x01" * 16)
-    q, _ = quota(qpath, "5/month", "2024-05-20T00:00:00")
+    q = Quota("5/month", path=qpath, clock=FakeClock(at("2024-05-20T00:00:00")))
     assert q.usage("acct").used == 2, "calendar counts do not depend on the boot"
 
 
-def _spend(path, when, barrier, q):
-    quota = Quota("1000/month", path=path, clock=lambda: when)
+def _spend(kw, when, barrier, q):
+    quota = Quota("1000/month", clock=lambda: when, **kw)
     barrier.wait()
     q.put(sum(quota.allow("shared") for _ in range(800)))
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_exact_across_four_processes(qpath, method):
-    Quota("1000/month", path=qpath)  # create the file first
+def test_exact_across_four_processes(where, method):
+    Quota("1000/month", **where.kw)  # create the file first
     ctx = mp.get_context(method)
     barrier, q = ctx.Barrier(4), ctx.Queue()
     when = at("2024-05-20T00:00:00")
-    procs = [ctx.Process(target=_spend, args=(str(qpath), when, barrier, q)) for _ in range(4)]
+    procs = [ctx.Process(target=_spend, args=(where.kw, when, barrier, q)) for _ in range(4)]
     for p in procs:
         p.start()
     total = sum(q.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=60)
     assert total == 1000
+
+
+# -- only on Redis ---------------------------------------------------------------
+
+
+@pytest.fixture
+def backend(redis_server):
+    b = RedisBackend(redis_server.url, prefix=f"q{uuid.uuid4().hex[:10]}", timeout=10,
+                     connect_timeout=10)
+    yield b
+    assert b.stats().errors == 0
+    b.close()
+
+
+def test_redis_keys_hold_period_and_count_and_outlive_the_period(backend, redis_server):
+    q = Quota("5/month", store=backend, name="ai", clock=FakeClock(at("2024-05-31T23:00:00")))
+    r = redis_server.client()
+    key = backend.redis_key("ai", "acct", "quota")
+    assert key == backend.prefix.encode() + b":ai:quota{acct}"
+    assert q.peek("acct").allowed and not r.exists(key), "a peek writes nothing"
+    q.hit("acct", cost=2)
+    assert r.get(key) == b"%d 2" % ((2024 - 1970) * 12 + 5)  # the period's tag, the count
+    # it expires an hour (the grace) after the period ends: 2 h from now
+    assert 2 * 3600 * 1000 - 5000 < r.pttl(key) <= 2 * 3600 * 1000
+    assert q.refund("acct", cost=2) and not r.exists(key), "a count of 0 is no key"
+    lim = Limiter("1/1h", store=backend, name="ai")
+    assert lim.allow("acct") and q.allow("acct"), "a limiter and a quota of one name never mix"
+    assert r.exists(backend.redis_key("ai", "acct")) and r.get(key) == b"%d 1" % (54 * 12 + 5)
+
+
+def test_a_lagging_host_counts_in_the_newer_period(backend, redis_server):
+    # host A's clock has reached June, host B's lags 2 s behind, still in May
+    a = Quota("3/month", store=backend, name="ai", clock=FakeClock(at("2024-06-01T00:00:01")))
+    b = Quota("3/month", store=backend, name="ai", clock=FakeClock(at("2024-05-31T23:59:59")))
+    key = backend.redis_key("ai", "acct", "quota")
+    r = redis_server.client()
+    assert b.hit("acct", cost=3).allowed and not b.allow("acct"), "May is spent"
+    assert a.allow("acct"), "June starts at zero"
+    pttl = r.pttl(key)
+    assert b.allow("acct"), "B counts in June now: May is over for someone"
+    assert a.usage("acct").used == b.usage("acct").used == 2
+    assert r.pttl(key) >= pttl - 1000, "B's shorter May expiry did not replace June's"
+    assert a.allow("acct") and not a.allow("acct") and not b.allow("acct"), "3 in June, exactly"

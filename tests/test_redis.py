@@ -28,10 +28,12 @@ import fastlimit
 from fastlimit import (
     BackendError,
     CapacityError,
+    ConcurrencyLimit,
     ConfigurationError,
     Decision,
     FakeClock,
     Limiter,
+    Quota,
     Rate,
     RedisBackend,
     SharedTable,
@@ -40,6 +42,8 @@ from fastlimit.backends.redis import AsyncRedisBackend
 
 S = 10**9
 FAST = dict(timeout=10, connect_timeout=10)  # no spurious timeouts on a loaded machine
+MAY_20_2024 = 1716163200 * S
+JUNE_1_2024 = 1717200000 * S
 
 
 def backend_for(server, **kw):
@@ -499,6 +503,65 @@ def test_failure_policy_with_the_server_stopped(own_redis_server, clock, caplog,
     assert not b.stats().down and b.stats().calls == 2
 
 
+@pytest.mark.parametrize("fail", ["open", "closed", "raise"])
+def test_quota_and_lease_failure_policy_with_the_server_stopped(own_redis_server, caplog, fail):
+    b = RedisBackend(own_redis_server.url, fail=fail, retry_interval=0, timeout=2,
+                     connect_timeout=2)
+    q = Quota("5/month", store=b, name="q", clock=FakeClock(MAY_20_2024))
+    uploads = ConcurrencyLimit(2, b, name="up", clock=FakeClock())
+    assert q.hit("k") == Decision(True, 5, 4, JUNE_1_2024 - MAY_20_2024, 0)
+    held = uploads.try_acquire("k")
+    assert held and uploads.in_flight("k") == 1
+    own_redis_server.stop(signal.SIGKILL)
+    left = JUNE_1_2024 - MAY_20_2024
+    with caplog.at_level(logging.WARNING, logger="fastlimit"):
+        if fail == "raise":
+            calls = [lambda: q.hit("k"), lambda: q.peek("k"), lambda: q.refund("k"),
+                     lambda: q.usage("k"), lambda: q.reset("k"),
+                     lambda: uploads.try_acquire("k"), lambda: uploads.in_flight("k"),
+                     held.renew, held.release]
+            for call in calls:
+                with pytest.raises(BackendError, match="Redis at redis://127.0.0.1"):
+                    call()
+            assert b.stats().raised == b.stats().errors == len(calls)
+        else:
+            if fail == "open":  # as a first hit would get; a lease nothing records
+                assert q.hit("k", cost=2) == Decision(True, 5, 3, left, 0)
+                lease = uploads.try_acquire("k")
+                assert lease and not lease.held and lease.index == -1
+            else:  # denied until Redis is tried again (>= 1 s), not until June
+                assert q.hit("k", cost=2) == Decision(False, 5, 0, left, S)
+                assert uploads.try_acquire("k") is None
+            assert q.allow("k") is (fail == "open")
+            assert not q.refund("k") and q.usage("k").used == 0
+            q.reset("k")
+            assert uploads.in_flight("k") == 0
+            assert held.renew() and held.held, "an outage does not take a holder's lease"
+            held.release()
+            stats = b.stats()
+            assert (stats.failed_open, stats.failed_closed) == (
+                (4, 0) if fail == "open" else (0, 4))  # hit, allow, usage, try_acquire
+            assert stats.errors == 9 and stats.raised == 0
+    assert b.stats().down and "ConnectionError" in b.stats().last_error
+    assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
+    own_redis_server.start()
+    assert q.hit("k") == Decision(True, 5, 4, left, 0), "a new, empty server"
+    assert uploads.try_acquire("k") and uploads.try_acquire("k")
+    assert uploads.try_acquire("k") is None
+    assert not b.stats().down
+
+
+def test_quota_and_leases_answer_by_their_own_on_full(own_redis_server):
+    b = RedisBackend(own_redis_server.url, fail="open", retry_interval=0)
+    strict = Quota("5/month", store=b, name="q", on_full="deny", clock=FakeClock(MAY_20_2024))
+    loud = ConcurrencyLimit(2, b, name="up", on_full="raise")
+    own_redis_server.stop(signal.SIGKILL)
+    assert not strict.allow("k") and Quota("5/month", store=b, name="q2").allow("k")
+    with pytest.raises(BackendError):
+        loud.try_acquire("k")
+    assert ConcurrencyLimit(2, b, name="up").try_acquire("k"), "the backend's: open"
+
+
 def test_a_hung_server_times_out_and_fails_closed(own_redis_server, clock):
     b = RedisBackend(own_redis_server.url, fail="closed", timeout=0.2, retry_interval=0)
     lim = Limiter("5/10s", store=b, name="hang", clock=clock)
@@ -735,11 +798,65 @@ def test_async_failure_policy(own_redis_server, clock):
     asyncio.run(main())
 
 
+def test_async_quota_gives_the_same_decisions(redis_server, tmp_path):
+    wall = FakeClock(MAY_20_2024)
+    table = Quota("4/month", path=tmp_path / "q.tbl", name="ai", clock=wall)
+
+    async def main():
+        b = AsyncRedisBackend(redis_server.url, prefix=f"a{uuid.uuid4().hex[:8]}", **FAST)
+        async with b:
+            q = b.quota("4/month", name="ai", clock=wall)
+            for cost in (1, 2, 0, 2, 1):
+                assert await q.hit("k", cost) == table.hit("k", cost)
+                assert await q.peek("k", 2) == table.peek("k", 2)
+            assert await q.usage("k") == table.usage("k")
+            assert await q.refund("k", 2) == table.refund("k", 2)
+            assert await q.allow("k") == table.allow("k")
+            await q.reset("k")
+            table.reset("k")
+            assert await q.usage("k") == table.usage("k")
+            wall.set(JUNE_1_2024)
+            assert (await q.hit("k", 4)).allowed and not await q.allow("k")
+            assert q.window() == table.window() and q.burst == 4
+            sync = Quota("4/month", store=RedisBackend(redis_server.url, prefix=b.prefix),
+                         name="ai", clock=wall)
+            assert sync.usage("k").used == 4, "the same keys as a sync Quota"
+            with pytest.raises(CapacityError):
+                await q.hit("k", 5)
+            assert b.stats().errors == 0
+
+    asyncio.run(main())
+
+
+def test_async_quota_failure_policy(own_redis_server):
+    async def main():
+        b = AsyncRedisBackend(own_redis_server.url, fail="open", retry_interval=0)
+        q = b.quota("3/day", name="q", clock=FakeClock(MAY_20_2024), fail="closed")
+        assert await q.allow("k")
+        own_redis_server.stop(signal.SIGKILL)
+        assert await q.hit("k") == Decision(False, 3, 0, 86400 * S, S)
+        assert await b.quota("3/day", name="q").allow("k"), "the backend's policy: open"
+        assert b.stats().failed_closed == b.stats().failed_open == 1
+        await b.aclose()
+
+    asyncio.run(main())
+
+
+def test_async_backend_refuses_sync_quotas_and_leases(redis_server):
+    b = AsyncRedisBackend(redis_server.url)
+    with pytest.raises(ConfigurationError, match=r"use backend.quota\(\.\.\.\)"):
+        Quota("1/day", store=b)
+    with pytest.raises(ConfigurationError, match="ConcurrencyLimit needs a RedisBackend"):
+        ConcurrencyLimit(1, b)
+
+
 def test_lua_script_is_package_data():
     import importlib.resources
 
     text = importlib.resources.files("fastlimit.backends").joinpath("gcra.lua").read_text()
     assert "redis.call('TIME')" in text
+    for name in ("quota.lua", "leases.lua"):
+        assert importlib.resources.files("fastlimit.backends").joinpath(name).is_file()
     assert os.path.basename(fastlimit.backends.redis.__file__) == "redis.py"
 
 

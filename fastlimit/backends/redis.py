@@ -38,6 +38,20 @@ hit passes; Python turns that into ``remaining``, ``reset_after`` and
 * **Two tiers.** With ``deny_cache=`` a :class:`~fastlimit.SharedTable`, a
   key Redis denied is answered locally, by every process on the host, until
   a hit could pass again: no round trip while a client hammers a limit.
+
+Quotas and concurrency limits run on it too (``Quota(spec, store=backend)``,
+``ConcurrencyLimit(n, backend)``), one script call per step, each with its
+own script (``quota.lua``, ``leases.lua``) and the same failure policy:
+
+* **Quotas.** ``<prefix>:<name>:quota{<key>}`` holds ``"<period tag>
+  <count>"``.  The client computes the period from its wall clock (hosts'
+  clocks must agree); the script counts, resets on a new period, never
+  moves a key back to an older one, and keeps the key until ``QUOTA_GRACE_S``
+  after its period ends.
+* **Leases.** ``<prefix>:<name>:lease{<key>}`` is a sorted set of lease
+  tokens scored by their expiry (ms, the server's TIME unless a clock is
+  injected).  Acquiring drops the expired, counts and adds in one script;
+  a lease lives ``lease_ttl`` seconds after its acquire or last renew.
 """
 
 from __future__ import annotations
@@ -45,11 +59,14 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+import math
 import operator
+import secrets
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -74,27 +91,49 @@ from fastlimit import _core
 from fastlimit._core import MAX_TOLERANCE_NS, Decision
 from fastlimit.errors import BackendError, CapacityError, ConfigurationError
 from fastlimit.limiter import Key, Limiter
+from fastlimit.quota import _Q_CONSUME, _Q_PEEK, _Q_REFUND, QuotaBase, QuotaSpec, Usage
 from fastlimit.rate import NS_PER_S, Rate
 from fastlimit.table import OnFull, SharedTable
 
-__all__ = ["AsyncRedisBackend", "AsyncRedisLimiter", "RedisBackend", "RedisGcra", "RedisStats"]
+__all__ = ["AsyncRedisBackend", "AsyncRedisLimiter", "AsyncRedisQuota", "RedisBackend",
+           "RedisGcra", "RedisLeases", "RedisQuotaCounter", "RedisStats"]
 
 log = logging.getLogger("fastlimit")
 
 Fail = Literal["open", "closed", "raise"]
+Kind = Literal["rate", "quota", "lease"]
 Check: TypeAlias = "tuple[Any, Key] | tuple[Any, Key, int]"
 HashTag = Callable[[str, Key], str | bytes]
 T = TypeVar("T")
-# an operation: yields script calls (keys, args), is sent their replies
-Plan = Generator[tuple[list[bytes], list[bytes]], list[int], T]
+# A script call: the script's name (a key of SCRIPTS), its keys, its args.
+Call = tuple[str, list[bytes], list[bytes]]
+# an operation: yields script calls, is sent their replies
+Plan = Generator[Call, list[int], T]
 
-LUA: str = importlib.resources.files("fastlimit.backends").joinpath("gcra.lua").read_text("utf-8")
+
+def _lua(name: str) -> str:
+    return importlib.resources.files("fastlimit.backends").joinpath(name).read_text("utf-8")
+
+
+# The scripts, shipped as package data: the GCRA of limiters, calendar-quota
+# steps and concurrency leases.  Each call runs one of them, atomically.
+SCRIPTS: dict[str, str] = {
+    "gcra": _lua("gcra.lua"),
+    "quota": _lua("quota.lua"),
+    "leases": _lua("leases.lua"),
+}
+LUA: str = SCRIPTS["gcra"]
 
 _FAILS = ("open", "closed", "raise")
+_KINDS: dict[str, bytes] = {"rate": b"", "quota": b"quota", "lease": b"lease"}
 # A Limiter's on_full, when given, overrides the backend's policy for it:
 # "the store cannot answer" is what both mean.
 _FAIL_OF_ON_FULL: dict[str, Fail] = {"allow": "open", "deny": "closed", "raise": "raise"}
 _ON_FULL_OF_FAIL: dict[str, OnFull] = {"open": "allow", "closed": "deny", "raise": "raise"}
+# the core's on_full codes, which Quota and ConcurrencyLimit read off a counter
+_ON_FULL_CODE: dict[str, int] = {"closed": 0, "open": 1, "raise": 2}
+# Seconds a concurrency lease counts without a renew (RedisBackend(lease_ttl=)).
+DEFAULT_LEASE_TTL = 60.0
 # Keys per script call in hit_many: one call blocks the server while it runs.
 _CHUNK = 1000
 _U64 = 1 << 64
@@ -175,54 +214,32 @@ def _key_list(keys: Any) -> list[Key]:
     return keys if isinstance(keys, list) else list(keys)
 
 
-class _Spec:
-    """One limiter on one backend: key naming, the deny cache and the
-    decision arithmetic, and each operation as a plan (below), shared by the
-    sync and async front ends."""
+class _Keyspace:
+    """One name on one backend, for one kind of state: its Redis keys and
+    its failure policy.  Limiters, quotas and concurrency limits build on
+    it, and each of their operations is a plan (below), shared by the sync
+    and async front ends.
 
-    def __init__(self, backend: _BackendBase, name: str, emission_interval_ns: int,
-                 burst: int, clock: Callable[[], int] | None, fail: Fail) -> None:
-        # the core's checks, with its messages, so both stores refuse alike
-        if emission_interval_ns < 1:
-            raise ValueError(f"emission interval must be >= 1 ns, got {emission_interval_ns}")
-        if burst < 1:
-            raise ValueError(f"burst must be >= 1, got {burst}")
-        if burst > MAX_TOLERANCE_NS // emission_interval_ns:
-            raise ValueError(
-                f"burst x emission interval must be <= {MAX_TOLERANCE_NS} ns, got "
-                f"{burst} x {emission_interval_ns}")
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be callable or None, got {clock!r}")
+    ``kind`` goes between the name and the key's hash tag: b"" for limiters
+    (``<prefix>:<name>:{<key>}``), b"quota" and b"lease" for the others
+    (``<prefix>:<name>:quota{<key>}``).  The byte before the first brace
+    tells the kinds apart (names have no braces), so a limiter and a quota
+    of one name never share a key, and all state of one user key still
+    shares its hash slot."""
+
+    def __init__(self, backend: _BackendBase, name: str, fail: Fail, kind: bytes = b"",
+                 what: str = "a limiter name") -> None:
         self.backend = backend
-        self.name = _no_braces("a limiter name", name)
-        self.T = emission_interval_ns
-        self.burst = burst
-        self.tau = burst * emission_interval_ns
-        self.clock = clock
+        self.name = _no_braces(what, name)
         self.fail = fail
-        base = f"{backend.prefix}:{name}:".encode()
+        base = f"{backend.prefix}:{name}:".encode() + kind
         self._base = base
         self._str_base = base + b"{"
         self._int_base = base + b"#{"
         self._hash_tag = backend._hash_tag
-        # Script arguments go as bytes: redis-py packs bytes as they are, and
-        # encoding ints costs more than the rest of a check's client side.
-        self._tau_args = tuple(b"%d" % v for v in _split(self.tau))
-        self._group1 = (*(b"%d" % v for v in _split(self.T)), *self._tau_args, b"1")
-        self._table = backend._deny_table
-        self._checker: Any = None
-        if self._table is not None:
-            # The deny cache keeps, per key, the time a hit of cost 1 would
-            # pass again, as the tat of a GCRA with T = 1 ns and burst 1
-            # (denied iff tat > now; retry_after = tat - now).  The name has
-            # the rate in it: a changed rate must not inherit old denials.
-            self._deny_name = f"redis-deny:{backend.prefix}:{name}:{self.T}:{burst}"
-            self._checker = self._table._gcra(self._deny_name, 1, 1, clock=clock, on_full="allow")
-
-    # -- keys and arguments ---------------------------------------------------
 
     def rkey(self, key: Key) -> bytes:
-        """The Redis key holding ``key``'s tat (see the module docstring)."""
+        """The Redis key holding ``key``'s state (see the module docstring)."""
         if isinstance(key, str):
             kb, is_int = key.encode("utf-8"), False
         elif isinstance(key, bytes):
@@ -243,6 +260,69 @@ class _Spec:
                 f"or bytes without braces")
         # the tag ends at the first '}', so what follows is the key verbatim
         return self._base + b"{" + tb + (b"}#" if is_int else b"}:") + kb
+
+    def failed_allows(self, failure: _Failure, checks: int = 1) -> bool:
+        """Whether the failure policy allows ``checks`` checks Redis could
+        not answer (counted); raises BackendError under ``"raise"``."""
+        self.raise_if_loud(failure)
+        self.backend._count("failed_open" if self.fail == "open" else "failed_closed", checks)
+        return self.fail == "open"
+
+    def raise_if_loud(self, failure: _Failure) -> None:
+        if self.fail == "raise":
+            self.backend._count("raised")
+            raise BackendError(str(failure)) from failure.cause
+
+    def forget(self, key: Key) -> None:
+        """Drop what is known locally about ``key`` (a limiter's deny cache)."""
+
+    def reset(self, key: Key) -> Plan[None]:
+        rkey = self.rkey(key)
+        self.forget(key)
+        try:
+            # gcra.lua's 'reset' deletes its keys, whatever they hold
+            yield "gcra", [rkey], [b"reset"]
+        except _Failure as f:
+            self.raise_if_loud(f)
+
+
+class _Spec(_Keyspace):
+    """One limiter on one backend: its keys, the deny cache, the decision
+    arithmetic and its operations as plans."""
+
+    def __init__(self, backend: _BackendBase, name: str, emission_interval_ns: int,
+                 burst: int, clock: Callable[[], int] | None, fail: Fail) -> None:
+        # the core's checks, with its messages, so both stores refuse alike
+        if emission_interval_ns < 1:
+            raise ValueError(f"emission interval must be >= 1 ns, got {emission_interval_ns}")
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
+        if burst > MAX_TOLERANCE_NS // emission_interval_ns:
+            raise ValueError(
+                f"burst x emission interval must be <= {MAX_TOLERANCE_NS} ns, got "
+                f"{burst} x {emission_interval_ns}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable or None, got {clock!r}")
+        super().__init__(backend, name, fail)
+        self.T = emission_interval_ns
+        self.burst = burst
+        self.tau = burst * emission_interval_ns
+        self.clock = clock
+        # Script arguments go as bytes: redis-py packs bytes as they are, and
+        # encoding ints costs more than the rest of a check's client side.
+        self._tau_args = tuple(b"%d" % v for v in _split(self.tau))
+        self._group1 = (*(b"%d" % v for v in _split(self.T)), *self._tau_args, b"1")
+        self._table = backend._deny_table
+        self._checker: Any = None
+        if self._table is not None:
+            # The deny cache keeps, per key, the time a hit of cost 1 would
+            # pass again, as the tat of a GCRA with T = 1 ns and burst 1
+            # (denied iff tat > now; retry_after = tat - now).  The name has
+            # the rate in it: a changed rate must not inherit old denials.
+            self._deny_name = f"redis-deny:{backend.prefix}:{name}:{self.T}:{burst}"
+            self._checker = self._table._gcra(self._deny_name, 1, 1, clock=clock, on_full="allow")
+
+    # -- arguments --------------------------------------------------------------
 
     def inc(self, cost: int) -> int:
         """``cost x T``, after the core's checks of ``cost``."""
@@ -301,16 +381,6 @@ class _Spec:
             return self.decision(True, 0, inc, inc)
         return Decision(False, self.burst, 0, 0, inc)
 
-    def failed_allows(self, failure: _Failure, checks: int = 1) -> bool:
-        self.raise_if_loud(failure)
-        self.backend._count("failed_open" if self.fail == "open" else "failed_closed", checks)
-        return self.fail == "open"
-
-    def raise_if_loud(self, failure: _Failure) -> None:
-        if self.fail == "raise":
-            self.backend._count("raised")
-            raise BackendError(str(failure)) from failure.cause
-
     # -- the deny cache ----------------------------------------------------------
 
     def cached(self, key: Key, inc: int) -> Decision | None:
@@ -359,7 +429,8 @@ class _Spec:
             return False
         t0, now = self.now()
         try:
-            reply = yield [rkey], self.backend._args(b"hit", now, (self.group(inc, cost != 0),))
+            reply = yield "gcra", [rkey], self.backend._args(
+                b"hit", now, (self.group(inc, cost != 0),))
         except _Failure as f:
             return self.failed_allows(f)
         return self.result(key, reply, 0, inc, cost != 0, t0)[0]
@@ -372,7 +443,8 @@ class _Spec:
             return cached
         t0, now = self.now()
         try:
-            reply = yield [rkey], self.backend._args(b"hit", now, (self.group(inc, consume),))
+            reply = yield "gcra", [rkey], self.backend._args(
+                b"hit", now, (self.group(inc, consume),))
         except _Failure as f:
             return self.failed(f, inc)
         allowed, ahead, after = self.result(key, reply, 0, inc, consume, t0)
@@ -386,19 +458,12 @@ class _Spec:
         self.forget(key)
         _t0, now = self.now()
         try:
-            reply = yield [rkey], self.backend._args(b"refund", now, (self.group(inc, True),))
+            reply = yield "gcra", [rkey], self.backend._args(
+                b"refund", now, (self.group(inc, True),))
         except _Failure as f:
             self.raise_if_loud(f)
             return False
         return reply[0] == 1
-
-    def reset(self, key: Key) -> Plan[None]:
-        rkey = self.rkey(key)
-        self.forget(key)
-        try:
-            yield [rkey], [b"reset"]
-        except _Failure as f:
-            self.raise_if_loud(f)
 
     def hit_many(self, keys: Any, cost: int) -> Plan[npt.NDArray[np.bool_]]:
         key_list = _key_list(keys)
@@ -413,13 +478,126 @@ class _Spec:
         args = self.backend._args(b"hit", now, (self.group(inc, consume),))
         for batch in self.backend._batches(rkeys, todo):
             try:
-                reply = yield [rkeys[i] for i in batch], args
+                reply = yield "gcra", [rkeys[i] for i in batch], args
             except _Failure as f:
                 out[batch] = self.failed_allows(f, len(batch))
                 continue
             for j, i in enumerate(batch):
                 out[i] = self.result(key_list[i], reply, j, inc, consume, t0)[0]
         return out
+
+
+# Quota keys outlive their period by this much (on the writer's clock), so a
+# host whose wall clock lags by less still finds the count at the period's
+# end, rather than a missing key that would read as zero.
+QUOTA_GRACE_S = 3600
+_QUOTA_GRACE_MS = QUOTA_GRACE_S * 1000
+_NS_PER_MS = 1_000_000
+
+
+class _QuotaPlans(_Keyspace):
+    """One calendar quota's counts on one backend (``quota.lua``): the
+    contract of ``_core.QuotaCounter.step``, as plans."""
+
+    def __init__(self, backend: _BackendBase, name: str, limit: int, fail: Fail) -> None:
+        # the core's checks, with its messages, so both stores refuse alike
+        if not 1 <= limit <= _core.QUOTA_MAX_COUNT:
+            raise ValueError(f"a quota limit must be between 1 and {_core.QUOTA_MAX_COUNT}, "
+                             f"got {limit}")
+        super().__init__(backend, name, fail, _KINDS["quota"], "a quota name")
+        self.limit = limit
+        self._limit_arg = b"%d" % limit
+        # what Quota reads when the store cannot answer (see QuotaBase._decision)
+        self.on_full = _ON_FULL_CODE[fail]
+        # a denial for want of Redis lasts until the backend tries it again,
+        # not until the period ends
+        self.retry_after_ns = max(NS_PER_S, round(backend._retry_interval * NS_PER_S))
+
+    def step(self, key: Key, tag: int, cost: int, mode: int, left_ns: int) -> Plan[tuple[int, int]]:
+        rkey = self.rkey(key)
+        if not 1 <= tag <= _core.QUOTA_MAX_TAG:
+            raise ValueError(f"period tag out of range: {tag}")
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        if mode not in (0, 1, 2):
+            raise ValueError(f"bad mode {mode}")
+        keep_ms = -(-max(left_ns, 0) // _NS_PER_MS) + _QUOTA_GRACE_MS
+        try:
+            reply = yield "quota", [rkey], [
+                b"%d" % mode, b"%d" % tag, b"%d" % cost, self._limit_arg, b"%d" % keep_ms]
+        except _Failure as f:
+            if mode == 2:  # a refund: nothing to answer
+                self.raise_if_loud(f)
+            else:
+                self.failed_allows(f)
+            return -1, 0
+        return reply[0], reply[1]
+
+
+class _LeasePlans(_Keyspace):
+    """One concurrency limit's leases on one backend (``leases.lua``): the
+    contract of ``_core.Leases``, as plans.  A lease is a random 63-bit
+    token in the key's sorted set, scored by the time it expires."""
+
+    def __init__(self, backend: _BackendBase, name: str, fail: Fail,
+                 clock: Callable[[], int] | None) -> None:
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable or None, got {clock!r}")
+        super().__init__(backend, name, fail, _KINDS["lease"], "a concurrency limit name")
+        self.clock = clock
+        self.on_full = _ON_FULL_CODE[fail]
+        self._ttl = b"%d" % backend._lease_ttl_ms
+        self.reclaimed = 0
+
+    def now(self) -> bytes:
+        """The script's ``now`` in ms: the injected clock's, else '' (the
+        server's TIME, one clock for every host)."""
+        return b"" if self.clock is None else b"%d" % (int(self.clock()) // _NS_PER_MS)
+
+    def try_acquire(self, key: Key, limit: int) -> Plan[int]:
+        rkey = self.rkey(key)
+        if limit < 1:
+            raise ValueError(f"a concurrency limit must be >= 1, got {limit}")
+        # secrets, not random: forked workers must not draw the same tokens
+        token = secrets.randbits(63)
+        try:
+            reply = yield "leases", [rkey], [
+                b"acquire", self.now(), b"%d" % token, self._ttl, b"%d" % limit]
+        except _Failure as f:
+            self.failed_allows(f)
+            return -2
+        if reply[1]:
+            with self.backend._lock:
+                self.reclaimed += reply[1]
+        return token if reply[0] == 1 else -1
+
+    def _token_call(self, mode: bytes, key: Key, token: int, unknown: bool) -> Plan[bool]:
+        rkey = self.rkey(key)
+        try:
+            reply = yield "leases", [rkey], [mode, self.now(), b"%d" % token, self._ttl]
+        except _Failure as f:
+            self.raise_if_loud(f)
+            return unknown
+        return reply[0] == 1
+
+    def release(self, key: Key, token: int) -> Plan[bool]:
+        # unanswered: the lease stays in Redis and expires within its TTL
+        return self._token_call(b"release", key, token, False)
+
+    def renew(self, key: Key, token: int) -> Plan[bool]:
+        # Unanswered: the lease stands until its TTL as far as anyone can
+        # tell (acquires fail alike meanwhile), so the holder is not told it
+        # lost it; the next renew that reaches Redis tells.
+        return self._token_call(b"renew", key, token, True)
+
+    def in_flight(self, key: Key) -> Plan[int]:
+        rkey = self.rkey(key)
+        try:
+            reply = yield "leases", [rkey], [b"count", self.now()]
+        except _Failure as f:
+            self.raise_if_loud(f)
+            return 0
+        return reply[0]
 
 
 class _BackendBase:
@@ -441,6 +619,7 @@ class _BackendBase:
         hash_tag: HashTag | None,
         retry_interval: float,
         log_interval: float,
+        lease_ttl: float,
     ) -> None:
         self.prefix = _no_braces("prefix", prefix)
         self.fail: Fail = _check_fail(fail)
@@ -454,6 +633,12 @@ class _BackendBase:
         for what, value in (("retry_interval", retry_interval), ("log_interval", log_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigurationError(f"{what} must be a number of seconds >= 0, got {value!r}")
+        if (isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float))
+                or not 0.001 <= lease_ttl <= 365 * 86400):
+            raise ConfigurationError(
+                f"lease_ttl must be a number of seconds from 0.001 to 365 days, got {lease_ttl!r}")
+        self.lease_ttl = float(lease_ttl)
+        self._lease_ttl_ms = math.ceil(lease_ttl * 1000)
         self._deny_table = deny_cache
         self._hash_tag = hash_tag
         self._retry_interval = float(retry_interval)
@@ -471,14 +656,19 @@ class _BackendBase:
 
     # -- public helpers -----------------------------------------------------------
 
-    def redis_key(self, name: str, key: Key) -> bytes:
-        """The Redis key that holds ``key``'s state for the limiter ``name``.
+    def redis_key(self, name: str, key: Key, kind: Kind = "rate") -> bytes:
+        """The Redis key that holds ``key``'s state for the limiter (or
+        quota, or concurrency limit: ``kind``) ``name``.
 
         Example:
             >>> RedisBackend("redis://127.0.0.1:6379/0").redis_key("api", "user:42")
             b'fastlimit:api:{user:42}'
+            >>> RedisBackend("redis://127.0.0.1:6379/0").redis_key("ai", "acct", "quota")
+            b'fastlimit:ai:quota{acct}'
         """
-        return _Spec(self, name, 1, 1, None, self.fail).rkey(key)
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be 'rate', 'quota' or 'lease', got {kind!r}")
+        return _Keyspace(self, name, self.fail, _KINDS[kind]).rkey(key)
 
     def stats(self) -> RedisStats:
         """This process's counters: calls, failures, policy answers, cache hits."""
@@ -555,15 +745,20 @@ class _BackendBase:
 
     # -- building calls --------------------------------------------------------------
 
-    def _spec(self, name: str, emission_interval_ns: int, burst: int,
-              clock: Callable[[], int] | None, on_full: str | None,
-              fail: Fail | None = None) -> _Spec:
+    def _fail_of(self, on_full: str | None, fail: Fail | None = None) -> Fail:
+        """The failure policy of a limiter, quota or concurrency limit."""
         if fail is None:
             if on_full is not None and on_full not in _FAIL_OF_ON_FULL:
                 raise ConfigurationError(
                     f"on_full must be one of 'deny', 'allow', 'raise', got {on_full!r}")
             fail = self.fail if on_full is None else _FAIL_OF_ON_FULL[on_full]
-        return _Spec(self, name, emission_interval_ns, burst, clock, _check_fail(fail))
+        return _check_fail(fail)
+
+    def _spec(self, name: str, emission_interval_ns: int, burst: int,
+              clock: Callable[[], int] | None, on_full: str | None,
+              fail: Fail | None = None) -> _Spec:
+        return _Spec(self, name, emission_interval_ns, burst, clock,
+                     self._fail_of(on_full, fail))
 
     def _args(self, mode: bytes, now: int | None,
               groups: Sequence[Sequence[bytes]]) -> list[bytes]:
@@ -613,7 +808,7 @@ class _BackendBase:
                 return cached
         t0, now = items[0][0].now()
         try:
-            reply = yield [it[2] for it in items], self._args(
+            reply = yield "gcra", [it[2] for it in items], self._args(
                 b"all", now, [spec.group(inc, consume) for spec, _k, _r, inc, consume in items])
         except _Failure as f:
             return [spec.failed(f, inc) for spec, _k, _r, inc, _c in items]
@@ -699,11 +894,83 @@ class RedisGcra:
         return f"<RedisGcra {self.name!r} T={self.emission_interval_ns}ns burst={self.burst}>"
 
 
+class RedisQuotaCounter:
+    """One quota's counts on Redis: what a :class:`~fastlimit.Quota` on a
+    :class:`RedisBackend` calls (the contract of ``_core.QuotaCounter``).
+
+    ``step`` answers ``(result, count)``: result 1 allowed, 0 denied, -1
+    Redis failed (the Quota then answers by ``on_full``: 0 deny, 1 allow;
+    ``"raise"`` raised BackendError here)."""
+
+    def __init__(self, backend: RedisBackend, plans: _QuotaPlans) -> None:
+        self._run = backend._run
+        self._plans = plans
+        self.name = plans.name
+        self.limit = plans.limit
+        self.on_full = plans.on_full
+        self.retry_after_ns = plans.retry_after_ns
+
+    def step(self, key: Key, tag: int, cost: int, mode: int, left_ns: int = 0) -> tuple[int, int]:
+        return self._run(self._plans.step(key, tag, cost, mode, left_ns))
+
+    def reset(self, key: Key) -> None:
+        self._run(self._plans.reset(key))
+
+    def __repr__(self) -> str:
+        return f"<RedisQuotaCounter {self.name!r} limit={self.limit}>"
+
+
+class RedisLeases:
+    """One concurrency limit's leases on Redis: what a
+    :class:`~fastlimit.ConcurrencyLimit` on a :class:`RedisBackend` calls
+    (the contract of ``_core.Leases``, plus ``renew``).
+
+    ``try_acquire`` answers a token >= 0, -1 when the key is full, or -2
+    when Redis failed (the ConcurrencyLimit then answers by ``on_full``).
+    Leases expire ``lease_ttl`` seconds after their acquire or last renew;
+    ``reclaimed`` counts the expired leases this process's acquires found
+    and dropped (a key whose leases have all expired is gone, Redis having
+    expired it: nothing to count)."""
+
+    def __init__(self, backend: RedisBackend, plans: _LeasePlans) -> None:
+        self._run = backend._run
+        self._plans = plans
+        self.name = plans.name
+        self.on_full = plans.on_full
+
+    @property
+    def reclaimed(self) -> int:
+        return self._plans.reclaimed
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a lease counts without a renew."""
+        return self._plans.backend.lease_ttl
+
+    def try_acquire(self, key: Key, limit: int, start: int = 0) -> int:
+        # (start spreads acquirers over the table's lease slots; a set has none)
+        return self._run(self._plans.try_acquire(key, limit))
+
+    def release(self, key: Key, token: int) -> bool:
+        return self._run(self._plans.release(key, token))
+
+    def renew(self, key: Key, token: int) -> bool:
+        return self._run(self._plans.renew(key, token))
+
+    def in_flight(self, key: Key, limit: int) -> int:
+        return self._run(self._plans.in_flight(key))
+
+    def __repr__(self) -> str:
+        return f"<RedisLeases {self.name!r} ttl={self.ttl}s>"
+
+
 class RedisBackend(_BackendBase):
     """GCRA state in Redis, for limits shared by many hosts (sync, redis-py).
 
     Pass it as a Limiter's ``store``: each check is then one Lua script on
-    Redis, with the shared table's exact decisions.
+    Redis, with the shared table's exact decisions.  A Quota's or a
+    ConcurrencyLimit's ``store`` too, and a Policy's: then every limit it
+    enforces is shared by every host.
 
     Args:
         url_or_client: a ``redis://``, ``rediss://`` or ``unix://`` URL, or a
@@ -726,6 +993,9 @@ class RedisBackend(_BackendBase):
         retry_interval: after a failure, seconds during which checks answer
             by the failure policy without trying Redis.
         log_interval: at most one failure warning per this many seconds.
+        lease_ttl: seconds a ConcurrencyLimit's lease counts after its
+            acquire or last :meth:`~fastlimit.Lease.renew` (default 60): a
+            holder that dies frees its lease within this time.
         **redis_options: more options for ``redis.Redis.from_url``.
 
     Example:
@@ -747,16 +1017,17 @@ class RedisBackend(_BackendBase):
         hash_tag: HashTag | None = None,
         retry_interval: float = 1.0,
         log_interval: float = 10.0,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
         **redis_options: Any,
     ) -> None:
         super().__init__(
             url_or_client, prefix=prefix, fail=fail, connect_timeout=connect_timeout,
             timeout=timeout, deny_cache=deny_cache, hash_tag=hash_tag,
-            retry_interval=retry_interval, log_interval=log_interval)
+            retry_interval=retry_interval, log_interval=log_interval, lease_ttl=lease_ttl)
         self._options = dict(
             prefix=prefix, fail=fail, connect_timeout=connect_timeout, timeout=timeout,
             deny_cache=deny_cache, hash_tag=hash_tag, retry_interval=retry_interval,
-            log_interval=log_interval, **redis_options)
+            log_interval=log_interval, lease_ttl=lease_ttl, **redis_options)
         client: redis.Redis | redis.cluster.RedisCluster
         if isinstance(url_or_client, str):
             # No retries inside redis-py: a failure must reach the policy
@@ -775,7 +1046,7 @@ class RedisBackend(_BackendBase):
                 f"RedisBackend takes a URL or a redis.Redis client, got {url_or_client!r}")
         self._client = client
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
-        self._script = client.register_script(LUA)
+        self._scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
 
     @property
     def client(self) -> redis.Redis | redis.cluster.RedisCluster:
@@ -793,6 +1064,14 @@ class RedisBackend(_BackendBase):
         on_full: OnFull | None = None,
     ) -> RedisGcra:
         return RedisGcra(self, self._spec(name, emission_interval_ns, burst, clock, on_full))
+
+    def _quota_counter(self, name: str, limit: int, *,
+                       on_full: OnFull | None = None) -> RedisQuotaCounter:
+        return RedisQuotaCounter(self, _QuotaPlans(self, name, limit, self._fail_of(on_full)))
+
+    def _leases(self, name: str, *, on_full: OnFull | None = None,
+                clock: Callable[[], int] | None = None) -> RedisLeases:
+        return RedisLeases(self, _LeasePlans(self, name, self._fail_of(on_full), clock))
 
     def limiter(self, rate: Rate | str, *, name: str = "default", burst: int | None = None,
                 clock: Callable[[], int] | None = None, fail: Fail | None = None) -> Limiter:
@@ -815,12 +1094,12 @@ class RedisBackend(_BackendBase):
             result: T = stop.value
             return result
 
-    def _eval(self, keys: list[bytes], args: list[bytes]) -> list[int]:
+    def _eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
         skipped = self._skip()
         if skipped is not None:
             raise skipped
         try:
-            reply = self._script(keys=keys, args=args)
+            reply = self._scripts[script](keys=keys, args=args)
         except (RedisError, OSError) as e:
             raise self._failure(e) from e
         self._success()
@@ -963,10 +1242,71 @@ class AsyncRedisLimiter:
         return f"<AsyncRedisLimiter {self.name!r} {self.rate} burst={self.burst}>"
 
 
+class AsyncRedisQuota(QuotaBase):
+    """A calendar quota on an :class:`AsyncRedisBackend`: the methods of
+    :class:`~fastlimit.Quota` as coroutines, with the same counts (the same
+    Redis keys as a Quota of this name on a :class:`RedisBackend`) and the
+    same Decisions.  Make it with :meth:`AsyncRedisBackend.quota`.
+
+    Example:
+        >>> backend = AsyncRedisBackend("redis://127.0.0.1:6379/0")  # doctest: +SKIP
+        >>> ai = backend.quota("500/month", name="ai")  # doctest: +SKIP
+        >>> (await ai.hit("acct-7")).remaining  # doctest: +SKIP
+        499
+    """
+
+    def __init__(self, backend: AsyncRedisBackend, spec: str | QuotaSpec, *,
+                 name: str = "quota", tz: str | tzinfo = "UTC",
+                 clock: Callable[[], int] | None = None, fail: Fail | None = None) -> None:
+        super().__init__(spec, name=name, tz=tz, clock=clock)
+        self.store = backend
+        self._counter = _QuotaPlans(backend, name, self.spec.limit, backend._fail_of(None, fail))
+        self._run = backend._run
+
+    async def hit(self, key: Key, cost: int = 1) -> Decision:
+        """Count ``cost`` if it fits in the period; return the Decision."""
+        if cost == 0:
+            return await self.peek(key)
+        return await self._step(key, cost, _Q_CONSUME)
+
+    async def allow(self, key: Key, cost: int = 1) -> bool:
+        """:meth:`hit`, returning only whether it passed."""
+        return (await self.hit(key, cost)).allowed
+
+    async def peek(self, key: Key, cost: int = 1) -> Decision:
+        """The Decision a hit of ``cost`` would get, counting nothing."""
+        return await self._step(key, cost, _Q_PEEK)
+
+    async def refund(self, key: Key, cost: int = 1) -> bool:
+        """Give back ``cost`` counted in the current period (never below 0)."""
+        self._check_cost(cost)
+        tag, _, left = self._now()
+        result, _ = await self._run(self._counter.step(key, tag, cost, _Q_REFUND, left))
+        return result == 1
+
+    async def usage(self, key: Key) -> Usage:
+        """Used and remaining in the current period, and when it resets."""
+        tag, end, left = self._now()
+        _, used = await self._run(self._counter.step(key, tag, 0, _Q_PEEK, left))
+        return self._usage(used, end)
+
+    async def reset(self, key: Key) -> None:
+        """Forget ``key``'s count."""
+        await self._run(self._counter.reset(key))
+
+    async def _step(self, key: Key, cost: int, mode: int) -> Decision:
+        self._check_cost(cost)
+        tag, _, left = self._now()
+        result, count = await self._run(self._counter.step(key, tag, cost, mode, left))
+        return self._decision(result, count, cost, left, self._counter)
+
+
 class AsyncRedisBackend(_BackendBase):
     """:class:`RedisBackend` for asyncio code, on redis.asyncio: the same
-    options, keys, script and decisions.  Limiters come from :meth:`limiter`
-    and their methods are coroutines.  Make it in the loop that uses it.
+    options, keys, scripts and decisions.  Limiters come from
+    :meth:`limiter` and quotas from :meth:`quota`; their methods are
+    coroutines.  (ConcurrencyLimit takes a sync RedisBackend, and works in
+    asyncio code with ``async with``.)  Make it in the loop that uses it.
 
     Example:
         >>> backend = AsyncRedisBackend("redis://127.0.0.1:6379/0")  # doctest: +SKIP
@@ -988,12 +1328,13 @@ class AsyncRedisBackend(_BackendBase):
         hash_tag: HashTag | None = None,
         retry_interval: float = 1.0,
         log_interval: float = 10.0,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
         **redis_options: Any,
     ) -> None:
         super().__init__(
             url_or_client, prefix=prefix, fail=fail, connect_timeout=connect_timeout,
             timeout=timeout, deny_cache=deny_cache, hash_tag=hash_tag,
-            retry_interval=retry_interval, log_interval=log_interval)
+            retry_interval=retry_interval, log_interval=log_interval, lease_ttl=lease_ttl)
         client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
         if isinstance(url_or_client, str):
             options: dict[str, Any] = dict(
@@ -1011,7 +1352,7 @@ class AsyncRedisBackend(_BackendBase):
                 f"{url_or_client!r}")
         self._client = client
         self._cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
-        self._script = client.register_script(LUA)
+        self._scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
 
     @property
     def client(self) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
@@ -1026,10 +1367,27 @@ class AsyncRedisBackend(_BackendBase):
         the backend's failure policy for it."""
         return AsyncRedisLimiter(self, rate, name=name, burst=burst, clock=clock, fail=fail)
 
+    def quota(self, spec: str | QuotaSpec, *, name: str = "quota", tz: str | tzinfo = "UTC",
+              clock: Callable[[], int] | None = None,
+              fail: Fail | None = None) -> AsyncRedisQuota:
+        """An :class:`AsyncRedisQuota` on this backend; ``fail`` overrides
+        the backend's failure policy for it."""
+        return AsyncRedisQuota(self, spec, name=name, tz=tz, clock=clock, fail=fail)
+
     def _gcra(self, name: str, emission_interval_ns: int, burst: int, **_: Any) -> Any:
         raise ConfigurationError(
             "Limiter's methods are synchronous: on an AsyncRedisBackend use "
             "backend.limiter(...), whose methods are coroutines")
+
+    def _quota_counter(self, name: str, limit: int, **_: Any) -> Any:
+        raise ConfigurationError(
+            "Quota's methods are synchronous: on an AsyncRedisBackend use "
+            "backend.quota(...), whose methods are coroutines")
+
+    def _leases(self, name: str, **_: Any) -> Any:
+        raise ConfigurationError(
+            "ConcurrencyLimit needs a RedisBackend (sync): its acquire is one short "
+            "round trip, and `async with limit.acquire(key)` works with it in asyncio code")
 
     async def _run(self, plan: Plan[T]) -> T:
         try:
@@ -1045,12 +1403,12 @@ class AsyncRedisBackend(_BackendBase):
             result: T = stop.value
             return result
 
-    async def _eval(self, keys: list[bytes], args: list[Any]) -> list[int]:
+    async def _eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
         skipped = self._skip()
         if skipped is not None:
             raise skipped
         try:
-            reply = await self._script(keys=keys, args=args)
+            reply = await self._scripts[script](keys=keys, args=args)
         except (RedisError, OSError) as e:
             raise self._failure(e) from e
         self._success()
