@@ -570,6 +570,22 @@ cdef inline uint64_t _derive(uint64_t k0, uint64_t k1, bytes tag):
                         PyBytes_GET_SIZE(tag))
 
 
+def check_gcra(int64_t emission_interval_ns, int64_t burst, clock=None):
+    """Refuse GCRA parameters no store can run (every store calls this, so
+    they all refuse alike): the interval, the burst, and a tolerance that
+    keeps time sums inside int64."""
+    if emission_interval_ns < 1:
+        raise ValueError(f"emission interval must be >= 1 ns, got {emission_interval_ns}")
+    if burst < 1:
+        raise ValueError(f"burst must be >= 1, got {burst}")
+    if burst > MAX_TOLERANCE_NS // emission_interval_ns:
+        raise ValueError(
+            f"burst x emission interval must be <= {MAX_TOLERANCE_NS} ns, got "
+            f"{burst} x {emission_interval_ns}")
+    if clock is not None and not callable(clock):
+        raise TypeError(f"clock must be callable or None, got {clock!r}")
+
+
 cdef class _Keyed:
     """What every user of a table shares: the view, the per-name hash keys
     (so keys of different names never share state and the name costs nothing
@@ -667,17 +683,8 @@ cdef class Gcra(_Keyed):
     def __cinit__(self, TableView table not None, str name not None,
                   int64_t emission_interval_ns, int64_t burst, clock=None,
                   int on_full=ON_FULL_DENY):
-        if emission_interval_ns < 1:
-            raise ValueError(f"emission interval must be >= 1 ns, got {emission_interval_ns}")
-        if burst < 1:
-            raise ValueError(f"burst must be >= 1, got {burst}")
-        if burst > MAX_TOLERANCE_NS // emission_interval_ns:
-            raise ValueError(
-                f"burst x emission interval must be <= {MAX_TOLERANCE_NS} ns, got "
-                f"{burst} x {emission_interval_ns}")
+        check_gcra(emission_interval_ns, burst, clock)
         self._set_on_full(on_full)
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be callable or None, got {clock!r}")
         self.emission_interval_ns = emission_interval_ns
         self.burst = burst
         self.tolerance_ns = burst * emission_interval_ns

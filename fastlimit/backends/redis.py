@@ -88,7 +88,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
 
 from fastlimit import _core
-from fastlimit._core import MAX_TOLERANCE_NS, Decision
+from fastlimit._core import Decision, check_gcra
 from fastlimit.errors import BackendError, CapacityError, ConfigurationError
 from fastlimit.limiter import Key, Limiter
 from fastlimit.quota import _Q_CONSUME, _Q_PEEK, _Q_REFUND, QuotaBase, QuotaSpec, Usage
@@ -292,17 +292,7 @@ class _Spec(_Keyspace):
 
     def __init__(self, backend: _BackendBase, name: str, emission_interval_ns: int,
                  burst: int, clock: Callable[[], int] | None, fail: Fail) -> None:
-        # the core's checks, with its messages, so both stores refuse alike
-        if emission_interval_ns < 1:
-            raise ValueError(f"emission interval must be >= 1 ns, got {emission_interval_ns}")
-        if burst < 1:
-            raise ValueError(f"burst must be >= 1, got {burst}")
-        if burst > MAX_TOLERANCE_NS // emission_interval_ns:
-            raise ValueError(
-                f"burst x emission interval must be <= {MAX_TOLERANCE_NS} ns, got "
-                f"{burst} x {emission_interval_ns}")
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be callable or None, got {clock!r}")
+        check_gcra(emission_interval_ns, burst, clock)
         super().__init__(backend, name, fail)
         self.T = emission_interval_ns
         self.burst = burst
