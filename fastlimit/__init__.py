@@ -14,6 +14,8 @@ Example:
     98
 """
 
+# The modules too: fastlimit.wsgi.RateLimitMiddleware after `import fastlimit`.
+from fastlimit import asgi, web, wsgi
 from fastlimit._core import Decision
 from fastlimit.clock import FakeClock
 from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
@@ -72,6 +74,9 @@ __all__ = [
     "Usage",
     "TierSpec",
     "__version__",
+    "asgi",
     "hit_all",
     "peek_all",
+    "web",
+    "wsgi",
 ]
