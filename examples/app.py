@@ -35,18 +35,19 @@ import os
 import time
 from collections.abc import Iterable
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastlimit import Policy, SharedTable
 from fastlimit import asgi as _asgi
 from fastlimit import wsgi as _wsgi
 from fastlimit.config import load_file
-from fastlimit.web import api_key_header, bearer_token, first_of, session_cookie
+from fastlimit.web import Identify, api_key_header, bearer_token, first_of, session_cookie
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["asgi", "load_policy", "plain_asgi", "plain_wsgi", "policy", "wsgi"]
+# and, made on first use: policy, wsgi, asgi (see __getattr__ below)
+__all__ = ["load_policy", "make_identify", "plain_asgi", "plain_wsgi"]
 
 SEED000 = files(__package__ or "fastlimit.examples") / "seed000.toml"
 
@@ -61,26 +62,24 @@ def load_policy() -> Policy:
     return Policy(spec, store=SharedTable.open(table, capacity=spec.store.capacity or 65_536))
 
 
-policy = load_policy()
+def make_identify(policy: Policy) -> Identify:
+    """The made-up credentials of the module docs, for ``policy``'s tiers."""
 
+    def key(value: str) -> tuple[str, str | None] | None:
+        prefix, _, rest = value.partition("-")
+        tier, _, n = rest.rpartition("-")
+        if prefix != "demo" or not tier or not n or (policy.tiers and tier not in policy.tiers):
+            return None
+        return tier, f"acct-{tier}-{n}"
 
-def _key(key: str) -> tuple[str, str | None] | None:
-    prefix, _, rest = key.partition("-")
-    tier, _, n = rest.rpartition("-")
-    if prefix != "demo" or tier not in policy.tiers or not n:
-        return None
-    return tier, f"acct-{tier}-{n}"
+    def token(value: str) -> str | None:
+        return value if value.startswith("tok_") and len(value) > 4 else None
 
+    def session(value: str) -> str | None:
+        return f"user-{value}"
 
-def _token(token: str) -> str | None:
-    return token if token.startswith("tok_") and len(token) > 4 else None
+    return first_of(api_key_header(key), bearer_token(token), session_cookie(session))
 
-
-def _session(value: str) -> str | None:
-    return f"user-{value}"
-
-
-identify = first_of(api_key_header(_key), bearer_token(_token), session_cookie(_session))
 
 _BODY = b'{"ok":true}'
 
@@ -131,9 +130,25 @@ async def plain_asgi(scope: _asgi.Scope, receive: _asgi.Receive, send: _asgi.Sen
     await send({"type": "http.response.body", "body": _BODY})
 
 
-_proxies = os.environ.get("FASTLIMIT_TRUSTED_PROXIES", "").replace(",", " ").split()
+def _build() -> dict[str, Any]:
+    policy = load_policy()
+    identify = make_identify(policy)
+    proxies = os.environ.get("FASTLIMIT_TRUSTED_PROXIES", "").replace(",", " ").split()
+    options: dict[str, Any] = {"identify": identify, "trusted_proxies": proxies,
+                               "exempt_paths": {"/healthz"}}
+    return {"policy": policy,
+            "wsgi": _wsgi.RateLimitMiddleware(plain_wsgi, policy, **options),
+            "asgi": _asgi.RateLimitMiddleware(plain_asgi, policy, **options)}
 
-wsgi = _wsgi.RateLimitMiddleware(plain_wsgi, policy, identify=identify,
-                                 trusted_proxies=_proxies, exempt_paths={"/healthz"})
-asgi = _asgi.RateLimitMiddleware(plain_asgi, policy, identify=identify,
-                                 trusted_proxies=_proxies, exempt_paths={"/healthz"})
+
+_built: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    # policy, wsgi and asgi are made on first use, so importing this module
+    # (fastlimit demo does, for make_identify) opens no table.
+    if name in ("policy", "wsgi", "asgi"):
+        if not _built:
+            _built.update(_build())
+        return _built[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

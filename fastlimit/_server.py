@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import IO, NamedTuple
 
 __all__ = ["Reply", "Server", "free_port", "gunicorn_argv", "request"]
@@ -90,6 +90,19 @@ class Server:
             if int(stat[stat.rindex(b")") + 2:].split()[1]) == self.pid:
                 found.append(int(entry))
         return sorted(found)
+
+    def wait_for_children(self, count: int, *, besides: Collection[int] = (),
+                          timeout: float = 30.0) -> list[int]:
+        """Poll until the server has ``count`` children other than
+        ``besides`` (its workers, forked after it listens); return them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [pid for pid in self.children() if pid not in besides]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline or self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[0]} did not start {count} workers:\n{self.log()}")
+            time.sleep(0.05)  # polling for readiness, not timing a behaviour
 
     def log(self) -> str:
         if not self.log_path or not os.path.exists(self.log_path):

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -91,14 +90,8 @@ class Deployment:
             raise
         return self
 
-    def wait_for_workers(self, timeout=30.0, besides=()):
-        """Poll until the server has forked all its workers (not counting
-        the PIDs in `besides`)."""
-        deadline = time.monotonic() + timeout
-        while len(set(self.server.children()) - set(besides)) < self.workers:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers did not start:\n{self.server.log()}")
-            time.sleep(0.05)  # polling a condition, not timing a behaviour
+    def wait_for_workers(self, besides=()):
+        self.server.wait_for_children(self.workers, besides=besides)
 
     def __exit__(self, *exc):
         self.server.stop()
