@@ -10,7 +10,10 @@ carries an API key of a tier whose limit is never reached, under seed 000's
 policy (its routes, tiers and headers), so each one runs the whole path:
 identity from a header, route lookup, one GCRA hit in the shared table,
 three headers added.  Reported: median requests/s of each, the overhead in
-percent, and the middleware's own cost per request measured in process.
+percent; the server's CPU time per request (its processes' user + system
+time over the requests served), which other load on the machine disturbs
+far less than requests/s; and the middleware's own cost per request
+measured in process.
 
 Usage: python bench/middleware_bench.py [--rounds 5] [--duration 3] [--connections 32]
        [--servers gunicorn-sync,gunicorn-uvicorn-worker,uvicorn] [--workers 2]
@@ -69,21 +72,50 @@ SERVERS = {
 }
 
 
-def wrk(port: int, duration: float, connections: int) -> tuple[float, int]:
-    """(requests/s, non-2xx responses) of one wrk run."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(server: Server) -> float:
+    """User + system CPU time of the server and its workers so far."""
+    total = 0
+    for pid in [server.pid, *server.children()]:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+class Run:
+    """One load run: requests/s, and the server's CPU time per request
+    (which other processes on the machine disturb much less)."""
+
+    def __init__(self, rps: float, requests: int, cpu_s: float) -> None:
+        self.rps, self.requests, self.cpu_s = rps, requests, cpu_s
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_s / max(1, self.requests) * 1e6
+
+
+def wrk(port: int, duration: float, connections: int) -> tuple[float, int, int]:
+    """(requests/s, requests, non-2xx responses) of one wrk run."""
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s", "-H", f"X-API-Key: {KEY}",
          f"http://127.0.0.1:{port}/v1/items"],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     if errors:
         print(f"    wrk: {errors.group(0)}", file=sys.stderr)
-    return rps, int(bad.group(1)) if bad else 0
+    return rps, total, int(bad.group(1)) if bad else 0
 
 
-def python_client(port: int, duration: float, connections: int) -> tuple[float, int]:
+def python_client(port: int, duration: float, connections: int) -> tuple[float, int, int]:
     """The fallback load: `connections` threads, a new connection per request."""
     counts = [0] * connections
     bad = [0] * connections
@@ -101,7 +133,7 @@ def python_client(port: int, duration: float, connections: int) -> tuple[float, 
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.monotonic() - start), sum(bad)
+    return sum(counts) / (time.monotonic() - start), sum(counts), sum(bad)
 
 
 def in_process(policy_path: str, n: int = 20000) -> dict[str, float]:
@@ -175,8 +207,8 @@ def main() -> None:
             f.write(POLICY)
         table = f"bench-{uuid.uuid4().hex[:8]}"
         env = dict(os.environ, FASTLIMIT_POLICY=policy_path, FASTLIMIT_TABLE=table)
-        print(f"\n{'server':<24} {'plain req/s':>12} {'middleware':>12} {'overhead':>9}   "
-              "(medians; each round: plain then middleware)")
+        print(f"\n{'server':<24} {'plain req/s':>12} {'middleware':>11} {'overhead':>9}   "
+              f"{'server CPU per request: plain':>29} {'middleware':>11} {'overhead':>9}")
         try:
             for name in args.servers.split(","):
                 servers = {}
@@ -191,22 +223,27 @@ def main() -> None:
                         if name != "uvicorn":
                             server.wait_for_children(args.workers)
                         load(server.port, 1.0, args.connections)  # warm up every worker
-                    results: dict[bool, list[float]] = {True: [], False: []}
+                    results: dict[bool, list[Run]] = {True: [], False: []}
                     for _ in range(args.rounds):
                         for plain, server in servers.items():
-                            rps, bad = load(server.port, args.duration, args.connections)
+                            cpu0 = cpu_seconds(server)
+                            rps, total, bad = load(server.port, args.duration, args.connections)
+                            cpu = cpu_seconds(server) - cpu0
                             if bad:
                                 raise SystemExit(f"{name}: {bad} responses were not 200")
-                            results[plain].append(rps)
+                            results[plain].append(Run(rps, total, cpu))
                 finally:
                     for server in servers.values():
                         server.stop()
-                plain_rps = statistics.median(results[True])
-                mw_rps = statistics.median(results[False])
-                overhead = (plain_rps - mw_rps) / plain_rps * 100
-                print(f"{name:<24} {plain_rps:>12,.0f} {mw_rps:>12,.0f} {overhead:>8.1f}%   "
-                      f"rounds: {[round(r) for r in results[True]]} / "
-                      f"{[round(r) for r in results[False]]}")
+                rps = {k: statistics.median(r.rps for r in v) for k, v in results.items()}
+                cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in results.items()}
+                print(f"{name:<24} {rps[True]:>12,.0f} {rps[False]:>11,.0f} "
+                      f"{(rps[True] - rps[False]) / rps[True] * 100:>8.1f}%   "
+                      f"{cpu[True]:>26.1f} µs {cpu[False]:>8.1f} µs "
+                      f"{(cpu[False] - cpu[True]) / cpu[True] * 100:>8.1f}%")
+                for plain in (True, False):
+                    print(f"    {'plain' if plain else 'middleware'} rounds: "
+                          + ", ".join(f"{r.rps:,.0f}/s {r.cpu_us:.0f} µs" for r in results[plain]))
         finally:
             base = os.path.join(table_mod.shm_dir(), f"fastlimit.{table}")
             for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen"):

@@ -131,8 +131,8 @@ class RateLimitMiddleware:
 
             async def send_with_headers(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    message = dict(message)
-                    message["headers"] = _merge_raw(message.get("headers") or [], extra)
+                    # a copy: the application may send the same message again
+                    message = {**message, "headers": _merge_raw(message.get("headers"), extra)}
                 await send(message)
 
             await self.app(scope, receive, send_with_headers)
@@ -140,14 +140,19 @@ class RateLimitMiddleware:
             outcome.release()
 
 
-def _merge_raw(app_headers: Iterable[tuple[bytes, bytes]],
+def _merge_raw(app_headers: Iterable[tuple[bytes, bytes]] | None,
                extra: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    if not app_headers:
+        return _encode(extra)
     app_headers = list(app_headers)
-    ours = _encode(extra)
+    for name, _ in app_headers:
+        if name.lower() in _RAW_RATE_HEADERS:
+            break
+    else:
+        app_headers += _encode(extra)
+        return app_headers
     names = {name.lower() for name, _ in app_headers}
-    if names.isdisjoint(_RAW_RATE_HEADERS):
-        return [*app_headers, *ours]
-    return [*app_headers, *(h for h in ours if h[0] not in names)]
+    return [*app_headers, *(h for h in _encode(extra) if h[0] not in names)]
 
 
 _RAW_RATE_HEADERS = frozenset(name.encode() for name in RATE_HEADERS)

@@ -144,6 +144,14 @@ class _WSGIView(RequestView):
         value: str | None = self.raw.get(_environ_key(name))
         return value
 
+    @property
+    def content_length(self) -> int | None:
+        value = self.raw.get("CONTENT_LENGTH")
+        if not value:
+            return None
+        value = value.strip()
+        return int(value) if value.isdigit() and value.isascii() else None
+
 
 class _ASGIView(RequestView):
     __slots__ = ()
@@ -331,7 +339,7 @@ def api_key_header(lookup: Callable[[str], tuple[str, str | None] | None], *,
         if found is None:
             return _INVALID
         tier, account = found
-        return Identity.api_key(key, tier, account=account)
+        return _new_identity(Identity, ("api_key", key, tier, account))
 
     return identify
 
@@ -352,7 +360,9 @@ def session_cookie(lookup: Callable[[str], str | None], *,
         if not value:
             return None
         subject = lookup(value)
-        return _INVALID if subject is None else Identity.session(subject)
+        if not subject:
+            return _INVALID
+        return _new_identity(Identity, ("session", subject, None, None))
 
     return identify
 
@@ -378,7 +388,9 @@ def bearer_token(lookup: Callable[[str], str | None]) -> Identify:
             return None
         token = token.strip()
         subject = lookup(token) if token else None
-        return _INVALID if subject is None else Identity.token(subject)
+        if not subject:
+            return _INVALID
+        return _new_identity(Identity, ("token", subject, None, None))
 
     return identify
 
@@ -407,6 +419,9 @@ def _anonymous(view: RequestView) -> Identity | None:
 
 
 _INVALID = Identity.invalid()
+# Identity's field order, without the keyword handling of its __new__: this
+# runs on every request.
+_new_identity = tuple.__new__
 
 
 # -- from request to decision ------------------------------------------------
@@ -472,16 +487,22 @@ class Gate:
         if isinstance(cost, bool) or not (isinstance(cost, int) or callable(cost)):
             raise TypeError(f"cost must be an int or a callable, got {cost!r}")
         self.cost = cost
+        self._fixed_cost = cost if isinstance(cost, int) else None
+        self._hit = policy.hit
+        self._proxies = self.proxies.client_ip if self.proxies.enabled else None
         self.exempt_paths = frozenset(exempt_paths)
 
     def check(self, view: RequestView) -> Outcome:
         """Count ``view`` under the policy."""
-        if self.proxies.enabled:
-            view.client_ip = self.proxies.client_ip(view)
-        cost = self.cost if isinstance(self.cost, int) else self.cost(view)
+        if self._proxies is not None:
+            view.client_ip = self._proxies(view)
+        cost = self._fixed_cost
+        if cost is None:
+            assert callable(self.cost)
+            cost = self.cost(view)
         try:
-            return self.policy.hit(view.method, view.path, self.identify(view), view.client_ip,
-                                   cost=cost, content_length=view.content_length)
+            return self._hit(view.method, view.path, self.identify(view), view.client_ip,
+                             cost=cost, content_length=view.content_length)
         except CapacityError as e:
             return _TooLarge(e)
 
@@ -558,7 +579,10 @@ def merge_headers(app_headers: Sequence[tuple[str, str]],
                   extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """``app_headers`` plus ``extra``, except the rate-limit fields the
     application set itself (a check inside the app knows more)."""
-    present = [name.lower() for name, _ in app_headers if name.lower() in RATE_HEADERS]
-    if not present:
+    for name, _ in app_headers:
+        if name.lower() in RATE_HEADERS:
+            break
+    else:
         return [*app_headers, *extra]
+    present = {name.lower() for name, _ in app_headers}
     return [*app_headers, *(h for h in extra if h[0].lower() not in present)]
