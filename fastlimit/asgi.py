@@ -25,9 +25,9 @@ from fastlimit.web import (
     Identify,
     Outcome,
     RateLimited,
-    RequestView,
     RouteLimit,
     TrustedProxies,
+    _ASGIView,
     denial_headers,
 )
 
@@ -113,7 +113,7 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        view = RequestView.from_scope(scope)
+        view = _ASGIView(scope)
         gate = self.gate
         if gate.exempt_paths and view.path in gate.exempt_paths:
             await self.app(scope, receive, send)

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from fastlimit.policy import Policy
 from fastlimit.web import (
+    RATE_HEADERS,
     Cost,
     ForwardedHeader,
     Gate,
     Identify,
     Outcome,
-    RequestView,
     TrustedProxies,
+    _WSGIView,
     denial_headers,
     merge_headers,
 )
@@ -109,7 +110,8 @@ class RateLimitMiddleware:
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
-        view = RequestView.from_environ(environ)
+        # Every request runs this: few calls, no allocations it can avoid.
+        view = _WSGIView(environ)
         gate = self.gate
         if gate.exempt_paths and view.path in gate.exempt_paths:
             return self.app(environ, start_response)
@@ -121,7 +123,10 @@ class RateLimitMiddleware:
         if extra:
             def add_headers(status: str, headers: list[tuple[str, str]],
                             exc_info: Any = None) -> Callable[[bytes], object]:
-                return start_response(status, merge_headers(headers, extra), exc_info)
+                for name, _ in headers:
+                    if name.lower() in RATE_HEADERS:
+                        return start_response(status, merge_headers(headers, extra), exc_info)
+                return start_response(status, [*headers, *extra], exc_info)
             respond: Any = add_headers
         else:
             respond = start_response
