@@ -100,11 +100,14 @@ class Run:
         return self.cpu_s / max(1, self.requests) * 1e6
 
 
+PATH = "/v1/items"
+
+
 def wrk(port: int, duration: float, connections: int) -> tuple[float, int, int]:
     """(requests/s, requests, non-2xx responses) of one wrk run."""
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s", "-H", f"X-API-Key: {KEY}",
-         f"http://127.0.0.1:{port}/v1/items"],
+         f"http://127.0.0.1:{port}{PATH}"],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -123,7 +126,7 @@ def python_client(port: int, duration: float, connections: int) -> tuple[float, 
 
     def run(i: int) -> None:
         while time.monotonic() < stop:
-            r = request(port, "GET", "/v1/items", headers={"X-API-Key": KEY})
+            r = request(port, "GET", PATH, headers={"X-API-Key": KEY})
             counts[i] += 1
             bad[i] += r.status != 200
 
@@ -180,9 +183,28 @@ def in_process(policy_path: str, n: int = 20000) -> dict[str, float]:
 
         return statistics.median(asyncio.run(loop()) for _ in range(5))
 
+    from fastlimit.web import RequestView
+
+    identify = app.make_identify(app.policy)
+    who = identify(RequestView.from_environ(environ))
+
+    def loop_us(fn: object) -> float:
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()  # type: ignore[operator]
+            runs.append((time.perf_counter() - t0) / n * 1e6)
+        return statistics.median(runs)
+
     try:
-        return {"wsgi": wsgi_us(app.wsgi) - wsgi_us(app.plain_wsgi),
-                "asgi": asgi_us(app.asgi) - asgi_us(app.plain_asgi)}
+        return {
+            "wsgi": wsgi_us(app.wsgi) - wsgi_us(app.plain_wsgi),
+            "asgi": asgi_us(app.asgi) - asgi_us(app.plain_asgi),
+            "identify": loop_us(lambda: identify(RequestView.from_environ(environ))),
+            "policy": loop_us(lambda: app.policy.hit("GET", "/v1/items", who, "127.0.0.1",
+                                                     cost=1, content_length=None).headers),
+        }
     finally:
         app.policy.store.unlink()
 
@@ -193,14 +215,21 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work-ms", type=int, default=0,
+                        help="make each request take N ms in the application (blocking, as "
+                             "CPU-bound work would): the overhead for a less trivial app")
     parser.add_argument("--servers", default="gunicorn-sync,gunicorn-uvicorn-worker,uvicorn",
                         help=f"comma-separated, of: {', '.join(SERVERS)}")
     args = parser.parse_args()
+    global PATH
+    if args.work_ms:
+        PATH = f"/v1/items?work_ms={args.work_ms}"
     load = wrk if shutil.which("wrk") else python_client
     client = f"wrk -t2 -c{args.connections}" if load is wrk else "Python threads"
     print(f"{datetime.date.today()}  {platform.python_implementation()} "
           f"{platform.python_version()}  {os.cpu_count()} cores  load: {client}  "
-          f"{args.rounds} rounds x {args.duration:g} s, alternating")
+          f"{args.rounds} rounds x {args.duration:g} s, alternating  "
+          f"{args.workers} workers  app work per request: {args.work_ms} ms")
     with tempfile.TemporaryDirectory(prefix="fastlimit-bench-") as tmp:
         policy_path = os.path.join(tmp, "policy.toml")
         with open(policy_path, "w") as f:
@@ -250,8 +279,11 @@ def main() -> None:
                 if os.path.exists(path):
                     os.unlink(path)
         costs = in_process(policy_path)
-        print(f"\nin process, per request: the middleware adds {costs['wsgi']:.1f} µs (WSGI), "
-              f"{costs['asgi']:.1f} µs (ASGI)")
+        glue = costs["wsgi"] - costs["identify"] - costs["policy"]
+        print(f"\nin process (hot caches), per request: the middleware adds {costs['wsgi']:.1f} µs "
+              f"(WSGI), {costs['asgi']:.1f} µs (ASGI).  WSGI: request view + identify "
+              f"{costs['identify']:.1f} µs, Policy.hit + headers {costs['policy']:.1f} µs, "
+              f"the rest {glue:.1f} µs")
 
 
 if __name__ == "__main__":

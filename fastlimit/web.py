@@ -147,7 +147,7 @@ class _WSGIView(RequestView):
     @property
     def content_length(self) -> int | None:
         value = self.raw.get("CONTENT_LENGTH")
-        if not value:
+        if not value:  # the common case (a GET) costs one look-up
             return None
         value = value.strip()
         return int(value) if value.isdigit() and value.isascii() else None
