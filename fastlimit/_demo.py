@@ -131,6 +131,9 @@ def plan(spec: PolicySpec) -> list[Row]:
         signed_in: tuple[str, dict[str, str]] = ("session", {"Cookie": "session=routes"})
     elif "token" in identities:
         signed_in = ("token", {"Authorization": "Bearer tok_routes"})
+    elif api is not None:
+        tiers = [t.name for t in spec.tiers.values() if t.api_access] or ["KEY"]
+        signed_in = (f"{tiers[-1]} key", {"X-API-Key": f"demo-{tiers[-1]}-routes"})
     else:
         signed_in = ("anonymous", {})
     shown = [r for r in spec.routes if not r.dedicated][:1] + [
