@@ -166,10 +166,19 @@ class _ASGIView(RequestView):
 
     def header(self, name: str) -> str | None:
         wanted = _asgi_name(name)
-        found: list[bytes] = [v for k, v in self.raw.get("headers", ()) if k == wanted]
-        if not found:
-            return None
-        return (found[0] if len(found) == 1 else b",".join(found)).decode("latin-1")
+        first: bytes | None = None
+        more: list[bytes] | None = None
+        for key, value in self.raw.get("headers", ()):
+            if key == wanted:
+                if first is None:
+                    first = value
+                elif more is None:
+                    more = [first, value]
+                else:
+                    more.append(value)
+        if more is not None:
+            return b",".join(more).decode("latin-1")
+        return None if first is None else first.decode("latin-1")
 
 
 # -- the client address ------------------------------------------------------
