@@ -206,7 +206,15 @@ def in_process(policy_path: str, n: int = 20000) -> dict[str, float]:
                                                      cost=1, content_length=None).headers),
         }
     finally:
-        app.policy.store.unlink()
+        _remove_table(os.environ["FASTLIMIT_TABLE"])
+
+
+def _remove_table(name: str) -> None:
+    """The table and the overrides files a Policy keeps beside it."""
+    base = os.path.join(table_mod.shm_dir(), f"fastlimit.{name}")
+    for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen"):
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def main() -> None:
@@ -274,10 +282,7 @@ def main() -> None:
                     print(f"    {'plain' if plain else 'middleware'} rounds: "
                           + ", ".join(f"{r.rps:,.0f}/s {r.cpu_us:.0f} µs" for r in results[plain]))
         finally:
-            base = os.path.join(table_mod.shm_dir(), f"fastlimit.{table}")
-            for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen"):
-                if os.path.exists(path):
-                    os.unlink(path)
+            _remove_table(table)
         costs = in_process(policy_path)
         glue = costs["wsgi"] - costs["identify"] - costs["policy"]
         print(f"\nin process (hot caches), per request: the middleware adds {costs['wsgi']:.1f} µs "
