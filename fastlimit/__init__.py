@@ -20,6 +20,8 @@ on first use, so redis-py is needed only by those who use them.
 
 from typing import TYPE_CHECKING, Any
 
+# The modules too: fastlimit.wsgi.RateLimitMiddleware after `import fastlimit`.
+from fastlimit import asgi, web, wsgi
 from fastlimit._core import Decision
 from fastlimit.clock import FakeClock
 from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
@@ -87,8 +89,11 @@ __all__ = [
     "Usage",
     "TierSpec",
     "__version__",
+    "asgi",
     "hit_all",
     "peek_all",
+    "web",
+    "wsgi",
 ]
 
 

@@ -1,5 +1,7 @@
-"""The ``fastlimit`` command: ``demo`` shows several processes sharing one
-limit exactly; ``stats`` and ``unlink`` inspect and remove named tables."""
+"""The ``fastlimit`` command: ``demo`` runs a real multi-worker gunicorn
+behind a policy and shows every limit holding exactly across the workers
+(``demo --processes``: bare processes sharing one limit); ``stats`` and
+``unlink`` inspect and remove named tables."""
 
 from __future__ import annotations
 
@@ -75,20 +77,30 @@ def stats(name: str, out: TextIO | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastlimit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="several processes share one limit, exactly")
+    d = sub.add_parser("demo", help="a multi-worker gunicorn behind a policy: limits hold exactly")
     d.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
-    d.add_argument("--limit", type=int, default=10_000, help="the shared limit (default 10000)")
+    d.add_argument("--policy", metavar="FILE",
+                   help="a policy TOML file (default: the seed 000 example)")
+    d.add_argument("--max-requests", type=int, default=600, metavar="N",
+                   help="at most N requests per caller and endpoint (default 600)")
+    d.add_argument("--processes", action="store_true",
+                   help="instead: bare processes hitting one limit, no HTTP")
+    d.add_argument("--limit", type=int, default=10_000,
+                   help="--processes: the shared limit (default 10000)")
     d.add_argument("--checks", type=int, default=200_000,
-                   help="checks per worker (default 200000)")
+                   help="--processes: checks per worker (default 200000)")
     s = sub.add_parser("stats", help="print a named table's statistics")
     s.add_argument("name")
     u = sub.add_parser("unlink", help="remove a named table")
     u.add_argument("name")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        if args.workers < 1 or args.limit < 1 or args.checks < 1:
-            parser.error("--workers, --limit and --checks must be >= 1")
-        return demo(args.workers, args.limit, args.checks)
+        if min(args.workers, args.limit, args.checks, args.max_requests) < 1:
+            parser.error("--workers, --max-requests, --limit and --checks must be >= 1")
+        if args.processes:
+            return demo(args.workers, args.limit, args.checks)
+        from fastlimit._demo import web_demo
+        return web_demo(args.policy, workers=args.workers, max_requests=args.max_requests)
     if args.command == "stats":
         return stats(args.name)
     table = SharedTable.attach(args.name)

@@ -4,10 +4,11 @@ import doctest
 
 import pytest
 
-from fastlimit import composite, config, headers, policy, routes, spec
+from fastlimit import asgi, composite, config, headers, policy, routes, spec, web, wsgi
 
 
-@pytest.mark.parametrize("module", [composite, config, headers, policy, routes, spec],
+@pytest.mark.parametrize("module", [composite, config, headers, policy, routes, spec,
+                                    web, wsgi, asgi],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

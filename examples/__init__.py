@@ -1,0 +1,1 @@
+"""Example policies and a plain WSGI/ASGI app, installed as ``fastlimit.examples``."""
