@@ -90,6 +90,13 @@ def hit_all(checks: Sequence[LimitCheck], cost: int = 1) -> CompositeResult:
         >>> tier.peek("key-1").remaining   # the denied request took nothing
         29
     """
+    if len(checks) == 1:  # the common case, without the bookkeeping
+        c = checks[0]
+        if cost <= c.limiter.burst:
+            d = c.limiter.hit(c.key, cost)
+            if d.allowed or c.shadow:
+                return CompositeResult(True, (d,), None, () if d.allowed else (0,))
+            return CompositeResult(False, (d,), 0, ())
     _check_capacity(checks, cost)
     decisions: list[Decision | None] = [None] * len(checks)
     counted: list[int] = []

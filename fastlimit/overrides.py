@@ -73,6 +73,7 @@ class Overrides:
         # One tuple, swapped whole, so a thread reading never pairs one
         # file's salt with another file's index.
         self._state: _State = (os.urandom(16), {}, {}, frozenset())
+        self._digests: dict[tuple[str, str], str] = {}  # (limit, subject) -> digest
         self._seen = -1
         self._write_lock = threading.Lock()  # flock does not exclude our own threads
         self._fd = -1
@@ -107,7 +108,12 @@ class Overrides:
         salt, _, index, limits = self._state
         if limit not in limits:
             return None
-        return index.get(_fingerprint(salt, limit, subject))
+        digest = self._digests.get((limit, subject))
+        if digest is None:
+            if len(self._digests) >= 4096:
+                self._digests.clear()
+            digest = self._digests[(limit, subject)] = _fingerprint(salt, limit, subject)
+        return index.get(digest)
 
     def set(self, limit: str, subject: str, rate: Rate | str) -> None:
         """Give ``subject`` its own ``rate`` under ``limit``, in every process.
@@ -146,6 +152,8 @@ class Overrides:
 
     def _install(self, salt: bytes, entries: dict[str, dict[str, str]]) -> None:
         index = {fp: Rate.parse(e["rate"]) for fp, e in entries.items()}
+        if salt != self._state[0]:
+            self._digests = {}
         self._state = (salt, entries, index, frozenset(e["limit"] for e in entries.values()))
 
     def _load(self) -> None:

@@ -236,6 +236,12 @@ class Policy:
             (p, r) for r in routes for p in r.spec.patterns)
         self._usage: RouteTable[UsageSpec] = RouteTable(
             (p, u) for u in spec.usage for p in u.patterns)
+        # Per-request work that depends only on the request's path or on who
+        # makes it (the spec never changes): remembered, in bounded dicts.
+        self._matches: dict[tuple[str, str], tuple[tuple[_RouteLimit, ...],
+                                                   tuple[UsageSpec, ...]]] = {}
+        self._who: dict[Identity, tuple[str, str | None, Rate | None, str | None,
+                                        TierSpec | None]] = {}
         self._quotas: dict[tuple[str, QuotaSpec], Quota] = {}
         self._quota_table: SharedTable | None = None
         self._concurrency = {
@@ -379,8 +385,12 @@ class Policy:
         """
         identity = identity or _ANONYMOUS
         self.overrides.refresh()
-        routes = self._routes.match(method.upper(), path)
-        kind, subject, rate, rejected, tier = self._identity(identity)
+        routes, usages = self._match(method, path)
+        who = self._who.get(identity)
+        if who is None:
+            who = self._identity(identity)
+            _remember(self._who, identity, who)
+        kind, subject, rate, rejected, tier = who
         checks: list[LimitCheck] = []
         applied: str | None = None
         entry = self._identities.get(kind)
@@ -405,7 +415,7 @@ class Policy:
             return Resolution(tuple(checks), applied, rejected, tier)
         leases: list[tuple[str, ConcurrencyLimit, str, int]] = []
         caps: list[tuple[str, int]] = []
-        for u in self._usage.match(method.upper(), path):
+        for u in usages:
             if u.kind == "quota":
                 allowance = tier.quotas.get(u.name)
                 if allowance is not None:
@@ -419,6 +429,17 @@ class Policy:
                 if cap is not None:
                     caps.append((u.name, cap))
         return Resolution(tuple(checks), applied, rejected, tier, tuple(leases), tuple(caps))
+
+    def _match(self, method: str, path: str) -> tuple[tuple[_RouteLimit, ...],
+                                                      tuple[UsageSpec, ...]]:
+        """The route limits and usages of ``method path``, remembered: most
+        traffic goes to a few paths, and the answer never changes."""
+        found = self._matches.get((method, path))
+        if found is None:
+            m = method.upper()
+            found = (self._routes.match(m, path), self._usage.match(m, path))
+            _remember(self._matches, (method, path), found)
+        return found
 
     def _identity(self, identity: Identity
                   ) -> tuple[str, str | None, Rate | None, str | None, TierSpec | None]:
@@ -539,6 +560,13 @@ class Policy:
 
 
 _ANONYMOUS = Identity.anonymous()
+_REMEMBER = 4096  # entries per cache; a full cache starts over
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _REMEMBER:
+        cache.clear()  # cheaper than LRU upkeep on every request
+    cache[key] = value
 
 
 def _need_ip(client_ip: str | None, limit: str) -> str:
@@ -605,6 +633,11 @@ class PolicyDecision:
     def binding(self) -> int | None:
         """Index of the most restrictive enforced limit, or None if none applied."""
         if self._binding == -1:
+            decisions = self.result.decisions
+            if len(decisions) == 1:  # the common case
+                self._binding = 0 if decisions[0] is not None and not self.checks[0].shadow \
+                    else None
+                return self._binding
             checks, decisions = self.checks, self.result.decisions
             enforced: list[int] = []
             found: list[Decision] = []
