@@ -32,6 +32,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
 from cpython.long cimport PyLong_Check
 from cpython.unicode cimport PyUnicode_Check
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+cimport cython
 
 import os
 
@@ -697,6 +698,7 @@ cdef class _Keyed:
                     f"key {key!r} of {self.name!r} is locked by a stalled process")
 
 
+@cython.final  # its cdef methods are then direct calls, inlined into the hot path
 cdef class Gcra(_Keyed):
     """GCRA for every key of one named limiter over one TableView.
 
@@ -735,7 +737,8 @@ cdef class Gcra(_Keyed):
                 f"cost {cost} exceeds the burst of {self.burst}: it can never pass")
         return (cost if cost else 1) * self.emission_interval_ns
 
-    cdef int _step(self, key, int64_t cost, int64_t* now, int64_t* tat, int64_t* inc) except -3:
+    cdef inline int _step(self, key, int64_t cost, int64_t* now, int64_t* tat,
+                          int64_t* inc) except -3:
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
         inc[0] = self._increment(cost)
