@@ -394,30 +394,31 @@ cdef inline int _update(fl_slot* s, uint64_t fp, int64_t t, int64_t now, int64_t
 
 cdef extern from *:
     """
-    /* Which of the 8 first-line slots of two buckets hold fp, as a bit mask:
+    /* Which of the 4 slots of a bucket's first line hold fp, as a bit mask:
        branch-free, since where a key sits is random and a branch per slot
        would mispredict about every other probe. */
-    static inline unsigned fl_probe_mask(const uint64_t *a, const uint64_t *b, uint64_t fp) {
+    static inline unsigned fl_line_mask(const uint64_t *fps, uint64_t fp) {
         unsigned m = 0;
-        for (int i = 0; i < 4; i++) {
-            m |= (unsigned)(__atomic_load_n(a + 2 * i, __ATOMIC_ACQUIRE) == fp) << i;
-            m |= (unsigned)(__atomic_load_n(b + 2 * i, __ATOMIC_ACQUIRE) == fp) << (i + 4);
-        }
+        for (int i = 0; i < 4; i++)
+            m |= (unsigned)(__atomic_load_n(fps + 2 * i, __ATOMIC_ACQUIRE) == fp) << i;
         return m;
     }
     """
-    unsigned fl_probe_mask(const uint64_t*, const uint64_t*, uint64_t) nogil
+    unsigned fl_line_mask(const uint64_t*, uint64_t) nogil
     int __builtin_ctz(unsigned) nogil
 
 
 cdef inline fl_slot* _probe(fl_slot* b1, fl_slot* b2, uint64_t fp) noexcept nogil:
-    """fp's slot if it is in the first line of either bucket, else NULL."""
-    cdef unsigned m = fl_probe_mask(&b1.fp, &b2.fp, fp)
-    cdef int i
-    if m == 0:
-        return NULL
-    i = __builtin_ctz(m)
-    return b1 + i if i < LINE_SLOTS else b2 + (i - LINE_SLOTS)
+    """fp's slot if it is in the first line of either bucket, else NULL.
+    The second bucket is read only if the first misses: a single call need
+    not wait for its line."""
+    cdef unsigned m = fl_line_mask(&b1.fp, fp)
+    if m:
+        return b1 + __builtin_ctz(m)
+    m = fl_line_mask(&b2.fp, fp)
+    if m:
+        return b2 + __builtin_ctz(m)
+    return NULL
 
 
 cdef inline int _gcra_known(fl_slot* b1, fl_slot* b2, uint64_t fp, int64_t now, int64_t inc,
