@@ -481,6 +481,62 @@ cdef int _gcra_slow(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t no
         return r
 
 
+# -- reservations: waiting in turn ----------------------------------------------
+#
+# A waiter books its hit at the earliest time it conforms instead of retrying:
+# tat moves on by the cost at once, as if the hit were admitted at its slot
+# max(now, tat + inc - tau), and the waiter sleeps until then.  Waiters are
+# served in booking order (no thundering herd of retries), and every booked
+# slot conforms to GCRA, so admissions stay within the limit in every window.
+# The same CAS loop also lets a client raise tat to what a server reported.
+
+cdef int _book(Engine* e, uint64_t fp, int64_t now, int64_t floor, int64_t inc, int64_t tau,
+               int64_t max_wait, int64_t* tat_out) noexcept nogil:
+    """Set fp's tat to ``max(tat, floor) + inc`` unless that makes the wait
+    ``new_tat - tau - now`` exceed ``max_wait`` (``max_wait < 0``: no bound).
+    R_ALLOWED (``tat_out``: tat after) or R_DENIED (``tat_out``: tat as is),
+    or R_FULL / R_TIMEOUT.  A key with no state counts as ``tat = now``."""
+    cdef fl_slot* b1 = _bucket1(e, fp)
+    cdef fl_slot* b2 = _bucket2(e, fp)
+    cdef fl_slot* s = NULL
+    cdef int64_t t = 0, new_tat
+    cdef int r
+    while True:
+        r = _find(e, fp, b1, b2, &s, &t)
+        if r == FOUND:
+            while True:
+                new_tat = (t if t > floor else floor) + inc
+                if max_wait >= 0 and new_tat - tau - now > max_wait:
+                    tat_out[0] = t
+                    return R_DENIED
+                if new_tat == t:
+                    tat_out[0] = t
+                    return R_ALLOWED
+                if fl_cas_i64(&s.tat, &t, new_tat):
+                    tat_out[0] = new_tat
+                    return R_ALLOWED
+                if t < 0 or fl_load_u64(&s.fp) != fp:
+                    break
+            continue
+        if r == ABSENT:
+            new_tat = (now if now > floor else floor) + inc
+            if max_wait >= 0 and new_tat - tau - now > max_wait:
+                tat_out[0] = now
+                return R_DENIED
+            if new_tat <= now:  # fresh either way: nothing to store
+                tat_out[0] = now
+                return R_ALLOWED
+            r = _claim(e, fp, b1, b2, now, new_tat)
+            if r == FOUND:
+                tat_out[0] = new_tat
+                return R_ALLOWED
+        if r == RETRY:
+            continue
+        if r == R_FULL:
+            fl_add_u64(&e.counters[C_FULL], 1)
+        return r
+
+
 cdef class Decision:
     """The answer to one check.
 
@@ -808,6 +864,99 @@ cdef class Gcra(_Keyed):
             elif r == R_TIMEOUT:
                 raise TimeoutError(
                     f"key {key!r} of limiter {self.name!r} is locked by a stalled process")
+
+    def reserve(self, key, int64_t cost=1, int64_t max_wait_ns=MAX_TOLERANCE_NS):
+        """Book a hit of ``cost`` at the earliest time it passes, if that is
+        within ``max_wait_ns`` from now; the caller waits until then.
+
+        Returns ``(at_ns, tat_ns)``.  ``at_ns >= 0``: counted now, for the
+        slot at ``at_ns`` on this limiter's clock (now, or later by the
+        wait); ``tat_ns`` is the key's tat after it (what :meth:`cancel`
+        takes).  ``at_ns == -1``: the slot is further than ``max_wait_ns``;
+        nothing is counted.  ``at_ns == -2``: no slot for the key in the
+        table and ``on_full`` is deny (allow gives ``(now, 0)``, raise
+        raises).  ``cost=0`` counts nothing and answers for a hit of 1.
+        Bookings are served in the order they were made.
+        """
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        cdef int64_t inc = self._increment(cost)
+        cdef int64_t now, tat = 0, wait
+        cdef int r
+        if not 0 <= max_wait_ns <= MAX_TOLERANCE_NS:
+            raise ValueError(f"max_wait_ns must be in [0, {MAX_TOLERANCE_NS}], got {max_wait_ns}")
+        now = self._now()
+        if cost == 0:
+            r = gcra(e, fp, now, inc, self.tolerance_ns, False, &tat)
+            if r >= 0:
+                tat = tat if tat > now else now
+                wait = tat + inc - self.tolerance_ns - now
+                wait = wait if wait > 0 else 0
+                return (now + wait if wait <= max_wait_ns else -1), tat
+        else:
+            r = _book(e, fp, now, now, inc, self.tolerance_ns, max_wait_ns, &tat)
+            if r == R_ALLOWED:
+                wait = tat - self.tolerance_ns - now
+                return now + (wait if wait > 0 else 0), tat
+            if r == R_DENIED:
+                return -1, tat
+        if self.on_full == ON_FULL_RAISE:
+            self._raise_full(key, r)
+        if self.on_full == ON_FULL_ALLOW:
+            return now, 0
+        return -2, 0
+
+    def cancel(self, key, int64_t cost, int64_t tat_ns):
+        """Undo a :meth:`reserve` of ``cost`` that left the key's tat at
+        ``tat_ns``, if no hit was counted on the key since.  True if undone.
+
+        Only the last booking can be undone exactly: taking ``cost x T`` off
+        a tat that later bookings built on would hand their slots out twice,
+        so a booking with others behind it stays counted (its slot goes
+        unused, which never admits too many).
+        """
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        cdef int64_t inc = self._increment(cost)
+        cdef fl_slot* s = NULL
+        cdef int64_t t = 0
+        cdef int r
+        if cost == 0 or tat_ns <= 0:
+            return False
+        while True:
+            r = _find(e, fp, _bucket1(e, fp), _bucket2(e, fp), &s, &t)
+            if r == FOUND:
+                if t != tat_ns:
+                    return False
+                if fl_cas_i64(&s.tat, &t, tat_ns - inc if tat_ns > inc else 1):
+                    return True
+                return False  # t changed under us: a hit came after the booking
+            if r == ABSENT:
+                return False
+            if r == R_TIMEOUT:
+                raise TimeoutError(
+                    f"key {key!r} of limiter {self.name!r} is locked by a stalled process")
+
+    def hold(self, key, int64_t ahead_ns):
+        """Raise ``key``'s tat to ``now + ahead_ns`` unless it is already
+        later: never loosens.  How a client follows what a server reported
+        (``ahead_ns = tau - r x T`` leaves ``r`` hits; ``tau - T + d`` lets
+        none pass for ``d``).  Returns how far ahead of now the tat is after
+        it (0 for a fresh key), or -2 when the key has no slot (on_full deny
+        or allow)."""
+        cdef uint64_t fp = self._fingerprint(key)
+        cdef Engine* e = self._engine()
+        cdef int64_t now, tat = 0
+        cdef int r
+        if not 0 <= ahead_ns <= MAX_TOLERANCE_NS:
+            raise ValueError(f"ahead_ns must be in [0, {MAX_TOLERANCE_NS}], got {ahead_ns}")
+        now = self._now()
+        r = _book(e, fp, now, now + ahead_ns, 0, 0, -1, &tat)
+        if r >= 0:
+            return tat - now if tat > now else 0
+        if self.on_full == ON_FULL_RAISE:
+            self._raise_full(key, r)
+        return -2
 
     def hit_many(self, keys, int64_t cost=1):
         """Hit each key once with ``cost``, in order; return a numpy bool array.
