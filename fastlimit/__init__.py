@@ -32,6 +32,7 @@ from fastlimit.errors import (
     ConcurrencyLimitExceeded,
     ConfigurationError,
     FastLimitError,
+    RateLimitExceeded,
     TableError,
     TableFullError,
 )
@@ -39,10 +40,12 @@ from fastlimit.headers import DenialResponse, HeaderStyle
 from fastlimit.limiter import Key, Limiter
 from fastlimit.overrides import Overrides
 from fastlimit.policy import Identity, Policy, PolicyDecision, Resolution
+from fastlimit.progress import WaitLog
 from fastlimit.quota import Quota, QuotaSpec, Usage
 from fastlimit.rate import Rate
 from fastlimit.spec import PolicySpec, RouteSpec, TierSpec
 from fastlimit.table import SharedTable, TableStats
+from fastlimit.waiting import Reservation
 
 if TYPE_CHECKING:
     from fastlimit.backends.redis import AsyncRedisBackend as AsyncRedisBackend
@@ -70,16 +73,17 @@ __all__ = [
     "Identity",
     "Key",
     "Lease",
-    "Limiter",
-    "Quota",
     "LimitCheck",
     "Limiter",
+    "Quota",
     "Overrides",
     "Policy",
     "PolicyDecision",
     "PolicySpec",
     "QuotaSpec",
     "Rate",
+    "RateLimitExceeded",
+    "Reservation",
     "Resolution",
     "RouteSpec",
     "SharedTable",
@@ -88,6 +92,7 @@ __all__ = [
     "TableStats",
     "Usage",
     "TierSpec",
+    "WaitLog",
     "__version__",
     "asgi",
     "hit_all",

@@ -3,11 +3,18 @@ exceptions are for misuse and for states the caller must handle."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastlimit._core import Decision
+
 __all__ = [
     "BackendError",
     "CapacityError",
+    "ConcurrencyLimitExceeded",
     "ConfigurationError",
     "FastLimitError",
+    "RateLimitExceeded",
     "TableError",
     "TableFullError",
 ]
@@ -51,3 +58,32 @@ class ConcurrencyLimitExceeded(FastLimitError):
         self.key = key
         self.limit = limit
         self.retry_after = retry_after
+
+
+class RateLimitExceeded(FastLimitError):
+    """A call guarded by ``@limiter.limit`` (or a throttled client) was not
+    allowed: at once (``block=False``) or within its ``timeout``.
+
+    Attributes:
+        decision: the denial: ``decision.retry_after`` says how long until
+            the same call would pass.
+        key: the key that was limited.
+        limiter: the limiter's name.
+    """
+
+    def __init__(self, decision: Decision, key: object = None, limiter: str | None = None) -> None:
+        super().__init__(
+            f"rate limit {limiter!r} exceeded for key {key!r}: the call would pass in "
+            f"{decision.retry_after:.6g} s")
+        self.decision = decision
+        self.key = key
+        self.limiter = limiter
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the same call would pass."""
+        return self.decision.retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its parts, so it crosses process pools intact
+        return (RateLimitExceeded, (self.decision, self.key, self.limiter))

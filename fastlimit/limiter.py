@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Generator, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import numpy as np
 
+from fastlimit import waiting
 from fastlimit._core import Decision
-from fastlimit.clock import asleep_through, sleep_through
 from fastlimit.errors import ConfigurationError
-from fastlimit.rate import NS_PER_S, Rate
+from fastlimit.progress import WaitLog, WaitReporter, make_reporter
+from fastlimit.rate import Rate
 from fastlimit.table import OnFull, SharedTable
 
 __all__ = ["Key", "Limiter"]
 
 Key = str | bytes | int
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Limiter:
@@ -38,6 +39,10 @@ class Limiter:
             CLOCK_MONOTONIC, read in C.  Every user of a table must share one
             clock.  Tests pass a :class:`~fastlimit.FakeClock`.
         on_full: overrides the table's ``on_full`` for this limiter.
+        progress: off (None, the default), or log a line at most every so
+            many seconds while :meth:`wait`, :meth:`acquire` or ``@limit``
+            hold work back (a number, or a :class:`~fastlimit.WaitLog`), or
+            any :class:`~fastlimit.progress.WaitReporter` (a progress bar).
 
     Example:
         >>> from fastlimit import FakeClock
@@ -59,6 +64,7 @@ class Limiter:
         burst: int | None = None,
         clock: Callable[[], int] | None = None,
         on_full: OnFull | None = None,
+        progress: WaitReporter | WaitLog | float | None = None,
     ) -> None:
         self.rate = Rate.parse(rate)
         if burst is None:
@@ -71,6 +77,7 @@ class Limiter:
         self.name = name
         self.clock = clock
         self.on_full = on_full
+        self.progress = make_reporter(progress)
         self.store = SharedTable.anonymous() if store is None else store
         try:
             impl = self.store._gcra(
@@ -130,40 +137,126 @@ class Limiter:
         return self.rate
 
     def wait(self, key: Key, cost: int = 1, timeout: float | None = None) -> bool:
-        """Block until a hit of ``cost`` on ``key`` passes (and count it).
+        """Block until a hit of ``cost`` on ``key`` is counted; True then.
 
-        Returns False, counting nothing, if it cannot pass within ``timeout``
-        seconds.  Sleeps with the clock's ``sleep`` if it has one (FakeClock
-        does), else ``time.sleep``."""
-        return sleep_through(self._attempts(key, cost, timeout),
-                             getattr(self.clock, "sleep", time.sleep))
+        The hit is booked at the earliest time it passes and the call sleeps
+        exactly until then, so waiters on one key, in any process, go in the
+        order they asked.  Returns False at once, counting nothing, if that
+        time is more than ``timeout`` seconds away (None: no bound).  An
+        exception while sleeping gives the booking back if it was the last.
+        Sleeps on the clock if it can (FakeClock moves instead), else
+        ``time.sleep``.  On a store that cannot book (Redis) it hits, sleeps
+        the denial's ``retry_after`` and tries again.
+
+        Example:
+            >>> from fastlimit import FakeClock
+            >>> clock = FakeClock()
+            >>> lim = Limiter("2/1s", clock=clock)
+            >>> t0 = clock()
+            >>> [lim.wait("k") for _ in range(4)], (clock() - t0) / 1e9
+            ([True, True, True, True], 1.0)
+            >>> lim.wait("k", timeout=0.1)   # the next slot is 0.5 s away
+            False
+        """
+        return waiting.wait(self, key, cost, timeout) is None
 
     async def acquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> bool:
-        """Async :meth:`wait`: awaits until the hit passes, or False on timeout."""
-        return await asleep_through(self._attempts(key, cost, timeout),
-                                    getattr(self.clock, "sleep", None))
+        """Async :meth:`wait`: awaits the hit's turn; False, counting nothing,
+        if it is more than ``timeout`` seconds away.  Cancelling the task
+        gives the booking back if it was the last."""
+        return await waiting.wait_async(self, key, cost, timeout) is None
 
-    def _attempts(self, key: Key, cost: int, timeout: float | None) -> Generator[float, None, bool]:
-        """Hit until allowed, yielding each wait (the denial's retry_after);
-        False once the next try would fall past the deadline."""
-        now = self.clock or time.monotonic_ns
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0, got {timeout}")
-        deadline = None if timeout is None else now() + round(timeout * NS_PER_S)
-        while True:
-            d = self.hit(key, cost)
-            if d.allowed:
-                return True
-            if deadline is not None and now() + d.retry_after_ns > deadline:
-                return False
-            yield d.retry_after
+    def reserve(self, key: Key, cost: int = 1,
+                timeout: float | None = None) -> waiting.Reservation:
+        """Book a hit of ``cost`` at the earliest time it passes, within
+        ``timeout`` seconds; the caller sleeps until its slot.
+
+        What :meth:`wait` is made of, for callers that want the slot's time
+        (``r.at_ns``, on this limiter's clock) or to do something else first.
+        The returned :class:`~fastlimit.waiting.Reservation` is truthy when
+        granted (the hit is counted now); ``r.sleep()`` or ``await
+        r.asleep()`` waits for the slot, ``r.cancel()`` gives it back if it
+        is the last.  When refused, nothing is counted and ``r.decision`` is
+        the denial.
+
+        Raises:
+            NotImplementedError: the store cannot book ahead (Redis).
+
+        Example:
+            >>> from fastlimit import FakeClock
+            >>> lim = Limiter("1/1s", clock=FakeClock())
+            >>> [lim.reserve("k").wait for _ in range(3)]
+            [0.0, 1.0, 2.0]
+            >>> r = lim.reserve("k", timeout=2.5)   # the next slot is 3 s away
+            >>> bool(r), r.decision.retry_after
+            (False, 3.0)
+        """
+        return waiting.reserve(self, key, cost, waiting.timeout_ns(timeout))
+
+    def limit(self, key: Key | Callable[..., Key], *, cost: int | Callable[..., int] = 1,
+              timeout: float | None = None, block: bool = True) -> Callable[[F], F]:
+        """Decorate a function, sync or ``async``, so each call passes this
+        limiter first.
+
+        Args:
+            key: the key every call counts against, or a function of the
+                call's arguments that returns it.
+            cost: what a call costs, or a function of its arguments.
+            timeout: with ``block``, the longest a call waits for its turn.
+            block: wait for the turn (:meth:`wait` / :meth:`acquire`); if
+                False, a call that would not pass at once raises.
+
+        Raises:
+            RateLimitExceeded: (from the decorated function) the call could
+                not pass at once, or within ``timeout``; its ``decision``
+                says when it would.
+
+        Example:
+            >>> from fastlimit import FakeClock, RateLimitExceeded
+            >>> lim = Limiter("1/1s", clock=FakeClock())
+            >>> @lim.limit(key=lambda user: f"user:{user}", block=False)
+            ... def fetch(user):
+            ...     return f"data of {user}"
+            >>> fetch("ann")
+            'data of ann'
+            >>> try:
+            ...     fetch("ann")
+            ... except RateLimitExceeded as e:
+            ...     print(e.retry_after)
+            1.0
+        """
+        return waiting.guard(self, key, cost, timeout, block)
+
+    def hold(self, key: Key, remaining: int = 0, retry_after: float = 0.0) -> bool:
+        """Make ``key`` no looser than what an upstream server reported: at
+        most ``remaining`` hits pass now and, when ``remaining`` is 0, none
+        before ``retry_after`` seconds (one emission interval if 0); the key
+        then refills at this limiter's rate.  Never loosens a key.
+
+        How a client throttle (:mod:`fastlimit.client`) follows
+        ``RateLimit``, ``X-RateLimit-*`` and ``Retry-After`` for every
+        process that shares the limiter.  Returns False if the store cannot
+        (Redis) or found no slot for the key.
+
+        Example:
+            >>> from fastlimit import FakeClock
+            >>> lim = Limiter("10/1s", clock=FakeClock())
+            >>> lim.hold("api", remaining=0, retry_after=30)
+            True
+            >>> lim.peek("api").retry_after
+            30.0
+        """
+        return waiting.hold(self, key, remaining, retry_after)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.rate, self.store, self.name, self.burst, self.clock, self.on_full))
+        return (_rebuild, (self.rate, self.store, self.name, self.burst, self.clock, self.on_full,
+                           self.progress))
 
     def __repr__(self) -> str:
         return f"<Limiter {self.name!r} {self.rate} burst={self.burst}>"
 
 
-def _rebuild(rate: Rate, store: Any, name: str, burst: int, clock: Any, on_full: Any) -> Limiter:
-    return Limiter(rate, store, name=name, burst=burst, clock=clock, on_full=on_full)
+def _rebuild(rate: Rate, store: Any, name: str, burst: int, clock: Any, on_full: Any,
+             progress: Any = None) -> Limiter:
+    return Limiter(rate, store, name=name, burst=burst, clock=clock, on_full=on_full,
+                   progress=progress)
