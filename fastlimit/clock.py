@@ -89,11 +89,14 @@ class FakeClock:
         await future  # a cancelled sleeper is skipped by _jump and _wake_due
 
     async def _jump(self) -> None:
-        while self._sleepers:
+        while True:
             for _ in range(_SETTLE_TURNS):
                 await asyncio.sleep(0)
-            if self._sleepers:
-                self.set(max(self._ns, self._sleepers[0][0]))
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)  # cancelled: time need not move for it
+            if not self._sleepers:
+                return
+            self.set(max(self._ns, self._sleepers[0][0]))
 
     def _wake_due(self) -> None:
         while self._sleepers and self._sleepers[0][0] <= self._ns:
