@@ -1,0 +1,342 @@
+"""The client-side throttle against a real HTTP server on 127.0.0.1.
+
+The server runs in a thread of the test, started and shut down by a fixture.
+It limits all its callers together with the GCRA oracle of tests/model.py
+(not fastlimit), answers 429 with Retry-After, and sends the rate-limit
+fields a test asks for.  Server and client share one FakeClock, so a client
+that sleeps moves the time the server sees: every time below is exact."""
+
+import asyncio
+import json
+import math
+import multiprocessing as mp
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+import requests
+from model import Model
+
+from fastlimit import Limiter, Rate, RateLimitExceeded, SharedTable
+from fastlimit.client import (
+    AsyncThrottledTransport,
+    ServerLimits,
+    Throttle,
+    ThrottledAdapter,
+    ThrottledTransport,
+    read_limits,
+)
+
+S = 1_000_000_000
+
+
+class LimitedServer:
+    """An HTTP server limiting all callers together to ``rate`` (None: no
+    limit).  ``fields`` picks the rate-limit headers: "ietf" (RateLimit,
+    draft -10), "legacy" (X-RateLimit-*, Reset in delta seconds), "draft"
+    (RateLimit-Remaining / -Reset).  ``retry_after``, if set, is what every
+    request is answered: 429 with that Retry-After.  Each arrival is logged
+    in ``arrivals`` as (time, status, body), and its headers in ``answers``."""
+
+    def __init__(self, clock, rate=None, fields=(), retry_after=None):
+        self.clock = clock
+        if rate is not None:
+            r = Rate.parse(rate)
+            self.t, self.burst = r.emission_interval_ns, r.limit
+            self.model = Model(self.t, self.burst)
+        else:
+            self.model = None
+        self.fields = fields
+        self.retry_after = retry_after
+        self.arrivals = []
+        self.answers = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # one write per response, sent at once: keep-alive with small
+            # writes meets delayed ACKs (40 ms a request)
+            wbufsize = 1 << 16
+            disable_nagle_algorithm = True
+
+            def do_GET(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, headers = owner.answer(body)
+                reply = json.dumps({"status": status}).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        # a short poll: shutdown() waits for the loop's next look at its flag
+        self.thread = threading.Thread(target=self.http.serve_forever, args=(0.02,),
+                                       daemon=True)
+
+    def answer(self, body):
+        with self.lock:
+            now = self.clock()
+            status, headers = self.decide(now)
+            self.arrivals.append((now, status, body))
+            self.answers.append(headers)
+        return status, headers
+
+    def decide(self, now):
+        if self.retry_after is not None:
+            return 429, {"Retry-After": str(self.retry_after)}
+        if self.model is None:
+            return 200, {}
+        step = self.model.hit("everyone", now)
+        status = 200 if step.allowed else 429
+        headers = {}
+        if "ietf" in self.fields:
+            headers["RateLimit-Policy"] = f'"api";q={self.burst};w={self.t * self.burst // S}'
+            headers["RateLimit"] = f'"api";r={step.remaining};t={seconds(self.next_unit(step))}'
+        if "legacy" in self.fields:
+            headers["X-RateLimit-Limit"] = str(self.burst)
+            headers["X-RateLimit-Remaining"] = str(step.remaining)
+            headers["X-RateLimit-Reset"] = str(seconds(step.reset_after_ns))
+        if "draft" in self.fields:
+            headers["RateLimit-Remaining"] = str(step.remaining)
+            headers["RateLimit-Reset"] = str(seconds(self.next_unit(step)))
+        if not step.allowed:
+            headers["Retry-After"] = str(max(1, seconds(step.retry_after_ns)))
+        return status, headers
+
+    def next_unit(self, step):
+        """Until one more request is available (0: the key is full)."""
+        if step.reset_after_ns == 0:
+            return 0
+        free = self.burst * self.t - step.reset_after_ns
+        return (max(0, free // self.t) + 1) * self.t - free
+
+    def times(self, t0):
+        return [(t - t0, status) for t, status, _ in self.arrivals]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.http.shutdown()
+        self.http.server_close()
+        self.thread.join(timeout=10)
+
+
+def seconds(ns):
+    return math.ceil(ns / S)
+
+
+@pytest.fixture
+def mem():
+    t = SharedTable.anonymous(capacity=1024)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def serve(clock):
+    """Start a LimitedServer on the test's clock; shut down after the test."""
+    started = []
+
+    def start(**kw):
+        server = LimitedServer(clock, **kw).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+def top_jitter(a, b):
+    return b  # the largest wait jitter can pick: makes every retry's time exact
+
+
+def get_all(limiter, url, n, **options):
+    with httpx.Client(transport=ThrottledTransport(limiter, **options)) as http:
+        return [http.get(f"{url}/items/{i}").status_code for i in range(n)]
+
+
+def test_a_client_sharing_the_servers_limit_is_never_refused(mem, clock, serve):
+    server = serve(rate="3/3s", fields=("ietf",))
+    lim = Limiter("3/3s", store=mem, clock=clock)
+    t0 = clock()
+    assert get_all(lim, server.url, 10) == [200] * 10
+    assert server.times(t0) == [(0, 200)] * 3 + [(k * S, 200) for k in range(1, 8)]
+
+
+@pytest.mark.parametrize("fields", ["ietf", "legacy", "draft"])
+def test_rate_limit_headers_slow_a_looser_client_before_any_429(mem, clock, serve, fields):
+    # The client believes 30/1s; the server allows 3 per 3 s.  From the
+    # first answers on, its headers hold the client to the server's pace.
+    server = serve(rate="3/3s", fields=(fields,))
+    lim = Limiter("30/1s", store=mem, clock=clock)
+    t0 = clock()
+    assert get_all(lim, server.url, 10) == [200] * 10
+    assert [status for _, status in server.times(t0)] == [200] * 10, "never a 429"
+    if fields != "legacy":  # RateLimit's t: exactly when the next one is free
+        assert server.times(t0) == [(0, 200)] * 3 + [(k * S, 200) for k in range(1, 8)]
+
+
+def test_429s_are_retried_after_retry_after_plus_backoff(mem, clock, serve):
+    # No rate-limit fields: the client learns the limit only from 429s.
+    server = serve(rate="3/3s")
+    lim = Limiter("30/1s", store=mem, clock=clock)
+    t0 = clock()
+    assert get_all(lim, server.url, 8, jitter=top_jitter, backoff=0.5) == [200] * 8
+    arrivals = server.times(t0)
+    assert [s for _, s in arrivals].count(200) == 8 and 429 in [s for _, s in arrivals]
+    refused_in_a_row = 0
+    for (t, status), (t_next, _), headers in zip(arrivals[:-1], arrivals[1:], server.answers[:-1],
+                                                 strict=True):
+        if status == 200:
+            refused_in_a_row = 0
+            continue
+        retry_after = int(headers["Retry-After"])
+        backoff = min(30.0, 0.5 * 2 ** refused_in_a_row)
+        assert t_next - t >= retry_after * S, "Retry-After honoured"
+        assert t_next - t == retry_after * S + round(backoff * S), (t, t_next)
+        refused_in_a_row += 1
+
+
+def test_retries_stop_at_the_bound_and_return_the_429(mem, clock, serve):
+    server = serve(retry_after=2)
+    lim = Limiter("30/1s", store=mem, clock=clock)
+    t0 = clock()
+    statuses = get_all(lim, server.url, 1, max_retries=3, backoff=0.5, max_backoff=1.0,
+                       jitter=top_jitter)
+    assert statuses == [429]
+    times = [t for t, _ in server.times(t0)]
+    gaps = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
+    assert gaps == [int(2.5 * S), 3 * S, 3 * S], "1 + 3 retries; the backoff stops at 1 s"
+
+
+def test_a_429_asking_too_long_is_returned_and_holds_the_limiter(mem, clock, serve):
+    server = serve(retry_after=600)
+    lim = Limiter("30/1s", store=mem, clock=clock)
+    assert get_all(lim, server.url, 1, max_retry_after=60) == [429]
+    assert len(server.arrivals) == 1
+    key = server.url  # the default key: the origin
+    assert lim.peek(key).retry_after == 600.0, "the next request waits what the server said"
+    with pytest.raises(RateLimitExceeded) as e:
+        get_all(lim, server.url, 1, max_wait=10)
+    assert e.value.key == key and e.value.retry_after == 600.0
+
+
+def test_the_async_transport_follows_the_same_headers(mem, clock, serve):
+    server = serve(rate="3/3s", fields=("ietf",))
+    lim = Limiter("30/1s", store=mem, clock=clock)
+    t0 = clock()
+
+    async def main():
+        async with httpx.AsyncClient(transport=AsyncThrottledTransport(lim)) as http:
+            return [(await http.get(f"{server.url}/items/{i}")).status_code for i in range(6)]
+
+    assert asyncio.run(main()) == [200] * 6
+    assert server.times(t0) == [(0, 200)] * 3 + [(k * S, 200) for k in range(1, 4)]
+
+
+def test_the_requests_adapter_retries_and_sends_the_body_again(mem, clock, serve):
+    server = serve(rate="1/2s")
+    lim = Limiter("30/1s", store=mem, clock=clock)
+    t0, pace = clock(), lim.rate.emission_interval_ns
+    with requests.Session() as session:
+        session.mount("http://", ThrottledAdapter(lim, key="partner", jitter=top_jitter))
+        replies = [session.post(f"{server.url}/jobs", data=f"job {i}".encode())
+                   for i in range(3)]
+    assert [r.status_code for r in replies] == [200] * 3
+    assert [(t, s, body) for t, s, body in server.arrivals] == [
+        (t0, 200, b"job 0"),
+        (t0, 429, b"job 1"), (t0 + int(2.5 * S), 200, b"job 1"),  # Retry-After 2 + 0.5
+        (t0 + int(2.5 * S) + pace, 429, b"job 2"),  # the client's own pace: 1/30 s
+        (t0 + int(5 * S) + pace, 200, b"job 2"),
+    ]
+
+
+def test_throttle_options_are_checked(mem):
+    lim = Limiter("1/1s", store=mem)
+    with pytest.raises(TypeError, match="limiter must be a fastlimit.Limiter"):
+        Throttle("1/1s")
+    with pytest.raises(ValueError, match="max_retries must be an int >= 0, got -1"):
+        Throttle(lim, max_retries=-1)
+    with pytest.raises(ValueError, match="backoff must be a finite number of seconds >= 0"):
+        Throttle(lim, backoff=float("inf"))
+    with pytest.raises(ValueError, match="timeout must be None or a number of seconds"):
+        ThrottledTransport(lim, max_wait=-5)
+
+
+@pytest.mark.parametrize("headers, limits", [
+    ({"RateLimit": '"api";r=50;t=30'}, ServerLimits(50, None, None)),
+    ({"RateLimit": '"min";r=0;t=12, "day";r=400;t=3600'}, ServerLimits(0, 12.0, None)),
+    ({"RateLimit": '"a,b";r=0;t=5, "c";r=0;t=9'}, ServerLimits(0, 9.0, None)),
+    ({"RateLimit": "limit=10, remaining=0, reset=7"}, ServerLimits(0, 7.0, None)),
+    ({"RateLimit-Remaining": "0", "RateLimit-Reset": "4"}, ServerLimits(0, 4.0, None)),
+    ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "30"}, ServerLimits(0, 30.0, None)),
+    ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1700000030"},
+     ServerLimits(0, 30.0, None)),
+    ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1700000030500"},
+     ServerLimits(0, 30.5, None)),
+    ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2023-11-14T22:14:20.500Z"},
+     ServerLimits(0, 60.5, None)),
+    ({"X-RateLimit-Remaining": "3", "RateLimit": '"api";r=1;t=2'}, ServerLimits(1, None, None)),
+    ({"Retry-After": "120"}, ServerLimits(None, None, 120.0)),
+    ({"Retry-After": "Tue, 14 Nov 2023 22:13:10 GMT"}, ServerLimits(None, None, 0.0)),
+    ({"Retry-After": "Tue, 14 Nov 2023 22:14:20 GMT"}, ServerLimits(None, None, 60.0)),
+    ({"Retry-After": "soon", "X-RateLimit-Remaining": "many", "RateLimit": "?"},
+     ServerLimits(None, None, None)),
+])
+def test_reading_rate_limit_headers(headers, limits):
+    # wall_now 1_700_000_000 is 2023-11-14T22:13:20Z
+    assert read_limits(httpx.Headers(headers), wall_now=1_700_000_000) == limits
+
+
+# -- processes of one job share the client's budget ---------------------------------
+
+RATE, BURST = "40/1s", 4  # T = 25 ms
+
+
+def _client_process(table, url, calls, ready, go, q):
+    lim = Limiter(RATE, store=SharedTable.attach(table), name="client", burst=BURST)
+    with httpx.Client(transport=ThrottledTransport(lim)) as http:
+        ready.wait()
+        go.wait()
+        q.put([http.get(f"{url}/items/{i}").status_code for i in range(calls)])
+
+
+def test_four_processes_share_one_client_budget(table, table_name):
+    # Real processes, so the real clock.  Nothing is booked before `start`,
+    # and a request reaches the server after its slot, so the arrivals up to
+    # any time t number at most the GCRA bound of [start, t].
+    with LimitedServer(time.monotonic_ns) as server:
+        ctx = mp.get_context("spawn")  # the server thread runs here: no fork
+        ready, go, q = ctx.Barrier(5), ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_client_process,
+                             args=(table_name, server.url, 5, ready, go, q))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        ready.wait(timeout=60)  # all four set up: from here the clock counts
+        start = time.monotonic_ns()
+        go.set()
+        statuses = [q.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+    assert statuses == [[200] * 5] * 4
+    t = Rate.parse(RATE).emission_interval_ns
+    arrivals = sorted(at for at, _, _ in server.arrivals)
+    assert len(arrivals) == 20
+    over = [k for k, at in enumerate(arrivals, 1) if k > BURST + (at - start) // t]
+    assert over == [], "the four together sent more than the shared limit allows"
