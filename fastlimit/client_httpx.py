@@ -42,6 +42,7 @@ class ThrottledTransport(httpx.BaseTransport):
         >>> import fastlimit, httpx
         >>> api = fastlimit.Limiter("30/1m", name="partner")
         >>> http = httpx.Client(transport=ThrottledTransport(api, max_retries=3))
+        >>> http.close()
     """
 
     def __init__(self, limiter: Limiter, transport: httpx.BaseTransport | None = None, *,

@@ -10,6 +10,8 @@ import asyncio
 import json
 import math
 import multiprocessing as mp
+import pathlib
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +32,7 @@ from fastlimit.client import (
 )
 
 S = 1_000_000_000
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
 class LimitedServer:
@@ -340,3 +343,30 @@ def test_four_processes_share_one_client_budget(table, table_name):
     assert len(arrivals) == 20
     over = [k for k, at in enumerate(arrivals, 1) if k > BURST + (at - start) // t]
     assert over == [], "the four together sent more than the shared limit allows"
+
+
+# -- the README's example ------------------------------------------------------------
+
+class Geocoder:
+    def lookup(self, address):
+        return address, time.monotonic_ns()
+
+
+def test_the_readme_batch_example_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTLIMIT_SHM_DIR", str(tmp_path))  # its table lands here
+    text = README.read_text()
+    block = re.search(r"<!-- recipe: batch -->\n```python\n(.*?)```", text, re.S)
+    assert block, "README has no batch recipe"
+    with LimitedServer(time.monotonic_ns, rate="30/1m", fields=("ietf",)) as server:
+        ns = {"PARTNER_URL": server.url, "GEOCODER": Geocoder(), "__name__": "readme_batch"}
+        exec(block.group(1), ns)
+        try:
+            assert ns["fetch"](range(5)) == [{"status": 200}] * 5
+            start = time.monotonic_ns()
+            located = [ns["locate"](f"{i} Main Street") for i in range(6)]
+            assert ns["partner"].peek(server.url).remaining == 25
+        finally:
+            ns["table"].close()
+    assert len(server.arrivals) == 5
+    # 5/1s: five at once, and the sixth not before one interval has passed
+    assert located[5][1] - start >= Rate.parse("5/1s").emission_interval_ns
