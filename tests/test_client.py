@@ -40,10 +40,12 @@ class LimitedServer:
     limit).  ``fields`` picks the rate-limit headers: "ietf" (RateLimit,
     draft -10), "legacy" (X-RateLimit-*, Reset in delta seconds), "draft"
     (RateLimit-Remaining / -Reset).  ``retry_after``, if set, is what every
-    request is answered: 429 with that Retry-After.  Each arrival is logged
-    in ``arrivals`` as (time, status, body), and its headers in ``answers``."""
+    request is answered: 429 with that Retry-After.  ``others`` maps an
+    arrival's index to requests another client of the same API makes just
+    before it.  Each arrival is logged in ``arrivals`` as (time, status,
+    body), and its headers in ``answers``."""
 
-    def __init__(self, clock, rate=None, fields=(), retry_after=None):
+    def __init__(self, clock, rate=None, fields=(), retry_after=None, others=None):
         self.clock = clock
         if rate is not None:
             r = Rate.parse(rate)
@@ -53,6 +55,7 @@ class LimitedServer:
             self.model = None
         self.fields = fields
         self.retry_after = retry_after
+        self.others = others or {}
         self.arrivals = []
         self.answers = []
         self.lock = threading.Lock()
@@ -100,6 +103,8 @@ class LimitedServer:
             return 429, {"Retry-After": str(self.retry_after)}
         if self.model is None:
             return 200, {}
+        for _ in range(self.others.get(len(self.arrivals), 0)):
+            assert self.model.hit("everyone", now).allowed
         step = self.model.hit("everyone", now)
         status = 200 if step.allowed else 429
         headers = {}
@@ -191,6 +196,20 @@ def test_rate_limit_headers_slow_a_looser_client_before_any_429(mem, clock, serv
     assert [status for _, status in server.times(t0)] == [200] * 10, "never a 429"
     if fields != "legacy":  # RateLimit's t: exactly when the next one is free
         assert server.times(t0) == [(0, 200)] * 3 + [(k * S, 200) for k in range(1, 8)]
+
+
+def test_a_429_with_rate_limit_fields_is_retried_and_the_client_recovers(mem, clock, serve):
+    # The client keeps to the server's rate, but another client of the API
+    # takes one request's room just before the client's third: a 429.
+    server = serve(rate="3/3s", fields=("ietf", "legacy"), others={2: 1})
+    lim = Limiter("3/3s", store=mem, clock=clock)
+    t0 = clock()
+    assert get_all(lim, server.url, 6, jitter=top_jitter) == [200] * 6
+    arrivals = server.times(t0)
+    assert [s for _, s in arrivals] == [200, 200, 429] + [200] * 4, "one 429, then none"
+    refused = server.answers[2]
+    assert (refused["Retry-After"], refused["RateLimit"]) == ("1", '"api";r=0;t=1')
+    assert arrivals[3][0] == S + S // 2, "the retry: Retry-After (1 s) + backoff (0.5 s)"
 
 
 def test_429s_are_retried_after_retry_after_plus_backoff(mem, clock, serve):
