@@ -42,6 +42,12 @@ static inline int fl_cas_i64(int64_t *p, int64_t *expected, int64_t desired) {
 static inline uint64_t fl_add_u64(uint64_t *p, uint64_t v) {
     return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
+/* A counter with a single writer (its process's metrics stripe): a plain
+ * load and store, atomic only so that readers in other processes never see
+ * a torn value; no locked instruction on the hot path. */
+static inline void fl_inc_owned_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
 static inline void fl_pause(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();

@@ -41,6 +41,8 @@ class Decision:
     def retry_after(self) -> float: ...
     def __bool__(self) -> bool: ...
 
+def metrics_stripe_bytes(nlimiters: int) -> int: ...
+
 class TableView:
     secret0: int
     secret1: int
@@ -52,6 +54,9 @@ class TableView:
         counters_offset: int,
         secret0: int,
         secret1: int,
+        metrics_offset: int,
+        nlimiters: int,
+        nstripes: int,
     ) -> None: ...
     def release(self) -> None: ...
     @property

@@ -27,7 +27,8 @@ The ``tat`` word of a slot says who owns it:
 See ``_claim`` for the protocol and its crash-safety argument.
 """
 
-from libc.stdint cimport int64_t, uint64_t, INT64_MAX
+from libc.stdint cimport int64_t, uint32_t, uint64_t, INT64_MAX
+from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
 from cpython.long cimport PyLong_Check
 from cpython.unicode cimport PyUnicode_Check
@@ -57,6 +58,7 @@ cdef extern from "_atomic.h" nogil:
     void fl_store_u64_sc(uint64_t*, uint64_t)
     bint fl_cas_i64(int64_t*, int64_t*, int64_t)
     uint64_t fl_add_u64(uint64_t*, uint64_t)
+    void fl_inc_owned_u64(uint64_t*, uint64_t)
     void fl_pause()
     void fl_prefetch_w(const void*)
     bint fl_unlikely(bint)
@@ -139,6 +141,9 @@ MAX_TOLERANCE_NS = 1 << 61
 
 # LOCK value naming this process; refreshed in the child after fork.
 cdef int64_t _my_lock = 0
+# Bumped in the child after fork: a metrics stripe belongs to one process, so
+# anything that cached its stripe must look again when this changes.
+cdef long _fork_gen = 0
 
 
 cdef inline int64_t mono_ns() noexcept nogil:
@@ -154,13 +159,21 @@ def monotonic_ns():
 
 def _refresh_owner():
     """Recompute the lock token naming this process (call after fork)."""
-    global _my_lock
+    global _my_lock, _fork_gen
     cdef char state = 0
     cdef uint64_t start = 0
     cdef long pid = os.getpid()
     if fl_proc_stat(pid, &state, &start) != 0:
         start = 0
     _my_lock = FL_LOCK_BITS | <int64_t>((start & FL_START_MASK) << FL_PID_BITS) | (pid & FL_PID_MASK)
+    _fork_gen += 1
+
+
+cdef inline bint _lock_owner_dead(int64_t lock) noexcept nogil:
+    """Whether the process a LOCK token names is gone (never true of ours)."""
+    return lock != _my_lock and not fl_proc_alive(
+        <long>(lock & FL_PID_MASK), (<uint64_t>lock >> FL_PID_BITS) & FL_START_MASK,
+        FL_START_MASK)
 
 
 _refresh_owner()
@@ -207,10 +220,7 @@ cdef int _wait_unlock(Engine* e, fl_slot* s, int64_t lock) noexcept nogil:
             return 0
         t = mono_ns()
         if t >= next_probe:
-            if lock != _my_lock and not fl_proc_alive(
-                    <long>(lock & FL_PID_MASK),
-                    (<uint64_t>lock >> FL_PID_BITS) & FL_START_MASK,
-                    FL_START_MASK):
+            if _lock_owner_dead(lock):
                 expected = lock
                 if fl_cas_i64(&s.tat, &expected, FL_FREE):
                     fl_add_u64(&e.counters[C_LOCK_BREAKS], 1)
@@ -598,6 +608,41 @@ cdef class Decision:
                 f"retry_after={self.retry_after:g})")
 
 
+# -- metrics ----------------------------------------------------------------------
+#
+# Per-limiter check counts, without a shared hot cache line: the metrics area
+# holds a registry of limiter names and one *stripe* per process.  A stripe
+# has an owner word (the owner's LOCK token) on its own line, then a row of
+# NCOUNTERS counters per registered limiter.  Only the owner writes its stripe,
+# with plain stores; readers sum every stripe.  A process takes a free stripe,
+# or one whose owner is dead (its counts are kept and added to); when every
+# stripe has a live owner it shares stripe 0 with atomic adds.  Counts are
+# per table lifetime and never reset.
+
+cdef struct fl_reg:
+    uint64_t id       # 0: free; else a hash of (kind, name) under the table secret
+    uint32_t kind
+    uint32_t name_len
+    int64_t p1        # kind's parameters, for tools: rates (T, burst), quotas (limit)
+    int64_t p2
+    char name[96]     # the name's first 96 UTF-8 bytes
+
+cdef enum:
+    REG_ENTRY_BYTES = 128
+    REG_NAME_BYTES = 96
+    STRIPE_HEAD_BYTES = 64
+    NCOUNTERS = 3     # full, denied, allowed: indexed by a check's result + 1
+    KIND_RATE = 1
+    KIND_QUOTA = 2
+    KIND_LEASES = 3
+    KIND_MIXED = 0x100  # flag: users of the name stated different parameters
+
+
+def metrics_stripe_bytes(uint64_t nlimiters):
+    """Bytes of one process's stripe for ``nlimiters`` registry entries."""
+    return STRIPE_HEAD_BYTES + (nlimiters * NCOUNTERS * 8 + 63) // 64 * 64
+
+
 cdef class TableView:
     """The mapped slots of one table in this process (see table.SharedTable)."""
 
@@ -605,9 +650,16 @@ cdef class TableView:
     cdef object _buffer   # keeps the mapping exported while the engine uses it
     cdef readonly uint64_t secret0
     cdef readonly uint64_t secret1
+    cdef fl_reg* reg
+    cdef unsigned char* stripes
+    cdef uint64_t nlimiters, nstripes, stripe_bytes
+    cdef uint64_t* my_stripe  # this process's stripe's counters
+    cdef bint my_stripe_shared
+    cdef long stripe_gen
 
     def __cinit__(self, buffer, Py_ssize_t slots_offset, uint64_t nbuckets,
-                  Py_ssize_t counters_offset, uint64_t secret0, uint64_t secret1):
+                  Py_ssize_t counters_offset, uint64_t secret0, uint64_t secret1,
+                  Py_ssize_t metrics_offset, uint64_t nlimiters, uint64_t nstripes):
         cdef unsigned char[::1] mv = buffer
         cdef unsigned char* base = &mv[0]
         if nbuckets == 0 or nbuckets >= (<uint64_t>1 << 32):
@@ -616,12 +668,83 @@ cdef class TableView:
             raise ValueError("buffer is smaller than the table it should hold")
         if (<size_t>(base + slots_offset)) % BUCKET_BYTES or (<size_t>(base + counters_offset)) % 8:
             raise ValueError("table buffer is misaligned")
+        if nlimiters < 2 or nstripes < 2 or nlimiters > 65536 or nstripes > 65536:
+            raise ValueError(f"bad metrics layout: {nlimiters} limiters, {nstripes} stripes")
+        self.stripe_bytes = metrics_stripe_bytes(nlimiters)
+        if (metrics_offset < 0 or (<size_t>(base + metrics_offset)) % 64 or
+                metrics_offset + <Py_ssize_t>(nlimiters * REG_ENTRY_BYTES
+                                              + nstripes * self.stripe_bytes) > slots_offset):
+            raise ValueError("the metrics area is misplaced")
         self._buffer = mv
         self.engine.slots = <fl_slot*>(base + slots_offset)
         self.engine.nbuckets = nbuckets
         self.engine.counters = <uint64_t*>(base + counters_offset)
         self.secret0 = secret0
         self.secret1 = secret1
+        self.reg = <fl_reg*>(base + metrics_offset)
+        self.stripes = base + metrics_offset + nlimiters * REG_ENTRY_BYTES
+        self.nlimiters = nlimiters
+        self.nstripes = nstripes
+
+    cdef inline int64_t* _stripe_owner(self, uint64_t i) noexcept:
+        return <int64_t*>(self.stripes + i * self.stripe_bytes)
+
+    cdef uint64_t* _stripe(self, bint* shared) noexcept:
+        """This process's stripe's counters: ours already, else a free one,
+        else one whose owner died, else the shared stripe 0."""
+        cdef int64_t me = _my_lock, t
+        cdef uint64_t i, found = 0
+        if self.stripe_gen == _fork_gen and self.my_stripe != NULL:
+            shared[0] = self.my_stripe_shared
+            return self.my_stripe
+        for i in range(1, self.nstripes):
+            if fl_load_i64(self._stripe_owner(i)) == me:
+                found = i
+                break
+        if not found:
+            for i in range(1, self.nstripes):
+                t = 0
+                if fl_cas_i64(self._stripe_owner(i), &t, me):
+                    found = i
+                    break
+        if not found:
+            for i in range(1, self.nstripes):
+                t = fl_load_i64(self._stripe_owner(i))
+                if t != 0 and _lock_owner_dead(t) and fl_cas_i64(self._stripe_owner(i), &t, me):
+                    found = i
+                    break
+        self.my_stripe = <uint64_t*>(self.stripes + found * self.stripe_bytes + STRIPE_HEAD_BYTES)
+        self.my_stripe_shared = found == 0
+        self.stripe_gen = _fork_gen
+        shared[0] = self.my_stripe_shared
+        return self.my_stripe
+
+    cdef uint64_t _register(self, uint64_t id, uint32_t kind, int64_t p1, int64_t p2,
+                            bytes name) noexcept:
+        """The registry entry of ``id`` (entry 0, "other", when it is full).
+        Entries are never freed, so probing from the same start always meets
+        an earlier claim of the same id before any free entry."""
+        cdef uint64_t n = self.nlimiters - 1, i, j
+        cdef int64_t expected
+        cdef fl_reg* e
+        cdef Py_ssize_t size = min(PyBytes_GET_SIZE(name), REG_NAME_BYTES)
+        for j in range(n):
+            i = 1 + (id + j) % n
+            e = &self.reg[i]
+            expected = 0
+            if fl_cas_i64(<int64_t*>&e.id, &expected, <int64_t>id):
+                e.kind = kind
+                memcpy(e.name, PyBytes_AS_STRING(name), size)
+                e.name_len = <uint32_t>size
+            elif <uint64_t>expected != id:
+                continue
+            elif e.p1 and (e.p1 != p1 or e.p2 != p2):
+                e.kind |= KIND_MIXED  # e.g. one bucket name at several tiers' rates
+            # the latest limiter of a name states its parameters (tools show them)
+            e.p1 = p1
+            e.p2 = p2
+            return i
+        return 0
 
     def release(self):
         """Stop using the mapping (limiters on it raise from now on)."""
@@ -684,6 +807,10 @@ cdef class _Keyed:
     cdef uint64_t ks0, ks1, ki0, ki1
     cdef readonly str name
     cdef readonly int on_full
+    cdef uint64_t metric       # registry entry of this name and kind
+    cdef uint64_t* counts      # its counters in this process's stripe
+    cdef bint counts_shared
+    cdef long counts_gen       # _fork_gen when ``counts`` was found
 
     def __cinit__(self, TableView table not None, str name not None, *args, **kwargs):
         self.table = table
@@ -695,6 +822,27 @@ cdef class _Keyed:
         self.ks1 = _derive(s0, s1, b"fastlimit/str/1/" + n)
         self.ki0 = _derive(s0, s1, b"fastlimit/int/0/" + n)
         self.ki1 = _derive(s0, s1, b"fastlimit/int/1/" + n)
+
+    cdef void _register(self, uint32_t kind, int64_t p1, int64_t p2) noexcept:
+        """Enter this name in the table's metrics registry (subclasses call it
+        once their parameters are known)."""
+        cdef bytes n = self.name.encode("utf-8")
+        cdef uint64_t id = _derive(self.table.secret0, self.table.secret1,
+                                   b"fastlimit/metric/%d/" % kind + n)
+        self.metric = self.table._register(id if id else 1, kind, p1, p2, n)
+
+    cdef inline void _count(self, int r, uint64_t n) noexcept:
+        """Add ``n`` checks with result ``r`` (R_ALLOWED, R_DENIED, or a
+        negative no-slot result) to this process's counters."""
+        cdef uint64_t* c
+        if fl_unlikely(self.counts_gen != _fork_gen):
+            self.counts = self.table._stripe(&self.counts_shared) + self.metric * NCOUNTERS
+            self.counts_gen = _fork_gen
+        c = self.counts + (r + 1 if r >= R_FULL else 0)
+        if self.counts_shared:
+            fl_add_u64(c, n)
+        else:
+            fl_inc_owned_u64(c, n)
 
     cdef inline uint64_t _fingerprint(self, object key) except 0:
         cdef Py_ssize_t n
@@ -778,6 +926,7 @@ cdef class Gcra(_Keyed):
         self.burst = burst
         self.tolerance_ns = burst * emission_interval_ns
         self.clock = clock
+        self._register(KIND_RATE, emission_interval_ns, burst)
 
     cdef inline int64_t _now(self) except? -1:
         if self.clock is None:
@@ -806,6 +955,7 @@ cdef class Gcra(_Keyed):
         """Count a hit of ``cost`` on ``key`` if it passes; return whether it did."""
         cdef int64_t now, tat, inc
         cdef int r = self._step(key, cost, &now, &tat, &inc)
+        self._count(r, 1)
         if r >= 0:
             return r == R_ALLOWED
         if self.on_full == ON_FULL_ALLOW:
@@ -821,6 +971,7 @@ cdef class Gcra(_Keyed):
         """
         cdef int64_t now, tat, inc
         cdef int r = self._step(key, cost, &now, &tat, &inc)
+        self._count(r, 1)
         return self._decision(key, r, now, tat, inc)
 
     def peek(self, key, int64_t cost=1):
@@ -988,10 +1139,15 @@ cdef class Gcra(_Keyed):
         cdef object out_arr = np.empty(n, dtype=np.bool_)
         cdef unsigned char[::1] out = out_arr.view(np.uint8)
         cdef Py_ssize_t failed = -1
+        cdef uint64_t tally[NCOUNTERS]
+        tally[0] = tally[1] = tally[2] = 0
         if n:
             with nogil:
                 failed = _batch(e, &src[0], ints, self.ki0, self.ki1, n, now, inc,
-                                self.tolerance_ns, cost != 0, self.on_full, &out[0])
+                                self.tolerance_ns, cost != 0, self.on_full, &out[0], tally)
+            self._count(R_FULL, tally[0])
+            self._count(R_DENIED, tally[1])
+            self._count(R_ALLOWED, tally[2])
         if failed >= 0:
             self._raise_full(keys[failed], R_FULL)
         return out_arr
@@ -1105,6 +1261,7 @@ cdef class QuotaCounter(_Keyed):
             raise ValueError(f"a quota limit must be between 1 and {QUOTA_MAX_COUNT}, got {limit}")
         self._set_on_full(on_full)
         self.limit = limit
+        self._register(KIND_QUOTA, limit, 0)
 
     def step(self, key, int64_t tag, int64_t cost, int mode, int64_t left_ns=0):
         """(result, count): result is 1 allowed, 0 denied, -1 no slot, -2
@@ -1124,6 +1281,8 @@ cdef class QuotaCounter(_Keyed):
         if mode not in (Q_PEEK, Q_CONSUME, Q_REFUND):
             raise ValueError(f"bad mode {mode}")
         r = quota_step(e, fp, tag, self.limit, cost, mode, &count)
+        if mode == Q_CONSUME:
+            self._count(r, 1)
         if r < 0 and self.on_full == ON_FULL_RAISE:
             self._raise_full(key, r)
         return r, count
@@ -1168,6 +1327,7 @@ cdef class Leases(_Keyed):
 
     def __cinit__(self, TableView table not None, str name not None, int on_full=ON_FULL_DENY):
         self._set_on_full(on_full)
+        self._register(KIND_LEASES, 0, 0)
 
     @staticmethod
     def owner_word():
@@ -1210,6 +1370,7 @@ cdef class Leases(_Keyed):
                         break
                 if got >= 0:
                     self.reclaimed += 1
+        self._count(R_ALLOWED if got >= 0 else (problem if problem else R_DENIED), 1)
         if got >= 0:
             return got
         if problem:
@@ -1281,11 +1442,12 @@ cdef inline uint64_t _int_fp(uint64_t k0, uint64_t k1, uint64_t key) noexcept no
 
 cdef Py_ssize_t _batch(Engine* e, const uint64_t* src, bint ints, uint64_t k0, uint64_t k1,
                        Py_ssize_t n, int64_t now, int64_t inc, int64_t tau, bint consume,
-                       int on_full, unsigned char* out) noexcept nogil:
+                       int on_full, unsigned char* out, uint64_t* tally) noexcept nogil:
     """GCRA over a batch: ``src`` holds fingerprints, or int keys to hash with
     (k0, k1) when ``ints``.  Key i+AHEAD is hashed and its buckets prefetched
     while key i is served, so memory latency overlaps with work.  Returns -1,
     or the index of the first key that found no slot under on_full=raise.
+    ``tally`` counts the results (no slot, denied, allowed).
     """
     cdef uint64_t ring[PREFETCH_AHEAD]  # fingerprints of keys i .. i+AHEAD-1
     cdef uint64_t fp
@@ -1309,6 +1471,7 @@ cdef Py_ssize_t _batch(Engine* e, const uint64_t* src, bint ints, uint64_t k0, u
         r = _gcra_known(b1, b2, fp, now, inc, tau, consume, &tat)
         if r == RETRY:
             r = _gcra_slow(e, fp, b1, b2, now, inc, tau, consume, &tat)
+        tally[r + 1 if r >= R_FULL else 0] += 1
         if fl_unlikely(r < 0):
             if on_full == ON_FULL_RAISE:
                 return i

@@ -23,8 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from fastlimit import overrides
 from fastlimit import table as table_mod
 from fastlimit._server import Reply, Server, free_port, gunicorn_argv, request
+from fastlimit.cli import print_table_report, table_report
 from fastlimit.clock import FakeClock
 from fastlimit.config import load_file
 from fastlimit.overrides import Overrides
@@ -257,7 +259,7 @@ def _wait_until_all_answer(port: int, workers: int, timeout: float = 30.0) -> No
 
 def _cleanup(table: str) -> None:
     base = os.path.join(table_mod.shm_dir(), f"fastlimit.{table}")
-    for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen"):
+    for path in (base, *overrides.files_of(overrides.default_path(base))):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -265,8 +267,9 @@ def _cleanup(table: str) -> None:
 
 
 def web_demo(policy_path: str | None = None, *, workers: int = 4, max_requests: int = 600,
-             out: TextIO | None = None) -> int:
-    """Run the demo; 0 when every row got exactly what the policy allows."""
+             out: TextIO | None = None, keep_table: bool = False) -> int:
+    """Run the demo; 0 when every row got exactly what the policy allows.
+    The table's statistics are printed at the end; ``keep_table`` keeps it."""
     out = out or sys.stdout
     if policy_path is None:
         policy_path = str(importlib.import_module(APP).SEED000)
@@ -305,7 +308,18 @@ def web_demo(policy_path: str | None = None, *, workers: int = 4, max_requests: 
             raise
         finally:
             server.stop()
-            _cleanup(table)
+            try:
+                with SharedTable.attach(table) as t:
+                    stats = table_report(t)
+            finally:
+                if not keep_table:
+                    _cleanup(table)
     good = report(rows, workers, out)
-    print(f"\nStopped gunicorn (pid {pid}) and removed the table {table}.", file=out)
+    print(f"\nThe workers' checks, as `fastlimit stats {table}` reports them:", file=out)
+    print_table_report(stats, out)
+    if keep_table:
+        print(f"\nStopped gunicorn (pid {pid}); the table is kept: `fastlimit stats {table}`, "
+              f"then `fastlimit rm {table}`.", file=out)
+    else:
+        print(f"\nStopped gunicorn (pid {pid}) and removed the table {table}.", file=out)
     return 0 if good else 1

@@ -1,11 +1,15 @@
-"""The ``fastlimit`` command: ``demo`` runs a real multi-worker gunicorn
-behind a policy and shows every limit holding exactly across the workers
-(``demo --processes``: bare processes sharing one limit); ``stats`` and
-``unlink`` inspect and remove named tables."""
+"""The ``fastlimit`` command.
+
+``demo`` runs a real multi-worker gunicorn behind a policy and shows every
+limit holding exactly across the workers (``demo --processes``: bare
+processes sharing one limit).  ``stats``, ``inspect``, ``reset``, ``rm`` and
+``metrics`` look after named tables; ``bench`` measures this machine."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -13,10 +17,18 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from fastlimit.limiter import Limiter
-from fastlimit.table import SharedTable
+from fastlimit import overrides
+from fastlimit._core import QUOTA_MAX_COUNT
+from fastlimit.errors import ConfigurationError, TableError
+from fastlimit.limiter import Key, Limiter
+from fastlimit.metrics import prometheus_text
+from fastlimit.rate import NS_PER_S, Rate
+from fastlimit.table import LimiterStats, SharedTable
 
-__all__ = ["main"]
+QUOTA_COUNT_BITS = QUOTA_MAX_COUNT.bit_length()
+QUOTA_COUNT_MASK = QUOTA_MAX_COUNT
+
+__all__ = ["inspect", "main", "remove", "reset", "stats", "table_report"]
 
 
 def _worker(table_name: str, rate: str, checks: int, barrier: Any, results: Any) -> None:
@@ -63,15 +75,182 @@ def demo(workers: int, limit: int, checks: int, out: TextIO | None = None) -> in
         table.close()
 
 
-def stats(name: str, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    table = SharedTable.attach(name)
+def _open(name: str) -> SharedTable:
+    """A table by name, or by path when ``name`` holds a '/'."""
+    if "/" in name:
+        return SharedTable.attach(path=name)
+    return SharedTable.attach(name)
+
+
+def _rate_text(emission_interval_ns: int, burst: int) -> str:
+    """The rate a limiter was most likely made from (T = ceil(period / limit)),
+    else its parameters as they are."""
+    period_ns = emission_interval_ns * burst
+    seconds = round(period_ns / NS_PER_S)
+    if seconds >= 1 and abs(seconds * NS_PER_S - period_ns) < burst:
+        return str(Rate(burst, seconds * NS_PER_S))
+    return f"burst {burst}, 1 per {emission_interval_ns / NS_PER_S:g}s"
+
+
+def _limiter_row(lim: LimiterStats) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": lim.name, "kind": lim.kind, "allowed": lim.allowed,
+                           "denied": lim.denied, "full": lim.full}
+    if lim.kind == "rate":
+        row.update(rate=_rate_text(lim.emission_interval_ns, lim.burst),
+                   emission_interval_ns=lim.emission_interval_ns, burst=lim.burst)
+    elif lim.kind == "quota":
+        row.update(limit=lim.limit)
+    row["mixed"] = lim.mixed
+    return row
+
+
+def table_report(table: SharedTable) -> dict[str, Any]:
+    """What ``fastlimit stats`` shows, as plain data."""
     s = table.stats()
-    for field in ("capacity", "slots", "live_keys", "locked_slots", "full_events",
-                  "lock_breaks", "lock_timeouts", "nbytes"):
-        print(f"{field:>14}: {getattr(s, field):,}", file=out)
-    print(f"{'bytes_per_key':>14}: {s.bytes_per_key:.2f}", file=out)
+    return {
+        "table": table.name, "path": table.path, "kind": table.kind,
+        "capacity": s.capacity, "live_keys": s.live_keys, "occupancy": s.occupancy,
+        "locked_slots": s.locked_slots, "full_events": s.full_events,
+        "lock_breaks": s.lock_breaks, "lock_timeouts": s.lock_timeouts,
+        "nbytes": s.nbytes, "bytes_per_key": s.bytes_per_key,
+        "limiters": [_limiter_row(lim) for lim in s.limiters],
+    }
+
+
+def print_table_report(r: dict[str, Any], out: TextIO) -> None:
+    print(f"table {r['table']} ({r['path'] or 'anonymous'}): {r['kind']}, capacity "
+          f"{r['capacity']:,}, {r['nbytes']:,} bytes", file=out)
+    print(f"  live keys {r['live_keys']:,} ({r['occupancy']:.2%} of capacity), locked slots "
+          f"{r['locked_slots']:,}, full events {r['full_events']:,}, lock breaks "
+          f"{r['lock_breaks']:,}, lock timeouts {r['lock_timeouts']:,}", file=out)
+    rows = r["limiters"]
+    if not rows:
+        print("  no limiter has used it yet", file=out)
+        return
+    width = max(7, *(len(x["name"]) for x in rows))
+    print(f"\n  {'limiter':<{width}}  {'kind':<11}  {'rate or limit':<22}  {'allowed':>10}  "
+          f"{'denied':>10}  {'full':>6}", file=out)
+    for x in rows:
+        what = x.get("rate") or (f"{x['limit']:,} per period" if "limit" in x else "")
+        if x["mixed"]:
+            what = f"several; last {what}"
+        print(f"  {x['name']:<{width}}  {x['kind']:<11}  {what:<22}  {x['allowed']:>10,}  "
+              f"{x['denied']:>10,}  {x['full']:>6,}", file=out)
+
+
+def stats(name: str, out: TextIO | None = None, as_json: bool = False) -> int:
+    out = out or sys.stdout
+    with _open(name) as table:
+        report = table_report(table)
+    if as_json:
+        print(json.dumps(report), file=out)
+    else:
+        print_table_report(report, out)
     return 0
+
+
+def _pick(table: SharedTable, limiter: str | None) -> LimiterStats:
+    """The rate limit or quota named ``limiter``, or the table's only one."""
+    known = [lim for lim in table.limiter_stats() if lim.kind in ("rate", "quota")]
+    names = ", ".join(repr(lim.name) for lim in known) or "none yet"
+    if limiter is None:
+        if len(known) == 1:
+            return known[0]
+        raise CLIError(f"table {table.name} holds several limiters: pick one with "
+                       f"--limiter (one of {names})")
+    for lim in known:
+        if lim.name == limiter:
+            return lim
+    raise CLIError(f"table {table.name} has no rate limit or quota {limiter!r} (it has {names})")
+
+
+def _keyed(table: SharedTable, lim: LimiterStats) -> Any:
+    if lim.kind == "rate":
+        return table._gcra(lim.name, lim.emission_interval_ns, lim.burst)
+    return table._quota_counter(lim.name, lim.limit)
+
+
+def inspect(name: str, key: Key, limiter: str | None = None, rate: str | None = None,
+            out: TextIO | None = None, as_json: bool = False) -> int:
+    """Show one key's state and the Decision a hit would get now (at
+    ``rate`` if given, else at the limiter's last stated rate)."""
+    out = out or sys.stdout
+    with _open(name) as table:
+        lim = _pick(table, limiter)
+        if rate is not None:
+            if lim.kind != "rate":
+                raise CLIError(f"--rate applies to rate limits; {lim.name!r} is a {lim.kind}")
+            r = Rate.parse(rate)
+            lim = dataclasses.replace(lim, emission_interval_ns=r.emission_interval_ns,
+                                      burst=r.limit, mixed=False)
+        keyed = _keyed(table, lim)
+        report: dict[str, Any] = {"table": table.name, "limiter": lim.name, "kind": lim.kind,
+                                  "key": key if isinstance(key, (str, int)) else repr(key)}
+        if lim.kind == "rate":
+            d = keyed.peek(key)
+            report.update(rate=_rate_text(lim.emission_interval_ns, lim.burst),
+                          allowed=bool(d.allowed), limit=d.limit, remaining=d.remaining,
+                          reset_after=d.reset_after, retry_after=d.retry_after)
+        else:
+            word = table._word(keyed.fingerprint(key))
+            tag, count = (word >> QUOTA_COUNT_BITS, word & QUOTA_COUNT_MASK) if word else (0, 0)
+            report.update(limit=lim.limit, count=count, period_tag=tag)
+    if as_json:
+        print(json.dumps(report), file=out)
+    elif lim.kind == "rate":
+        verdict = "would be allowed" if report["allowed"] else (
+            f"would be denied: retry after {report['retry_after']:g} s")
+        print(f"{report['limiter']} ({report['rate']}) key {key!r}: {report['remaining']} of "
+              f"{report['limit']} left, full again in {report['reset_after']:g} s; a hit now "
+              f"{verdict}", file=out)
+        if lim.mixed:
+            print("(the name is used at several rates; that was the last one stated: "
+                  "pass --rate for another)", file=out)
+    else:
+        print(f"{report['limiter']} (quota of {report['limit']:,}) key {key!r}: "
+              f"{report['count']:,} counted in its latest period (tag {report['period_tag']})",
+              file=out)
+    return 0
+
+
+def reset(name: str, key: Key, limiter: str | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    with _open(name) as table:
+        lim = _pick(table, limiter)
+        _keyed(table, lim).reset(key)
+    print(f"reset key {key!r} of {lim.name} in table {name}", file=out)
+    return 0
+
+
+def remove(name: str, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    with _open(name) as table:
+        table.unlink()
+        path = table.path
+    assert path is not None  # _open opens by name or path
+    removed = [path]
+    # a policy's run-time overrides live beside its table: they go with it
+    for extra in overrides.files_of(overrides.default_path(path)):
+        try:
+            os.unlink(extra)
+            removed.append(extra)
+        except FileNotFoundError:
+            pass
+    print(f"removed {', '.join(removed)}", file=out)
+    return 0
+
+
+class CLIError(Exception):
+    """A command cannot run as asked; the message says why."""
+
+
+def _key(text: str, as_int: bool) -> Key:
+    if not as_int:
+        return text
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise CLIError(f"--int keys must be integers (e.g. 42 or 0x2a), got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,29 +262,77 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a policy TOML file (default: the seed 000 example)")
     d.add_argument("--max-requests", type=int, default=600, metavar="N",
                    help="at most N requests per caller and endpoint (default 600)")
+    d.add_argument("--keep-table", action="store_true",
+                   help="keep the demo's table afterwards (for `fastlimit stats`)")
     d.add_argument("--processes", action="store_true",
                    help="instead: bare processes hitting one limit, no HTTP")
     d.add_argument("--limit", type=int, default=10_000,
                    help="--processes: the shared limit (default 10000)")
     d.add_argument("--checks", type=int, default=200_000,
                    help="--processes: checks per worker (default 200000)")
-    s = sub.add_parser("stats", help="print a named table's statistics")
-    s.add_argument("name")
-    u = sub.add_parser("unlink", help="remove a named table")
-    u.add_argument("name")
+    table_help = "a table name (or a path, if it holds a '/')"
+    s = sub.add_parser("stats", help="a table's occupancy and checks per limiter")
+    s.add_argument("name", help=table_help)
+    s.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    i = sub.add_parser("inspect", help="one key's state and the Decision a hit would get")
+    r = sub.add_parser("reset", help="forget one key's state")
+    for p in (i, r):
+        p.add_argument("name", help=table_help)
+        p.add_argument("key")
+        p.add_argument("--limiter", help="the limiter's name (needed if the table has several)")
+        p.add_argument("--int", action="store_true", help="the key is an int key")
+    i.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    i.add_argument("--rate", help="answer at this rate (for a name used at several)")
+    for command in ("rm", "unlink"):
+        u = sub.add_parser(command, help="remove a named table")
+        u.add_argument("name", help=table_help)
+    m = sub.add_parser("metrics", help="tables' metrics in the Prometheus text format")
+    m.add_argument("names", nargs="+", metavar="name", help=table_help)
+    b = sub.add_parser("bench", help="a quick benchmark of this machine (a few seconds)")
+    b.add_argument("--keys", type=int, default=1_000_000, help="live keys (default 1000000)")
+    b.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except (CLIError, TableError, ConfigurationError) as e:
+        print(f"fastlimit {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         if min(args.workers, args.limit, args.checks, args.max_requests) < 1:
             parser.error("--workers, --max-requests, --limit and --checks must be >= 1")
         if args.processes:
             return demo(args.workers, args.limit, args.checks)
         from fastlimit._demo import web_demo
-        return web_demo(args.policy, workers=args.workers, max_requests=args.max_requests)
+        return web_demo(args.policy, workers=args.workers, max_requests=args.max_requests,
+                        keep_table=args.keep_table)
     if args.command == "stats":
-        return stats(args.name)
-    table = SharedTable.attach(args.name)
-    table.unlink()
-    table.close()
+        return stats(args.name, as_json=args.json)
+    if args.command == "inspect":
+        return inspect(args.name, _key(args.key, args.int), args.limiter, args.rate,
+                       as_json=args.json)
+    if args.command == "reset":
+        return reset(args.name, _key(args.key, args.int), args.limiter)
+    if args.command in ("rm", "unlink"):
+        return remove(args.name)
+    if args.command == "metrics":
+        tables = [_open(n) for n in args.names]
+        try:
+            sys.stdout.write(prometheus_text(*tables))
+        finally:
+            for t in tables:
+                t.close()
+        return 0
+    if args.keys < 1000:
+        parser.error("--keys must be >= 1000")
+    from fastlimit._quickbench import print_results, run
+    results = run(args.keys)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print_results(results, sys.stdout)
     return 0
 
 

@@ -35,7 +35,17 @@ from typing import Any
 from fastlimit.errors import ConfigurationError
 from fastlimit.rate import Rate
 
-__all__ = ["Overrides"]
+__all__ = ["Overrides", "default_path", "files_of"]
+
+
+def default_path(table_path: str) -> str:
+    """Where a policy on the table at ``table_path`` keeps its overrides."""
+    return f"{table_path}.overrides.json"
+
+
+def files_of(path: str) -> tuple[str, str]:
+    """The overrides file at ``path`` and its generation counter beside it."""
+    return path, path + ".gen"
 
 log = logging.getLogger("fastlimit")
 
@@ -80,7 +90,7 @@ class Overrides:
         self._pid = os.getpid()
         self._mm: mmap.mmap | None = None
         if self._path is not None:
-            self._fd, self._mm = _open_counter(self._path + ".gen")
+            self._fd, self._mm = _open_counter(files_of(self._path)[1])
             self.refresh()
 
     @property
@@ -181,7 +191,7 @@ class Overrides:
                 # descriptor shares its open file, and so its flock, with the
                 # parent and siblings.  A lock of our own needs our own open.
                 os.close(self._fd)
-                self._fd = os.open(self._path + ".gen", os.O_RDWR | os.O_CLOEXEC)
+                self._fd = os.open(files_of(self._path)[1], os.O_RDWR | os.O_CLOEXEC)
                 self._pid = os.getpid()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:

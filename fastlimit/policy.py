@@ -38,7 +38,7 @@ from fastlimit.concurrency import ConcurrencyLimit, Lease
 from fastlimit.config import load_dict, load_file
 from fastlimit.headers import DenialResponse, most_restrictive, retry_after_seconds
 from fastlimit.limiter import Limiter
-from fastlimit.overrides import Overrides
+from fastlimit.overrides import Overrides, default_path
 from fastlimit.quota import Quota, QuotaSpec, state_dir
 from fastlimit.rate import Rate
 from fastlimit.routes import RouteTable
@@ -280,7 +280,7 @@ class Policy:
             return given
         path = given if given is not None else self.spec.store.overrides
         if path is None and getattr(store, "path", None) is not None:
-            path = f"{store.path}.overrides.json"
+            path = default_path(store.path)
         overrides = Overrides(path)
         self._owned.append(overrides)
         return overrides

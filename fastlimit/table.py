@@ -26,12 +26,12 @@ import numpy as np
 from fastlimit import _core
 from fastlimit.errors import ConfigurationError, TableError
 
-__all__ = ["DEFAULT_CAPACITY", "SharedTable", "TableStats"]
+__all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats"]
 
 log = logging.getLogger("fastlimit")
 
 MAGIC = b"FLTABLE1"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER_BYTES = 4096
 SLOT_BYTES = 16
 BUCKET_SLOTS = 8
@@ -52,6 +52,33 @@ _LOCK_BITS = -(1 << 62)  # 0xC000... as int64
 _FREE = -(1 << 63)
 
 SLOT_DTYPE = np.dtype([("fp", "<u8"), ("tat", "<i8")])
+
+# The metrics area, between the header page and the slots: a registry of
+# limiter names, then one stripe of counters per process (see _core.pyx,
+# "metrics").  Entry 0 of the registry gathers names that found it full.
+METRICS_LIMITERS = 128
+METRICS_STRIPES = 64
+METRIC_KINDS = {1: "rate", 2: "quota", 3: "concurrency"}
+METRIC_MIXED = 0x100  # flag in a registry entry's kind
+REGISTRY_DTYPE = np.dtype(
+    {
+        "names": ["id", "kind", "name_len", "p1", "p2", "name"],
+        "formats": ["<u8", "<u4", "<u4", "<i8", "<i8", "S96"],
+        "offsets": [0, 8, 12, 16, 24, 32],
+        "itemsize": 128,
+    }
+)
+_STRIPE_BYTES = _core.metrics_stripe_bytes(METRICS_LIMITERS)
+STRIPE_DTYPE = np.dtype(
+    {
+        "names": ["owner", "counts"],  # counts: (no slot, denied, allowed) per entry
+        "formats": ["<i8", ("<u8", (METRICS_LIMITERS, 3))],
+        "offsets": [0, 64],
+        "itemsize": _STRIPE_BYTES,
+    }
+)
+METRICS_BYTES = METRICS_LIMITERS * REGISTRY_DTYPE.itemsize + METRICS_STRIPES * _STRIPE_BYTES
+SLOTS_OFFSET = -(-(HEADER_BYTES + METRICS_BYTES) // 4096) * 4096
 # The counters live on their own cache line (offset 128): processes bump them
 # on rare events only, and must not bounce the line that holds the layout.
 COUNTERS = ("full_events", "lock_breaks", "lock_timeouts")  # order known to _core
@@ -61,13 +88,13 @@ HEADER_DTYPE = np.dtype(
         "names": [
             "magic", "version", "header_size", "slot_size", "bucket_slots",
             "capacity", "nbuckets", "clock_id", "flags", "secret", "boot_id",
-            "created_ns", *COUNTERS,
+            "created_ns", "metrics_limiters", "metrics_stripes", *COUNTERS,
         ],
         "formats": [
             "S8", "<u4", "<u4", "<u4", "<u4", "<u8", "<u8", "<u4", "<u4",
-            ("<u8", (2,)), "S16", "<i8", "<u8", "<u8", "<u8",
+            ("<u8", (2,)), "S16", "<i8", "<u4", "<u4", "<u8", "<u8", "<u8",
         ],
-        "offsets": [0, 8, 12, 16, 20, 24, 32, 40, 44, 48, 64, 80, 128, 136, 144],
+        "offsets": [0, 8, 12, 16, 20, 24, 32, 40, 44, 48, 64, 80, 88, 92, 128, 136, 144],
         "itemsize": HEADER_BYTES,
     }
 )
@@ -123,11 +150,41 @@ def _new_header(capacity: int, kind: Kind) -> np.ndarray:
     h["secret"] = np.frombuffer(os.urandom(16), "<u8")
     h["boot_id"] = _boot_id()
     h["created_ns"] = time.time_ns()
+    h["metrics_limiters"] = METRICS_LIMITERS
+    h["metrics_stripes"] = METRICS_STRIPES
     return h
 
 
 def _segment_bytes(nbuckets: int) -> int:
-    return HEADER_BYTES + nbuckets * BUCKET_BYTES
+    return SLOTS_OFFSET + nbuckets * BUCKET_BYTES
+
+
+@dataclass(frozen=True)
+class LimiterStats:
+    """Checks counted for one limiter (or quota, or concurrency limit) of a
+    table, summed over every process that used it since the table was made.
+
+    ``full`` counts checks of new keys that found no free slot (answered by
+    ``on_full``); ``allowed`` and ``denied`` count the others.  Parameters are
+    those the latest user of the name stated: ``emission_interval_ns`` and
+    ``burst`` for rates, ``limit`` for quotas (0 where they do not apply);
+    ``mixed`` says users stated different ones (a policy's bucket used at
+    several tiers' rates, say).
+    """
+
+    name: str
+    kind: str
+    allowed: int
+    denied: int
+    full: int
+    emission_interval_ns: int = 0
+    burst: int = 0
+    limit: int = 0
+    mixed: bool = False
+
+    @property
+    def checks(self) -> int:
+        return self.allowed + self.denied + self.full
 
 
 @dataclass(frozen=True)
@@ -147,11 +204,18 @@ class TableStats:
     lock_breaks: int
     lock_timeouts: int
     nbytes: int
+    limiters: tuple[LimiterStats, ...] = ()
 
     @property
     def bytes_per_key(self) -> float:
-        """Bytes of segment per key of capacity."""
-        return self.nbytes / self.capacity
+        """Bytes of slots per key of capacity (the header and metrics areas
+        add a fixed ``SLOTS_OFFSET`` bytes, about 212 KiB, per table)."""
+        return self.slots * SLOT_BYTES / self.capacity
+
+    @property
+    def occupancy(self) -> float:
+        """Live keys per key of capacity."""
+        return self.live_keys / self.capacity
 
 
 class SharedTable:
@@ -181,9 +245,15 @@ class SharedTable:
         self._nbuckets = int(header["nbuckets"][0])
         secret = header["secret"][0]
         self._slots: np.ndarray | None = np.frombuffer(
-            mm, SLOT_DTYPE, count=self._nbuckets * BUCKET_SLOTS, offset=HEADER_BYTES)
+            mm, SLOT_DTYPE, count=self._nbuckets * BUCKET_SLOTS, offset=SLOTS_OFFSET)
+        self._registry: np.ndarray | None = np.frombuffer(
+            mm, REGISTRY_DTYPE, count=METRICS_LIMITERS, offset=HEADER_BYTES)
+        self._stripes: np.ndarray | None = np.frombuffer(
+            mm, STRIPE_DTYPE, count=METRICS_STRIPES,
+            offset=HEADER_BYTES + METRICS_LIMITERS * REGISTRY_DTYPE.itemsize)
         self._view = _core.TableView(
-            mm, HEADER_BYTES, self._nbuckets, COUNTERS_OFFSET, int(secret[0]), int(secret[1]))
+            mm, SLOTS_OFFSET, self._nbuckets, COUNTERS_OFFSET, int(secret[0]), int(secret[1]),
+            HEADER_BYTES, METRICS_LIMITERS, METRICS_STRIPES)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -303,7 +373,7 @@ class SharedTable:
         if self._mm is None:
             return
         self._view.release()
-        self._header = self._slots = None
+        self._header = self._slots = self._registry = self._stripes = None
         try:
             self._mm.close()
         except BufferError:
@@ -341,6 +411,18 @@ class SharedTable:
 
     @property
     def path(self) -> str | None:
+        return self._path
+
+    @property
+    def name(self) -> str:
+        """The name the table was opened by (its path if opened by path;
+        ``"anonymous"`` if it has none): what metrics label it with."""
+        if self._path is None:
+            return "anonymous"
+        base = os.path.basename(self._path)
+        prefix = "fastlimit."
+        if os.path.dirname(self._path) == shm_dir() and base.startswith(prefix):
+            return base[len(prefix):]
         return self._path
 
     @property
@@ -394,7 +476,36 @@ class SharedTable:
             lock_breaks=int(header["lock_breaks"]),
             lock_timeouts=int(header["lock_timeouts"]),
             nbytes=self.nbytes,
+            limiters=self.limiter_stats(),
         )
+
+    def limiter_stats(self) -> tuple[LimiterStats, ...]:
+        """Checks per limiter name, summed over every process's stripe;
+        sorted by name, then kind, with ``"(other)"`` (names that found the
+        registry full) last."""
+        registry = self._require(self._registry).copy()
+        counts = self._require(self._stripes)["counts"].sum(axis=0, dtype=np.uint64)
+        out, other = [], []
+        for i in range(METRICS_LIMITERS):
+            entry = registry[i]
+            full, denied, allowed = (int(c) for c in counts[i])
+            if i == 0:
+                if full or denied or allowed:
+                    other.append(LimiterStats("(other)", "", allowed, denied, full))
+                continue
+            if not entry["id"]:
+                continue
+            kind = METRIC_KINDS.get(int(entry["kind"]) & 0xFF, "")
+            p1, p2 = int(entry["p1"]), int(entry["p2"])
+            name = bytes(entry["name"])[: int(entry["name_len"])].decode("utf-8", "replace")
+            out.append(LimiterStats(
+                name, kind, allowed, denied, full,
+                emission_interval_ns=p1 if kind == "rate" else 0,
+                burst=p2 if kind == "rate" else 0,
+                limit=p1 if kind == "quota" else 0,
+                mixed=bool(int(entry["kind"]) & METRIC_MIXED)))
+        out.sort(key=lambda s: (s.name, s.kind))
+        return (*out, *other)
 
     def verify(self) -> list[str]:
         """Check the table's invariants; returns the problems found (none: []).
@@ -420,6 +531,18 @@ class SharedTable:
         misplaced = index[(bucket != b1) & (bucket != b2)]
         problems += [f"slot {i} is outside its key's buckets" for i in misplaced[:10]]
         return problems
+
+    def _word(self, fp: int) -> int:
+        """The committed state word of fingerprint ``fp`` (0 if it has none):
+        for tools that show a key's raw state."""
+        slots = self.slots
+        nb = self._nbuckets
+        for b in (((fp & 0xFFFFFFFF) * nb) >> 32, ((fp >> 32) * nb) >> 32):
+            bucket = slots[b * BUCKET_SLOTS:(b + 1) * BUCKET_SLOTS]
+            hit = np.nonzero((bucket["fp"] == np.uint64(fp)) & (bucket["tat"] >= 0))[0]
+            if len(hit):
+                return int(bucket["tat"][hit[0]])
+        return 0
 
     # -- the store protocol: what Limiter, Quota and ConcurrencyLimit call ----
 
@@ -519,8 +642,9 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str, kind: Kind | N
         raise TableError(
             f"table {path} has layout version {int(header['version'])}; this fastlimit "
             f"uses version {LAYOUT_VERSION}: unlink it, or use the fastlimit that made it")
-    layout = (int(header["header_size"]), int(header["slot_size"]), int(header["bucket_slots"]))
-    if layout != (HEADER_BYTES, SLOT_BYTES, BUCKET_SLOTS):
+    layout = (int(header["header_size"]), int(header["slot_size"]), int(header["bucket_slots"]),
+              int(header["metrics_limiters"]), int(header["metrics_stripes"]))
+    if layout != (HEADER_BYTES, SLOT_BYTES, BUCKET_SLOTS, METRICS_LIMITERS, METRICS_STRIPES):
         raise TableError(f"table {path} has an unknown layout {layout}")
     have_kind = _kind_of(int(header["clock_id"]))
     if kind is not None and kind != have_kind:

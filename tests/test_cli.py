@@ -1,9 +1,10 @@
 import glob
 import io
+import json
 import os
 import re
 
-from fastlimit import SharedTable
+from fastlimit import Limiter, Policy, Quota, SharedTable
 from fastlimit import table as table_mod
 from fastlimit._demo import Row
 from fastlimit.cli import demo, main
@@ -45,7 +46,8 @@ def test_demo_processes_admit_exactly_the_limit_and_clean_up():
 def test_web_demo_serves_a_policy_exactly_and_stops_its_server(tmp_path, capsys):
     policy = tmp_path / "small.toml"
     policy.write_text(SMALL_POLICY)
-    assert main(["demo", "--policy", str(policy), "--workers", "3", "--max-requests", "40"]) == 0
+    assert main(["demo", "--policy", str(policy), "--workers", "3", "--max-requests", "40",
+                 "--keep-table"]) == 0
     text = capsys.readouterr().out
     table = re.search(r"the table (\S+)\.\n", text).group(1)
     rows = {line.split("  ")[0].strip(): line.split() for line in text.splitlines()
@@ -65,7 +67,18 @@ def test_web_demo_serves_a_policy_exactly_and_stops_its_server(tmp_path, capsys)
     assert "Every limit held across the 3 workers" in text
     pid = int(re.search(r"Stopped gunicorn \(pid (\d+)\)", text).group(1))
     assert not os.path.exists(f"/proc/{pid}")  # stopped and reaped
-    assert not glob.glob(os.path.join(table_mod.shm_dir(), f"fastlimit.{table}*"))
+    # the workers' checks, counted in the kept table and read by this process
+    name = os.path.basename(table).removeprefix("fastlimit.")
+    assert f"as `fastlimit stats {name}` reports them" in text
+    stats = _cli_json(capsys, "stats", name, "--json")
+    admitted = sum(int(cells[-4]) for cells in rows.values())
+    denied = sum(int(cells[-3]) for cells in rows.values())
+    assert stats["lock_timeouts"] == 0 and stats["full_events"] == 0
+    # each admitted request passed every limit it met, each 429 failed one
+    assert sum(x["allowed"] for x in stats["limiters"]) >= admitted > 0
+    assert sum(x["denied"] for x in stats["limiters"]) >= denied > 0
+    assert main(["rm", name]) == 0
+    assert not glob.glob(os.path.join(table_mod.shm_dir(), f"fastlimit.{name}*"))
 
 
 def test_demo_verdicts():
@@ -83,6 +96,92 @@ def test_demo_verdicts():
 def test_stats_and_unlink_commands(table_name, capsys):
     SharedTable.create(table_name, capacity=500)
     assert main(["stats", table_name]) == 0
-    assert "capacity: 500" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "capacity 500," in out and "no limiter has used it yet" in out
     assert main(["unlink", table_name]) == 0
     assert not os.path.exists(os.path.join(table_mod.shm_dir(), f"fastlimit.{table_name}"))
+
+
+# -- table tools: stats, inspect, reset, rm, metrics, bench ---------------------
+
+def _cli_json(capsys, *argv):
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_stats_reports_occupancy_and_checks_per_limiter(table_name, capsys):
+    with SharedTable.open(table_name, capacity=1000) as t:
+        api = Limiter("3/1m", store=t, name="api")
+        [api.allow(f"user{i % 2}") for i in range(8)]  # 3 + 3 allowed, 1 + 1 denied
+        Limiter("10/1h", store=t, name="login").allow("u")
+        r = _cli_json(capsys, "stats", table_name, "--json")
+    assert (r["table"], r["kind"], r["capacity"], r["live_keys"]) == (table_name, "rates", 1000, 3)
+    assert r["occupancy"] == 0.003 and r["full_events"] == 0
+    rows = {x["name"]: x for x in r["limiters"]}
+    assert (rows["api"]["rate"], rows["api"]["allowed"], rows["api"]["denied"]) == ("3/1m", 6, 2)
+    assert (rows["login"]["rate"], rows["login"]["allowed"]) == ("10/1h", 1)
+    assert main(["stats", table_name]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"live keys 3 \(0\.30% of capacity\)", text)
+    assert re.search(r"api\s+rate\s+3/1m\s+6\s+2\s+0", text)
+
+
+def test_inspect_shows_a_keys_decision_and_reset_forgets_it(table_name, capsys):
+    with SharedTable.open(table_name, capacity=1000) as t:
+        api = Limiter("3/1h", store=t, name="api")
+        Limiter("5/1h", store=t, name="other").allow(7)
+        [api.allow("alice") for _ in range(3)]
+        assert main(["inspect", table_name, "alice"]) == 2  # two limiters: which?
+        assert "--limiter (one of 'api', 'other')" in capsys.readouterr().err
+        r = _cli_json(capsys, "inspect", table_name, "alice", "--limiter", "api", "--json")
+        assert (r["allowed"], r["remaining"], r["limit"], r["rate"]) == (False, 0, 3, "3/1h")
+        assert 1199 < r["retry_after"] <= 1200
+        assert main(["inspect", table_name, "alice", "--limiter", "api"]) == 0
+        assert "0 of 3 left" in capsys.readouterr().out
+        r = _cli_json(capsys, "inspect", table_name, "7", "--int", "--limiter", "other", "--json")
+        assert (r["remaining"], r["key"]) == (4, 7)
+        r = _cli_json(capsys, "inspect", table_name, "alice", "--limiter", "api",
+                      "--rate", "10/1h", "--json")
+        # the state is a time, 3 x 20 min ahead: a full hour, all of 10/1h's tolerance
+        assert (r["allowed"], r["remaining"], r["limit"]) == (False, 0, 10)
+        assert 359 < r["retry_after"] <= 360
+        assert main(["reset", table_name, "alice", "--limiter", "api"]) == 0
+        assert api.hit("alice").remaining == 2  # a fresh key again
+
+
+def test_inspect_a_quota(tmp_path, capsys):
+    path = str(tmp_path / "quotas")
+    with SharedTable.open(path=path, capacity=100, kind="quotas") as t:
+        q = Quota("10/month", store=t, name="plan")
+        [q.hit("acct") for _ in range(4)]
+        r = _cli_json(capsys, "inspect", path, "acct", "--json")
+    assert (r["kind"], r["limit"], r["count"]) == ("quota", 10, 4)
+
+
+def test_rm_removes_the_table_and_its_overrides(table_name, capsys):
+    Policy.from_dict({"policy": {"name": "p"}, "identities": {"anonymous": {"rate": "3/1h"}}},
+                     store=SharedTable.open(table_name, capacity=100)).close()
+    base = os.path.join(table_mod.shm_dir(), f"fastlimit.{table_name}")
+    assert os.path.exists(base)
+    assert main(["rm", table_name]) == 0
+    assert not glob.glob(base + "*")
+    assert main(["stats", table_name]) == 2
+    assert "no table at" in capsys.readouterr().err
+
+
+def test_metrics_command_prints_the_exposition(table_name, capsys):
+    with SharedTable.open(table_name, capacity=100) as t:
+        Limiter("1/1h", store=t, name="api").allow("k")
+        assert main(["metrics", table_name]) == 0
+    out = capsys.readouterr().out
+    assert (f'fastlimit_checks_total{{table="{table_name}",limiter="api",kind="rate",'
+            f'result="allowed"}} 1') in out
+
+
+def test_bench_measures_and_compares(capsys):
+    r = _cli_json(capsys, "bench", "--keys", "1000", "--json")
+    assert r["keys"] == 1000
+    for field in ("allow_hot_ns", "hit_hot_ns", "allow_live_keys_ns", "hit_many_ns_per_key",
+                  "python_dict_gcra_hot_ns"):
+        assert 0 < r[field] < 1e6, field
+    assert r["vs_python_dict_gcra"] == r["python_dict_gcra_hot_ns"] / r["allow_hot_ns"]

@@ -62,7 +62,7 @@ def test_rejects_other_layout_versions(table_name):
     with open(path_of(table_name), "r+b") as f:
         f.seek(8)
         f.write((99).to_bytes(4, "little"))
-    with pytest.raises(TableError, match="layout version 99; this fastlimit uses version 1"):
+    with pytest.raises(TableError, match="layout version 99; this fastlimit uses version 2"):
         SharedTable.attach(table_name)
 
 
@@ -131,7 +131,7 @@ def test_memory_per_key_is_at_most_24_bytes():
 
 def test_header_is_a_numpy_record(table):
     h = table.header
-    assert bytes(h["magic"]) == b"FLTABLE1" and h["version"] == 1
+    assert bytes(h["magic"]) == b"FLTABLE1" and h["version"] == 2
     assert h["capacity"] == 4096 and h["slot_size"] == 16 and h["bucket_slots"] == 8
     assert h["secret"].any(), "a random 128-bit secret"
     assert table.slots.dtype.names == ("fp", "tat")
