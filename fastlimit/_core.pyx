@@ -1046,6 +1046,7 @@ cdef class Gcra(_Keyed):
                 return (now + wait if wait <= max_wait_ns else -1), tat
         else:
             r = _book(e, fp, now, now, inc, self.tolerance_ns, max_wait_ns, &tat)
+            self._count(r, 1)  # a booking is a check that passes; a refusal, one denied
             if r == R_ALLOWED:
                 wait = tat - self.tolerance_ns - now
                 return now + (wait if wait > 0 else 0), tat

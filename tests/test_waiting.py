@@ -107,6 +107,14 @@ def test_a_cancelled_acquire_gives_its_booking_back(mem, clock):
     asyncio.run(main())
 
 
+def test_bookings_count_in_the_limiters_metrics(mem, clock):
+    lim = Limiter("2/1s", store=mem, clock=clock, name="jobs")
+    assert lim.wait("k") and lim.wait("k") and lim.wait("k")  # 2 at once, 1 booked ahead
+    assert not lim.wait("k", timeout=0.1)  # refused: counted as denied
+    (s,) = mem.stats().limiters
+    assert (s.name, s.allowed, s.denied, s.full) == ("jobs", 3, 1, 0)
+
+
 def test_only_the_last_booking_can_be_given_back(mem, clock):
     lim = Limiter("1/1s", store=mem, clock=clock)
     t0 = clock()
