@@ -29,11 +29,12 @@ See ``_claim`` for the protocol and its crash-safety argument.
 
 from libc.stdint cimport int64_t, uint64_t, INT64_MAX
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
-from cpython.long cimport PyLong_Check
+from cpython.long cimport PyLong_Check, PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_Check
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 cimport cython
 
+import operator
 import os
 
 import numpy as np
@@ -136,6 +137,9 @@ cdef int64_t LOCK_WAIT_LIMIT_NS = 1_000_000_000
 # The largest tolerance (burst x emission interval) accepted: keeps every sum
 # of a time and a tolerance or cost inside int64 for the next ~140 years.
 MAX_TOLERANCE_NS = 1 << 61
+# The latest time an injected clock may return: with the tolerance above, a
+# stored tat stays below 2**62, where words would read as leases.
+MAX_CLOCK_NS = 1 << 61
 
 # LOCK value naming this process; refreshed in the child after fork.
 cdef int64_t _my_lock = 0
@@ -699,6 +703,25 @@ cdef class _Keyed:
                     f"key {key!r} of {self.name!r} is locked by a stalled process")
 
 
+cdef object _index_cost(object cost):
+    try:
+        return operator.index(cost)
+    except TypeError:
+        raise TypeError(f"cost must be an int, got {cost!r}") from None
+
+
+cdef int64_t _clock_ns(object clock) except? -1:
+    """An injected clock's reading, refused unless it is an int in
+    [0, MAX_CLOCK_NS]: a float would be truncated, and a negative or huge
+    time would make a stored tat look like a lock or a lease word."""
+    cdef object t = clock()
+    if not PyLong_Check(t):
+        raise TypeError(f"clock must return int nanoseconds, got {t!r}")
+    if not 0 <= t <= MAX_CLOCK_NS:
+        raise ValueError(f"clock returned {t} ns: expected a time in [0, 2**61] ns")
+    return t
+
+
 @cython.final  # its cdef methods are then direct calls, inlined into the hot path
 cdef class Gcra(_Keyed):
     """GCRA for every key of one named limiter over one TableView.
@@ -726,27 +749,37 @@ cdef class Gcra(_Keyed):
     cdef inline int64_t _now(self) except? -1:
         if self.clock is None:
             return mono_ns()
-        return self.clock()
+        return _clock_ns(self.clock)
 
-    cdef inline int64_t _increment(self, int64_t cost) except -1:
-        if cost == 1:
-            return self.emission_interval_ns
-        if cost < 0:
+    cdef inline int64_t _cost(self, object cost) except -1:
+        """``cost`` as an int in [0, burst].  Not a C conversion: that would
+        truncate 1.5 to 1 and answer 10**30 with an OverflowError about C
+        longs; the Redis backend accepts exactly the same (operator.index)."""
+        cdef int overflow = 0
+        cdef long long n
+        if not PyLong_Check(cost):
+            cost = _index_cost(cost)
+        n = PyLong_AsLongLongAndOverflow(cost, &overflow)
+        if overflow < 0 or (overflow == 0 and n < 0):
             raise ValueError(f"cost must be >= 0, got {cost}")
-        if cost > self.burst:
+        if overflow > 0 or n > self.burst:
             raise CapacityError(
                 f"cost {cost} exceeds the burst of {self.burst}: it can never pass")
+        return n
+
+    cdef inline int64_t _increment(self, int64_t cost) noexcept:
         return (cost if cost else 1) * self.emission_interval_ns
 
-    cdef inline int _step(self, key, int64_t cost, int64_t* now, int64_t* tat,
+    cdef inline int _step(self, key, object cost, int64_t* now, int64_t* tat,
                           int64_t* inc) except -3:
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
-        inc[0] = self._increment(cost)
+        cdef int64_t n = self._cost(cost)
+        inc[0] = self._increment(n)
         now[0] = self._now()
-        return gcra(e, fp, now[0], inc[0], self.tolerance_ns, cost != 0, tat)
+        return gcra(e, fp, now[0], inc[0], self.tolerance_ns, n != 0, tat)
 
-    def allow(self, key, int64_t cost=1):
+    def allow(self, key, cost=1):
         """Count a hit of ``cost`` on ``key`` if it passes; return whether it did."""
         cdef int64_t now, tat, inc
         cdef int r = self._step(key, cost, &now, &tat, &inc)
@@ -758,7 +791,7 @@ cdef class Gcra(_Keyed):
             self._raise_full(key, r)
         return False
 
-    def hit(self, key, int64_t cost=1):
+    def hit(self, key, cost=1):
         """Count a hit of ``cost`` on ``key`` if it passes; return the Decision.
 
         ``cost=0`` counts nothing and answers as ``peek(key)``.
@@ -767,17 +800,17 @@ cdef class Gcra(_Keyed):
         cdef int r = self._step(key, cost, &now, &tat, &inc)
         return self._decision(key, r, now, tat, inc)
 
-    def peek(self, key, int64_t cost=1):
+    def peek(self, key, cost=1):
         """The Decision a hit of ``cost`` would get now, counting nothing."""
         cdef int64_t now, tat, inc
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
-        inc = self._increment(cost)
+        inc = self._increment(self._cost(cost))
         now = self._now()
         cdef int r = gcra(e, fp, now, inc, self.tolerance_ns, False, &tat)
         return self._decision(key, r, now, tat, inc)
 
-    def refund(self, key, int64_t cost=1):
+    def refund(self, key, cost=1):
         """Give back a hit of ``cost`` counted earlier: ``tat -= cost x T``.
 
         For composite checks: when one limit of several denies, the hits
@@ -787,13 +820,14 @@ cdef class Gcra(_Keyed):
         """
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
-        cdef int64_t inc = self._increment(cost)
+        cdef int64_t n = self._cost(cost)
+        cdef int64_t inc = self._increment(n)
         cdef fl_slot* b1 = _bucket1(e, fp)
         cdef fl_slot* b2 = _bucket2(e, fp)
         cdef fl_slot* s = NULL
         cdef int64_t t = 0
         cdef int r
-        if cost == 0:
+        if n == 0:
             return False
         while True:
             r = _find(e, fp, b1, b2, &s, &t)
@@ -809,7 +843,7 @@ cdef class Gcra(_Keyed):
                 raise TimeoutError(
                     f"key {key!r} of limiter {self.name!r} is locked by a stalled process")
 
-    def hit_many(self, keys, int64_t cost=1):
+    def hit_many(self, keys, cost=1):
         """Hit each key once with ``cost``, in order; return a numpy bool array.
 
         ``keys`` is a sequence of str/bytes/int or a numpy integer array (the
@@ -826,6 +860,8 @@ cdef class Gcra(_Keyed):
         if ints:
             if keys.dtype.kind not in "iu":
                 raise TypeError(f"key arrays must hold integers, got dtype {keys.dtype}")
+            if keys.ndim != 1:
+                raise ValueError(f"key arrays must be one-dimensional, got shape {keys.shape}")
             src_arr = np.ascontiguousarray(keys).astype(np.uint64, copy=False)
         else:
             src_arr = np.empty(n, dtype=np.uint64)
@@ -834,7 +870,8 @@ cdef class Gcra(_Keyed):
                 fps[i] = self._fingerprint(keys[i])
         src = src_arr
         cdef Engine* e = self._engine()
-        cdef int64_t inc = self._increment(cost)
+        cdef int64_t units = self._cost(cost)
+        cdef int64_t inc = self._increment(units)
         cdef int64_t now = self._now()
         cdef object out_arr = np.empty(n, dtype=np.bool_)
         cdef unsigned char[::1] out = out_arr.view(np.uint8)
@@ -842,7 +879,7 @@ cdef class Gcra(_Keyed):
         if n:
             with nogil:
                 failed = _batch(e, &src[0], ints, self.ki0, self.ki1, n, now, inc,
-                                self.tolerance_ns, cost != 0, self.on_full, &out[0])
+                                self.tolerance_ns, units != 0, self.on_full, &out[0])
         if failed >= 0:
             self._raise_full(keys[failed], R_FULL)
         return out_arr

@@ -3,6 +3,7 @@ processes and kept across process, server and machine restarts."""
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import time
@@ -144,13 +145,19 @@ class QuotaBase:
         _, start, end = self.calendar.period(self.clock())
         return CalendarWindow(end - start)
 
-    def _check_cost(self, cost: int) -> None:
+    def _check_cost(self, cost: int) -> int:
+        # as Limiter costs: ints only (a float would be truncated by the core)
+        try:
+            cost = operator.index(cost)
+        except TypeError:
+            raise TypeError(f"cost must be an int, got {cost!r}") from None
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
         if cost > self.limit:
             raise CapacityError(
                 f"cost {cost} exceeds the quota of {self.limit} per {self.spec.unit}: "
                 f"it can never pass")
+        return cost
 
     def _now(self) -> tuple[int, int, int]:
         """(tag, end_ns, left_ns) of the current period."""
@@ -240,7 +247,7 @@ class Quota(QuotaBase):
         ``reset_after`` is the time to the period's end; a denied hit's
         ``retry_after`` is the same (a quota refills only then).  ``cost=0``
         answers as :meth:`peek`."""
-        if cost == 0:
+        if self._check_cost(cost) == 0:
             return self.peek(key)
         return self._step(key, cost, _Q_CONSUME)
 
@@ -254,7 +261,7 @@ class Quota(QuotaBase):
 
     def refund(self, key: Key, cost: int = 1) -> bool:
         """Give back ``cost`` counted in the current period (never below 0)."""
-        self._check_cost(cost)
+        cost = self._check_cost(cost)
         tag, _, left = self._now()
         result, _ = self._counter.step(key, tag, cost, _Q_REFUND, left)
         return result == 1
@@ -270,7 +277,7 @@ class Quota(QuotaBase):
         self._counter.reset(key)
 
     def _step(self, key: Key, cost: int, mode: int) -> Decision:
-        self._check_cost(cost)
+        cost = self._check_cost(cost)
         tag, _, left = self._now()
         result, count = self._counter.step(key, tag, cost, mode, left)
         return self._decision(result, count, cost, left, self._counter)
