@@ -25,7 +25,8 @@ __all__ = ["Quota", "QuotaBase", "QuotaSpec", "Usage", "state_dir"]
 Unit = Literal["day", "week", "month"]
 NS = 1_000_000_000
 DEFAULT_QUOTA_CAPACITY = 65_536
-_SPEC_RE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(?:1\s*)?([A-Za-z]+?)s?\s*$")
+_SPEC_RE = re.compile(r"^\s*(\d{1,30})\s*(?:/|\s+per\s+)\s*(?:1\s*)?([A-Za-z]+?)s?\s*$",
+                      re.ASCII)
 _UNITS: dict[str, Unit] = {"day": "day", "d": "day", "week": "week", "w": "week",
                            "month": "month", "mo": "month"}
 _MONDAY = date(1969, 12, 29).toordinal()  # weeks are ISO weeks, Monday to Sunday
@@ -68,7 +69,10 @@ class QuotaSpec:
             raise ConfigurationError(
                 f"cannot parse quota {text!r}: expected '<limit>/<period>' or '<limit> per "
                 f"<period>' with period day, week or month, e.g. '500/month'")
-        return cls(int(m.group(1)), _UNITS[m.group(2).lower()])
+        try:
+            return cls(int(m.group(1)), _UNITS[m.group(2).lower()])
+        except ConfigurationError as e:
+            raise ConfigurationError(f"quota {text!r}: {e}") from None
 
     def __str__(self) -> str:
         return f"{self.limit}/{self.unit}"
