@@ -941,13 +941,20 @@ cdef int quota_step(Engine* e, uint64_t fp, int64_t tag, int64_t limit, int64_t 
     cdef fl_slot* s = NULL
     cdef int64_t base = tag << QUOTA_COUNT_BITS
     cdef int64_t mask = (<int64_t>1 << QUOTA_COUNT_BITS) - 1
-    cdef int64_t t = 0, count, new
+    cdef int64_t t = 0, count, new, period
     cdef int r
     while True:
         r = _find(e, fp, b1, b2, &s, &t)
         if r == FOUND:
             while True:
-                count = (t & mask) if (t & ~mask) == base else 0
+                # A stored period newer than ours wins, as on Redis: a process
+                # whose clock reads an earlier period (a step back, or a read
+                # just before a boundary that lost the race to the CAS) counts
+                # in the newest one, so no count is reset twice.
+                period = t & ~mask
+                if period < base:
+                    period = base
+                count = (t & mask) if (t & ~mask) == period else 0
                 if mode == Q_REFUND:
                     new = count - cost if count > cost else 0
                 elif count + cost > limit:
@@ -958,7 +965,7 @@ cdef int quota_step(Engine* e, uint64_t fp, int64_t tag, int64_t limit, int64_t 
                 if mode == Q_PEEK or new == count:
                     count_out[0] = count
                     return R_ALLOWED
-                if fl_cas_i64(&s.tat, &t, base | new):
+                if fl_cas_i64(&s.tat, &t, period | new):
                     count_out[0] = new
                     return R_ALLOWED
                 if t < 0 or fl_load_u64(&s.fp) != fp:
