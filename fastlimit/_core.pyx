@@ -315,6 +315,27 @@ cdef int _dedupe(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, fl_slot* mine
         bucket = b2
 
 
+cdef int _break_dead_locks(Engine* e, fl_slot* b1, fl_slot* b2) noexcept nogil:
+    """Free the slots of ``b1`` and ``b2`` locked by claimers that died;
+    returns how many.  Only on the way to a full answer, so /proc is read
+    only when a lock stands between a new key and a slot."""
+    cdef fl_slot* bucket = b1
+    cdef int64_t t
+    cdef int i, freed = 0
+    while True:
+        for i in range(BUCKET_SLOTS):
+            t = fl_load_i64(&bucket[i].tat)
+            if (FL_IS_LOCK(t) and t != _my_lock and not fl_proc_alive(
+                    <long>(t & FL_PID_MASK), (<uint64_t>t >> FL_PID_BITS) & FL_START_MASK,
+                    FL_START_MASK)):
+                if fl_cas_i64(&bucket[i].tat, &t, FL_FREE):
+                    fl_add_u64(&e.counters[C_LOCK_BREAKS], 1)
+                    freed += 1
+        if bucket == b2 or b1 == b2:
+            return freed
+        bucket = b2
+
+
 cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
                 int64_t value) noexcept nogil:
     """Make a free slot fp's, holding ``value``: FOUND, RETRY, R_FULL or R_TIMEOUT.
@@ -340,6 +361,10 @@ cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
     owner (pid and start time) gone; an uncommitted claim carried no state,
     so nothing is lost.  A lock is broken only when its owner is dead, so no
     late write from a stalled owner can land on a slot someone else owns.
+    A dead lock whose fp nobody looks up again (a one-off key, or a claimer
+    killed before step 2 published fp over a never-used slot's 0) would hold
+    its slot for good: so when both buckets look full, the locks in them are
+    checked and the dead ones broken before the table is called full.
     """
     cdef fl_slot* u1
     cdef fl_slot* x1
@@ -358,7 +383,7 @@ cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
     # unused: their next hit then finds them instead of claiming again
     s = u1 if u1 != NULL else (u2 if u2 != NULL else (x1 if x1 != NULL else x2))
     if s == NULL:
-        return R_FULL
+        return RETRY if _break_dead_locks(e, b1, b2) else R_FULL
     t = fl_load_i64(&s.tat)
     if not (t == FL_FREE or (t >= 0 and t <= now)):
         return RETRY
