@@ -248,7 +248,13 @@ def _read(path: str) -> tuple[bytes, dict[str, dict[str, str]]]:
 def _write(path: str, salt: bytes, entries: dict[str, dict[str, str]]) -> None:
     data = {"format": _FORMAT, "version": _VERSION, "salt": salt.hex(), "overrides": entries}
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        _check_owner(fd, tmp)  # a planted tmp file would become the overrides
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=True)
