@@ -117,7 +117,7 @@ def test_random_sigkills_leave_no_stuck_slot_no_blocked_survivor_and_no_over_adm
             slot = rng.randrange(WORKERS)
             # let the victim run a random while: kills land anywhere in its loop
             goal = done[slot] + rng.randint(1, 300)
-            _wait_for(lambda: done[slot] >= goal, f"worker in slot {slot} before its kill")
+            _wait_for(lambda s=slot, g=goal: done[s] >= g, f"worker in slot {slot} before its kill")
             at_kill = done.copy()
             os.kill(procs[slot].pid, signal.SIGKILL)
             procs[slot].join()
@@ -126,7 +126,7 @@ def test_random_sigkills_leave_no_stuck_slot_no_blocked_survivor_and_no_over_adm
             # the survivors go on: none waits on what the dead one held
             for other in range(WORKERS):
                 if other != slot:
-                    _wait_for(lambda o=other: done[o] > at_kill[o],
+                    _wait_for(lambda o=other, seen=at_kill: done[o] > seen[o],
                               f"survivor in slot {other} after a kill")
     finally:
         stop.value = 1

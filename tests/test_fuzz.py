@@ -39,11 +39,6 @@ from fastlimit import (
 )
 from fastlimit.config import load_dict, load_file
 from fastlimit.spec import StoreSpec
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from fastlimit.web import (
     RateLimited,
     RouteLimit,
@@ -52,6 +47,11 @@ from fastlimit.web import (
     first_of,
     session_cookie,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -361,7 +361,8 @@ toml_text = st.one_of(
     st.text(max_size=200),
     st.lists(st.sampled_from([
         "[identities.anonymous]\n", 'rate = "5/1m"\n', "[tiers.A]\n", "requests_per_minute = 9\n",
-        "rate = nan\n", "capacity = 1e400\n", 'caps = {batch_payload_bytes = "' + "9" * 400 + 'GB"}\n',
+        "rate = nan\n", "capacity = 1e400\n",
+        'caps = {batch_payload_bytes = "' + "9" * 400 + 'GB"}\n',
         "[response]\n", 'body = {a = nan}\n', 'body = {a = "{limit.__class__}"}\n', "[[x]]\n",
         "a = " + "[" * 2000 + "]" * 2000 + "\n", "[routes]\n", '"GET /x" = "1/1m"\n',
         '"GET /' + "a/" * 3000 + '" = "1/1m"\n', "status = 600\n", "\x00", "\ud7ff\n",

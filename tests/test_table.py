@@ -113,7 +113,8 @@ def test_a_table_owned_by_another_user_is_refused(table_name, monkeypatch):
     SharedTable.create(table_name, capacity=100).close()
     me = os.geteuid()
     monkeypatch.setattr(os, "geteuid", lambda: me + 1)
-    expected = f"table {path_of(table_name)} is owned by uid {me}, not by this process's uid {me + 1}"
+    expected = (f"table {path_of(table_name)} is owned by uid {me}, "
+                f"not by this process's uid {me + 1}")
     for attempt in (lambda: SharedTable.attach(table_name), lambda: SharedTable.open(table_name)):
         with pytest.raises(TableError, match=expected):
             attempt()
@@ -163,7 +164,8 @@ def test_a_0600_table_cannot_be_opened_by_another_user(table_name):
     path = path_of(table_name)
     for work in (lambda: SharedTable.attach(table_name).capacity,
                  lambda: SharedTable.open(table_name).capacity):
-        assert _run_as_nobody(work) == ("TableError", f"cannot open table {path}: Permission denied")
+        assert _run_as_nobody(work) == (
+            "TableError", f"cannot open table {path}: Permission denied")
     assert _run_as_nobody(lambda: open(path, "rb").read(64))[0] == "PermissionError", \
         "nor read its secret"
 
