@@ -137,9 +137,10 @@ cdef int64_t LOCK_WAIT_LIMIT_NS = 1_000_000_000
 # The largest tolerance (burst x emission interval) accepted: keeps every sum
 # of a time and a tolerance or cost inside int64 for the next ~140 years.
 MAX_TOLERANCE_NS = 1 << 61
-# The latest time an injected clock may return: with the tolerance above, a
-# stored tat stays below 2**62, where words would read as leases.
-MAX_CLOCK_NS = 1 << 61
+# The latest time an injected clock may return (146 years of uptime): with the
+# tolerance above, times and tats stay positive int64s, never the negative
+# words that mean FREE or a lock.
+MAX_CLOCK_NS = 1 << 62
 
 # LOCK value naming this process; refreshed in the child after fork.
 cdef int64_t _my_lock = 0
@@ -738,12 +739,12 @@ cdef object _index_cost(object cost):
 cdef int64_t _clock_ns(object clock) except? -1:
     """An injected clock's reading, refused unless it is an int in
     [0, MAX_CLOCK_NS]: a float would be truncated, and a negative or huge
-    time would make a stored tat look like a lock or a lease word."""
+    time would make a stored tat look like a lock word."""
     cdef object t = clock()
     if not PyLong_Check(t):
         raise TypeError(f"clock must return int nanoseconds, got {t!r}")
     if not 0 <= t <= MAX_CLOCK_NS:
-        raise ValueError(f"clock returned {t} ns: expected a time in [0, 2**61] ns")
+        raise ValueError(f"clock returned {t} ns: expected a time in [0, 2**62] ns")
     return t
 
 
