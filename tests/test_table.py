@@ -129,6 +129,17 @@ def test_overrides_files_of_another_user_are_refused(tmp_path, monkeypatch):
         Overrides(path)
 
 
+def test_overrides_are_never_written_through_a_planted_link(tmp_path):
+    path = tmp_path / "overrides.json"
+    overrides = Overrides(path)
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep")
+    (tmp_path / f"overrides.json.{os.getpid()}.tmp").symlink_to(target)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        overrides.set("token", "tok_1", "500/1h")
+    assert target.read_bytes() == b"keep" and not path.exists()
+
+
 def _as_nobody(work, q):
     """In a forked child: drop to nobody, run ``work``, report the outcome."""
     import pwd
