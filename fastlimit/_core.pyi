@@ -9,6 +9,7 @@ import numpy.typing as npt
 _Key: TypeAlias = str | bytes | int
 
 MAX_TOLERANCE_NS: int
+MAX_CLOCK_NS: int
 QUOTA_MAX_COUNT: int
 QUOTA_MAX_TAG: int
 

@@ -30,11 +30,12 @@ See ``_claim`` for the protocol and its crash-safety argument.
 from libc.stdint cimport int64_t, uint32_t, uint64_t, INT64_MAX
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
-from cpython.long cimport PyLong_Check
+from cpython.long cimport PyLong_Check, PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_Check
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 cimport cython
 
+import operator
 import os
 
 import numpy as np
@@ -138,6 +139,10 @@ cdef int64_t LOCK_WAIT_LIMIT_NS = 1_000_000_000
 # The largest tolerance (burst x emission interval) accepted: keeps every sum
 # of a time and a tolerance or cost inside int64 for the next ~140 years.
 MAX_TOLERANCE_NS = 1 << 61
+# The latest time an injected clock may return (146 years of uptime): with the
+# tolerance above, times and tats stay positive int64s, never the negative
+# words that mean FREE or a lock.
+MAX_CLOCK_NS = 1 << 62
 
 # LOCK value naming this process; refreshed in the child after fork.
 cdef int64_t _my_lock = 0
@@ -321,6 +326,27 @@ cdef int _dedupe(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, fl_slot* mine
         bucket = b2
 
 
+cdef int _break_dead_locks(Engine* e, fl_slot* b1, fl_slot* b2) noexcept nogil:
+    """Free the slots of ``b1`` and ``b2`` locked by claimers that died;
+    returns how many.  Only on the way to a full answer, so /proc is read
+    only when a lock stands between a new key and a slot."""
+    cdef fl_slot* bucket = b1
+    cdef int64_t t
+    cdef int i, freed = 0
+    while True:
+        for i in range(BUCKET_SLOTS):
+            t = fl_load_i64(&bucket[i].tat)
+            if (FL_IS_LOCK(t) and t != _my_lock and not fl_proc_alive(
+                    <long>(t & FL_PID_MASK), (<uint64_t>t >> FL_PID_BITS) & FL_START_MASK,
+                    FL_START_MASK)):
+                if fl_cas_i64(&bucket[i].tat, &t, FL_FREE):
+                    fl_add_u64(&e.counters[C_LOCK_BREAKS], 1)
+                    freed += 1
+        if bucket == b2 or b1 == b2:
+            return freed
+        bucket = b2
+
+
 cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
                 int64_t value) noexcept nogil:
     """Make a free slot fp's, holding ``value``: FOUND, RETRY, R_FULL or R_TIMEOUT.
@@ -346,6 +372,10 @@ cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
     owner (pid and start time) gone; an uncommitted claim carried no state,
     so nothing is lost.  A lock is broken only when its owner is dead, so no
     late write from a stalled owner can land on a slot someone else owns.
+    A dead lock whose fp nobody looks up again (a one-off key, or a claimer
+    killed before step 2 published fp over a never-used slot's 0) would hold
+    its slot for good: so when both buckets look full, the locks in them are
+    checked and the dead ones broken before the table is called full.
     """
     cdef fl_slot* u1
     cdef fl_slot* x1
@@ -364,7 +394,7 @@ cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
     # unused: their next hit then finds them instead of claiming again
     s = u1 if u1 != NULL else (u2 if u2 != NULL else (x1 if x1 != NULL else x2))
     if s == NULL:
-        return R_FULL
+        return RETRY if _break_dead_locks(e, b1, b2) else R_FULL
     t = fl_load_i64(&s.tat)
     if not (t == FL_FREE or (t >= 0 and t <= now)):
         return RETRY
@@ -903,6 +933,25 @@ cdef class _Keyed:
                     f"key {key!r} of {self.name!r} is locked by a stalled process")
 
 
+cdef object _index_cost(object cost):
+    try:
+        return operator.index(cost)
+    except TypeError:
+        raise TypeError(f"cost must be an int, got {cost!r}") from None
+
+
+cdef int64_t _clock_ns(object clock) except? -1:
+    """An injected clock's reading, refused unless it is an int in
+    [0, MAX_CLOCK_NS]: a float would be truncated, and a negative or huge
+    time would make a stored tat look like a lock word."""
+    cdef object t = clock()
+    if not PyLong_Check(t):
+        raise TypeError(f"clock must return int nanoseconds, got {t!r}")
+    if not 0 <= t <= MAX_CLOCK_NS:
+        raise ValueError(f"clock returned {t} ns: expected a time in [0, 2**62] ns")
+    return t
+
+
 @cython.final  # its cdef methods are then direct calls, inlined into the hot path
 cdef class Gcra(_Keyed):
     """GCRA for every key of one named limiter over one TableView.
@@ -931,27 +980,37 @@ cdef class Gcra(_Keyed):
     cdef inline int64_t _now(self) except? -1:
         if self.clock is None:
             return mono_ns()
-        return self.clock()
+        return _clock_ns(self.clock)
 
-    cdef inline int64_t _increment(self, int64_t cost) except -1:
-        if cost == 1:
-            return self.emission_interval_ns
-        if cost < 0:
+    cdef inline int64_t _cost(self, object cost) except -1:
+        """``cost`` as an int in [0, burst].  Not a C conversion: that would
+        truncate 1.5 to 1 and answer 10**30 with an OverflowError about C
+        longs; the Redis backend accepts exactly the same (operator.index)."""
+        cdef int overflow = 0
+        cdef long long n
+        if not PyLong_Check(cost):
+            cost = _index_cost(cost)
+        n = PyLong_AsLongLongAndOverflow(cost, &overflow)
+        if overflow < 0 or (overflow == 0 and n < 0):
             raise ValueError(f"cost must be >= 0, got {cost}")
-        if cost > self.burst:
+        if overflow > 0 or n > self.burst:
             raise CapacityError(
                 f"cost {cost} exceeds the burst of {self.burst}: it can never pass")
+        return n
+
+    cdef inline int64_t _increment(self, int64_t cost) noexcept:
         return (cost if cost else 1) * self.emission_interval_ns
 
-    cdef inline int _step(self, key, int64_t cost, int64_t* now, int64_t* tat,
+    cdef inline int _step(self, key, object cost, int64_t* now, int64_t* tat,
                           int64_t* inc) except -3:
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
-        inc[0] = self._increment(cost)
+        cdef int64_t n = self._cost(cost)
+        inc[0] = self._increment(n)
         now[0] = self._now()
-        return gcra(e, fp, now[0], inc[0], self.tolerance_ns, cost != 0, tat)
+        return gcra(e, fp, now[0], inc[0], self.tolerance_ns, n != 0, tat)
 
-    def allow(self, key, int64_t cost=1):
+    def allow(self, key, cost=1):
         """Count a hit of ``cost`` on ``key`` if it passes; return whether it did."""
         cdef int64_t now, tat, inc
         cdef int r = self._step(key, cost, &now, &tat, &inc)
@@ -964,7 +1023,7 @@ cdef class Gcra(_Keyed):
             self._raise_full(key, r)
         return False
 
-    def hit(self, key, int64_t cost=1):
+    def hit(self, key, cost=1):
         """Count a hit of ``cost`` on ``key`` if it passes; return the Decision.
 
         ``cost=0`` counts nothing and answers as ``peek(key)``.
@@ -974,17 +1033,17 @@ cdef class Gcra(_Keyed):
         self._count(r, 1)
         return self._decision(key, r, now, tat, inc)
 
-    def peek(self, key, int64_t cost=1):
+    def peek(self, key, cost=1):
         """The Decision a hit of ``cost`` would get now, counting nothing."""
         cdef int64_t now, tat, inc
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
-        inc = self._increment(cost)
+        inc = self._increment(self._cost(cost))
         now = self._now()
         cdef int r = gcra(e, fp, now, inc, self.tolerance_ns, False, &tat)
         return self._decision(key, r, now, tat, inc)
 
-    def refund(self, key, int64_t cost=1):
+    def refund(self, key, cost=1):
         """Give back a hit of ``cost`` counted earlier: ``tat -= cost x T``.
 
         For composite checks: when one limit of several denies, the hits
@@ -994,13 +1053,14 @@ cdef class Gcra(_Keyed):
         """
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
-        cdef int64_t inc = self._increment(cost)
+        cdef int64_t n = self._cost(cost)
+        cdef int64_t inc = self._increment(n)
         cdef fl_slot* b1 = _bucket1(e, fp)
         cdef fl_slot* b2 = _bucket2(e, fp)
         cdef fl_slot* s = NULL
         cdef int64_t t = 0
         cdef int r
-        if cost == 0:
+        if n == 0:
             return False
         while True:
             r = _find(e, fp, b1, b2, &s, &t)
@@ -1016,7 +1076,7 @@ cdef class Gcra(_Keyed):
                 raise TimeoutError(
                     f"key {key!r} of limiter {self.name!r} is locked by a stalled process")
 
-    def reserve(self, key, int64_t cost=1, int64_t max_wait_ns=MAX_TOLERANCE_NS):
+    def reserve(self, key, cost=1, int64_t max_wait_ns=MAX_TOLERANCE_NS):
         """Book a hit of ``cost`` at the earliest time it passes, if that is
         within ``max_wait_ns`` from now; the caller waits until then.
 
@@ -1031,13 +1091,14 @@ cdef class Gcra(_Keyed):
         """
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
-        cdef int64_t inc = self._increment(cost)
+        cdef int64_t units = self._cost(cost)
+        cdef int64_t inc = self._increment(units)
         cdef int64_t now, tat = 0, wait
         cdef int r
         if not 0 <= max_wait_ns <= MAX_TOLERANCE_NS:
             raise ValueError(f"max_wait_ns must be in [0, {MAX_TOLERANCE_NS}], got {max_wait_ns}")
         now = self._now()
-        if cost == 0:
+        if units == 0:
             r = gcra(e, fp, now, inc, self.tolerance_ns, False, &tat)
             if r >= 0:
                 tat = tat if tat > now else now
@@ -1058,7 +1119,7 @@ cdef class Gcra(_Keyed):
             return now, 0
         return -2, 0
 
-    def cancel(self, key, int64_t cost, int64_t tat_ns):
+    def cancel(self, key, cost, int64_t tat_ns):
         """Undo a :meth:`reserve` of ``cost`` that left the key's tat at
         ``tat_ns``, if no hit was counted on the key since.  True if undone.
 
@@ -1069,11 +1130,12 @@ cdef class Gcra(_Keyed):
         """
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
-        cdef int64_t inc = self._increment(cost)
+        cdef int64_t units = self._cost(cost)
+        cdef int64_t inc = self._increment(units)
         cdef fl_slot* s = NULL
         cdef int64_t t = 0
         cdef int r
-        if cost == 0 or tat_ns <= 0:
+        if units == 0 or tat_ns <= 0:
             return False
         while True:
             r = _find(e, fp, _bucket1(e, fp), _bucket2(e, fp), &s, &t)
@@ -1110,7 +1172,7 @@ cdef class Gcra(_Keyed):
             self._raise_full(key, r)
         return -2
 
-    def hit_many(self, keys, int64_t cost=1):
+    def hit_many(self, keys, cost=1):
         """Hit each key once with ``cost``, in order; return a numpy bool array.
 
         ``keys`` is a sequence of str/bytes/int or a numpy integer array (the
@@ -1127,6 +1189,8 @@ cdef class Gcra(_Keyed):
         if ints:
             if keys.dtype.kind not in "iu":
                 raise TypeError(f"key arrays must hold integers, got dtype {keys.dtype}")
+            if keys.ndim != 1:
+                raise ValueError(f"key arrays must be one-dimensional, got shape {keys.shape}")
             src_arr = np.ascontiguousarray(keys).astype(np.uint64, copy=False)
         else:
             src_arr = np.empty(n, dtype=np.uint64)
@@ -1135,7 +1199,8 @@ cdef class Gcra(_Keyed):
                 fps[i] = self._fingerprint(keys[i])
         src = src_arr
         cdef Engine* e = self._engine()
-        cdef int64_t inc = self._increment(cost)
+        cdef int64_t units = self._cost(cost)
+        cdef int64_t inc = self._increment(units)
         cdef int64_t now = self._now()
         cdef object out_arr = np.empty(n, dtype=np.bool_)
         cdef unsigned char[::1] out = out_arr.view(np.uint8)
@@ -1145,7 +1210,7 @@ cdef class Gcra(_Keyed):
         if n:
             with nogil:
                 failed = _batch(e, &src[0], ints, self.ki0, self.ki1, n, now, inc,
-                                self.tolerance_ns, cost != 0, self.on_full, &out[0], tally)
+                                self.tolerance_ns, units != 0, self.on_full, &out[0], tally)
             self._count(R_FULL, tally[0])
             self._count(R_DENIED, tally[1])
             self._count(R_ALLOWED, tally[2])
@@ -1210,13 +1275,20 @@ cdef int quota_step(Engine* e, uint64_t fp, int64_t tag, int64_t limit, int64_t 
     cdef fl_slot* s = NULL
     cdef int64_t base = tag << QUOTA_COUNT_BITS
     cdef int64_t mask = (<int64_t>1 << QUOTA_COUNT_BITS) - 1
-    cdef int64_t t = 0, count, new
+    cdef int64_t t = 0, count, new, period
     cdef int r
     while True:
         r = _find(e, fp, b1, b2, &s, &t)
         if r == FOUND:
             while True:
-                count = (t & mask) if (t & ~mask) == base else 0
+                # A stored period newer than ours wins, as on Redis: a process
+                # whose clock reads an earlier period (a step back, or a read
+                # just before a boundary that lost the race to the CAS) counts
+                # in the newest one, so no count is reset twice.
+                period = t & ~mask
+                if period < base:
+                    period = base
+                count = (t & mask) if (t & ~mask) == period else 0
                 if mode == Q_REFUND:
                     new = count - cost if count > cost else 0
                 elif count + cost > limit:
@@ -1227,7 +1299,7 @@ cdef int quota_step(Engine* e, uint64_t fp, int64_t tag, int64_t limit, int64_t 
                 if mode == Q_PEEK or new == count:
                     count_out[0] = count
                     return R_ALLOWED
-                if fl_cas_i64(&s.tat, &t, base | new):
+                if fl_cas_i64(&s.tat, &t, period | new):
                     count_out[0] = new
                     return R_ALLOWED
                 if t < 0 or fl_load_u64(&s.fp) != fp:

@@ -83,7 +83,9 @@ __all__ = ["load_dict", "load_file"]
 T = TypeVar("T")
 _MISSING: Any = object()
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\s*$")
+# At most 30 digits: a longer number is no byte size, and float() would make
+# it infinity, which round() refuses with an OverflowError.
+_SIZE_RE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?)\s*([KMGT]?i?B)\s*$", re.ASCII)
 _SIZE_UNITS = {
     "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
     "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
@@ -141,6 +143,13 @@ def load_file(path: str | os.PathLike[str]) -> PolicySpec:
         raise ConfigurationError(f"{source}: cannot read the policy: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigurationError(f"{source}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigurationError(
+            f"{source}: not valid TOML: TOML files are UTF-8, but byte {e.start} is "
+            f"{e.object[e.start:e.start + 1]!r}") from None
+    except RecursionError:
+        raise ConfigurationError(
+            f"{source}: not valid TOML: arrays or tables nested too deeply") from None
     base = os.path.dirname(os.path.abspath(source))
     default_name = os.path.splitext(os.path.basename(source))[0]
     return _policy(data, _At(source), base, default_name)

@@ -298,8 +298,9 @@ class DenialResponse:
         if not isinstance(self.body, Mapping):
             raise ConfigurationError(f"body must be a JSON object, got {self.body!r}")
         try:
-            json.dumps(self._fill_sample())
-        except (KeyError, IndexError, ValueError, TypeError) as e:
+            self._encode(self._fill_sample())
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError,
+                RecursionError) as e:
             raise ConfigurationError(
                 f"body must be JSON whose strings use only the placeholders "
                 f"{{retry_after}} and {{limit}}: {type(e).__name__}: {e}") from None
@@ -313,7 +314,9 @@ class DenialResponse:
 
     @staticmethod
     def _encode(body: Any) -> bytes:
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        # allow_nan=False: TOML has nan and inf, which JSON does not
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()
 
     def render(self, *, retry_after: int, limit: str) -> bytes:
         """The body as UTF-8 JSON bytes."""

@@ -34,6 +34,7 @@ from typing import Any
 
 from fastlimit.errors import ConfigurationError
 from fastlimit.rate import Rate
+from fastlimit.table import _check_owner
 
 __all__ = ["Overrides", "default_path", "files_of"]
 
@@ -230,7 +231,15 @@ def _check_name(value: object, what: str) -> None:
 
 
 def _read(path: str) -> tuple[bytes, dict[str, dict[str, str]]]:
-    with open(path, encoding="utf-8") as f:
+    # Overrides set any subject's rate: like a table, read them only from a
+    # file of our own, never through a link (see table._check_owner).
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        _check_owner(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, encoding="utf-8") as f:
         data: Any = json.load(f)
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a fastlimit overrides file")
@@ -249,7 +258,13 @@ def _read(path: str) -> tuple[bytes, dict[str, dict[str, str]]]:
 def _write(path: str, salt: bytes, entries: dict[str, dict[str, str]]) -> None:
     data = {"format": _FORMAT, "version": _VERSION, "salt": salt.hex(), "overrides": entries}
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        _check_owner(fd, tmp)  # a planted tmp file would become the overrides
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=True)
@@ -271,6 +286,7 @@ def _open_counter(path: str) -> tuple[int, mmap.mmap]:
         raise ConfigurationError(
             f"cannot open the overrides counter {path}: {e.strerror}") from None
     try:
+        _check_owner(fd, path)
         fcntl.flock(fd, fcntl.LOCK_EX)  # one process initialises a new file
         try:
             head = os.pread(fd, _GEN_BYTES, 0)

@@ -3,6 +3,7 @@ processes and kept across process, server and machine restarts."""
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import time
@@ -24,7 +25,8 @@ __all__ = ["Quota", "QuotaBase", "QuotaSpec", "Usage", "state_dir"]
 Unit = Literal["day", "week", "month"]
 NS = 1_000_000_000
 DEFAULT_QUOTA_CAPACITY = 65_536
-_SPEC_RE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(?:1\s*)?([A-Za-z]+?)s?\s*$")
+_SPEC_RE = re.compile(r"^\s*(\d{1,30})\s*(?:/|\s+per\s+)\s*(?:1\s*)?([A-Za-z]+?)s?\s*$",
+                      re.ASCII)
 _UNITS: dict[str, Unit] = {"day": "day", "d": "day", "week": "week", "w": "week",
                            "month": "month", "mo": "month"}
 _MONDAY = date(1969, 12, 29).toordinal()  # weeks are ISO weeks, Monday to Sunday
@@ -67,7 +69,10 @@ class QuotaSpec:
             raise ConfigurationError(
                 f"cannot parse quota {text!r}: expected '<limit>/<period>' or '<limit> per "
                 f"<period>' with period day, week or month, e.g. '500/month'")
-        return cls(int(m.group(1)), _UNITS[m.group(2).lower()])
+        try:
+            return cls(int(m.group(1)), _UNITS[m.group(2).lower()])
+        except ConfigurationError as e:
+            raise ConfigurationError(f"quota {text!r}: {e}") from None
 
     def __str__(self) -> str:
         return f"{self.limit}/{self.unit}"
@@ -144,13 +149,19 @@ class QuotaBase:
         _, start, end = self.calendar.period(self.clock())
         return CalendarWindow(end - start)
 
-    def _check_cost(self, cost: int) -> None:
+    def _check_cost(self, cost: int) -> int:
+        # as Limiter costs: ints only (a float would be truncated by the core)
+        try:
+            cost = operator.index(cost)
+        except TypeError:
+            raise TypeError(f"cost must be an int, got {cost!r}") from None
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
         if cost > self.limit:
             raise CapacityError(
                 f"cost {cost} exceeds the quota of {self.limit} per {self.spec.unit}: "
                 f"it can never pass")
+        return cost
 
     def _now(self) -> tuple[int, int, int]:
         """(tag, end_ns, left_ns) of the current period."""
@@ -240,7 +251,7 @@ class Quota(QuotaBase):
         ``reset_after`` is the time to the period's end; a denied hit's
         ``retry_after`` is the same (a quota refills only then).  ``cost=0``
         answers as :meth:`peek`."""
-        if cost == 0:
+        if self._check_cost(cost) == 0:
             return self.peek(key)
         return self._step(key, cost, _Q_CONSUME)
 
@@ -254,7 +265,7 @@ class Quota(QuotaBase):
 
     def refund(self, key: Key, cost: int = 1) -> bool:
         """Give back ``cost`` counted in the current period (never below 0)."""
-        self._check_cost(cost)
+        cost = self._check_cost(cost)
         tag, _, left = self._now()
         result, _ = self._counter.step(key, tag, cost, _Q_REFUND, left)
         return result == 1
@@ -270,7 +281,7 @@ class Quota(QuotaBase):
         self._counter.reset(key)
 
     def _step(self, key: Key, cost: int, mode: int) -> Decision:
-        self._check_cost(cost)
+        cost = self._check_cost(cost)
         tag, _, left = self._now()
         result, count = self._counter.step(key, tag, cost, mode, left)
         return self._decision(result, count, cost, left, self._counter)

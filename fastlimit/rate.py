@@ -21,7 +21,11 @@ _UNITS = {
     "w": 604800, "week": 604800, "weeks": 604800,
 }
 _CALENDAR = {"month", "months", "mo", "year", "years", "y"}
-_RATE_RE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+)?\s*([A-Za-z]+)\s*$")
+# ASCII digits and spaces only: \d would take "١٠" for 10.  Counts are
+# capped in length before int() sees them (over 4300 digits it raises a
+# ValueError about integer string conversion instead of naming the rate).
+_RATE_RE = re.compile(r"^\s*(\d{1,30})\s*(?:/|\s+per\s+)\s*(\d{1,30})?\s*([A-Za-z]+)\s*$",
+                      re.ASCII)
 _ACCEPTED = (
     "'<limit>/<window>' or '<limit> per <window>', where <window> is a unit "
     "(s, m, h, d, w, or second, minute, hour, day, week) optionally preceded "

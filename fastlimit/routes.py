@@ -197,10 +197,21 @@ class RouteTable(Generic[T]):
         return tuple(self._values[i] for i in sorted(set(hits)))
 
 
-def _has_wildcards(node: _Node) -> bool:
-    if node.param is not None or node.tail:
-        return True
-    return any(_has_wildcards(child) for child in node.literal.values())
+def _nodes(root: _Node) -> list[_Node]:
+    """Every node of the trie.  A walk, not recursion: a pattern of a few
+    thousand segments must not end in RecursionError."""
+    out, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(node.literal.values())
+        if node.param is not None:
+            stack.append(node.param)
+    return out
+
+
+def _has_wildcards(root: _Node) -> bool:
+    return any(node.param is not None or node.tail for node in _nodes(root))
 
 
 def _fold(table: dict[str, list[int]], methods: tuple[str, ...]) -> dict[str, list[int]]:
@@ -214,10 +225,7 @@ def _fold(table: dict[str, list[int]], methods: tuple[str, ...]) -> dict[str, li
     return folded
 
 
-def _fold_methods(node: _Node, methods: tuple[str, ...]) -> None:
-    node.here = _fold(node.here, methods)
-    node.tail = _fold(node.tail, methods)
-    for child in node.literal.values():
-        _fold_methods(child, methods)
-    if node.param is not None:
-        _fold_methods(node.param, methods)
+def _fold_methods(root: _Node, methods: tuple[str, ...]) -> None:
+    for node in _nodes(root):
+        node.here = _fold(node.here, methods)
+        node.tail = _fold(node.tail, methods)

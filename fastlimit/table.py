@@ -16,6 +16,7 @@ import logging
 import mmap
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -356,7 +357,15 @@ class SharedTable:
             raise TableError(f"cannot create {path}: its directory does not exist") from None
         except PermissionError as e:
             raise TableError(f"cannot open table {path}: {e.strerror}") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise TableError(
+                    f"cannot open table {path}: it is a symbolic link, and tables are "
+                    f"never opened through one (name the file itself)") from None
+            raise TableError(f"cannot open table {path}: {e.strerror}") from None
         try:
+            # Before the lock: a file someone else planted may be locked by them.
+            _check_owner(fd, path)
             # The lock makes create-or-attach atomic, and dies with its holder.
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = _prepare(fd, path, capacity, mode, kind)
@@ -621,23 +630,67 @@ def _resolve(name: str | None, path: str | os.PathLike[str] | None) -> str:
     return os.path.join(shm_dir(), f"fastlimit.{name}")
 
 
+def _check_owner(fd: int, path: str) -> None:
+    """Refuse a table that is not a regular file owned by this user.
+
+    Whoever owns the file can read its hash secret (and aim keys at one
+    bucket) and rewrite any key's state.  In a directory anyone may write to,
+    as /dev/shm is, another user could create ``fastlimit.<name>`` before this
+    program does; opening it anyway would hand them the limits.
+    """
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise TableError(f"{path} is not a regular file, so it cannot be a table")
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise TableError(
+            f"table {path} is owned by uid {st.st_uid}, not by this process's uid {uid}: "
+            f"whoever owns it can read its hash secret and rewrite its state.  Run every "
+            f"process of the table as one user, or remove the file if you did not make it")
+
+
+def _half_made(fd: int, raw: bytes, size: int) -> bool:
+    """Whether a file without a magic is a table whose creator died before
+    finishing it (empty; or sized, with a header all zeros or all but the
+    magic written), rather than someone else's file to leave alone."""
+    if size == 0:
+        return True
+    if len(raw) < HEADER_BYTES or raw[: len(MAGIC)] != bytes(len(MAGIC)):
+        return False  # _initialise sizes the file before it writes anything
+    if raw[len(MAGIC):] != bytes(HEADER_BYTES - len(MAGIC)):
+        header = np.frombuffer(raw, HEADER_DTYPE)[0]
+        if not (header["version"] == LAYOUT_VERSION and header["header_size"] == HEADER_BYTES
+                and size == _segment_bytes(int(header["nbuckets"]))):
+            return False
+    elif (size - HEADER_BYTES) % BUCKET_BYTES:
+        return False
+    # Sized but never written to: zeros all through (read once, on this rare path).
+    chunk = 1 << 20
+    return all(os.pread(fd, chunk, at) == bytes(min(chunk, size - at))
+               for at in range(HEADER_BYTES, size, chunk))
+
+
 def _prepare(fd: int, path: str, capacity: int | None, mode: str, kind: Kind | None) -> int:
     """With the file locked: initialise it if new, else validate it.
     Returns the segment size."""
     size = os.fstat(fd).st_size
-    raw = os.pread(fd, HEADER_BYTES, 0) if size >= HEADER_BYTES else b""
-    if len(raw) < HEADER_BYTES or raw[: len(MAGIC)] == b"\0" * len(MAGIC):
+    raw = os.pread(fd, min(size, HEADER_BYTES), 0)
+    if raw[: len(MAGIC)] != MAGIC:
+        if not _half_made(fd, raw, size):
+            raise TableError(
+                f"{path} is not a fastlimit table (magic {raw[:len(MAGIC)]!r}, expected "
+                f"{MAGIC!r}; {size} bytes): it is left untouched")
         # New, or left half-made by a creator that died: (re)initialise.
         if mode == "attach" and capacity is None:
             raise TableError(
                 f"table {path} was never initialised (its creator may have died): "
                 f"open it with a capacity to initialise it")
         return _initialise(fd, path, capacity or DEFAULT_CAPACITY, kind or "rates")
-    header = np.frombuffer(raw, HEADER_DTYPE)[0]
-    if header["magic"] != MAGIC:
+    if len(raw) < HEADER_BYTES:
         raise TableError(
-            f"{path} is not a fastlimit table (magic {bytes(header['magic'])!r}, "
-            f"expected {MAGIC!r})")
+            f"table {path} is {size} bytes, shorter than its {HEADER_BYTES}-byte header: "
+            f"it is corrupt")
+    header = np.frombuffer(raw, HEADER_DTYPE)[0]
     if header["version"] != LAYOUT_VERSION:
         raise TableError(
             f"table {path} has layout version {int(header['version'])}; this fastlimit "

@@ -106,11 +106,24 @@ class RequestView:
         value = self.header("content-length")
         if value is None:
             return None
-        value = value.strip()
-        return int(value) if value.isdigit() and value.isascii() else None
+        return _content_length(value)
 
     def __repr__(self) -> str:
         return f"<RequestView {self.method} {self.path} from {self.client_ip or self.peer}>"
+
+
+# Larger than any body: what a Content-Length of more than 19 digits is taken
+# as, so that it meets every byte cap (None would skip the caps).
+_HUGE_LENGTH = 10**19
+
+
+def _content_length(value: str) -> int | None:
+    value = value.strip()
+    if not (value.isdigit() and value.isascii()):
+        return None
+    # int() of a client's 5000 digits raises (Python caps int-from-str at 4300)
+    digits = value.lstrip("0")
+    return _HUGE_LENGTH if len(digits) > 19 else int(digits or "0")
 
 
 # Header names are turned into environ keys or ASGI byte names once per
@@ -134,8 +147,12 @@ class _WSGIView(RequestView):
         self.method = environ.get("REQUEST_METHOD", "GET")
         path: str = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         if not path.isascii():
-            # PEP 3333 hands over the path's bytes as latin-1 characters
-            path = path.encode("latin-1").decode("utf-8", "replace")
+            # PEP 3333 hands over the path's bytes as latin-1 characters; a
+            # server that broke that rule already gave text: keep it
+            try:
+                path = path.encode("latin-1").decode("utf-8", "replace")
+            except UnicodeEncodeError:
+                pass
         self.path = path or "/"
         self.peer = environ.get("REMOTE_ADDR") or None
         self.client_ip = self.peer
@@ -149,8 +166,7 @@ class _WSGIView(RequestView):
         value = self.raw.get("CONTENT_LENGTH")
         if not value:  # the common case (a GET) costs one look-up
             return None
-        value = value.strip()
-        return int(value) if value.isdigit() and value.isascii() else None
+        return _content_length(value)
 
 
 class _ASGIView(RequestView):
@@ -472,6 +488,11 @@ class _TooLarge:
 
 Cost = int | Callable[[RequestView], int]
 
+# The per-IP key of requests with no client address (a Unix socket peer, not
+# a trusted proxy or one that sent no usable forwarding header): they share
+# one bucket, rather than raising.  No address normalises to this text.
+NO_ADDRESS = "unix"
+
 # The names a rate-limit header can have: the application's own win.
 RATE_HEADERS = frozenset({"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
                           "ratelimit", "ratelimit-policy", "retry-after"})
@@ -510,8 +531,9 @@ class Gate:
             assert callable(self.cost)
             cost = self.cost(view)
         try:
-            return self._hit(view.method, view.path, self.identify(view), view.client_ip,
-                             cost=cost, content_length=view.content_length)
+            return self._hit(view.method, view.path, self.identify(view),
+                             view.client_ip or NO_ADDRESS, cost=cost,
+                             content_length=view.content_length)
         except CapacityError as e:
             return _TooLarge(e)
 

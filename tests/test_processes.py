@@ -152,6 +152,39 @@ def test_a_claim_left_by_a_killed_process_is_broken(reaped, table):
     holder.join()
 
 
+def _hold_fp(name, fp, q):
+    table = SharedTable.attach(name)
+    q.put(table._view._hold_claim(fp, _core.monotonic_ns()))
+    time.sleep(3600)  # holds the lock until the test kills it
+
+
+@pytest.mark.parametrize("fp", [0, 0x5EED_0F_0D_DEAD_BEEF],
+                         ids=["killed-before-publishing-its-fp", "key-never-seen-again"])
+def test_a_dead_claim_nobody_looks_up_is_reclaimed_once_its_bucket_is_needed(fp, table_name):
+    # Waiters break a dead claimer's lock only when they look for its fp.
+    # A claimer killed before publishing fp over a never-used slot (fp 0,
+    # no key's) or claiming a one-off key (a spoofed IP) would hold its slot
+    # for good, unless claims that find their buckets full break such locks.
+    table = SharedTable.open(table_name, capacity=64)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    holder = ctx.Process(target=_hold_fp, args=(table_name, fp, q))
+    holder.start()
+    slot = q.get(timeout=60)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    assert table.stats().locked_slots == 1 and (table.slots["tat"][slot] >> 62) == -1
+    lim = Limiter("1/1h", store=table, name="fill")
+    slots = table.stats().slots
+    for k in range(100_000):  # fill every slot with a live key
+        lim.allow(k)
+        if table.stats().live_keys == slots:
+            break
+    s = table.stats()
+    assert (s.live_keys, s.locked_slots, s.lock_breaks, s.lock_timeouts) == (slots, 0, 1, 0)
+    assert table.verify() == []
+
+
 def test_a_stalled_live_claimer_times_out_into_on_full(table):
     holder = _start_holder(table, "victim")
     _core._set_lock_wait_limit(100_000_000)

@@ -13,6 +13,7 @@ from fastlimit import (
     ConfigurationError,
     FakeClock,
     Limiter,
+    Overrides,
     SharedTable,
     TableError,
     TableFullError,
@@ -73,6 +74,123 @@ def test_rejects_truncated_tables(table_name):
         SharedTable.attach(table_name)
 
 
+def test_small_foreign_files_are_refused_and_left_untouched(tmp_path):
+    # a file shorter than a header was once taken for a half-made table and
+    # overwritten: SharedTable.open(path="settings.json") destroyed it
+    for content in (b'{"debug": true}\n', b"\0" * 100 + b"x", b"\0" * 5000 + b"data" * 100):
+        p = tmp_path / "settings.json"
+        p.write_bytes(content)
+        with pytest.raises(TableError, match=f"{p} is not a fastlimit table .*left untouched"):
+            SharedTable.open(path=p, capacity=100)
+        assert p.read_bytes() == content
+
+
+def test_a_table_shorter_than_its_header_is_corrupt(table_name):
+    SharedTable.create(table_name, capacity=100).close()
+    os.truncate(path_of(table_name), 100)
+    with pytest.raises(TableError, match="is 100 bytes, shorter than its 4096-byte header"):
+        SharedTable.attach(table_name)
+
+
+def test_links_directories_and_devices_are_refused(tmp_path):
+    target = tmp_path / "target"
+    target.write_bytes(b"precious")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(TableError, match="is a symbolic link"):
+        SharedTable.open(path=tmp_path / "link", capacity=100)
+    assert target.read_bytes() == b"precious"
+    os.mkfifo(tmp_path / "fifo")
+    for p in (tmp_path / "fifo", "/dev/null"):
+        with pytest.raises(TableError, match=f"{p} is not a regular file"):
+            SharedTable.open(path=p, capacity=100)
+    with pytest.raises(TableError, match="cannot open table .*Is a directory"):
+        SharedTable.open(path=tmp_path, capacity=100)
+
+
+def test_a_table_owned_by_another_user_is_refused(table_name, monkeypatch):
+    # Its owner knows the hash secret and can rewrite any key's state: a
+    # name in /dev/shm (writable by all) could have been taken first.
+    SharedTable.create(table_name, capacity=100).close()
+    me = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: me + 1)
+    expected = (f"table {path_of(table_name)} is owned by uid {me}, "
+                f"not by this process's uid {me + 1}")
+    for attempt in (lambda: SharedTable.attach(table_name), lambda: SharedTable.open(table_name)):
+        with pytest.raises(TableError, match=expected):
+            attempt()
+
+
+def test_overrides_files_of_another_user_are_refused(tmp_path, monkeypatch):
+    path = tmp_path / "overrides.json"
+    Overrides(path).set("token", "tok_1", "500/1h")
+    me = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: me + 1)
+    with pytest.raises(TableError, match=f"overrides.json.gen is owned by uid {me}"):
+        Overrides(path)
+
+
+def test_overrides_are_never_written_through_a_planted_link(tmp_path):
+    path = tmp_path / "overrides.json"
+    overrides = Overrides(path)
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep")
+    (tmp_path / f"overrides.json.{os.getpid()}.tmp").symlink_to(target)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        overrides.set("token", "tok_1", "500/1h")
+    assert target.read_bytes() == b"keep" and not path.exists()
+
+
+def _as_nobody(work, q):
+    """In a forked child: drop to nobody, run ``work``, report the outcome."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+    try:
+        q.put(("ok", work()))
+    except Exception as e:
+        q.put((type(e).__name__, str(e)))
+
+
+def _run_as_nobody(work):
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_as_nobody, args=(work, q))
+    p.start()
+    outcome = q.get(timeout=60)
+    p.join()
+    return outcome
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="switching to another user (nobody) needs root")
+
+
+@needs_root
+def test_a_0600_table_cannot_be_opened_by_another_user(table_name):
+    t = SharedTable.create(table_name, capacity=100)
+    Limiter("1/1h", store=t).hit("k")
+    path = path_of(table_name)
+    for work in (lambda: SharedTable.attach(table_name).capacity,
+                 lambda: SharedTable.open(table_name).capacity):
+        assert _run_as_nobody(work) == (
+            "TableError", f"cannot open table {path}: Permission denied")
+    assert _run_as_nobody(lambda: open(path, "rb").read(64))[0] == "PermissionError", \
+        "nor read its secret"
+
+
+@needs_root
+def test_a_table_another_user_made_first_is_refused(table_name):
+    # nobody takes the name in /dev/shm before the service starts
+    made = _run_as_nobody(lambda: SharedTable.open(table_name, capacity=100).path)
+    assert made == ("ok", path_of(table_name))
+    nobody = os.stat(path_of(table_name)).st_uid
+    with pytest.raises(TableError, match=f"is owned by uid {nobody}, not by this process's uid 0"):
+        SharedTable.open(table_name, capacity=100)
+
+
 def test_half_made_table_is_reinitialised(table_name):
     # a creator that died before writing its header leaves an empty file
     open(path_of(table_name), "wb").close()
@@ -80,6 +198,12 @@ def test_half_made_table_is_reinitialised(table_name):
         SharedTable.attach(table_name)
     t = SharedTable.open(table_name, capacity=64)
     assert t.capacity == 64 and t.verify() == []
+    t.close()
+    # one that died after writing all but the magic (written last) too
+    with open(path_of(table_name), "r+b") as f:
+        f.write(bytes(8))
+    t = SharedTable.open(table_name, capacity=32)
+    assert t.capacity == 32 and t.verify() == []
 
 
 def test_close_and_unlink(table_name, clock):

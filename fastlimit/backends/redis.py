@@ -209,6 +209,8 @@ def _key_list(keys: Any) -> list[Key]:
     if isinstance(keys, np.ndarray):
         if keys.dtype.kind not in "iu":
             raise TypeError(f"key arrays must hold integers, got dtype {keys.dtype}")
+        if keys.ndim != 1:
+            raise ValueError(f"key arrays must be one-dimensional, got shape {keys.shape}")
         as_ints: list[Key] = np.ascontiguousarray(keys).astype(np.uint64, copy=False).tolist()
         return as_ints
     return keys if isinstance(keys, list) else list(keys)
@@ -316,9 +318,12 @@ class _Spec(_Keyspace):
 
     def inc(self, cost: int) -> int:
         """``cost x T``, after the core's checks of ``cost``."""
-        if cost == 1 and type(cost) is int:
+        if type(cost) is int and cost == 1:  # Decimal('sNaN') == 1 raises
             return self.T
-        cost = operator.index(cost)
+        try:
+            cost = operator.index(cost)
+        except TypeError:
+            raise TypeError(f"cost must be an int, got {cost!r}") from None
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
         if cost > self.burst:
@@ -425,9 +430,13 @@ class _Spec(_Keyspace):
             return self.failed_allows(f)
         return self.result(key, reply, 0, inc, cost != 0, t0)[0]
 
-    def check(self, key: Key, cost: int, consume: bool) -> Plan[Decision]:
+    def check(self, key: Key, cost: int, consume: bool | None) -> Plan[Decision]:
+        """``consume=None``: consume unless ``cost`` is 0 (decided once
+        ``cost`` is known to be an int)."""
         rkey = self.rkey(key)
         inc = self.inc(cost)
+        if consume is None:
+            consume = cost != 0
         cached = self.cached(key, inc)
         if cached is not None:
             return cached
@@ -865,7 +874,7 @@ class RedisGcra:
         return self._run(self._spec.allow(key, cost))
 
     def hit(self, key: Key, cost: int = 1) -> Decision:
-        return self._run(self._spec.check(key, cost, cost != 0))
+        return self._run(self._spec.check(key, cost, None))
 
     def peek(self, key: Key, cost: int = 1) -> Decision:
         return self._run(self._spec.check(key, cost, False))
@@ -1188,7 +1197,7 @@ class AsyncRedisLimiter:
 
     async def hit(self, key: Key, cost: int = 1) -> Decision:
         """Count a hit of ``cost`` if it passes; return the Decision."""
-        return await self._run(self._spec.check(key, cost, cost != 0))
+        return await self._run(self._spec.check(key, cost, None))
 
     async def peek(self, key: Key, cost: int = 1) -> Decision:
         """The Decision a hit of ``cost`` would get now, counting nothing."""
@@ -1255,7 +1264,7 @@ class AsyncRedisQuota(QuotaBase):
 
     async def hit(self, key: Key, cost: int = 1) -> Decision:
         """Count ``cost`` if it fits in the period; return the Decision."""
-        if cost == 0:
+        if self._check_cost(cost) == 0:
             return await self.peek(key)
         return await self._step(key, cost, _Q_CONSUME)
 
