@@ -1520,9 +1520,11 @@ cdef Py_ssize_t _batch(Engine* e, const uint64_t* src, bint ints, uint64_t k0, u
     (k0, k1) when ``ints``.  Key i+AHEAD is hashed and its buckets prefetched
     while key i is served, so memory latency overlaps with work.  Returns -1,
     or the index of the first key that found no slot under on_full=raise.
-    ``tally`` counts the results (no slot, denied, allowed).
+    ``tally`` gets the counts of results (no slot, denied, allowed).
     """
     cdef uint64_t ring[PREFETCH_AHEAD]  # fingerprints of keys i .. i+AHEAD-1
+    # in locals, not in tally: stores through ``out`` (a char*) could alias it
+    cdef uint64_t allowed = 0, noslot = 0
     cdef uint64_t fp
     cdef fl_slot* b1
     cdef fl_slot* b2
@@ -1544,13 +1546,23 @@ cdef Py_ssize_t _batch(Engine* e, const uint64_t* src, bint ints, uint64_t k0, u
         r = _gcra_known(b1, b2, fp, now, inc, tau, consume, &tat)
         if r == RETRY:
             r = _gcra_slow(e, fp, b1, b2, now, inc, tau, consume, &tat)
-        tally[r + 1 if r >= R_FULL else 0] += 1
+        allowed += r == R_ALLOWED
         if fl_unlikely(r < 0):
+            noslot += 1
             if on_full == ON_FULL_RAISE:
+                _tally(tally, i + 1, allowed, noslot)
                 return i
             r = R_ALLOWED if on_full == ON_FULL_ALLOW else R_DENIED
         out[i] = r
+    _tally(tally, n, allowed, noslot)
     return -1
+
+
+cdef inline void _tally(uint64_t* tally, Py_ssize_t checks, uint64_t allowed,
+                        uint64_t noslot) noexcept nogil:
+    tally[0] = noslot
+    tally[1] = checks - allowed - noslot
+    tally[2] = allowed
 
 
 cdef inline uint64_t _int_key(object key) except? 0xFFFFFFFFFFFFFFFF:
