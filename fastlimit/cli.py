@@ -213,16 +213,21 @@ def inspect(name: str, key: Key, limiter: str | None = None, rate: str | None = 
     return 0
 
 
-def reset(name: str, key: Key, limiter: str | None = None, out: TextIO | None = None) -> int:
+def reset(name: str, key: Key, limiter: str | None = None, out: TextIO | None = None,
+          as_json: bool = False) -> int:
     out = out or sys.stdout
     with _open(name) as table:
         lim = _pick(table, limiter)
         _keyed(table, lim).reset(key)
+        if as_json:
+            print(json.dumps({"table": table.name, "limiter": lim.name, "key": key,
+                              "reset": True}), file=out)
+            return 0
     print(f"reset key {key!r} of {lim.name} in table {name}", file=out)
     return 0
 
 
-def remove(name: str, out: TextIO | None = None) -> int:
+def remove(name: str, out: TextIO | None = None, as_json: bool = False) -> int:
     out = out or sys.stdout
     with _open(name) as table:
         table.unlink()
@@ -236,7 +241,10 @@ def remove(name: str, out: TextIO | None = None) -> int:
             removed.append(extra)
         except FileNotFoundError:
             pass
-    print(f"removed {', '.join(removed)}", file=out)
+    if as_json:
+        print(json.dumps({"removed": removed}), file=out)
+    else:
+        print(f"removed {', '.join(removed)}", file=out)
     return 0
 
 
@@ -281,11 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("key")
         p.add_argument("--limiter", help="the limiter's name (needed if the table has several)")
         p.add_argument("--int", action="store_true", help="the key is an int key")
-    i.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+        p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     i.add_argument("--rate", help="answer at this rate (for a name used at several)")
     for command in ("rm", "unlink"):
         u = sub.add_parser(command, help="remove a named table")
         u.add_argument("name", help=table_help)
+        u.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     m = sub.add_parser("metrics", help="tables' metrics in the Prometheus text format")
     m.add_argument("names", nargs="+", metavar="name", help=table_help)
     b = sub.add_parser("bench", help="a quick benchmark of this machine (a few seconds)")
@@ -314,9 +323,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return inspect(args.name, _key(args.key, args.int), args.limiter, args.rate,
                        as_json=args.json)
     if args.command == "reset":
-        return reset(args.name, _key(args.key, args.int), args.limiter)
+        return reset(args.name, _key(args.key, args.int), args.limiter, as_json=args.json)
     if args.command in ("rm", "unlink"):
-        return remove(args.name)
+        return remove(args.name, as_json=args.json)
     if args.command == "metrics":
         tables = [_open(n) for n in args.names]
         try:

@@ -146,7 +146,11 @@ def test_inspect_shows_a_keys_decision_and_reset_forgets_it(table_name, capsys):
         assert (r["allowed"], r["remaining"], r["limit"]) == (False, 0, 10)
         assert 359 < r["retry_after"] <= 360
         assert main(["reset", table_name, "alice", "--limiter", "api"]) == 0
+        assert capsys.readouterr().out == f"reset key 'alice' of api in table {table_name}\n"
         assert api.hit("alice").remaining == 2  # a fresh key again
+        r = _cli_json(capsys, "reset", table_name, "alice", "--limiter", "api", "--json")
+        assert r == {"table": table_name, "limiter": "api", "key": "alice", "reset": True}
+        assert api.hit("alice").remaining == 2
 
 
 def test_inspect_a_quota(tmp_path, capsys):
@@ -163,7 +167,8 @@ def test_rm_removes_the_table_and_its_overrides(table_name, capsys):
                      store=SharedTable.open(table_name, capacity=100)).close()
     base = os.path.join(table_mod.shm_dir(), f"fastlimit.{table_name}")
     assert os.path.exists(base)
-    assert main(["rm", table_name]) == 0
+    r = _cli_json(capsys, "rm", table_name, "--json")
+    assert r == {"removed": [base, f"{base}.overrides.json.gen"]}  # no overrides were written
     assert not glob.glob(base + "*")
     assert main(["stats", table_name]) == 2
     assert "no table at" in capsys.readouterr().err
