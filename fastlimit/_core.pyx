@@ -933,6 +933,9 @@ cdef class _Keyed:
                     f"key {key!r} of {self.name!r} is locked by a stalled process")
 
 
+cdef object _ONE = 1
+
+
 cdef object _index_cost(object cost):
     try:
         return operator.index(cost)
@@ -988,6 +991,8 @@ cdef class Gcra(_Keyed):
         longs; the Redis backend accepts exactly the same (operator.index)."""
         cdef int overflow = 0
         cdef long long n
+        if cost is _ONE:  # the default, and the small-int cache's 1: skip the parse
+            return 1
         if not PyLong_Check(cost):
             cost = _index_cost(cost)
         n = PyLong_AsLongLongAndOverflow(cost, &overflow)
