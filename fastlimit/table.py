@@ -493,17 +493,14 @@ class SharedTable:
         sorted by name, then kind, with ``"(other)"`` (names that found the
         registry full) last."""
         registry = self._require(self._registry).copy()
-        counts = self._require(self._stripes)["counts"].sum(axis=0, dtype=np.uint64)
+        counts = self._require(self._stripes)["counts"].sum(axis=0, dtype=np.uint64).tolist()
         out, other = [], []
-        for i in range(METRICS_LIMITERS):
+        full, denied, allowed = counts[0]
+        if full or denied or allowed:
+            other.append(LimiterStats("(other)", "", allowed, denied, full))
+        for i in np.flatnonzero(registry["id"][1:]) + 1:
             entry = registry[i]
-            full, denied, allowed = (int(c) for c in counts[i])
-            if i == 0:
-                if full or denied or allowed:
-                    other.append(LimiterStats("(other)", "", allowed, denied, full))
-                continue
-            if not entry["id"]:
-                continue
+            full, denied, allowed = counts[i]
             kind = METRIC_KINDS.get(int(entry["kind"]) & 0xFF, "")
             p1, p2 = int(entry["p1"]), int(entry["p2"])
             name = bytes(entry["name"])[: int(entry["name_len"])].decode("utf-8", "replace")
