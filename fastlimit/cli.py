@@ -291,8 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--int", action="store_true", help="the key is an int key")
         p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     i.add_argument("--rate", help="answer at this rate (for a name used at several)")
-    for command in ("rm", "unlink"):
-        u = sub.add_parser(command, help="remove a named table")
+    for command, what in (("rm", "remove a named table"), ("unlink", "the same as rm")):
+        u = sub.add_parser(command, help=what)
         u.add_argument("name", help=table_help)
         u.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     m = sub.add_parser("metrics", help="tables' metrics in the Prometheus text format")
