@@ -18,7 +18,7 @@ import functools
 import inspect
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from fastlimit import _core
@@ -92,33 +92,33 @@ async def _asleep_until(clock: Any, at_ns: int) -> None:
         await asyncio.sleep(left / NS_PER_S)
 
 
-def pause(limiter: Limiter, key: Key, at_ns: int) -> None:
-    """Sleep until ``at_ns`` on the limiter's clock, reporting progress to
-    the limiter's reporter (``progress=``) when it has one."""
+def _stops(limiter: Limiter, key: Key, at_ns: int) -> Iterator[int]:
+    """The times to sleep until on the way to ``at_ns``: ``at_ns`` alone, or,
+    with a progress reporter (``progress=``), each time it asks to report.
+    One schedule for the blocking and the asyncio pause."""
     reporter = limiter.progress
     if reporter is None:
-        _sleep_until(limiter.clock, at_ns)
+        yield at_ns
         return
     now = clock_of(limiter)
     started = t = now()
     while t < at_ns:
         due = reporter.report(limiter, key, started, t, at_ns)
-        _sleep_until(limiter.clock, min(at_ns, max(due, t + 1)))
+        yield min(at_ns, max(due, t + 1))
         t = now()
+
+
+def pause(limiter: Limiter, key: Key, at_ns: int) -> None:
+    """Sleep until ``at_ns`` on the limiter's clock, reporting progress to
+    the limiter's reporter when it has one."""
+    for until in _stops(limiter, key, at_ns):
+        _sleep_until(limiter.clock, until)
 
 
 async def apause(limiter: Limiter, key: Key, at_ns: int) -> None:
     """:func:`pause` for asyncio."""
-    reporter = limiter.progress
-    if reporter is None:
-        await _asleep_until(limiter.clock, at_ns)
-        return
-    now = clock_of(limiter)
-    started = t = now()
-    while t < at_ns:
-        due = reporter.report(limiter, key, started, t, at_ns)
-        await _asleep_until(limiter.clock, min(at_ns, max(due, t + 1)))
-        t = now()
+    for until in _stops(limiter, key, at_ns):
+        await _asleep_until(limiter.clock, until)
 
 
 # -- reservations --------------------------------------------------------------
@@ -221,9 +221,12 @@ def reserve(limiter: Limiter, key: Key, cost: int, max_wait_ns: int) -> Reservat
 
 # -- waits: book and sleep, or retry where the store cannot book ----------------------
 
-def wait(limiter: Limiter, key: Key, cost: int, timeout: float | None) -> Decision | None:
-    """Block until a hit of ``cost`` on ``key`` is counted: None, or the
-    denial when it cannot be within ``timeout``."""
+def _turns(limiter: Limiter, key: Key, cost: int,
+           timeout: float | None) -> Generator[Reservation | int, None, Decision | None]:
+    """One wait, for both drivers: yields the granted booking to sleep on
+    (the wait is then over), or a time to pause until before trying again
+    (a store that cannot book); returns None, or the denial when the hit
+    cannot be counted within ``timeout``."""
     now = clock_of(limiter)
     deadline = now() + timeout_ns(timeout)
     can_book = hasattr(limiter._impl, "reserve")
@@ -231,7 +234,7 @@ def wait(limiter: Limiter, key: Key, cost: int, timeout: float | None) -> Decisi
         if can_book:
             r = reserve(limiter, key, cost, max(0, deadline - now()))
             if r:
-                r.sleep()
+                yield r
                 return None
             d = cast(Decision, r.decision)
         else:
@@ -241,30 +244,37 @@ def wait(limiter: Limiter, key: Key, cost: int, timeout: float | None) -> Decisi
         t = now()
         if t + d.retry_after_ns > deadline:
             return d
-        pause(limiter, key, t + d.retry_after_ns)  # a retry: no booking to be had
+        yield t + d.retry_after_ns  # a retry: no booking to be had
+
+
+def wait(limiter: Limiter, key: Key, cost: int, timeout: float | None) -> Decision | None:
+    """Block until a hit of ``cost`` on ``key`` is counted: None, or the
+    denial when it cannot be within ``timeout``."""
+    turns = _turns(limiter, key, cost, timeout)
+    try:
+        while True:
+            step = next(turns)
+            if isinstance(step, Reservation):
+                step.sleep()
+            else:
+                pause(limiter, key, step)
+    except StopIteration as done:
+        return cast("Decision | None", done.value)
 
 
 async def wait_async(limiter: Limiter, key: Key, cost: int,
                      timeout: float | None) -> Decision | None:
     """:func:`wait` for asyncio."""
-    now = clock_of(limiter)
-    deadline = now() + timeout_ns(timeout)
-    can_book = hasattr(limiter._impl, "reserve")
-    while True:
-        if can_book:
-            r = reserve(limiter, key, cost, max(0, deadline - now()))
-            if r:
-                await r.asleep()
-                return None
-            d = cast(Decision, r.decision)
-        else:
-            d = limiter.hit(key, cost)
-            if d.allowed:
-                return None
-        t = now()
-        if t + d.retry_after_ns > deadline:
-            return d
-        await apause(limiter, key, t + d.retry_after_ns)
+    turns = _turns(limiter, key, cost, timeout)
+    try:
+        while True:
+            step = next(turns)
+            if isinstance(step, Reservation):
+                await step.asleep()
+            else:
+                await apause(limiter, key, step)
+    except StopIteration as done:
+        return cast("Decision | None", done.value)
 
 
 def hold(limiter: Limiter, key: Key, remaining: int, retry_after: float) -> bool:
