@@ -971,14 +971,15 @@ cdef class Gcra(_Keyed):
 
     def __cinit__(self, TableView table not None, str name not None,
                   int64_t emission_interval_ns, int64_t burst, clock=None,
-                  int on_full=ON_FULL_DENY):
+                  int on_full=ON_FULL_DENY, bint register=True):
         check_gcra(emission_interval_ns, burst, clock)
         self._set_on_full(on_full)
         self.emission_interval_ns = emission_interval_ns
         self.burst = burst
         self.tolerance_ns = burst * emission_interval_ns
         self.clock = clock
-        self._register(KIND_RATE, emission_interval_ns, burst)
+        if register:  # tools that only look (fastlimit inspect) state nothing
+            self._register(KIND_RATE, emission_interval_ns, burst)
 
     cdef inline int64_t _now(self) except? -1:
         if self.clock is None:
@@ -1334,12 +1335,13 @@ cdef class QuotaCounter(_Keyed):
     cdef readonly int64_t limit
 
     def __cinit__(self, TableView table not None, str name not None, int64_t limit,
-                  int on_full=ON_FULL_DENY):
+                  int on_full=ON_FULL_DENY, bint register=True):
         if not 1 <= limit <= QUOTA_MAX_COUNT:
             raise ValueError(f"a quota limit must be between 1 and {QUOTA_MAX_COUNT}, got {limit}")
         self._set_on_full(on_full)
         self.limit = limit
-        self._register(KIND_QUOTA, limit, 0)
+        if register:
+            self._register(KIND_QUOTA, limit, 0)
 
     def step(self, key, int64_t tag, int64_t cost, int mode, int64_t left_ns=0):
         """(result, count): result is 1 allowed, 0 denied, -1 no slot, -2

@@ -166,8 +166,8 @@ def _pick(table: SharedTable, limiter: str | None) -> LimiterStats:
 
 def _keyed(table: SharedTable, lim: LimiterStats) -> Any:
     if lim.kind == "rate":
-        return table._gcra(lim.name, lim.emission_interval_ns, lim.burst)
-    return table._quota_counter(lim.name, lim.limit)
+        return table._gcra(lim.name, lim.emission_interval_ns, lim.burst, register=False)
+    return table._quota_counter(lim.name, lim.limit, register=False)
 
 
 def inspect(name: str, key: Key, limiter: str | None = None, rate: str | None = None,

@@ -573,15 +573,18 @@ class SharedTable:
         *,
         clock: Callable[[], int] | None = None,
         on_full: OnFull | None = None,
+        register: bool = True,
     ) -> _core.Gcra:
+        # register=False: a tool looking at a limiter (fastlimit inspect)
+        # must not restate its parameters in the metrics registry
         code = self._user("rates", "a Limiter", on_full)
-        return _core.Gcra(self._view, name, emission_interval_ns, burst, clock, code)
+        return _core.Gcra(self._view, name, emission_interval_ns, burst, clock, code, register)
 
     def _quota_counter(
-        self, name: str, limit: int, *, on_full: OnFull | None = None
+        self, name: str, limit: int, *, on_full: OnFull | None = None, register: bool = True
     ) -> _core.QuotaCounter:
         code = self._user("quotas", "a Quota", on_full)
-        return _core.QuotaCounter(self._view, name, limit, code)
+        return _core.QuotaCounter(self._view, name, limit, code, register)
 
     def _leases(self, name: str, *, on_full: OnFull | None = None,
                 clock: Callable[[], int] | None = None) -> _core.Leases:

@@ -145,6 +145,8 @@ def test_inspect_shows_a_keys_decision_and_reset_forgets_it(table_name, capsys):
         # the state is a time, 3 x 20 min ahead: a full hour, all of 10/1h's tolerance
         assert (r["allowed"], r["remaining"], r["limit"]) == (False, 0, 10)
         assert 359 < r["retry_after"] <= 360
+        api_stats = [x for x in t.stats().limiters if x.name == "api"][0]
+        assert (api_stats.burst, api_stats.mixed) == (3, False), "inspect states no rate"
         assert main(["reset", table_name, "alice", "--limiter", "api"]) == 0
         assert capsys.readouterr().out == f"reset key 'alice' of api in table {table_name}\n"
         assert api.hit("alice").remaining == 2  # a fresh key again
