@@ -18,11 +18,12 @@ For limits shared by many hosts, ``fastlimit.RedisBackend`` (and
 on first use, so redis-py is needed only by those who use them.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # The modules too: fastlimit.wsgi.RateLimitMiddleware after `import fastlimit`.
 from fastlimit import asgi, web, wsgi
 from fastlimit._core import Decision
+from fastlimit._lazy import lazy_attributes
 from fastlimit.clock import FakeClock
 from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
 from fastlimit.concurrency import ConcurrencyLimit, Lease
@@ -102,15 +103,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The Redis backends need redis-py: import it only when they are asked for.
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

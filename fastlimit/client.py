@@ -50,9 +50,10 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from fastlimit import waiting
+from fastlimit._lazy import lazy_attributes
 from fastlimit.errors import ConfigurationError, RateLimitExceeded
 from fastlimit.limiter import Key, Limiter
 
@@ -80,15 +81,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # each transport needs its HTTP library: import it only when asked for
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 # -- what the server says ----------------------------------------------------------
