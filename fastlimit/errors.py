@@ -3,12 +3,14 @@ exceptions are for misuse and for states the caller must handle."""
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fastlimit._core import Decision
 
 __all__ = [
+    "check_cost",
     "BackendError",
     "CapacityError",
     "ConcurrencyLimitExceeded",
@@ -87,3 +89,19 @@ class RateLimitExceeded(FastLimitError):
     def __reduce__(self) -> tuple[Any, ...]:
         # rebuilt from its parts, so it crosses process pools intact
         return (RateLimitExceeded, (self.decision, self.key, self.limiter))
+
+
+def check_cost(cost: object, most: int, limit: str) -> int:
+    """``cost`` as an int in ``[0, most]``, by the rule every store follows:
+    ints only (``operator.index``: a float is refused, never truncated); a
+    cost above ``most`` could never pass.  ``limit`` names what ``most`` is
+    in the error ("the burst of 5")."""
+    try:
+        n = operator.index(cost)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"cost must be an int, got {cost!r}") from None
+    if n < 0:
+        raise ValueError(f"cost must be >= 0, got {n}")
+    if n > most:
+        raise CapacityError(f"cost {n} exceeds {limit}: it can never pass")
+    return n

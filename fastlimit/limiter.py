@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -66,26 +67,15 @@ class Limiter:
         on_full: OnFull | None = None,
         progress: WaitReporter | WaitLog | float | None = None,
     ) -> None:
-        self.rate = Rate.parse(rate)
-        if burst is None:
-            burst = self.rate.limit
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ConfigurationError(f"burst must be an int >= 1, got {burst!r}")
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a limiter name must be a non-empty str, got {name!r}")
-        self.burst = burst
+        self.rate, self.burst = limiter_params(rate, burst, name)
         self.name = name
         self.clock = clock
         self.on_full = on_full
         self.progress = make_reporter(progress)
         self.store = SharedTable.anonymous() if store is None else store
-        try:
+        with configuration_errors(name):
             impl = self.store._gcra(
-                name, self.rate.emission_interval_ns, burst, clock=clock, on_full=on_full)
-        except ValueError as e:
-            if isinstance(e, ConfigurationError):
-                raise
-            raise ConfigurationError(f"limiter {name!r}: {e}") from None
+                name, self.rate.emission_interval_ns, self.burst, clock=clock, on_full=on_full)
         self._impl = impl
         # The hot methods are the compiled ones, bound on the instance: a call
         # is one C call with no Python frame in between.  The methods defined
@@ -254,6 +244,31 @@ class Limiter:
 
     def __repr__(self) -> str:
         return f"<Limiter {self.name!r} {self.rate} burst={self.burst}>"
+
+
+def limiter_params(rate: Rate | str, burst: int | None, name: str) -> tuple[Rate, int]:
+    """A limiter's rate and burst (default: the rate's limit), checked with
+    its name: what every kind of limiter accepts."""
+    parsed = Rate.parse(rate)
+    if burst is None:
+        burst = parsed.limit
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ConfigurationError(f"burst must be an int >= 1, got {burst!r}")
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"a limiter name must be a non-empty str, got {name!r}")
+    return parsed, burst
+
+
+@contextlib.contextmanager
+def configuration_errors(name: str) -> Iterator[None]:
+    """A store refusing a limiter's parameters (ValueError) is a
+    configuration error naming the limiter."""
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except ValueError as e:
+        raise ConfigurationError(f"limiter {name!r}: {e}") from None
 
 
 def _rebuild(rate: Rate, store: Any, name: str, burst: int, clock: Any, on_full: Any,

@@ -3,7 +3,6 @@ processes and kept across process, server and machine restarts."""
 
 from __future__ import annotations
 
-import operator
 import os
 import re
 import time
@@ -15,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastlimit import _core
 from fastlimit._core import Decision
-from fastlimit.errors import CapacityError, ConfigurationError
+from fastlimit.errors import ConfigurationError, check_cost
 from fastlimit.headers import CalendarWindow
 from fastlimit.limiter import Key
 from fastlimit.table import OnFull, SharedTable
@@ -150,18 +149,7 @@ class QuotaBase:
         return CalendarWindow(end - start)
 
     def _check_cost(self, cost: int) -> int:
-        # as Limiter costs: ints only (a float would be truncated by the core)
-        try:
-            cost = operator.index(cost)
-        except TypeError:
-            raise TypeError(f"cost must be an int, got {cost!r}") from None
-        if cost < 0:
-            raise ValueError(f"cost must be >= 0, got {cost}")
-        if cost > self.limit:
-            raise CapacityError(
-                f"cost {cost} exceeds the quota of {self.limit} per {self.spec.unit}: "
-                f"it can never pass")
-        return cost
+        return check_cost(cost, self.limit, f"the quota of {self.limit} per {self.spec.unit}")
 
     def _now(self) -> tuple[int, int, int]:
         """(tag, end_ns, left_ns) of the current period."""

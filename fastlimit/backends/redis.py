@@ -60,7 +60,6 @@ import asyncio
 import importlib.resources
 import logging
 import math
-import operator
 import secrets
 import threading
 import time
@@ -89,8 +88,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from fastlimit import _core
 from fastlimit._core import Decision, check_gcra
-from fastlimit.errors import BackendError, CapacityError, ConfigurationError
-from fastlimit.limiter import Key, Limiter
+from fastlimit.errors import BackendError, ConfigurationError, check_cost
+from fastlimit.limiter import Key, Limiter, configuration_errors, limiter_params
 from fastlimit.quota import _Q_CONSUME, _Q_PEEK, _Q_REFUND, QuotaBase, QuotaSpec, Usage
 from fastlimit.rate import NS_PER_S, Rate
 from fastlimit.table import OnFull, SharedTable
@@ -320,16 +319,7 @@ class _Spec(_Keyspace):
         """``cost x T``, after the core's checks of ``cost``."""
         if type(cost) is int and cost == 1:  # Decimal('sNaN') == 1 raises
             return self.T
-        try:
-            cost = operator.index(cost)
-        except TypeError:
-            raise TypeError(f"cost must be an int, got {cost!r}") from None
-        if cost < 0:
-            raise ValueError(f"cost must be >= 0, got {cost}")
-        if cost > self.burst:
-            raise CapacityError(
-                f"cost {cost} exceeds the burst of {self.burst}: it can never pass")
-        return (cost if cost else 1) * self.T
+        return (check_cost(cost, self.burst, f"the burst of {self.burst}") or 1) * self.T
 
     def group(self, inc: int, consume: bool) -> tuple[bytes, ...]:
         """A check's parameters for the script: inc (s, ns), tau (s, ns), consume."""
@@ -1172,19 +1162,9 @@ class AsyncRedisLimiter:
     def __init__(self, backend: AsyncRedisBackend, rate: Rate | str, *, name: str = "default",
                  burst: int | None = None, clock: Callable[[], int] | None = None,
                  fail: Fail | None = None) -> None:
-        self.rate = Rate.parse(rate)
-        if burst is None:
-            burst = self.rate.limit
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ConfigurationError(f"burst must be an int >= 1, got {burst!r}")
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a limiter name must be a non-empty str, got {name!r}")
-        try:
+        self.rate, burst = limiter_params(rate, burst, name)
+        with configuration_errors(name):
             spec = backend._spec(name, self.rate.emission_interval_ns, burst, clock, None, fail)
-        except ValueError as e:
-            if isinstance(e, ConfigurationError):
-                raise
-            raise ConfigurationError(f"limiter {name!r}: {e}") from None
         self._spec = spec
         self._run = backend._run
         self.name = name
