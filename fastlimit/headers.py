@@ -211,14 +211,24 @@ class HeaderStyle:
                 and ``t``).
             wall_now_ns: Unix time in ns, for epoch and ISO resets.
         """
-        out: list[tuple[str, str]] = []
+        out: list[tuple[str, str]]
         if self.legacy:
-            out += [
-                ("X-RateLimit-Limit", str(decision.limit)),
-                ("X-RateLimit-Remaining", str(decision.remaining)),
-                ("X-RateLimit-Reset",
-                 format_reset(decision.reset_after_ns, self.reset, wall_now_ns)),
-            ]
+            # Every response renders these: the two integer formats inline.
+            reset_ns = decision.reset_after_ns
+            if reset_ns < 0:
+                reset_ns = 0
+            fmt = self.reset
+            if fmt == "delta":
+                reset = str(-(-reset_ns // NS_PER_S))
+            elif fmt == "epoch":
+                reset = str(-(-(wall_now_ns + reset_ns) // NS_PER_S))
+            else:
+                reset = format_reset(reset_ns, fmt, wall_now_ns)
+            out = [("X-RateLimit-Limit", str(decision.limit)),
+                   ("X-RateLimit-Remaining", str(decision.remaining)),
+                   ("X-RateLimit-Reset", reset)]
+        else:
+            out = []
         if self.ietf:
             item = sf_string(name)
             # w is the span the quota q refills over: the period when the

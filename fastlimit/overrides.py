@@ -84,6 +84,9 @@ class Overrides:
         # One tuple, swapped whole, so a thread reading never pairs one
         # file's salt with another file's index.
         self._state: _State = (os.urandom(16), {}, {}, frozenset())
+        self.version = 0
+        """Bumped whenever the overrides this process sees change: what a
+        reader caches from them is good while it stays the same."""
         self._digests: dict[tuple[str, str], str] = {}  # (limit, subject) -> digest
         self._seen = -1
         self._write_lock = threading.Lock()  # flock does not exclude our own threads
@@ -166,6 +169,7 @@ class Overrides:
         if salt != self._state[0]:
             self._digests = {}
         self._state = (salt, entries, index, frozenset(e["limit"] for e in entries.values()))
+        self.version += 1
 
     def _load(self) -> None:
         assert self._path is not None

@@ -242,6 +242,10 @@ class Policy:
                                                    tuple[UsageSpec, ...]]] = {}
         self._who: dict[Identity, tuple[str, str | None, Rate | None, str | None,
                                         TierSpec | None]] = {}
+        # Whole resolutions too, while the overrides stay the same (a change
+        # starts a new dict: a thread still filling the old one is harmless).
+        self._resolved: dict[tuple[str, str, Identity, str | None], Resolution] = {}
+        self._resolved_version = -1
         self._quotas: dict[tuple[str, QuotaSpec], Quota] = {}
         self._quota_table: SharedTable | None = None
         self._concurrency = {
@@ -384,7 +388,21 @@ class Policy:
             [('session', 'u1', '300/1m'), ('POST /login', '10.0.0.1', '5/1m')]
         """
         identity = identity or _ANONYMOUS
-        self.overrides.refresh()
+        overrides = self.overrides
+        overrides.refresh()
+        resolved = self._resolved
+        if overrides.version != self._resolved_version:
+            resolved = self._resolved = {}
+            self._resolved_version = overrides.version
+        key = (method, path, identity, client_ip)
+        found = resolved.get(key)
+        if found is None:
+            found = self._resolve(method, path, identity, client_ip)
+            _remember(resolved, key, found)
+        return found
+
+    def _resolve(self, method: str, path: str, identity: Identity,
+                 client_ip: str | None) -> Resolution:
         routes, usages = self._match(method, path)
         who = self._who.get(identity)
         if who is None:
@@ -681,11 +699,11 @@ class PolicyDecision:
     def render(self, index: int) -> list[tuple[str, str]]:
         """The headers limit ``index`` alone would produce."""
         d = self.result.decisions[index]
+        check = self.resolution.checks[index]
         if d is None:
-            raise ValueError(f"limit {self.checks[index].name!r} has no decision")
+            raise ValueError(f"limit {check.name!r} has no decision")
         return self._policy.spec.headers.render(
-            d, name=self.checks[index].name, rate=self.checks[index].limiter.window(),
-            wall_now_ns=self._wall_ns)
+            d, name=check.name, rate=check.limiter.window(), wall_now_ns=self._wall_ns)
 
     @property
     def retry_after(self) -> int | None:
@@ -723,6 +741,11 @@ class PolicyDecision:
 
     def _response(self) -> DenialResponse:
         return self._policy.spec.responses[self.kind or "rate"]
+
+    @property
+    def holding(self) -> bool:
+        """Whether :meth:`release` has something to give back."""
+        return bool(self._leases)
 
     def release(self) -> None:
         """End the request: give back what it holds while in flight (its

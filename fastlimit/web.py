@@ -466,6 +466,8 @@ class Outcome(Protocol):
     def body(self) -> bytes | None: ...
     @property
     def content_type(self) -> str: ...
+    @property
+    def holding(self) -> bool: ...
     def release(self) -> None: ...
 
 
@@ -477,6 +479,8 @@ class _TooLarge:
     content_type = "application/json"
     body = (b'{"success":false,"error":{"code":"PAYLOAD_TOO_LARGE",'
             b'"message":"Request exceeds the rate limit\'s capacity"}}')
+
+    holding = False
 
     def __init__(self, error: CapacityError) -> None:
         self.error = error

@@ -62,9 +62,10 @@ class RateLimitMiddleware:
     no limit admits), its headers (``Retry-After`` included) and its JSON
     body; the application is not called.  The decision is in
     ``environ["fastlimit.decision"]`` for the application (e.g. to refuse
-    a key the policy treated as invalid: ``decision.rejected``).  Its
-    ``release()`` runs when the server closes the response, also when the
-    application raises.
+    a key the policy treated as invalid: ``decision.rejected``).  When it
+    holds something (a concurrency lease), its ``release()`` runs when the
+    server closes the response, also when the application raises; the
+    response of a decision that holds nothing is passed on unwrapped.
 
     Example:
         >>> from fastlimit import Policy
@@ -78,7 +79,7 @@ class RateLimitMiddleware:
         ...     seen = []
         ...     body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "10.0.0.1"},
         ...                lambda status, headers, exc_info=None: seen.extend([status, headers]))
-        ...     content = b"".join(body); body.close()
+        ...     content = b"".join(body)
         ...     return seen[0], dict(seen[1]), content
         >>> status, headers, content = call()
         >>> status, content
@@ -130,6 +131,8 @@ class RateLimitMiddleware:
             respond: Any = add_headers
         else:
             respond = start_response
+        if not getattr(outcome, "holding", True):  # nothing to give back: pass it on as is
+            return self.app(environ, respond)
         try:
             result = self.app(environ, respond)
         except BaseException:
@@ -146,7 +149,7 @@ def _deny(outcome: Outcome, start_response: StartResponse) -> Iterable[bytes]:
     except BaseException:
         outcome.release()
         raise
-    return _Released([body], outcome.release)
+    return _Released([body], outcome.release) if getattr(outcome, "holding", True) else [body]
 
 
 class _Released:

@@ -17,6 +17,7 @@ import random
 
 import numpy as np
 import pytest
+from servers import call_wsgi
 
 from fastlimit import FakeClock, Limiter, Policy, SharedTable, TableFullError, wsgi
 
@@ -105,7 +106,7 @@ def test_a_flood_through_the_middleware_leaves_a_real_client_its_limit():
         if forwarded is not None:
             environ["HTTP_X_FORWARDED_FOR"] = forwarded
         status = []
-        app(environ, lambda s, h, exc_info=None: status.append(int(s[:3]))).close()
+        call_wsgi(app, environ, lambda s, h, exc_info=None: status.append(int(s[:3])))
         return status[0]
 
     assert get("10.0.0.2", "198.51.100.7") == 200  # a real client behind the proxy

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from servers import call_wsgi
 
 from fastlimit import (
     CapacityError,
@@ -462,9 +463,7 @@ def test_wsgi_middleware_answers_any_headers(gate_table, environ):
     app = wsgi.RateLimitMiddleware(_hello, policy, identify=IDENTIFY,
                                    trusted_proxies=["10.0.0.0/8", "::1", "unix"])
     started = []
-    body = app(dict(environ), lambda status, headers, exc_info=None: started.append(status))
-    b"".join(body)
-    body.close()
+    call_wsgi(app, dict(environ), lambda status, headers, exc_info=None: started.append(status))
     assert started[0].split()[0] in ("200", "413", "429")
     clean(gate_table)
 
@@ -504,8 +503,7 @@ def test_a_content_length_of_thousands_of_digits_meets_the_byte_caps(gate_table)
     for length in ("9" * 5000, "0" * 5000 + "5", "12"):
         environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/up", "REMOTE_ADDR": "10.9.9.9",
                    "HTTP_X_API_KEY": "gold-1", "CONTENT_LENGTH": length}
-        body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
-        body.close()
+        call_wsgi(app, environ, lambda status, headers, exc_info=None: statuses.append(status))
     assert [s[:3] for s in statuses] == ["413", "200", "200"]
 
 
@@ -516,6 +514,6 @@ def test_a_path_that_is_not_latin1_text_is_routed_as_given(gate_table):
     app = wsgi.RateLimitMiddleware(_hello, policy)
     statuses = []
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/caf\u00e9/\u2603", "REMOTE_ADDR": "10.0.0.1"}
-    app(environ, lambda status, headers, exc_info=None: statuses.append(status)).close()
+    call_wsgi(app, environ, lambda status, headers, exc_info=None: statuses.append(status))
     assert statuses == ["200 OK"]
 

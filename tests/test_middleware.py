@@ -334,6 +334,10 @@ class Counted:
     def __getattr__(self, name):
         return getattr(self._d, name)
 
+    # as if it held a lease: the middleware skips release() on decisions
+    # that hold nothing
+    holding = True
+
     def release(self):
         self._log.append(self._d.allowed)
         self._d.release()
