@@ -15,6 +15,11 @@ time over the requests served), which other load on the machine disturbs
 far less than requests/s; and the middleware's own cost per request
 measured in process.
 
+A third variant, the plain application sending the same three headers
+itself (``bench/_floor_app.py``), separates what the server charges for
+three more headers (gunicorn and h11 check each one) from what fastlimit
+costs: "over +headers" is the middleware against that floor.
+
 Usage: python bench/middleware_bench.py [--rounds 5] [--duration 3] [--connections 32]
        [--servers gunicorn-sync,gunicorn-uvicorn-worker,uvicorn] [--workers 2]
 """
@@ -55,20 +60,31 @@ def _uvicorn(app: str, port: int, workers: int) -> list[str]:
             "--no-access-log", "--log-level", "warning"]
 
 
+# The applications compared, as (module, WSGI name, ASGI name).
+VARIANTS = {
+    "plain": (APP, "plain_wsgi", "plain_asgi"),
+    # the plain app adding the same three headers itself: the floor
+    "headers": ("_floor_app", "headers_wsgi", "headers_asgi"),
+    "middleware": (APP, "wsgi", "asgi"),
+}
+
+
+def _app(variant: str, asgi: bool) -> str:
+    module, wsgi_name, asgi_name = VARIANTS[variant]
+    return f"{module}:{asgi_name if asgi else wsgi_name}"
+
+
 SERVERS = {
-    "gunicorn-sync": lambda plain, port, n: gunicorn_argv(
-        f"{APP}:{'plain_wsgi' if plain else 'wsgi'}", port, workers=n),
-    "gunicorn-gthread": lambda plain, port, n: gunicorn_argv(
-        f"{APP}:{'plain_wsgi' if plain else 'wsgi'}", port, workers=n,
-        options=["-k", "gthread", "--threads", "4"]),
+    "gunicorn-sync": lambda variant, port, n: gunicorn_argv(
+        _app(variant, False), port, workers=n),
+    "gunicorn-gthread": lambda variant, port, n: gunicorn_argv(
+        _app(variant, False), port, workers=n, options=["-k", "gthread", "--threads", "4"]),
     # uvicorn's own --workers supervisor answers every request on loopback
     # ~40 ms late here (even a hello-world app), so only its single-process
     # mode is measured; gunicorn with the uvicorn worker runs several.
-    "uvicorn": lambda plain, port, n: _uvicorn(
-        f"{APP}:{'plain_asgi' if plain else 'asgi'}", port, 1),
-    "gunicorn-uvicorn-worker": lambda plain, port, n: gunicorn_argv(
-        f"{APP}:{'plain_asgi' if plain else 'asgi'}", port, workers=n,
-        options=["-k", "uvicorn_worker.UvicornWorker"]),
+    "uvicorn": lambda variant, port, n: _uvicorn(_app(variant, True), port, 1),
+    "gunicorn-uvicorn-worker": lambda variant, port, n: gunicorn_argv(
+        _app(variant, True), port, workers=n, options=["-k", "uvicorn_worker.UvicornWorker"]),
 }
 
 
@@ -243,44 +259,51 @@ def main() -> None:
         with open(policy_path, "w") as f:
             f.write(POLICY)
         table = f"bench-{uuid.uuid4().hex[:8]}"
-        env = dict(os.environ, FASTLIMIT_POLICY=policy_path, FASTLIMIT_TABLE=table)
-        print(f"\n{'server':<24} {'plain req/s':>12} {'middleware':>11} {'overhead':>9}   "
-              f"{'server CPU per request: plain':>29} {'middleware':>11} {'overhead':>9}")
+        bench_dir = os.path.dirname(os.path.abspath(__file__))
+        env = dict(os.environ, FASTLIMIT_POLICY=policy_path, FASTLIMIT_TABLE=table,
+                   PYTHONPATH=os.pathsep.join(filter(None, [bench_dir,
+                                                            os.environ.get("PYTHONPATH")])))
+        print(f"\n{'server':<24} {'req/s: plain':>12} {'+headers':>9} {'middleware':>11}"
+              f" {'overhead':>9} {'over +headers':>14}   {'server CPU/request: plain':>25}"
+              f" {'+headers':>9} {'middleware':>11}")
         try:
             for name in args.servers.split(","):
                 servers = {}
-                for plain in (True, False):
+                for variant in VARIANTS:
                     port = free_port()
-                    argv = SERVERS[name](plain, port, args.workers)
-                    servers[plain] = Server(argv, port, env=env, cwd=tmp,
-                                            log=os.path.join(tmp, f"{name}-{plain}.log"))
+                    argv = SERVERS[name](variant, port, args.workers)
+                    servers[variant] = Server(argv, port, env=env, cwd=tmp,
+                                              log=os.path.join(tmp, f"{name}-{variant}.log"))
                 try:
                     for server in servers.values():
                         server.start()
                         if name != "uvicorn":
                             server.wait_for_children(args.workers)
                         load(server.port, 1.0, args.connections)  # warm up every worker
-                    results: dict[bool, list[Run]] = {True: [], False: []}
+                    results: dict[str, list[Run]] = {variant: [] for variant in VARIANTS}
                     for _ in range(args.rounds):
-                        for plain, server in servers.items():
+                        for variant, server in servers.items():
                             cpu0 = cpu_seconds(server)
                             rps, total, bad = load(server.port, args.duration, args.connections)
                             cpu = cpu_seconds(server) - cpu0
                             if bad:
-                                raise SystemExit(f"{name}: {bad} responses were not 200")
-                            results[plain].append(Run(rps, total, cpu))
+                                raise SystemExit(f"{name} {variant}: {bad} responses were not 200")
+                            results[variant].append(Run(rps, total, cpu))
                 finally:
                     for server in servers.values():
                         server.stop()
                 rps = {k: statistics.median(r.rps for r in v) for k, v in results.items()}
                 cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in results.items()}
-                print(f"{name:<24} {rps[True]:>12,.0f} {rps[False]:>11,.0f} "
-                      f"{(rps[True] - rps[False]) / rps[True] * 100:>8.1f}%   "
-                      f"{cpu[True]:>26.1f} µs {cpu[False]:>8.1f} µs "
-                      f"{(cpu[False] - cpu[True]) / cpu[True] * 100:>8.1f}%")
-                for plain in (True, False):
-                    print(f"    {'plain' if plain else 'middleware'} rounds: "
-                          + ", ".join(f"{r.rps:,.0f}/s {r.cpu_us:.0f} µs" for r in results[plain]))
+                print(f"{name:<24} {rps['plain']:>12,.0f} {rps['headers']:>9,.0f}"
+                      f" {rps['middleware']:>11,.0f}"
+                      f" {(1 - rps['middleware'] / rps['plain']) * 100:>8.1f}%"
+                      f" {(1 - rps['middleware'] / rps['headers']) * 100:>13.1f}%"
+                      f"   {cpu['plain']:>22.1f} µs {cpu['headers']:>6.1f} µs"
+                      f" {cpu['middleware']:>8.1f} µs")
+                for variant in VARIANTS:
+                    print(f"    {variant} rounds: "
+                          + ", ".join(f"{r.rps:,.0f}/s {r.cpu_us:.0f} µs"
+                                      for r in results[variant]))
         finally:
             _remove_table(table)
         costs = in_process(policy_path)

@@ -31,6 +31,7 @@ session=<user>`` a valid session of that user.  Anything else is invalid.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterable
@@ -65,10 +66,15 @@ def load_policy() -> Policy:
 def make_identify(policy: Policy) -> Identify:
     """The made-up credentials of the module docs, for ``policy``'s tiers."""
 
+    tiers = frozenset(policy.tiers)
+
+    # A real application looks keys up in memory too (a dict, a cache), not
+    # in its database on every request.
+    @functools.lru_cache(maxsize=4096)
     def key(value: str) -> tuple[str, str | None] | None:
         prefix, _, rest = value.partition("-")
         tier, _, n = rest.rpartition("-")
-        if prefix != "demo" or not tier or not n or (policy.tiers and tier not in policy.tiers):
+        if prefix != "demo" or not tier or not n or (tiers and tier not in tiers):
             return None
         return tier, f"acct-{tier}-{n}"
 

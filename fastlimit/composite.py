@@ -72,6 +72,12 @@ class CompositeResult(NamedTuple):
     shadow_denied: tuple[int, ...]
 
 
+def _result(fields: tuple[bool, tuple[Decision | None, ...], int | None, tuple[int, ...]]
+            ) -> CompositeResult:
+    # CompositeResult's own __new__ is Python code: this skips it on every request
+    return tuple.__new__(CompositeResult, fields)
+
+
 def hit_all(checks: Sequence[LimitCheck], cost: int = 1) -> CompositeResult:
     """Hit every check with ``cost``; all must allow, or none is consumed.
 
@@ -95,8 +101,8 @@ def hit_all(checks: Sequence[LimitCheck], cost: int = 1) -> CompositeResult:
         if cost <= c.limiter.burst:
             d = c.limiter.hit(c.key, cost)
             if d.allowed or c.shadow:
-                return CompositeResult(True, (d,), None, () if d.allowed else (0,))
-            return CompositeResult(False, (d,), 0, ())
+                return _result((True, (d,), None, () if d.allowed else (0,)))
+            return _result((False, (d,), 0, ()))
     _check_capacity(checks, cost)
     decisions: list[Decision | None] = [None] * len(checks)
     counted: list[int] = []

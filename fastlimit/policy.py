@@ -686,15 +686,24 @@ class PolicyDecision:
     def headers(self) -> list[tuple[str, str]]:
         """Rate-limit headers to send, each once; empty when no enforced
         limit applied (e.g. an unlimited tier) and on a 413."""
-        if self._headers is None:
-            i = self.binding
-            if self.kind == "too_large":
-                self._headers = []
+        headers = self._headers
+        if headers is None:
+            kind = self.kind
+            if kind is None and len(self.result.decisions) == 1:
+                # allowed by a single limit: every response of most APIs
+                check = self.resolution.checks[0]
+                d = self.result.decisions[0]
+                headers = [] if check.shadow or d is None else self._policy.spec.headers.render(
+                    d, name=check.name, rate=check.limiter.window(), wall_now_ns=self._wall_ns)
+            elif kind == "too_large":
+                headers = []
             else:
-                self._headers = [] if i is None else self.render(i)
-            if self.kind == "concurrency":
-                self._headers.append(("Retry-After", str(self.retry_after)))
-        return self._headers
+                i = self.binding
+                headers = [] if i is None else self.render(i)
+                if kind == "concurrency":
+                    headers.append(("Retry-After", str(self.retry_after)))
+            self._headers = headers
+        return headers
 
     def render(self, index: int) -> list[tuple[str, str]]:
         """The headers limit ``index`` alone would produce."""
