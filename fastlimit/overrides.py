@@ -51,7 +51,7 @@ def files_of(path: str) -> tuple[str, str]:
 log = logging.getLogger("fastlimit")
 
 _GEN_MAGIC = b"FLOVGEN1"
-_GEN = struct.Struct("<Q")
+_GEN = struct.Struct("=Q")  # native order: the counter is mapped, never leaves the host
 _GEN_BYTES = len(_GEN_MAGIC) + _GEN.size
 _FORMAT = "fastlimit-overrides"
 _VERSION = 1
@@ -93,8 +93,10 @@ class Overrides:
         self._fd = -1
         self._pid = os.getpid()
         self._mm: mmap.mmap | None = None
+        self._gen: memoryview | None = None  # the counter, as one native u64
         if self._path is not None:
             self._fd, self._mm = _open_counter(files_of(self._path)[1])
+            self._gen = memoryview(self._mm)[len(_GEN_MAGIC):_GEN_BYTES].cast("Q")
             self.refresh()
 
     @property
@@ -105,10 +107,10 @@ class Overrides:
         """Pick up changes made by other processes (cheap when there are none).
 
         :class:`~fastlimit.Policy` calls it before every check."""
-        mm = self._mm
-        if mm is None:
+        counter = self._gen
+        if counter is None:
             return
-        gen: int = _GEN.unpack_from(mm, len(_GEN_MAGIC))[0]
+        gen: int = counter[0]
         if gen != self._seen:
             # The counter is read before the file: a write landing in
             # between bumps it again, so the next check reloads once more.
@@ -152,6 +154,9 @@ class Overrides:
 
     def close(self) -> None:
         """Unmap the counter and close its file (this process only)."""
+        if self._gen is not None:
+            self._gen.release()  # an exported buffer would keep the map from closing
+            self._gen = None
         if self._mm is not None:
             self._mm.close()
             self._mm = None
@@ -186,7 +191,7 @@ class Overrides:
     @contextmanager
     def _writing(self) -> Iterator[tuple[bytes, dict[str, dict[str, str]]]]:
         with self._write_lock:
-            if self._path is None or self._mm is None:
+            if self._path is None or self._gen is None:
                 salt, entries = self._state[0], dict(self._state[1])
                 yield salt, entries
                 self._install(salt, entries)
@@ -210,8 +215,8 @@ class Overrides:
                         f"readable as such ({e}); fix or remove it") from None
                 yield salt, entries
                 _write(self._path, salt, entries)
-                gen = _GEN.unpack_from(self._mm, len(_GEN_MAGIC))[0] + 1
-                _GEN.pack_into(self._mm, len(_GEN_MAGIC), gen)
+                gen = self._gen[0] + 1
+                self._gen[0] = gen
                 self._install(salt, entries)
                 self._seen = gen
             finally:
