@@ -1,4 +1,4 @@
-"""Build the compiled core.  ``FASTLIMIT_DEBUG=1`` builds it with -O0 -g and
+"""Build the compiled core and the middlewares' compiled request check.  ``FASTLIMIT_DEBUG=1`` builds it with -O0 -g and
 Cython's bounds checks, for gdb and sanitizers."""
 
 import os
@@ -21,7 +21,8 @@ extensions = [
         depends=["fastlimit/_atomic.h", "fastlimit/_siphash.h", "fastlimit/_proc.h"],
         extra_compile_args=compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    )
+    ),
+    Extension("fastlimit._lane", ["fastlimit/_lane.pyx"], extra_compile_args=compile_args),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, language_level=3))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import Any
 
+from fastlimit._lane import SendHeaders
 from fastlimit.policy import Policy
 from fastlimit.web import (
     RATE_HEADERS,
@@ -129,13 +130,7 @@ class RateLimitMiddleware:
                 await self.app(scope, receive, send)
                 return
 
-            async def send_with_headers(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    # a copy: the application may send the same message again
-                    message = {**message, "headers": _merge_raw(message.get("headers"), extra)}
-                await send(message)
-
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, SendHeaders(send, extra, _merge_raw))
         finally:
             outcome.release()
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from fastlimit._core import Decision
+from fastlimit._lane import legacy_fields
 from fastlimit.errors import ConfigurationError
 from fastlimit.rate import NS_PER_S, Rate
 
@@ -213,20 +214,14 @@ class HeaderStyle:
         """
         out: list[tuple[str, str]]
         if self.legacy:
-            # Every response renders these: the two integer formats inline.
-            reset_ns = decision.reset_after_ns
-            if reset_ns < 0:
-                reset_ns = 0
             fmt = self.reset
-            if fmt == "delta":
-                reset = str(-(-reset_ns // NS_PER_S))
-            elif fmt == "epoch":
-                reset = str(-(-(wall_now_ns + reset_ns) // NS_PER_S))
-            else:
-                reset = format_reset(reset_ns, fmt, wall_now_ns)
-            out = [("X-RateLimit-Limit", str(decision.limit)),
-                   ("X-RateLimit-Remaining", str(decision.remaining)),
-                   ("X-RateLimit-Reset", reset)]
+            if fmt == "iso":
+                out = [("X-RateLimit-Limit", str(decision.limit)),
+                       ("X-RateLimit-Remaining", str(decision.remaining)),
+                       ("X-RateLimit-Reset",
+                        format_reset(decision.reset_after_ns, fmt, wall_now_ns))]
+            else:  # every response renders these: compiled
+                out = legacy_fields(decision, 0 if fmt == "delta" else 1, wall_now_ns)
         else:
             out = []
         if self.ietf:

@@ -23,8 +23,11 @@ import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+from fastlimit._lane import Lane
+from fastlimit.composite import CompositeResult
 from fastlimit.errors import CapacityError, ConfigurationError
-from fastlimit.policy import Identity, Policy
+from fastlimit.limiter import Limiter
+from fastlimit.policy import Identity, Policy, PolicyDecision
 
 __all__ = [
     "Identify",
@@ -525,19 +528,20 @@ class Gate:
         self._hit = policy.hit
         self._proxies = self.proxies.client_ip if self.proxies.enabled else None
         self.exempt_paths = frozenset(exempt_paths)
+        # A subclass's own hit or resolve must see every request.
+        planned = (getattr(type(policy).hit, "__code__", None) is Policy.hit.__code__
+                   and getattr(type(policy).resolve, "__code__", None) is Policy.resolve.__code__)
+        self.check: Callable[[RequestView], Outcome] = Lane(
+            self, planned=planned, limiter_type=Limiter, result_type=CompositeResult,
+            decision_type=PolicyDecision, no_address=NO_ADDRESS).check
+        """Count a request (a :class:`RequestView`) under the policy: the
+        middlewares' per-request step, compiled (:mod:`fastlimit._lane`)."""
 
-    def check(self, view: RequestView) -> Outcome:
-        """Count ``view`` under the policy."""
-        if self._proxies is not None:
-            view.client_ip = self._proxies(view)
-        cost = self._fixed_cost
-        if cost is None:
-            assert callable(self.cost)
-            cost = self.cost(view)
+    def _general(self, view: RequestView, identity: Identity | None, cost: Any) -> Outcome:
+        """What the compiled check hands over: :meth:`Policy.hit`."""
         try:
-            return self._hit(view.method, view.path, self.identify(view),
-                             view.client_ip or NO_ADDRESS, cost=cost,
-                             content_length=view.content_length)
+            return self._hit(view.method, view.path, identity, view.client_ip or NO_ADDRESS,
+                             cost=cost, content_length=view.content_length)
         except CapacityError as e:
             return _TooLarge(e)
 

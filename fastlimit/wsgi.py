@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from fastlimit._lane import AddHeaders
 from fastlimit.policy import Policy
 from fastlimit.web import (
     RATE_HEADERS,
@@ -121,16 +122,8 @@ class RateLimitMiddleware:
         if not outcome.allowed:
             return _deny(outcome, start_response)
         extra = outcome.headers
-        if extra:
-            def add_headers(status: str, headers: list[tuple[str, str]],
-                            exc_info: Any = None) -> Callable[[bytes], object]:
-                for name, _ in headers:
-                    if name.lower() in RATE_HEADERS:
-                        return start_response(status, merge_headers(headers, extra), exc_info)
-                return start_response(status, [*headers, *extra], exc_info)
-            respond: Any = add_headers
-        else:
-            respond = start_response
+        respond: Any = (AddHeaders(start_response, extra, RATE_HEADERS, merge_headers) if extra
+                        else start_response)
         if not getattr(outcome, "holding", True):  # nothing to give back: pass it on as is
             return self.app(environ, respond)
         try:

@@ -1,0 +1,226 @@
+# cython: language_level=3
+"""The middlewares' request check, compiled (``Gate.check``).
+
+Most requests an API serves come under one rate limit (the caller's tier,
+or a route's) and nothing else: no size caps, leases, quotas or shadow
+limits.  For those, what :meth:`Policy.hit` does in Python (resolve the
+limits, hit them, make the decision, render its headers) costs more than
+everything else fastlimit does per request; here it is one remembered plan
+per (method, path, identity, client address), one GCRA hit and the
+X-RateLimit-* fields built in C.  Any other request, and any policy whose
+``hit`` or ``resolve`` is overridden, takes the general way: the plan only
+ever stands for what ``Policy.hit`` would do with the same resolution
+(tests/test_lane.py runs both side by side).
+"""
+
+# plans remembered at most, before the memory starts over
+cdef Py_ssize_t PLANS = 4096
+
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
+
+
+cdef str _decimal(long long value):
+    """str(value) for value >= 0, without the int object's general path
+    (a third of the fields' cost)."""
+    cdef char digits[24]
+    cdef int at = 24
+    while True:
+        at -= 1
+        digits[at] = <char>(48 + value % 10)
+        value //= 10
+        if value == 0:
+            break
+    return PyUnicode_DecodeASCII(digits + at, 24 - at, NULL)
+
+
+cpdef list legacy_fields(decision, int reset_format, long long wall_now_ns, tuple limit=None):
+    """``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` of ``decision``:
+    ``reset_format`` 0 is seconds from now, 1 Unix seconds, both rounded up
+    (a client that waits that long finds the key replenished).  ``limit``:
+    the first field, when the caller has it made already."""
+    after = decision.reset_after_ns
+    remaining = decision.remaining
+    if limit is None:
+        limit = ("X-RateLimit-Limit", str(decision.limit))
+    if not (0 <= remaining and -2**62 < after < 2**62 and -2**62 < wall_now_ns < 2**62):
+        # far outside anything a clock gives: Python's unbounded ints
+        at = max(0, after) + (wall_now_ns if reset_format == 1 else 0)
+        return [limit, ("X-RateLimit-Remaining", str(remaining)),
+                ("X-RateLimit-Reset", str(-(-at // 1_000_000_000)))]
+    cdef long long reset = after
+    if reset < 0:
+        reset = 0
+    if reset_format == 1:
+        reset += wall_now_ns
+    if reset < 0:  # an epoch before 1970: no sign for _decimal to write
+        return [limit, ("X-RateLimit-Remaining", _decimal(remaining)),
+                ("X-RateLimit-Reset", str(-(-reset // 1_000_000_000)))]
+    reset = (reset + 999_999_999) // 1_000_000_000  # rounded up
+    return [limit, ("X-RateLimit-Remaining", _decimal(remaining)),
+            ("X-RateLimit-Reset", _decimal(reset))]
+
+
+cdef class _Plan:
+    """What one (method, path, identity, client) resolves to, when that is
+    a single plain rate limit: its resolution, the limiter's core and key."""
+
+    cdef object resolution
+    cdef object hit          # the limiter core's bound hit(key, cost)
+    cdef object key
+    cdef long long burst
+    cdef tuple limit_field   # ("X-RateLimit-Limit", str(burst))
+
+
+cdef object _GENERAL = object()   # the plan of a request that goes the general way
+
+
+cdef class Lane:
+    """``Gate.check`` for one gate: see the module docs.
+
+    Args:
+        gate: the :class:`fastlimit.web.Gate`; its ``_general(view, identity,
+            cost)`` answers what a plan does not cover.
+        planned: whether plans may stand in for ``Policy.hit`` (False when
+            a subclass overrides ``hit`` or ``resolve``).
+        limiter_type, result_type, decision_type: ``Limiter``,
+            ``CompositeResult`` and ``PolicyDecision``, passed in rather
+            than imported (their modules import this one).
+        no_address: the per-IP key of requests without a client address.
+    """
+
+    cdef object policy, overrides, refresh, resolve, identify, proxies, cost
+    cdef object general, wall_clock, limiter_type, result_type, decision_type, no_address
+    cdef bint planned
+    cdef object fixed_cost      # None: ``cost`` is a callable
+    cdef int reset_format        # 0 delta, 1 epoch, -1: headers rendered by the decision
+    cdef dict plans
+    cdef object version
+
+    def __init__(self, gate, *, bint planned, limiter_type, result_type, decision_type,
+                 no_address):
+        policy = gate.policy
+        self.policy = policy
+        self.overrides = policy.overrides
+        self.refresh = policy.overrides.refresh
+        self.resolve = policy.resolve
+        self.identify = gate.identify
+        self.proxies = gate._proxies
+        self.cost = gate.cost
+        self.fixed_cost = gate._fixed_cost
+        self.general = gate._general
+        self.wall_clock = policy._wall_clock
+        self.planned = planned
+        self.limiter_type = limiter_type
+        self.result_type = result_type
+        self.decision_type = decision_type
+        self.no_address = no_address
+        style = policy.spec.headers
+        self.reset_format = -1
+        if style.legacy and not style.ietf and style.reset in ("delta", "epoch"):
+            self.reset_format = 0 if style.reset == "delta" else 1
+        self.plans = {}
+        self.version = None
+
+    def check(self, view):
+        """Count ``view`` under the policy: a ``PolicyDecision`` (or the
+        413 answer to a cost no limit admits)."""
+        cdef _Plan plan
+        cdef long long cost
+        if self.proxies is not None:
+            view.client_ip = self.proxies(view)
+        given = self.fixed_cost if self.fixed_cost is not None else self.cost(view)
+        identity = self.identify(view)
+        if not self.planned:
+            return self.general(view, identity, given)
+        # what Policy.resolve remembers, remembered here with the plan, for
+        # as long as the overrides stay the same (refresh() reloads them
+        # when another process changed them: it is called only then)
+        overrides = self.overrides
+        counter = overrides._gen
+        if counter is not None and counter[0] != overrides._seen:
+            self.refresh()
+        version = overrides.version
+        if version != self.version:
+            self.plans = {}
+            self.version = version
+        client = view.client_ip or self.no_address
+        where = (view.method, view.path, identity, client)
+        found = self.plans.get(where)
+        if found is None:
+            found = self._plan(view.method, view.path, identity, client)
+            if len(self.plans) >= PLANS:
+                self.plans = {}
+            self.plans[where] = found
+        if found is _GENERAL or type(given) is not int:
+            return self.general(view, identity, given)
+        plan = <_Plan>found
+        cost = given
+        if cost < 0 or cost > plan.burst:
+            return self.general(view, identity, given)
+        d = plan.hit(plan.key, cost)
+        allowed = d.allowed
+        result = tuple.__new__(self.result_type,
+                               (True, (d,), None, ()) if allowed else (False, (d,), 0, ()))
+        wall_ns = self.wall_clock()
+        decision = self.decision_type(self.policy, plan.resolution, result, wall_ns)
+        if allowed and self.reset_format >= 0:
+            decision._headers = legacy_fields(d, self.reset_format, wall_ns, plan.limit_field)
+        return decision
+
+    cdef object _plan(self, method, path, identity, client):
+        resolution = self.resolve(method, path, identity, client)
+        if len(resolution.checks) != 1 or resolution.caps or resolution.leases:
+            return _GENERAL
+        check = resolution.checks[0]
+        limiter = check.limiter
+        if check.shadow or type(limiter) is not self.limiter_type:
+            return _GENERAL
+        plan = _Plan()
+        plan.resolution = resolution
+        plan.hit = limiter._impl.hit
+        plan.key = check.key
+        plan.burst = limiter.burst
+        plan.limit_field = ("X-RateLimit-Limit", str(limiter.burst))
+        return plan
+
+
+cdef class AddHeaders:
+    """A WSGI ``start_response`` that adds ``extra`` to the application's
+    headers; rate-limit fields the application set itself win (a check
+    inside the application knows more)."""
+
+    cdef object start_response, extra, names, merge
+
+    def __init__(self, start_response, list extra, names, merge):
+        self.start_response = start_response
+        self.extra = extra
+        self.names = names    # the rate-limit field names, lower case
+        self.merge = merge    # merge(app_headers, extra): the headers when the app set some
+
+    def __call__(self, status, headers, exc_info=None):
+        names = self.names
+        for name, _ in headers:
+            if name.lower() in names:
+                return self.start_response(status, self.merge(headers, self.extra), exc_info)
+        return self.start_response(status, list(headers) + self.extra, exc_info)
+
+
+cdef class SendHeaders:
+    """An ASGI ``send`` that adds ``extra`` to the response start, in a
+    copy of the message (the application may send the same one again).
+    It returns ``send``'s own awaitable: no coroutine of its own."""
+
+    cdef object send, extra, merge
+
+    def __init__(self, send, extra, merge):
+        self.send = send
+        self.extra = extra
+        self.merge = merge    # merge(app_headers or None, extra): the raw headers to send
+
+    def __call__(self, message):
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = self.merge(message.get("headers"), self.extra)
+        return self.send(message)
