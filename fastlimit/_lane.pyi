@@ -2,6 +2,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastlimit._core import Decision
+from fastlimit.web import Gate
 
 def legacy_fields(decision: Decision, reset_format: int, wall_now_ns: int,
                   limit: tuple[str, str] | None = None) -> list[tuple[str, str]]: ...
@@ -19,6 +20,20 @@ class AddHeaders:
                  exc_info: Any = None) -> Any: ...
 
 class SendHeaders:
-    def __init__(self, send: Callable[[Any], Awaitable[None]], extra: list[tuple[str, str]],
-                 merge: Callable[[Any, list[tuple[str, str]]], list[tuple[bytes, bytes]]]) -> None: ...
+    def __init__(self, send: Callable[[Any], Awaitable[None]], extra: list[tuple[bytes, bytes]],
+                 names: frozenset[bytes], merge: Callable[..., Any]) -> None: ...
     def __call__(self, message: Any) -> Awaitable[None]: ...
+
+class WSGICall:
+    app: Any
+    gate: Gate
+    def _wire(self, view_type: type, deny: Callable[..., Any], released: Callable[..., Any],
+              names: frozenset[str], merge: Callable[..., Any]) -> None: ...
+    def __call__(self, environ: Any, start_response: Callable[..., Any]) -> Any: ...
+
+class ASGICall:
+    app: Any
+    gate: Gate
+    def _wire(self, view_type: type, deny: Callable[..., Any], encode: Callable[..., Any],
+              names: frozenset[bytes], merge: Callable[..., Any]) -> None: ...
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...

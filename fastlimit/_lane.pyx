@@ -208,19 +208,117 @@ cdef class AddHeaders:
 
 
 cdef class SendHeaders:
-    """An ASGI ``send`` that adds ``extra`` to the response start, in a
-    copy of the message (the application may send the same one again).
-    It returns ``send``'s own awaitable: no coroutine of its own."""
+    """An ASGI ``send`` that adds ``extra`` (raw, lower-case names) to the
+    response start, in a copy of the message (the application may send the
+    same one again).  It returns ``send``'s own awaitable: no coroutine of
+    its own."""
 
-    cdef object send, extra, merge
+    cdef object send, extra, names, merge
 
-    def __init__(self, send, extra, merge):
+    def __init__(self, send, list extra, names, merge):
         self.send = send
         self.extra = extra
-        self.merge = merge    # merge(app_headers or None, extra): the raw headers to send
+        self.names = names    # the rate-limit field names, raw lower case
+        self.merge = merge    # merge(app_headers, extra): when the app set some itself
 
     def __call__(self, message):
         if message["type"] == "http.response.start":
             message = dict(message)
-            message["headers"] = self.merge(message.get("headers"), self.extra)
+            headers = message.get("headers")
+            if not headers:
+                message["headers"] = list(self.extra)
+            else:
+                names = self.names
+                for name, _ in headers:
+                    if name.lower() in names:
+                        message["headers"] = self.merge(headers, self.extra)
+                        break
+                else:
+                    message["headers"] = list(headers) + self.extra
         return self.send(message)
+
+
+cdef class WSGICall:
+    """The WSGI middleware's per-request step (the base of
+    :class:`fastlimit.wsgi.RateLimitMiddleware`, which sets it up)."""
+
+    cdef public object app
+    cdef public object gate
+    cdef object check, exempt, view_type, deny, released, names, merge
+
+    def _wire(self, view_type, deny, released, names, merge):
+        """Set the request view class, the denial answer ``deny(outcome,
+        start_response)``, the response wrapper ``released(result,
+        release)`` and the header merge (``AddHeaders``); after ``gate``."""
+        self.check = self.gate.check
+        self.exempt = self.gate.exempt_paths
+        self.view_type = view_type
+        self.deny = deny
+        self.released = released
+        self.names = names
+        self.merge = merge
+
+    def __call__(self, environ, start_response):
+        view = self.view_type(environ)
+        if self.exempt and view.path in self.exempt:
+            return self.app(environ, start_response)
+        outcome = self.check(view)
+        environ["fastlimit.decision"] = outcome
+        if not outcome.allowed:
+            return self.deny(outcome, start_response)
+        extra = outcome.headers
+        respond = AddHeaders(start_response, extra, self.names, self.merge) if extra \
+            else start_response
+        if not getattr(outcome, "holding", True):  # nothing to give back: pass it on as is
+            return self.app(environ, respond)
+        try:
+            result = self.app(environ, respond)
+        except BaseException:
+            outcome.release()
+            raise
+        return self.released(result, outcome.release)
+
+
+cdef class ASGICall:
+    """The ASGI middleware's per-request step (the base of
+    :class:`fastlimit.asgi.RateLimitMiddleware`, which sets it up)."""
+
+    cdef public object app
+    cdef public object gate
+    cdef object check, exempt, view_type, deny, encode, names, merge
+
+    def _wire(self, view_type, deny, encode, names, merge):
+        """Set the request view class, the denial answer ``deny(outcome,
+        send)``, ``encode(headers)`` to raw headers and the merge of
+        :class:`SendHeaders`; after ``gate``."""
+        self.check = self.gate.check
+        self.exempt = self.gate.exempt_paths
+        self.view_type = view_type
+        self.deny = deny
+        self.encode = encode
+        self.names = names
+        self.merge = merge
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        view = self.view_type(scope)
+        if self.exempt and view.path in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        outcome = self.check(view)
+        scope["fastlimit.decision"] = outcome
+        try:
+            if not outcome.allowed:
+                await self.deny(outcome, send)
+                return
+            extra = outcome.headers
+            if not extra:
+                await self.app(scope, receive, send)
+                return
+            await self.app(scope, receive,
+                           SendHeaders(send, self.encode(extra), self.names, self.merge))
+        finally:
+            if getattr(outcome, "holding", True):
+                outcome.release()

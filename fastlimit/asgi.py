@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import Any
 
-from fastlimit._lane import SendHeaders
+from fastlimit._lane import ASGICall
 from fastlimit.policy import Policy
 from fastlimit.web import (
     RATE_HEADERS,
@@ -54,7 +54,7 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return out
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(ASGICall):
     """Count each HTTP request under ``policy``; answer denials itself, add
     the rate-limit headers to every response.
 
@@ -105,49 +105,21 @@ class RateLimitMiddleware:
         self.app = app
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
                          forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths)
+        # __call__, every request, is compiled (fastlimit._lane.ASGICall)
+        self._wire(_ASGIView, send_denial, _encode, _RAW_RATE_HEADERS, _merge_raw)
 
     @property
     def policy(self) -> Policy:
         return self.gate.policy
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        view = _ASGIView(scope)
-        gate = self.gate
-        if gate.exempt_paths and view.path in gate.exempt_paths:
-            await self.app(scope, receive, send)
-            return
-        outcome = gate.check(view)
-        scope["fastlimit.decision"] = outcome
-        try:
-            if not outcome.allowed:
-                await send_denial(outcome, send)
-                return
-            extra = outcome.headers
-            if not extra:
-                await self.app(scope, receive, send)
-                return
 
-            await self.app(scope, receive, SendHeaders(send, extra, _merge_raw))
-        finally:
-            outcome.release()
-
-
-def _merge_raw(app_headers: Iterable[tuple[bytes, bytes]] | None,
-               extra: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    if not app_headers:
-        return _encode(extra)
+def _merge_raw(app_headers: Iterable[tuple[bytes, bytes]],
+               extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The application's raw headers plus ``extra``, except the rate-limit
+    fields the application set itself (a check inside it knows more)."""
     app_headers = list(app_headers)
-    for name, _ in app_headers:
-        if name.lower() in _RAW_RATE_HEADERS:
-            break
-    else:
-        app_headers += _encode(extra)
-        return app_headers
-    names = {name.lower() for name, _ in app_headers}
-    return [*app_headers, *(h for h in _encode(extra) if h[0] not in names)]
+    present = {name.lower() for name, _ in app_headers}
+    return [*app_headers, *(h for h in extra if h[0] not in present)]
 
 
 _RAW_RATE_HEADERS = frozenset(name.encode() for name in RATE_HEADERS)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fastlimit._lane import AddHeaders
+from fastlimit._lane import WSGICall
 from fastlimit.policy import Policy
 from fastlimit.web import (
     RATE_HEADERS,
@@ -30,7 +30,7 @@ from fastlimit.web import (
 )
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication
 
 __all__ = ["RateLimitMiddleware"]
 
@@ -42,7 +42,7 @@ def _status_line(status: int) -> str:
         return f"{status} Error"
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(WSGICall):
     """Count each request under ``policy``; answer denials itself, add the
     rate-limit headers to every response.
 
@@ -105,33 +105,12 @@ class RateLimitMiddleware:
         self.app = app
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
                          forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths)
+        # __call__, every request, is compiled (fastlimit._lane.WSGICall)
+        self._wire(_WSGIView, _deny, _Released, RATE_HEADERS, merge_headers)
 
     @property
     def policy(self) -> Policy:
         return self.gate.policy
-
-    def __call__(self, environ: WSGIEnvironment,
-                 start_response: StartResponse) -> Iterable[bytes]:
-        # Every request runs this: few calls, no allocations it can avoid.
-        view = _WSGIView(environ)
-        gate = self.gate
-        if gate.exempt_paths and view.path in gate.exempt_paths:
-            return self.app(environ, start_response)
-        outcome = gate.check(view)
-        environ["fastlimit.decision"] = outcome
-        if not outcome.allowed:
-            return _deny(outcome, start_response)
-        extra = outcome.headers
-        respond: Any = (AddHeaders(start_response, extra, RATE_HEADERS, merge_headers) if extra
-                        else start_response)
-        if not getattr(outcome, "holding", True):  # nothing to give back: pass it on as is
-            return self.app(environ, respond)
-        try:
-            result = self.app(environ, respond)
-        except BaseException:
-            outcome.release()
-            raise
-        return _Released(result, outcome.release)
 
 
 def _deny(outcome: Outcome, start_response: StartResponse) -> Iterable[bytes]:
