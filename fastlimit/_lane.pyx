@@ -299,7 +299,9 @@ cdef class ASGICall:
         self.names = names
         self.merge = merge
 
-    async def __call__(self, scope, receive, send):
+    async def handle(self, scope, receive, send):
+        """The ASGI application call (the middleware's ``__call__``: a
+        coroutine function, as servers check)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

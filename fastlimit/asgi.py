@@ -112,6 +112,8 @@ class RateLimitMiddleware(ASGICall):
     def policy(self) -> Policy:
         return self.gate.policy
 
+    __call__ = ASGICall.handle
+
 
 def _merge_raw(app_headers: Iterable[tuple[bytes, bytes]],
                extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

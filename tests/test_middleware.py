@@ -399,6 +399,16 @@ def test_wsgi_releases_and_closes_the_apps_iterable_when_iteration_fails(make_po
 # -- ASGI: what is not HTTP --------------------------------------------------
 
 
+def test_the_asgi_middleware_is_seen_as_an_asgi3_application(make_policy):
+    # servers (uvicorn's "auto" interface) tell ASGI 3 from ASGI 2 by
+    # whether the app's __call__ is a coroutine function
+    import inspect
+
+    middleware = asgi.RateLimitMiddleware(App().asgi, make_policy())
+    assert inspect.iscoroutinefunction(middleware.__call__)
+    assert asyncio.iscoroutinefunction(middleware.__call__)
+
+
 @pytest.mark.parametrize("kind", ["lifespan", "websocket"])
 def test_asgi_non_http_scopes_pass_through_untouched(make_policy, kind):
     got = []
