@@ -10,6 +10,14 @@ numpy's BLAS to one thread: its pool's spinning adds noise.
     valgrind ... python bench/instructions.py hit_many 11   # and 1: per key, / 1e6
 
 ``--build DIR`` measures the fastlimit checked out (and built) in DIR.
+
+A request through the middleware, in process (the example application of
+``middleware_bench.py``, its policy and API key), against the plain
+application; the difference of the two is what the middleware adds:
+
+    valgrind ... python bench/instructions.py wsgi 2000        # and 0: / 2000
+    valgrind ... python bench/instructions.py plain_wsgi 2000  # and 0: / 2000
+    (asgi, plain_asgi likewise)
 """
 
 import argparse
@@ -17,8 +25,10 @@ import collections
 import sys
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("what", choices=["allow", "hit_many"])
-parser.add_argument("n", type=int, help="calls of allow, or batches of 100k keys for hit_many")
+parser.add_argument("what", choices=["allow", "hit_many", "wsgi", "plain_wsgi", "asgi",
+                                     "plain_asgi"])
+parser.add_argument("n", type=int, help="calls of allow, batches of 100k keys for hit_many, "
+                                        "or requests")
 parser.add_argument("--build", help="a checkout to import fastlimit from")
 args = parser.parse_args()
 if args.build:
@@ -27,6 +37,58 @@ if args.build:
 import numpy as np  # noqa: E402
 
 import fastlimit  # noqa: E402
+
+
+def requests(what: str, n: int) -> None:
+    """n requests to the example app (after 200 to warm it up)."""
+    import asyncio
+    import os
+    import tempfile
+    import uuid
+
+    from middleware_bench import KEY, POLICY, _remove_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = os.path.join(tmp, "policy.toml")
+        with open(policy, "w") as f:
+            f.write(POLICY)
+        os.environ.update(FASTLIMIT_POLICY=policy, FASTLIMIT_TABLE=f"ins-{uuid.uuid4().hex[:8]}")
+        from fastlimit.examples import app
+        handler = getattr(app, what)
+        try:
+            if what.endswith("wsgi"):
+                environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/items",
+                           "QUERY_STRING": "", "SCRIPT_NAME": "", "REMOTE_ADDR": "127.0.0.1",
+                           "HTTP_HOST": "127.0.0.1", "HTTP_X_API_KEY": KEY}
+                for _ in range(200 + n):
+                    body = handler(dict(environ), lambda *a: None)
+                    for _chunk in body:
+                        pass
+                    if hasattr(body, "close"):
+                        body.close()
+            else:
+                scope = {"type": "http", "method": "GET", "path": "/v1/items",
+                         "query_string": b"", "client": ("127.0.0.1", 5000),
+                         "headers": [(b"host", b"127.0.0.1"), (b"x-api-key", KEY.encode())]}
+
+                async def receive() -> dict[str, object]:
+                    return {"type": "http.request", "body": b""}
+
+                async def send(message: object) -> None:
+                    pass
+
+                async def run() -> None:
+                    for _ in range(200 + n):
+                        await handler(dict(scope), receive, send)
+
+                asyncio.run(run())
+        finally:
+            _remove_table(os.environ["FASTLIMIT_TABLE"])
+
+
+if args.what not in ("allow", "hit_many"):
+    requests(args.what, args.n)
+    sys.exit()
 
 table = fastlimit.SharedTable.anonymous(200_000)
 lim = fastlimit.Limiter("1000000000/1s", table, name="x")
