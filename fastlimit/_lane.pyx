@@ -142,17 +142,20 @@ cdef class Lane:
         if counter is not None and counter[0] != overrides._seen:
             self.refresh()
         version = overrides.version
+        cdef dict plans = self.plans
         if version != self.version:
-            self.plans = {}
+            # a new dict, not cleared: a thread still planning under the old
+            # overrides (resolve() lets go of the GIL) fills the old one
+            plans = self.plans = {}
             self.version = version
         client = view.client_ip or self.no_address
         where = (view.method, view.path, identity, client)
-        found = self.plans.get(where)
+        found = plans.get(where)
         if found is None:
             found = self._plan(view.method, view.path, identity, client)
-            if len(self.plans) >= PLANS:
-                self.plans = {}
-            self.plans[where] = found
+            if len(plans) >= PLANS:
+                plans = self.plans = {}
+            plans[where] = found
         if found is _GENERAL or type(given) is not int:
             return self.general(view, identity, given)
         plan = <_Plan>found
