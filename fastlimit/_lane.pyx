@@ -327,3 +327,37 @@ cdef class ASGICall:
         finally:
             if getattr(outcome, "holding", True):
                 outcome.release()
+
+
+def scope_header(headers, bytes wanted):
+    """The value of raw header ``wanted`` (lower case) in an ASGI scope's
+    ``headers``, as text, or None; repeated headers joined with ``,``."""
+    first = None
+    more = None
+    for key, value in headers:
+        if key == wanted:
+            if first is None:
+                first = value
+            elif more is None:
+                more = [first, value]
+            else:
+                more.append(value)
+    if more is not None:
+        return b",".join(more).decode("latin-1")
+    return None if first is None else first.decode("latin-1")
+
+
+cdef dict _RAW_NAMES = {}
+
+
+def encode_headers(list headers):
+    """Text header pairs as ASGI raw ones: names in lower case, latin-1."""
+    out = []
+    for name, value in headers:
+        raw = _RAW_NAMES.get(name)
+        if raw is None:
+            if len(_RAW_NAMES) >= 1024:  # names come from the policy: a handful
+                _RAW_NAMES.clear()
+            raw = _RAW_NAMES[name] = name.lower().encode("latin-1")
+        out.append((raw, value.encode("latin-1")))
+    return out

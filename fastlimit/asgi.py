@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import Any
 
-from fastlimit._lane import ASGICall
+from fastlimit._lane import ASGICall, encode_headers
 from fastlimit.policy import Policy
 from fastlimit.web import (
     RATE_HEADERS,
@@ -40,19 +40,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_NAMES: dict[str, bytes] = {}
-
-
-def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    out = []
-    for name, value in headers:
-        raw = _NAMES.get(name)
-        if raw is None:
-            raw = _NAMES[name] = name.lower().encode("latin-1")
-        out.append((raw, value.encode("latin-1")))
-    return out
-
 
 class RateLimitMiddleware(ASGICall):
     """Count each HTTP request under ``policy``; answer denials itself, add
@@ -106,7 +93,7 @@ class RateLimitMiddleware(ASGICall):
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
                          forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths)
         # __call__, every request, is compiled (fastlimit._lane.ASGICall)
-        self._wire(_ASGIView, send_denial, _encode, _RAW_RATE_HEADERS, _merge_raw)
+        self._wire(_ASGIView, send_denial, encode_headers, _RAW_RATE_HEADERS, _merge_raw)
 
     @property
     def policy(self) -> Policy:
@@ -131,5 +118,5 @@ async def send_denial(outcome: Outcome, send: Send) -> None:
     """Answer a denied request: the policy's status, headers and body."""
     body = outcome.body or b""
     await send({"type": "http.response.start", "status": outcome.status,
-                "headers": _encode(denial_headers(outcome, body))})
+                "headers": encode_headers(denial_headers(outcome, body))})
     await send({"type": "http.response.body", "body": body})

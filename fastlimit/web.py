@@ -23,7 +23,7 @@ import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from fastlimit._lane import Lane
+from fastlimit._lane import Lane, scope_header
 from fastlimit.composite import CompositeResult
 from fastlimit.errors import CapacityError, ConfigurationError
 from fastlimit.limiter import Limiter
@@ -184,20 +184,7 @@ class _ASGIView(RequestView):
         self.client_ip = self.peer
 
     def header(self, name: str) -> str | None:
-        wanted = _asgi_name(name)
-        first: bytes | None = None
-        more: list[bytes] | None = None
-        for key, value in self.raw.get("headers", ()):
-            if key == wanted:
-                if first is None:
-                    first = value
-                elif more is None:
-                    more = [first, value]
-                else:
-                    more.append(value)
-        if more is not None:
-            return b",".join(more).decode("latin-1")
-        return None if first is None else first.decode("latin-1")
+        return scope_header(self.raw.get("headers", ()), _asgi_name(name))
 
 
 # -- the client address ------------------------------------------------------
