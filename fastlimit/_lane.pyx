@@ -361,3 +361,75 @@ def encode_headers(list headers):
             raw = _RAW_NAMES[name] = name.lower().encode("latin-1")
         out.append((raw, value.encode("latin-1")))
     return out
+
+
+cdef class HeaderIdentity:
+    """``identify(view)`` for a credential sent in a request header: the
+    callable :func:`fastlimit.web.api_key_header` and
+    :func:`fastlimit.web.bearer_token` return.
+
+    The header is read straight from the WSGI environ or the ASGI scope
+    (other views: ``view.header``).  ``kind`` is ``"api_key"`` (``lookup``
+    gives ``(tier, account)``) or ``"token"`` (an ``Authorization: Bearer``
+    value; ``lookup`` gives the subject)."""
+
+    cdef object lookup, identity_type, invalid, wsgi_view, asgi_view
+    cdef str name, environ_key
+    cdef bytes raw_name
+    cdef bint token
+
+    def __init__(self, str kind, lookup, str name, str environ_key, bytes raw_name,
+                 identity_type, invalid, wsgi_view, asgi_view):
+        if kind not in ("api_key", "token"):
+            raise ValueError(f"kind must be 'api_key' or 'token', got {kind!r}")
+        self.token = kind == "token"
+        self.lookup = lookup
+        self.name = name
+        self.environ_key = environ_key
+        self.raw_name = raw_name
+        self.identity_type = identity_type  # Identity: made without its keyword handling
+        self.invalid = invalid    # the Identity of a credential that failed
+        self.wsgi_view = wsgi_view
+        self.asgi_view = asgi_view
+
+    def __call__(self, view):
+        kind = type(view)
+        if kind is self.wsgi_view:
+            value = view.raw.get(self.environ_key)
+        elif kind is self.asgi_view:
+            value = scope_header(view.raw.get("headers", ()), self.raw_name)
+        else:
+            value = view.header(self.name)
+        if not value:
+            return None
+        if not self.token:
+            found = self.lookup(value)
+            if found is None:
+                return self.invalid
+            tier, account = found
+            return tuple.__new__(self.identity_type, ("api_key", value, tier, account))
+        scheme, _, credential = value.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        credential = credential.strip()
+        subject = self.lookup(credential) if credential else None
+        if not subject:
+            return self.invalid
+        return tuple.__new__(self.identity_type, ("token", subject, None, None))
+
+
+cdef class FirstOf:
+    """``identify(view)``: the first identity any of ``identifiers`` finds
+    (None when none does): what :func:`fastlimit.web.first_of` returns."""
+
+    cdef tuple identifiers
+
+    def __init__(self, identifiers):
+        self.identifiers = tuple(identifiers)
+
+    def __call__(self, view):
+        for each in self.identifiers:
+            found = each(view)
+            if found is not None:
+                return found
+        return None

@@ -23,7 +23,7 @@ import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from fastlimit._lane import Lane, scope_header
+from fastlimit._lane import FirstOf, HeaderIdentity, Lane, scope_header
 from fastlimit.composite import CompositeResult
 from fastlimit.errors import CapacityError, ConfigurationError
 from fastlimit.limiter import Limiter
@@ -346,17 +346,7 @@ def api_key_header(lookup: Callable[[str], tuple[str, str | None] | None], *,
         True
     """
 
-    def identify(view: RequestView) -> Identity | None:
-        key = view.header(header)
-        if not key:
-            return None
-        found = lookup(key)
-        if found is None:
-            return _INVALID
-        tier, account = found
-        return _new_identity(Identity, ("api_key", key, tier, account))
-
-    return identify
+    return _header_identity("api_key", lookup, header)
 
 
 def session_cookie(lookup: Callable[[str], str | None], *,
@@ -394,20 +384,7 @@ def bearer_token(lookup: Callable[[str], str | None]) -> Identify:
         Identity(kind='token', subject='tok_1', tier=None, account=None)
     """
 
-    def identify(view: RequestView) -> Identity | None:
-        value = view.header("authorization")
-        if not value:
-            return None
-        scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        token = token.strip()
-        subject = lookup(token) if token else None
-        if not subject:
-            return _INVALID
-        return _new_identity(Identity, ("token", subject, None, None))
-
-    return identify
+    return _header_identity("token", lookup, "authorization")
 
 
 def first_of(*identifiers: Identify) -> Identify:
@@ -419,18 +396,18 @@ def first_of(*identifiers: Identify) -> Identify:
         'S9'
     """
 
-    def identify(view: RequestView) -> Identity | None:
-        for each in identifiers:
-            found = each(view)
-            if found is not None:
-                return found
-        return None
-
-    return identify
+    return FirstOf(identifiers)
 
 
 def _anonymous(view: RequestView) -> Identity | None:
     return None
+
+
+def _header_identity(kind: str, lookup: Callable[[str], Any], header: str) -> Identify:
+    # compiled: it runs on every request (fastlimit._lane.HeaderIdentity)
+    return HeaderIdentity(kind, lookup, header, _environ_key(header), _asgi_name(header),
+                          Identity, _INVALID,
+                          _WSGIView, _ASGIView)
 
 
 _INVALID = Identity.invalid()
