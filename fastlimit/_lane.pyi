@@ -50,3 +50,15 @@ class HeaderIdentity:
 class FirstOf:
     def __init__(self, identifiers: Any) -> None: ...
     def __call__(self, view: Any) -> Any: ...
+
+class DecisionFields:
+    allowed: bool
+    resolution: Any
+    result: Any
+    kind: str | None
+    _denied_by: str | None
+    _policy: Any
+    _wall_ns: int
+    _headers: list[tuple[str, str]] | None
+    _binding: int | None
+    _leases: list[Any]

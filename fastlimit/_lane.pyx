@@ -73,6 +73,16 @@ cdef class _Plan:
     cdef tuple limit_field   # ("X-RateLimit-Limit", str(burst))
 
 
+cdef class DecisionFields:
+    """The fields of a :class:`fastlimit.policy.PolicyDecision` (its base),
+    kept in C: the compiled check makes a decision in a few stores, where
+    ``PolicyDecision.__init__`` costs a Python call."""
+
+    cdef public bint allowed
+    cdef public object resolution, result, kind, _denied_by, _policy, _wall_ns
+    cdef public object _headers, _binding, _leases
+
+
 cdef object _GENERAL = object()   # the plan of a request that goes the general way
 
 
@@ -167,9 +177,21 @@ cdef class Lane:
         result = tuple.__new__(self.result_type,
                                (True, (d,), None, ()) if allowed else (False, (d,), 0, ()))
         wall_ns = self.wall_clock()
-        decision = self.decision_type(self.policy, plan.resolution, result, wall_ns)
+        # what PolicyDecision.__init__ stores for this (test_lane checks it)
+        cdef DecisionFields decision = self.decision_type.__new__(self.decision_type)
+        decision.allowed = allowed
+        decision.resolution = plan.resolution
+        decision.result = result
+        decision.kind = None if allowed else "rate"   # a plan's limit is a Limiter
+        decision._denied_by = None
+        decision._policy = self.policy
+        decision._wall_ns = wall_ns
+        decision._binding = -1
+        decision._leases = []
         if allowed and self.reset_format >= 0:
             decision._headers = legacy_fields(d, self.reset_format, wall_ns, plan.limit_field)
+        else:
+            decision._headers = None
         return decision
 
     cdef object _plan(self, method, path, identity, client):
@@ -189,6 +211,22 @@ cdef class Lane:
         return plan
 
 
+# Whether a header name (str or bytes, as the application wrote it) is a
+# rate-limit field: applications send the same few names every response.
+# One set of names is ever passed for str names (WSGI) and one for bytes
+# (ASGI), and a str never equals a bytes, so one memory serves both.
+cdef dict _RATE_FIELD = {}
+
+
+cdef bint _is_rate_field(name, names) except -1:
+    verdict = _RATE_FIELD.get(name)
+    if verdict is None:
+        if len(_RATE_FIELD) >= 4096:
+            _RATE_FIELD.clear()
+        verdict = _RATE_FIELD[name] = name.lower() in names
+    return verdict is True
+
+
 cdef class AddHeaders:
     """A WSGI ``start_response`` that adds ``extra`` to the application's
     headers; rate-limit fields the application set itself win (a check
@@ -205,7 +243,7 @@ cdef class AddHeaders:
     def __call__(self, status, headers, exc_info=None):
         names = self.names
         for name, _ in headers:
-            if name.lower() in names:
+            if _is_rate_field(name, names):
                 return self.start_response(status, self.merge(headers, self.extra), exc_info)
         return self.start_response(status, list(headers) + self.extra, exc_info)
 
@@ -233,7 +271,7 @@ cdef class SendHeaders:
             else:
                 names = self.names
                 for name, _ in headers:
-                    if name.lower() in names:
+                    if _is_rate_field(name, names):
                         message["headers"] = self.merge(headers, self.extra)
                         break
                 else:

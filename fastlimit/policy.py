@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 from fastlimit._core import Decision
+from fastlimit._lane import DecisionFields
 from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
 from fastlimit.concurrency import ConcurrencyLimit, Lease
 from fastlimit.config import load_dict, load_file
@@ -593,20 +594,33 @@ def _need_ip(client_ip: str | None, limit: str) -> str:
     return client_ip
 
 
-class PolicyDecision:
+class PolicyDecision(DecisionFields):
     """The answer to one request under a policy.
 
     Attributes:
         allowed: whether to serve the request (shadow limits never deny).
         resolution: the limits that applied (:class:`Resolution`).
         result: the composite outcome, one Decision per limit.
+        kind: what denied: ``"rate"``, ``"quota"``, ``"concurrency"`` or
+            ``"too_large"``; None when allowed.
 
     The headers describe the most restrictive enforced limit, once; a
     denial adds ``Retry-After`` and has a :attr:`status` and :attr:`body`.
     """
 
-    __slots__ = ("allowed", "resolution", "result", "kind", "_denied_by", "_policy", "_wall_ns",
-                 "_headers", "_binding", "_leases")
+    # The fields live in the compiled base (fastlimit._lane.DecisionFields),
+    # so that the middlewares' compiled check can fill them in directly.
+    __slots__ = ()
+    allowed: bool
+    resolution: Resolution
+    result: CompositeResult
+    kind: str | None
+    _denied_by: str | None
+    _policy: Policy
+    _wall_ns: int
+    _headers: list[tuple[str, str]] | None
+    _binding: int | None
+    _leases: list[Lease]
 
     def __init__(self, policy: Policy, resolution: Resolution, result: CompositeResult,
                  wall_ns: int, *, denial: tuple[str, str] | None = None,
@@ -614,10 +628,8 @@ class PolicyDecision:
         self.allowed = result.allowed and denial is None
         self.resolution = resolution
         self.result = result
-        self.kind: str | None = None
-        """What denied: ``"rate"``, ``"quota"``, ``"concurrency"`` or
-        ``"too_large"``; None when allowed."""
-        self._denied_by: str | None = None  # the limit or cap named in the body
+        self.kind = None  # what denied: "rate", "quota", "concurrency", "too_large"
+        self._denied_by = None  # the limit or cap named in the body
         if denial is not None:
             self.kind, self._denied_by = denial
         elif not result.allowed:
@@ -626,8 +638,8 @@ class PolicyDecision:
             self.kind = "quota" if isinstance(check.limiter, Quota) else "rate"
         self._policy = policy
         self._wall_ns = wall_ns
-        self._headers: list[tuple[str, str]] | None = None
-        self._binding: int | None = -1  # -1: not computed yet
+        self._headers = None
+        self._binding = -1  # -1: not computed yet
         self._leases = leases or []
 
     def __bool__(self) -> bool:

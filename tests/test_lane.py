@@ -69,9 +69,14 @@ def answer(outcome):
     """Everything a response is made of."""
     if isinstance(outcome, _TooLarge):
         return "CapacityError"
-    return (outcome.allowed, outcome.status, outcome.headers, outcome.body,
-            getattr(outcome, "kind", None), getattr(outcome, "limit", None),
-            getattr(outcome, "rejected", None))
+    d = outcome.decision
+    return (outcome.allowed, outcome.status, outcome.headers, outcome.body, outcome.kind,
+            outcome.limit, outcome.rejected, outcome.retry_after, outcome.holding,
+            outcome.would_allow, outcome.binding, outcome.result.denied_by,
+            [(c.name, c.key, c.shadow, c.limiter.window()) for c in outcome.checks],
+            outcome.result.shadow_denied, repr(outcome),
+            None if d is None else (d.allowed, d.limit, d.remaining, d.reset_after_ns,
+                                    d.retry_after_ns))
 
 
 @pytest.mark.parametrize("reset,ietf", [("delta", False), ("epoch", False),
