@@ -62,3 +62,13 @@ class DecisionFields:
     _headers: list[tuple[str, str]] | None
     _binding: int | None
     _leases: list[Any]
+
+class ViewFields:
+    method: str
+    path: str
+    peer: str | None
+    client_ip: str | None
+    raw: Any
+
+def wsgi_view(view: ViewFields, environ: Any) -> Any: ...
+def asgi_view(view: ViewFields, scope: Any) -> Any: ...

@@ -13,6 +13,51 @@ ever stands for what ``Policy.hit`` would do with the same resolution
 (tests/test_lane.py runs both side by side).
 """
 
+cdef class ViewFields:
+    """The fields of a :class:`fastlimit.web.RequestView` (its base), kept
+    in C: the compiled middlewares make a request's view in a few stores."""
+
+    cdef public object method, path, peer, client_ip, raw
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+
+
+cdef inline object _get(mapping, key, default):
+    # environs and scopes are dicts: their get() without a method call
+    if type(mapping) is dict:
+        return (<dict>mapping).get(key, default)
+    return mapping.get(key, default)
+
+
+cpdef object wsgi_view(ViewFields view, environ):
+    """Fill ``view`` from a WSGI environ; return it."""
+    view.raw = environ
+    view.method = _get(environ, "REQUEST_METHOD", "GET")
+    path = _get(environ, "SCRIPT_NAME", "") + _get(environ, "PATH_INFO", "")
+    if not (PyUnicode_IS_ASCII(path) if type(path) is str else path.isascii()):
+        # PEP 3333 hands over the path's bytes as latin-1 characters; a
+        # server that broke that rule already gave text: keep it
+        try:
+            path = path.encode("latin-1").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            pass
+    view.path = path or "/"
+    view.peer = view.client_ip = _get(environ, "REMOTE_ADDR", None) or None
+    return view
+
+
+cpdef object asgi_view(ViewFields view, scope):
+    """Fill ``view`` from an ASGI ``http`` scope; return it."""
+    view.raw = scope
+    view.method = _get(scope, "method", "GET")
+    view.path = _get(scope, "path", None) or "/"
+    client = _get(scope, "client", None)
+    view.peer = view.client_ip = client[0] if client else None
+    return view
+
+
 # plans remembered at most, before the memory starts over
 cdef Py_ssize_t PLANS = 4096
 
@@ -300,7 +345,7 @@ cdef class WSGICall:
         self.merge = merge
 
     def __call__(self, environ, start_response):
-        view = self.view_type(environ)
+        view = wsgi_view(ViewFields.__new__(self.view_type), environ)
         if self.exempt and view.path in self.exempt:
             return self.app(environ, start_response)
         outcome = self.check(view)
@@ -346,7 +391,7 @@ cdef class ASGICall:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        view = self.view_type(scope)
+        view = asgi_view(ViewFields.__new__(self.view_type), scope)
         if self.exempt and view.path in self.exempt:
             await self.app(scope, receive, send)
             return

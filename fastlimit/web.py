@@ -23,7 +23,15 @@ import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from fastlimit._lane import FirstOf, HeaderIdentity, Lane, scope_header
+from fastlimit._lane import (
+    FirstOf,
+    HeaderIdentity,
+    Lane,
+    ViewFields,
+    asgi_view,
+    scope_header,
+    wsgi_view,
+)
 from fastlimit.composite import CompositeResult
 from fastlimit.errors import CapacityError, ConfigurationError
 from fastlimit.limiter import Limiter
@@ -45,7 +53,7 @@ __all__ = [
 ForwardedHeader = Literal["x-forwarded-for", "forwarded"]
 
 
-class RequestView:
+class RequestView(ViewFields):
     """One HTTP request as fastlimit sees it, whether it came as a WSGI
     environ or an ASGI scope.  ``identify`` and ``cost`` callables get one.
 
@@ -66,7 +74,8 @@ class RequestView:
         ('GET', '/a', '10.0.0.1', 'k1', 's9')
     """
 
-    __slots__ = ("method", "path", "peer", "client_ip", "raw")
+    # The fields live in the compiled base (fastlimit._lane.ViewFields).
+    __slots__ = ()
 
     method: str
     path: str
@@ -146,19 +155,7 @@ class _WSGIView(RequestView):
     __slots__ = ()
 
     def __init__(self, environ: Mapping[str, Any]) -> None:
-        self.raw = environ
-        self.method = environ.get("REQUEST_METHOD", "GET")
-        path: str = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        if not path.isascii():
-            # PEP 3333 hands over the path's bytes as latin-1 characters; a
-            # server that broke that rule already gave text: keep it
-            try:
-                path = path.encode("latin-1").decode("utf-8", "replace")
-            except UnicodeEncodeError:
-                pass
-        self.path = path or "/"
-        self.peer = environ.get("REMOTE_ADDR") or None
-        self.client_ip = self.peer
+        wsgi_view(self, environ)
 
     def header(self, name: str) -> str | None:
         value: str | None = self.raw.get(_environ_key(name))
@@ -176,12 +173,7 @@ class _ASGIView(RequestView):
     __slots__ = ()
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
-        self.raw = scope
-        self.method = scope.get("method", "GET")
-        self.path = scope.get("path") or "/"
-        client = scope.get("client")
-        self.peer = client[0] if client else None
-        self.client_ip = self.peer
+        asgi_view(self, scope)
 
     def header(self, name: str) -> str | None:
         return scope_header(self.raw.get("headers", ()), _asgi_name(name))
