@@ -231,6 +231,20 @@ def _remove_table(name: str) -> None:
             os.unlink(path)
 
 
+def server_env(tmp: str, **extra: str) -> tuple[str, str, dict[str, str]]:
+    """(policy file, table name, environment) for servers of the example
+    app: the policy written in ``tmp``, a fresh table, this directory on
+    the path (for ``_floor_app``)."""
+    policy_path = os.path.join(tmp, "policy.toml")
+    with open(policy_path, "w") as f:
+        f.write(POLICY)
+    table = f"bench-{uuid.uuid4().hex[:8]}"
+    bench_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, FASTLIMIT_POLICY=policy_path, FASTLIMIT_TABLE=table, **extra,
+               PYTHONPATH=os.pathsep.join(filter(None, [bench_dir, os.environ.get("PYTHONPATH")])))
+    return policy_path, table, env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -253,14 +267,7 @@ def main() -> None:
           f"{args.rounds} rounds x {args.duration:g} s, alternating  "
           f"{args.workers} workers  app work per request: {args.work_ms} ms")
     with tempfile.TemporaryDirectory(prefix="fastlimit-bench-") as tmp:
-        policy_path = os.path.join(tmp, "policy.toml")
-        with open(policy_path, "w") as f:
-            f.write(POLICY)
-        table = f"bench-{uuid.uuid4().hex[:8]}"
-        bench_dir = os.path.dirname(os.path.abspath(__file__))
-        env = dict(os.environ, FASTLIMIT_POLICY=policy_path, FASTLIMIT_TABLE=table,
-                   PYTHONPATH=os.pathsep.join(filter(None, [bench_dir,
-                                                            os.environ.get("PYTHONPATH")])))
+        policy_path, table, env = server_env(tmp)
         print(f"\n{'server':<24} {'req/s: plain':>12} {'+headers':>9} {'middleware':>11}"
               f" {'overhead':>9} {'over +headers':>14}   {'server CPU/request: plain':>25}"
               f" {'+headers':>9} {'middleware':>11}")

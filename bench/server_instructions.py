@@ -30,9 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
-from middleware_bench import KEY, POLICY, SERVERS, VARIANTS, _remove_table
+from middleware_bench import KEY, SERVERS, VARIANTS, _remove_table, server_env
 
 from fastlimit._server import Server, free_port
 
@@ -88,15 +87,7 @@ def main() -> None:
         raise SystemExit("needs valgrind (apt-get install valgrind)")
     path = "/v1/items"
     with tempfile.TemporaryDirectory(prefix="fastlimit-ins-") as tmp:
-        policy_path = os.path.join(tmp, "policy.toml")
-        with open(policy_path, "w") as f:
-            f.write(POLICY)
-        table = f"bench-{uuid.uuid4().hex[:8]}"
-        bench_dir = os.path.dirname(os.path.abspath(__file__))
-        env = dict(os.environ, FASTLIMIT_POLICY=policy_path, FASTLIMIT_TABLE=table,
-                   OPENBLAS_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [bench_dir,
-                                                            os.environ.get("PYTHONPATH")])))
+        _, table, env = server_env(tmp, OPENBLAS_NUM_THREADS="1")
         print(f"instructions per request ({args.requests} requests, 1 worker)")
         print(f"{'server':<24} {'plain':>9} {'+headers':>9} {'middleware':>11} "
               f"{'headers cost':>13} {'middleware cost':>16} {'over +headers':>14}")

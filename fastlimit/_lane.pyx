@@ -324,25 +324,34 @@ cdef class SendHeaders:
         return self.send(message)
 
 
-cdef class WSGICall:
-    """The WSGI middleware's per-request step (the base of
-    :class:`fastlimit.wsgi.RateLimitMiddleware`, which sets it up)."""
+cdef class _Call:
+    """What both middlewares' per-request steps hold."""
 
     cdef public object app
     cdef public object gate
-    cdef object check, exempt, view_type, deny, released, names, merge
+    cdef object check, exempt, view_type, deny, names, merge
+
+    cdef _hold(self, view_type, deny, names, merge):
+        self.check = self.gate.check
+        self.exempt = self.gate.exempt_paths
+        self.view_type = view_type
+        self.deny = deny
+        self.names = names
+        self.merge = merge
+
+
+cdef class WSGICall(_Call):
+    """The WSGI middleware's per-request step (the base of
+    :class:`fastlimit.wsgi.RateLimitMiddleware`, which sets it up)."""
+
+    cdef object released
 
     def _wire(self, view_type, deny, released, names, merge):
         """Set the request view class, the denial answer ``deny(outcome,
         start_response)``, the response wrapper ``released(result,
         release)`` and the header merge (``AddHeaders``); after ``gate``."""
-        self.check = self.gate.check
-        self.exempt = self.gate.exempt_paths
-        self.view_type = view_type
-        self.deny = deny
+        self._hold(view_type, deny, names, merge)
         self.released = released
-        self.names = names
-        self.merge = merge
 
     def __call__(self, environ, start_response):
         view = wsgi_view(ViewFields.__new__(self.view_type), environ)
@@ -365,25 +374,18 @@ cdef class WSGICall:
         return self.released(result, outcome.release)
 
 
-cdef class ASGICall:
+cdef class ASGICall(_Call):
     """The ASGI middleware's per-request step (the base of
     :class:`fastlimit.asgi.RateLimitMiddleware`, which sets it up)."""
 
-    cdef public object app
-    cdef public object gate
-    cdef object check, exempt, view_type, deny, encode, names, merge
+    cdef object encode
 
     def _wire(self, view_type, deny, encode, names, merge):
         """Set the request view class, the denial answer ``deny(outcome,
         send)``, ``encode(headers)`` to raw headers and the merge of
         :class:`SendHeaders`; after ``gate``."""
-        self.check = self.gate.check
-        self.exempt = self.gate.exempt_paths
-        self.view_type = view_type
-        self.deny = deny
+        self._hold(view_type, deny, names, merge)
         self.encode = encode
-        self.names = names
-        self.merge = merge
 
     async def handle(self, scope, receive, send):
         """The ASGI application call (the middleware's ``__call__``: a
