@@ -10,8 +10,10 @@ and the application behind the middleware.  After a warm-up the counters
 are zeroed, N keep-alive requests (gunicorn sync: a connection each) are
 sent one at a time, and the counters dumped: the instructions the serving
 process executed, divided by N.  Instructions are not time (cache misses
-and branch mispredictions are not in them), but they come out the same
-from run to run, to a fraction of a percent.
+and branch mispredictions are not in them), but they vary far less from
+run to run: ~2% here, mostly gunicorn's idle loop running while the
+counters are zeroed and dumped, a fixed cost that 1000 requests spread
+thin (100 do not).
 
 Usage: python bench/server_instructions.py [--requests 1000]
        [--servers gunicorn-sync,gunicorn-uvicorn-worker,uvicorn]
