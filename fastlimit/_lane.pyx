@@ -1,27 +1,31 @@
 # cython: language_level=3
-"""The middlewares' request check, compiled (``Gate.check``).
+"""The middlewares' per-request path, compiled.
 
-Most requests an API serves come under one rate limit (the caller's tier,
-or a route's) and nothing else: no size caps, leases, quotas or shadow
-limits.  For those, what :meth:`Policy.hit` does in Python (resolve the
-limits, hit them, make the decision, render its headers) costs more than
-everything else fastlimit does per request; here it is one remembered plan
-per (method, path, identity, client address), one GCRA hit and the
+Every request the WSGI and ASGI middlewares see runs through here: their
+call (``WSGICall``, ``ASGICall``), the request view (``ViewFields``), the
+identity helpers (``HeaderIdentity``, ``FirstOf``) and the check
+(``Lane``, which is ``Gate.check``).  Most requests an API serves come
+under one rate limit (the caller's tier, or a route's) and nothing else:
+no size caps, leases, quotas or shadow limits.  For those, what
+:meth:`Policy.hit` does in Python (resolve the limits, hit them, make the
+decision, render its headers) is one remembered plan per (method, path,
+identity, client address), one GCRA hit, and the decision and its
 X-RateLimit-* fields built in C.  Any other request, and any policy whose
-``hit`` or ``resolve`` is overridden, takes the general way: the plan only
+``hit`` or ``resolve`` is overridden, takes the general way: a plan only
 ever stands for what ``Policy.hit`` would do with the same resolution
 (tests/test_lane.py runs both side by side).
 """
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+    object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
+
 
 cdef class ViewFields:
     """The fields of a :class:`fastlimit.web.RequestView` (its base), kept
     in C: the compiled middlewares make a request's view in a few stores."""
 
     cdef public object method, path, peer, client_ip, raw
-
-
-cdef extern from "Python.h":
-    bint PyUnicode_IS_ASCII(object text)
 
 
 cdef inline object _get(mapping, key, default):
@@ -62,13 +66,8 @@ cpdef object asgi_view(ViewFields view, scope):
 cdef Py_ssize_t PLANS = 4096
 
 
-cdef extern from "Python.h":
-    object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
-
-
 cdef str _decimal(long long value):
-    """str(value) for value >= 0, without the int object's general path
-    (a third of the fields' cost)."""
+    """str(value) for value >= 0, without making an int object first."""
     cdef char digits[24]
     cdef int at = 24
     while True:
@@ -214,9 +213,9 @@ cdef class Lane:
         if found is _GENERAL or type(given) is not int:
             return self.general(view, identity, given)
         plan = <_Plan>found
-        cost = given
-        if cost < 0 or cost > plan.burst:
+        if not 0 <= given <= plan.burst:  # compared as Python ints: any size
             return self.general(view, identity, given)
+        cost = given
         d = plan.hit(plan.key, cost)
         allowed = d.allowed
         result = tuple.__new__(self.result_type,
