@@ -4,6 +4,7 @@ from typing import Any
 from fastlimit._core import Decision
 from fastlimit.web import Gate
 
+def reset_seconds(after_ns: int, reset_format: int, wall_now_ns: int) -> str: ...
 def legacy_fields(decision: Decision, reset_format: int, wall_now_ns: int,
                   limit: tuple[str, str] | None = None) -> list[tuple[str, str]]: ...
 

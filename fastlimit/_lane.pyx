@@ -79,31 +79,36 @@ cdef str _decimal(long long value):
     return PyUnicode_DecodeASCII(digits + at, 24 - at, NULL)
 
 
-cpdef list legacy_fields(decision, int reset_format, long long wall_now_ns, tuple limit=None):
-    """``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` of ``decision``:
-    ``reset_format`` 0 is seconds from now, 1 Unix seconds, both rounded up
-    (a client that waits that long finds the key replenished).  ``limit``:
-    the first field, when the caller has it made already."""
-    after = decision.reset_after_ns
-    remaining = decision.remaining
-    if limit is None:
-        limit = ("X-RateLimit-Limit", str(decision.limit))
-    if not (0 <= remaining and -2**62 < after < 2**62 and -2**62 < wall_now_ns < 2**62):
+cpdef str reset_seconds(after_ns, int reset_format, wall_now_ns):
+    """``X-RateLimit-Reset`` in whole seconds, rounded up (a client that
+    waits that long finds the key replenished): ``reset_format`` 0 is
+    seconds from now, 1 Unix seconds.  ``after_ns`` below 0 counts as 0."""
+    if not (-2**62 < after_ns < 2**62 and -2**62 < wall_now_ns < 2**62):
         # far outside anything a clock gives: Python's unbounded ints
-        at = max(0, after) + (wall_now_ns if reset_format == 1 else 0)
-        return [limit, ("X-RateLimit-Remaining", str(remaining)),
-                ("X-RateLimit-Reset", str(-(-at // 1_000_000_000)))]
-    cdef long long reset = after
+        at = max(0, after_ns) + (wall_now_ns if reset_format == 1 else 0)
+        return str(-(-at // 1_000_000_000))
+    cdef long long reset = after_ns
     if reset < 0:
         reset = 0
     if reset_format == 1:
-        reset += wall_now_ns
+        reset += <long long>wall_now_ns
     if reset < 0:  # an epoch before 1970: no sign for _decimal to write
-        return [limit, ("X-RateLimit-Remaining", _decimal(remaining)),
-                ("X-RateLimit-Reset", str(-(-reset // 1_000_000_000)))]
-    reset = (reset + 999_999_999) // 1_000_000_000  # rounded up
-    return [limit, ("X-RateLimit-Remaining", _decimal(remaining)),
-            ("X-RateLimit-Reset", _decimal(reset))]
+        return str(-(-reset // 1_000_000_000))
+    # rounded up without adding first: reset may be near the top of int64
+    return _decimal(reset // 1_000_000_000 + (reset % 1_000_000_000 != 0))
+
+
+cpdef list legacy_fields(decision, int reset_format, wall_now_ns, tuple limit=None):
+    """``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` of ``decision``,
+    the reset as :func:`reset_seconds` writes it.  ``limit``: the first
+    field, when the caller has it made already."""
+    if limit is None:
+        limit = ("X-RateLimit-Limit", str(decision.limit))
+    remaining = decision.remaining
+    return [limit, ("X-RateLimit-Remaining",
+                    _decimal(remaining) if 0 <= remaining < 2**62 else str(remaining)),
+            ("X-RateLimit-Reset",
+             reset_seconds(decision.reset_after_ns, reset_format, wall_now_ns))]
 
 
 cdef class _Plan:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from fastlimit._core import Decision
-from fastlimit._lane import legacy_fields
+from fastlimit._lane import legacy_fields, reset_seconds
 from fastlimit.errors import ConfigurationError
 from fastlimit.rate import NS_PER_S, Rate
 
@@ -118,12 +118,10 @@ def format_reset(reset_after_ns: int, fmt: ResetFormat, wall_now_ns: int) -> str
         >>> format_reset(1, "epoch", 1_775_397_600 * 10**9)
         '1775397601'
     """
-    if fmt == "delta":
-        return str(_ceil_div(max(0, reset_after_ns), NS_PER_S))
-    at_ns = wall_now_ns + max(0, reset_after_ns)
-    if fmt == "epoch":
-        return str(_ceil_div(at_ns, NS_PER_S))
+    if fmt == "delta" or fmt == "epoch":
+        return reset_seconds(reset_after_ns, fmt == "epoch", wall_now_ns)
     if fmt == "iso":
+        at_ns = wall_now_ns + max(0, reset_after_ns)
         seconds, ms = divmod(_ceil_div(at_ns, NS_PER_MS), 1000)
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
     raise ConfigurationError(f"reset format must be one of {RESET_FORMATS}, got {fmt!r}")
