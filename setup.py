@@ -22,7 +22,8 @@ extensions = [
         extra_compile_args=compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
-    Extension("fastlimit._lane", ["fastlimit/_lane.pyx"], extra_compile_args=compile_args),
+    Extension("fastlimit._lane", ["fastlimit/_lane.pyx"], depends=["fastlimit/_core.pxd"],
+              extra_compile_args=compile_args),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, language_level=3))

@@ -592,11 +592,7 @@ cdef class Decision:
     A Decision is truthy when allowed.
     """
 
-    cdef readonly bint allowed
-    cdef readonly int64_t limit
-    cdef readonly int64_t remaining
-    cdef readonly int64_t reset_after_ns
-    cdef readonly int64_t retry_after_ns
+    # the fields are declared in _core.pxd: the compiled middleware reads them
 
     def __init__(self, bint allowed, int64_t limit, int64_t remaining,
                  int64_t reset_after_ns=0, int64_t retry_after_ns=0):

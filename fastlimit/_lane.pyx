@@ -16,9 +16,15 @@ ever stands for what ``Policy.hit`` would do with the same resolution
 (tests/test_lane.py runs both side by side).
 """
 
+cimport cython
+
+from fastlimit._core cimport Decision
+
+
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
     object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
+    object PyBytes_FromStringAndSize(const char *s, Py_ssize_t size)
 
 
 cdef class ViewFields:
@@ -66,8 +72,10 @@ cpdef object asgi_view(ViewFields view, scope):
 cdef Py_ssize_t PLANS = 4096
 
 
-cdef str _decimal(long long value):
-    """str(value) for value >= 0, without making an int object first."""
+@cython.cdivision(True)  # value >= 0: C's / and % are Python's
+cdef object _decimal(long long value, bint raw=False):
+    """str(value) for value >= 0 (bytes if ``raw``), without making an int
+    object first."""
     cdef char digits[24]
     cdef int at = 24
     while True:
@@ -76,26 +84,45 @@ cdef str _decimal(long long value):
         value //= 10
         if value == 0:
             break
+    if raw:
+        return PyBytes_FromStringAndSize(digits + at, 24 - at)
     return PyUnicode_DecodeASCII(digits + at, 24 - at, NULL)
 
 
-cpdef str reset_seconds(after_ns, int reset_format, wall_now_ns):
-    """``X-RateLimit-Reset`` in whole seconds, rounded up (a client that
-    waits that long finds the key replenished): ``reset_format`` 0 is
-    seconds from now, 1 Unix seconds.  ``after_ns`` below 0 counts as 0."""
+cdef object _reset(after_ns, int reset_format, wall_now_ns, bint raw):
     if not (-2**62 < after_ns < 2**62 and -2**62 < wall_now_ns < 2**62):
         # far outside anything a clock gives: Python's unbounded ints
         at = max(0, after_ns) + (wall_now_ns if reset_format == 1 else 0)
-        return str(-(-at // 1_000_000_000))
+        return _text(str(-(-at // 1_000_000_000)), raw)
     cdef long long reset = after_ns
     if reset < 0:
         reset = 0
     if reset_format == 1:
         reset += <long long>wall_now_ns
     if reset < 0:  # an epoch before 1970: no sign for _decimal to write
-        return str(-(-reset // 1_000_000_000))
+        return _text(str(-(-reset // 1_000_000_000)), raw)
     # rounded up without adding first: reset may be near the top of int64
-    return _decimal(reset // 1_000_000_000 + (reset % 1_000_000_000 != 0))
+    return _decimal(reset // 1_000_000_000 + (reset % 1_000_000_000 != 0), raw)
+
+
+cdef inline object _text(str value, bint raw):
+    return value.encode("ascii") if raw else value
+
+
+cpdef str reset_seconds(after_ns, int reset_format, wall_now_ns):
+    """``X-RateLimit-Reset`` in whole seconds, rounded up (a client that
+    waits that long finds the key replenished): ``reset_format`` 0 is
+    seconds from now, 1 Unix seconds.  ``after_ns`` below 0 counts as 0."""
+    return _reset(after_ns, reset_format, wall_now_ns, False)
+
+
+cdef list _fields(Decision decision, int reset_format, wall_now_ns, tuple limit, bint raw):
+    cdef long long remaining = decision.remaining
+    return [limit,
+            (b"x-ratelimit-remaining" if raw else "X-RateLimit-Remaining",
+             _decimal(remaining, raw) if remaining >= 0 else _text(str(remaining), raw)),
+            (b"x-ratelimit-reset" if raw else "X-RateLimit-Reset",
+             _reset(decision.reset_after_ns, reset_format, wall_now_ns, raw))]
 
 
 cpdef list legacy_fields(decision, int reset_format, wall_now_ns, tuple limit=None):
@@ -104,11 +131,7 @@ cpdef list legacy_fields(decision, int reset_format, wall_now_ns, tuple limit=No
     field, when the caller has it made already."""
     if limit is None:
         limit = ("X-RateLimit-Limit", str(decision.limit))
-    remaining = decision.remaining
-    return [limit, ("X-RateLimit-Remaining",
-                    _decimal(remaining) if 0 <= remaining < 2**62 else str(remaining)),
-            ("X-RateLimit-Reset",
-             reset_seconds(decision.reset_after_ns, reset_format, wall_now_ns))]
+    return _fields(decision, reset_format, wall_now_ns, limit, False)
 
 
 cdef class _Plan:
@@ -120,16 +143,69 @@ cdef class _Plan:
     cdef object key
     cdef long long burst
     cdef tuple limit_field   # ("X-RateLimit-Limit", str(burst))
+    cdef tuple raw_limit     # the same for ASGI: (b"x-ratelimit-limit", b"...")
+    cdef object result_type  # CompositeResult
+    cdef int reset_format    # 0 delta, 1 epoch, -1: headers rendered by the decision
 
 
 cdef class DecisionFields:
     """The fields of a :class:`fastlimit.policy.PolicyDecision` (its base),
     kept in C: the compiled check makes a decision in a few stores, where
-    ``PolicyDecision.__init__`` costs a Python call."""
+    ``PolicyDecision.__init__`` costs a Python call.
+
+    A decision the check made from a plan keeps the plan and the limiter's
+    Decision; its ``result`` and ``_headers`` are made from them when first
+    asked for (a middleware that only sends the headers never needs the
+    result, and the ASGI one writes them as bytes straight away)."""
 
     cdef public bint allowed
-    cdef public object resolution, result, kind, _denied_by, _policy, _wall_ns
-    cdef public object _headers, _binding, _leases
+    cdef public object resolution, kind, _denied_by, _policy, _wall_ns
+    cdef public object _binding, _leases
+    cdef object _result, _text
+    cdef _Plan _plan         # None unless planned
+    cdef Decision _d         # the plan's limiter Decision
+
+    @property
+    def result(self):
+        if self._result is None and self._plan is not None:
+            d = self._d
+            self._result = tuple.__new__(
+                self._plan.result_type,
+                (True, (d,), None, ()) if self.allowed else (False, (d,), 0, ()))
+        return self._result
+
+    @result.setter
+    def result(self, value):
+        self._result = value
+
+    @property
+    def _headers(self):
+        return self._text_fields()
+
+    cdef object _text_fields(self):
+        if self._text is None and self._plan is not None:
+            self._text = self._fields(False)
+        return self._text
+
+    @_headers.setter
+    def _headers(self, value):
+        self._text = value
+
+    cdef object _fields(self, bint raw):
+        """A planned decision's X-RateLimit-* fields (raw: as ASGI bytes),
+        or None when PolicyDecision.headers renders them (a denial, or a
+        header style other than these fields)."""
+        if not self.allowed or self._plan.reset_format < 0:
+            return None
+        return _fields(self._d, self._plan.reset_format, self._wall_ns,
+                       self._plan.raw_limit if raw else self._plan.limit_field, raw)
+
+
+cdef inline DecisionFields _planned(outcome):
+    """``outcome`` if it is a decision the compiled check made from a plan."""
+    if isinstance(outcome, DecisionFields) and (<DecisionFields>outcome)._plan is not None:
+        return <DecisionFields>outcome
+    return None
 
 
 cdef object _GENERAL = object()   # the plan of a request that goes the general way
@@ -156,9 +232,10 @@ cdef class Lane:
     cdef int reset_format        # 0 delta, 1 epoch, -1: headers rendered by the decision
     cdef dict plans
     cdef object version
+    cdef object wsgi_view, asgi_view
 
     def __init__(self, gate, *, bint planned, limiter_type, result_type, decision_type,
-                 no_address):
+                 no_address, view_types=(None, None)):
         policy = gate.policy
         self.policy = policy
         self.overrides = policy.overrides
@@ -175,6 +252,8 @@ cdef class Lane:
         self.result_type = result_type
         self.decision_type = decision_type
         self.no_address = no_address
+        # the views whose fields are read straight from ViewFields
+        self.wsgi_view, self.asgi_view = view_types
         style = policy.spec.headers
         self.reset_format = -1
         if style.legacy and not style.ietf and style.reset in ("delta", "epoch"):
@@ -207,11 +286,18 @@ cdef class Lane:
             # overrides (resolve() lets go of the GIL) fills the old one
             plans = self.plans = {}
             self.version = version
-        client = view.client_ip or self.no_address
-        where = (view.method, view.path, identity, client)
+        if type(view) is self.wsgi_view or type(view) is self.asgi_view:
+            method = (<ViewFields>view).method
+            path = (<ViewFields>view).path
+            client = (<ViewFields>view).client_ip or self.no_address
+        else:
+            method = view.method
+            path = view.path
+            client = view.client_ip or self.no_address
+        where = (method, path, identity, client)
         found = plans.get(where)
         if found is None:
-            found = self._plan(view.method, view.path, identity, client)
+            found = self._plan(method, path, identity, client)
             if len(plans) >= PLANS:
                 plans = self.plans = {}
             plans[where] = found
@@ -221,26 +307,19 @@ cdef class Lane:
         if not 0 <= given <= plan.burst:  # compared as Python ints: any size
             return self.general(view, identity, given)
         cost = given
-        d = plan.hit(plan.key, cost)
-        allowed = d.allowed
-        result = tuple.__new__(self.result_type,
-                               (True, (d,), None, ()) if allowed else (False, (d,), 0, ()))
-        wall_ns = self.wall_clock()
-        # what PolicyDecision.__init__ stores for this (test_lane checks it)
-        cdef DecisionFields decision = self.decision_type.__new__(self.decision_type)
-        decision.allowed = allowed
+        cdef Decision d = plan.hit(plan.key, cost)
+        # what PolicyDecision.__init__ stores for this (test_lane checks it),
+        # the result and the headers left to be made when asked for
+        cdef DecisionFields decision = DecisionFields.__new__(self.decision_type)
+        allowed = decision.allowed = d.allowed
         decision.resolution = plan.resolution
-        decision.result = result
+        decision._plan = plan
+        decision._d = d
         decision.kind = None if allowed else "rate"   # a plan's limit is a Limiter
-        decision._denied_by = None
         decision._policy = self.policy
-        decision._wall_ns = wall_ns
+        decision._wall_ns = self.wall_clock()
         decision._binding = -1
-        decision._leases = []
-        if allowed and self.reset_format >= 0:
-            decision._headers = legacy_fields(d, self.reset_format, wall_ns, plan.limit_field)
-        else:
-            decision._headers = None
+        decision._leases = ()
         return decision
 
     cdef object _plan(self, method, path, identity, client):
@@ -257,6 +336,9 @@ cdef class Lane:
         plan.key = check.key
         plan.burst = limiter.burst
         plan.limit_field = ("X-RateLimit-Limit", str(limiter.burst))
+        plan.raw_limit = (b"x-ratelimit-limit", str(limiter.burst).encode())
+        plan.result_type = self.result_type
+        plan.reset_format = self.reset_format
         return plan
 
 
@@ -363,6 +445,14 @@ cdef class WSGICall(_Call):
             return self.app(environ, start_response)
         outcome = self.check(view)
         environ["fastlimit.decision"] = outcome
+        cdef DecisionFields planned = _planned(outcome)
+        if planned is not None and planned.allowed:
+            # a plan holds no lease: the response goes out as the app made it
+            extra = planned._text_fields()
+            if extra is None:
+                extra = outcome.headers
+            return self.app(environ, AddHeaders(start_response, extra, self.names, self.merge)
+                            if extra else start_response)
         if not outcome.allowed:
             return self.deny(outcome, start_response)
         extra = outcome.headers
@@ -403,6 +493,14 @@ cdef class ASGICall(_Call):
             return
         outcome = self.check(view)
         scope["fastlimit.decision"] = outcome
+        cdef DecisionFields planned = _planned(outcome)
+        if planned is not None and planned.allowed:  # holds no lease
+            extra = planned._fields(True)
+            if extra is None:
+                extra = self.encode(outcome.headers)
+            await self.app(scope, receive,
+                           SendHeaders(send, extra, self.names, self.merge) if extra else send)
+            return
         try:
             if not outcome.allowed:
                 await self.deny(outcome, send)
@@ -466,6 +564,10 @@ cdef class HeaderIdentity:
     cdef str name, environ_key
     cdef bytes raw_name
     cdef bint token
+    # credential -> (what lookup gave, its Identity): the Identity is made
+    # again only when lookup gives something else (the same object also
+    # makes Lane's plan key compare by identity)
+    cdef dict known
 
     def __init__(self, str kind, lookup, str name, str environ_key, bytes raw_name,
                  identity_type, invalid, wsgi_view, asgi_view):
@@ -480,13 +582,14 @@ cdef class HeaderIdentity:
         self.invalid = invalid    # the Identity of a credential that failed
         self.wsgi_view = wsgi_view
         self.asgi_view = asgi_view
+        self.known = {}
 
     def __call__(self, view):
         kind = type(view)
         if kind is self.wsgi_view:
-            value = view.raw.get(self.environ_key)
+            value = _get((<ViewFields>view).raw, self.environ_key, None)
         elif kind is self.asgi_view:
-            value = scope_header(view.raw.get("headers", ()), self.raw_name)
+            value = scope_header(_get((<ViewFields>view).raw, "headers", ()), self.raw_name)
         else:
             value = view.header(self.name)
         if not value:
@@ -495,16 +598,26 @@ cdef class HeaderIdentity:
             found = self.lookup(value)
             if found is None:
                 return self.invalid
+        else:
+            scheme, _, value = value.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            value = value.strip()
+            found = self.lookup(value) if value else None
+            if not found:
+                return self.invalid
+        known = self.known.get(value)
+        if known is not None and (<tuple>known)[0] == found:
+            return (<tuple>known)[1]
+        if self.token:
+            identity = tuple.__new__(self.identity_type, ("token", found, None, None))
+        else:
             tier, account = found
-            return tuple.__new__(self.identity_type, ("api_key", value, tier, account))
-        scheme, _, credential = value.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        credential = credential.strip()
-        subject = self.lookup(credential) if credential else None
-        if not subject:
-            return self.invalid
-        return tuple.__new__(self.identity_type, ("token", subject, None, None))
+            identity = tuple.__new__(self.identity_type, ("api_key", value, tier, account))
+        if len(self.known) >= 4096:  # only credentials lookup accepted: few
+            self.known = {}
+        self.known[value] = (found, identity)
+        return identity
 
 
 cdef class FirstOf:

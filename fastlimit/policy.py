@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from fastlimit._core import Decision
@@ -620,7 +620,7 @@ class PolicyDecision(DecisionFields):
     _wall_ns: int
     _headers: list[tuple[str, str]] | None
     _binding: int | None
-    _leases: list[Lease]
+    _leases: Sequence[Lease]
 
     def __init__(self, policy: Policy, resolution: Resolution, result: CompositeResult,
                  wall_ns: int, *, denial: tuple[str, str] | None = None,
@@ -640,7 +640,7 @@ class PolicyDecision(DecisionFields):
         self._wall_ns = wall_ns
         self._headers = None
         self._binding = -1  # -1: not computed yet
-        self._leases = leases or []
+        self._leases = leases or ()
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -772,7 +772,7 @@ class PolicyDecision(DecisionFields):
         """End the request: give back what it holds while in flight (its
         concurrency leases).  Call it once the response is sent; calling it
         again, or on a denial, does nothing."""
-        leases, self._leases = self._leases, []
+        leases, self._leases = self._leases, ()
         for lease in leases:
             lease.release()
 

@@ -489,7 +489,8 @@ class Gate:
                    and getattr(type(policy).resolve, "__code__", None) is Policy.resolve.__code__)
         self.check: Callable[[RequestView], Outcome] = Lane(
             self, planned=planned, limiter_type=Limiter, result_type=CompositeResult,
-            decision_type=PolicyDecision, no_address=NO_ADDRESS).check
+            decision_type=PolicyDecision, no_address=NO_ADDRESS,
+            view_types=(_WSGIView, _ASGIView)).check
         """Count a request (a :class:`RequestView`) under the policy: the
         middlewares' per-request step, compiled (:mod:`fastlimit._lane`)."""
 
