@@ -1,4 +1,4 @@
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastlimit._core import Decision
@@ -13,7 +13,8 @@ def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 class Lane:
     def __init__(self, gate: Any, *, planned: bool, limiter_type: type, result_type: type,
-                 decision_type: type, no_address: str) -> None: ...
+                 decision_type: type, no_address: str,
+                 view_types: tuple[type | None, type | None] = ...) -> None: ...
     def check(self, view: Any) -> Any: ...
 
 class AddHeaders:
@@ -62,7 +63,7 @@ class DecisionFields:
     _wall_ns: int
     _headers: list[tuple[str, str]] | None
     _binding: int | None
-    _leases: list[Any]
+    _leases: Sequence[Any]
 
 class ViewFields:
     method: str
