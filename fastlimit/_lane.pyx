@@ -264,12 +264,15 @@ cdef class Lane:
     def check(self, view):
         """Count ``view`` under the policy: a ``PolicyDecision`` (or the
         413 answer to a cost no limit admits)."""
+        return self._check(view)
+
+    cdef object _check(self, view):
         cdef _Plan plan
         cdef long long cost
         if self.proxies is not None:
             view.client_ip = self.proxies(view)
         given = self.fixed_cost if self.fixed_cost is not None else self.cost(view)
-        identity = self.identify(view)
+        identity = _identify(self.identify, view)
         if not self.planned:
             return self.general(view, identity, given)
         # what Policy.resolve remembers, remembered here with the plan, for
@@ -376,7 +379,10 @@ cdef class AddHeaders:
         for name, _ in headers:
             if _is_rate_field(name, names):
                 return self.start_response(status, self.merge(headers, self.extra), exc_info)
-        return self.start_response(status, list(headers) + self.extra, exc_info)
+        # one new list: the application's may be used again
+        return self.start_response(
+            status, (<list>headers) + self.extra if type(headers) is list
+            else list(headers) + self.extra, exc_info)
 
 
 cdef class SendHeaders:
@@ -406,7 +412,8 @@ cdef class SendHeaders:
                         message["headers"] = self.merge(headers, self.extra)
                         break
                 else:
-                    message["headers"] = list(headers) + self.extra
+                    message["headers"] = (<list>headers) + self.extra if type(headers) is list \
+                        else list(headers) + self.extra
         return self.send(message)
 
 
@@ -416,9 +423,12 @@ cdef class _Call:
     cdef public object app
     cdef public object gate
     cdef object check, exempt, view_type, deny, names, merge
+    cdef Lane lane        # the gate's check when it is a Lane's (called in C)
 
     cdef _hold(self, view_type, deny, names, merge):
         self.check = self.gate.check
+        owner = getattr(self.check, "__self__", None)
+        self.lane = owner if type(owner) is Lane else None
         self.exempt = self.gate.exempt_paths
         self.view_type = view_type
         self.deny = deny
@@ -443,7 +453,7 @@ cdef class WSGICall(_Call):
         view = wsgi_view(ViewFields.__new__(self.view_type), environ)
         if self.exempt and view.path in self.exempt:
             return self.app(environ, start_response)
-        outcome = self.check(view)
+        outcome = self.lane._check(view) if self.lane is not None else self.check(view)
         environ["fastlimit.decision"] = outcome
         cdef DecisionFields planned = _planned(outcome)
         if planned is not None and planned.allowed:
@@ -491,7 +501,7 @@ cdef class ASGICall(_Call):
         if self.exempt and view.path in self.exempt:
             await self.app(scope, receive, send)
             return
-        outcome = self.check(view)
+        outcome = self.lane._check(view) if self.lane is not None else self.check(view)
         scope["fastlimit.decision"] = outcome
         cdef DecisionFields planned = _planned(outcome)
         if planned is not None and planned.allowed:  # holds no lease
@@ -585,6 +595,9 @@ cdef class HeaderIdentity:
         self.known = {}
 
     def __call__(self, view):
+        return self._find(view)
+
+    cdef object _find(self, view):
         kind = type(view)
         if kind is self.wsgi_view:
             value = _get((<ViewFields>view).raw, self.environ_key, None)
@@ -630,8 +643,20 @@ cdef class FirstOf:
         self.identifiers = tuple(identifiers)
 
     def __call__(self, view):
+        return self._first(view)
+
+    cdef object _first(self, view):
         for each in self.identifiers:
-            found = each(view)
+            found = _identify(each, view)
             if found is not None:
                 return found
         return None
+
+
+cdef object _identify(identify, view):
+    """``identify(view)``; the compiled identifiers called in C."""
+    if type(identify) is HeaderIdentity:
+        return (<HeaderIdentity>identify)._find(view)
+    if type(identify) is FirstOf:
+        return (<FirstOf>identify)._first(view)
+    return identify(view)
