@@ -18,6 +18,8 @@ ever stands for what ``Policy.hit`` would do with the same resolution
 
 cimport cython
 
+from cpython.object cimport PyObject, PyTypeObject, ternaryfunc
+
 from fastlimit._core cimport Decision
 
 
@@ -25,6 +27,7 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
     object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
     object PyBytes_FromStringAndSize(const char *s, Py_ssize_t size)
+    void PyType_Modified(type cls)
 
 
 cdef class ViewFields:
@@ -32,6 +35,15 @@ cdef class ViewFields:
     in C: the compiled middlewares make a request's view in a few stores."""
 
     cdef public object method, path, peer, client_ip, raw
+
+
+cdef inline object _blank(type cls):
+    """``cls.__new__(cls)`` (no __init__) in one C call: ``cls`` is a
+    Python subclass of one of the classes here, and has their tp_new."""
+    return (<PyTypeObject*>cls).tp_new(cls, <PyObject*>_NO_ARGS, NULL)
+
+
+cdef tuple _NO_ARGS = ()
 
 
 cdef inline object _get(mapping, key, default):
@@ -226,7 +238,8 @@ cdef class Lane:
     """
 
     cdef object policy, overrides, refresh, resolve, identify, proxies, cost
-    cdef object general, wall_clock, limiter_type, result_type, decision_type, no_address
+    cdef object general, wall_clock, limiter_type, result_type, no_address
+    cdef type decision_type
     cdef bint planned
     cdef object fixed_cost      # None: ``cost`` is a callable
     cdef int reset_format        # 0 delta, 1 epoch, -1: headers rendered by the decision
@@ -250,6 +263,8 @@ cdef class Lane:
         self.planned = planned
         self.limiter_type = limiter_type
         self.result_type = result_type
+        if not issubclass(decision_type, DecisionFields):
+            raise TypeError(f"decision_type must subclass DecisionFields, got {decision_type!r}")
         self.decision_type = decision_type
         self.no_address = no_address
         # the views whose fields are read straight from ViewFields
@@ -313,7 +328,7 @@ cdef class Lane:
         cdef Decision d = plan.hit(plan.key, cost)
         # what PolicyDecision.__init__ stores for this (test_lane checks it),
         # the result and the headers left to be made when asked for
-        cdef DecisionFields decision = DecisionFields.__new__(self.decision_type)
+        cdef DecisionFields decision = _blank(self.decision_type)
         allowed = decision.allowed = d.allowed
         decision.resolution = plan.resolution
         decision._plan = plan
@@ -422,7 +437,8 @@ cdef class _Call:
 
     cdef public object app
     cdef public object gate
-    cdef object check, exempt, view_type, deny, names, merge
+    cdef object check, exempt, deny, names, merge
+    cdef type view_type
     cdef Lane lane        # the gate's check when it is a Lane's (called in C)
 
     cdef _hold(self, view_type, deny, names, merge):
@@ -430,6 +446,8 @@ cdef class _Call:
         owner = getattr(self.check, "__self__", None)
         self.lane = owner if type(owner) is Lane else None
         self.exempt = self.gate.exempt_paths
+        if not issubclass(view_type, ViewFields):
+            raise TypeError(f"view_type must subclass ViewFields, got {view_type!r}")
         self.view_type = view_type
         self.deny = deny
         self.names = names
@@ -450,7 +468,7 @@ cdef class WSGICall(_Call):
         self.released = released
 
     def __call__(self, environ, start_response):
-        view = wsgi_view(ViewFields.__new__(self.view_type), environ)
+        view = wsgi_view(_blank(self.view_type), environ)
         if self.exempt and view.path in self.exempt:
             return self.app(environ, start_response)
         outcome = self.lane._check(view) if self.lane is not None else self.check(view)
@@ -494,13 +512,17 @@ cdef class ASGICall(_Call):
     async def handle(self, scope, receive, send):
         """The ASGI application call (the middleware's ``__call__``: a
         coroutine function, as servers check)."""
+        await self._start(scope, receive, send)
+
+    cdef object _start(self, scope, receive, send):
+        """The awaitable that answers the request: the application's own
+        coroutine when the decision holds nothing (no frame of ours in
+        between), else one that gives back what it holds at the end."""
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        view = asgi_view(ViewFields.__new__(self.view_type), scope)
+            return self.app(scope, receive, send)
+        view = asgi_view(_blank(self.view_type), scope)
         if self.exempt and view.path in self.exempt:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         outcome = self.lane._check(view) if self.lane is not None else self.check(view)
         scope["fastlimit.decision"] = outcome
         cdef DecisionFields planned = _planned(outcome)
@@ -508,9 +530,11 @@ cdef class ASGICall(_Call):
             extra = planned._fields(True)
             if extra is None:
                 extra = self.encode(outcome.headers)
-            await self.app(scope, receive,
-                           SendHeaders(send, extra, self.names, self.merge) if extra else send)
-            return
+            return self.app(scope, receive,
+                            SendHeaders(send, extra, self.names, self.merge) if extra else send)
+        return self._answer(outcome, scope, receive, send)
+
+    async def _answer(self, outcome, scope, receive, send):
         try:
             if not outcome.allowed:
                 await self.deny(outcome, send)
@@ -524,6 +548,28 @@ cdef class ASGICall(_Call):
         finally:
             if getattr(outcome, "holding", True):
                 outcome.release()
+
+
+# Servers tell an ASGI 3 application by its __call__ being a coroutine
+# function, so the middleware's __call__ is ASGICall.handle.  Calling that
+# makes a coroutine of ours around the application's, for nothing: the
+# awaitable _start returns does the same.  So the type's call slot, which
+# is what ``middleware(scope, receive, send)`` runs (servers call it and
+# await what it returns at once), goes straight to _start.  Assigning
+# __call__ on the class later resets the slot, as for any class.
+cdef object _call_start(object self, object args, object kwargs):
+    if <void*>kwargs != NULL or len(<tuple>args) != 3:
+        return ASGICall.handle(self, *args, **(kwargs if <void*>kwargs != NULL else {}))
+    return (<ASGICall>self)._start((<tuple>args)[0], (<tuple>args)[1], (<tuple>args)[2])
+
+
+def start_directly(type cls):
+    """Make calls of ``cls`` (a subclass of :class:`ASGICall` whose
+    ``__call__`` is ``ASGICall.handle``) start the request in C."""
+    if not issubclass(cls, ASGICall) or getattr(cls, "__call__", None) is not ASGICall.handle:
+        raise TypeError(f"{cls!r} is not an ASGICall whose __call__ is ASGICall.handle")
+    (<PyTypeObject*>cls).tp_call = <ternaryfunc>_call_start
+    PyType_Modified(cls)
 
 
 def scope_header(headers, bytes wanted):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import Any
 
-from fastlimit._lane import ASGICall, encode_headers
+from fastlimit._lane import ASGICall, encode_headers, start_directly
 from fastlimit.policy import Policy
 from fastlimit.web import (
     RATE_HEADERS,
@@ -100,6 +100,9 @@ class RateLimitMiddleware(ASGICall):
         return self.gate.policy
 
     __call__ = ASGICall.handle
+
+
+start_directly(RateLimitMiddleware)  # see fastlimit._lane: the call without a coroutine of ours
 
 
 def _merge_raw(app_headers: Iterable[tuple[bytes, bytes]],
