@@ -12,6 +12,7 @@ import pytest
 from sfv import parse_list
 
 from fastlimit import FakeClock, Identity, Policy, SharedTable, asgi, wsgi
+from fastlimit._lane import start_directly
 from fastlimit.web import (
     RateLimited,
     RequestView,
@@ -145,7 +146,13 @@ class Served:
         async def send(message):
             sent.append(message)
 
-        await self.middleware(scope, receive, send)
+        if self.protocol == "asgi-coroutine":
+            # what the middleware's __call__ attribute does when called as
+            # such: the coroutine function servers see (a call of the
+            # middleware itself starts the request in C)
+            await self.middleware.__call__(scope, receive, send)
+        else:
+            await self.middleware(scope, receive, send)
         start = sent[0]
         assert start["type"] == "http.response.start"
         return Response(start["status"],
@@ -177,7 +184,7 @@ def make_policy(clocks):
         table.close()
 
 
-@pytest.fixture(params=["wsgi", "asgi"])
+@pytest.fixture(params=["wsgi", "asgi", "asgi-coroutine"])
 def serve(request, make_policy):
     """serve(policy=None, **middleware options) -> a callable client."""
 
@@ -409,6 +416,44 @@ def test_the_asgi_middleware_is_seen_as_an_asgi3_application(make_policy):
     assert asyncio.iscoroutinefunction(middleware.__call__)
 
 
+def test_asgi_middleware_subclasses_and_keyword_calls(make_policy, clocks):
+    calls = []
+
+    class Logged(asgi.RateLimitMiddleware):
+        async def __call__(self, scope, receive, send):
+            calls.append(scope["path"])
+            await super().__call__(scope, receive, send)
+
+    class Plain(asgi.RateLimitMiddleware):
+        pass
+
+    async def drive(middleware, **as_keywords):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/p", "headers": [],
+                 "client": ("10.0.0.9", 1)}
+        if as_keywords:
+            await middleware(scope=scope, receive=receive, send=send)
+        else:
+            await middleware(scope, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"]).get(b"x-ratelimit-remaining")
+
+    policy = make_policy()  # anonymous: 2/1h per address
+    app = App().asgi
+    assert asyncio.run(drive(Logged(app, policy))) == (200, b"1")
+    assert calls == ["/p"]  # the subclass's __call__ ran, not the base's C call
+    assert asyncio.run(drive(Plain(app, policy), as_keywords=True)) == (200, b"0")
+    assert asyncio.run(drive(Plain(app, policy))) == (429, b"0")
+    with pytest.raises(TypeError, match="ASGICall"):
+        start_directly(Logged)  # its __call__ is its own
+
+
 @pytest.mark.parametrize("kind", ["lifespan", "websocket"])
 def test_asgi_non_http_scopes_pass_through_untouched(make_policy, kind):
     got = []
@@ -478,6 +523,27 @@ def test_identity_helpers_on_both_request_views():
     basic = RequestView.from_environ({"HTTP_AUTHORIZATION": "Basic dTpw"})
     assert bearer_token(str)(basic) is None
     assert first_of()(basic) is None
+
+
+def test_identities_follow_what_lookup_answers_now():
+    # the identity helpers keep the Identity a credential gave, and must
+    # still follow every change of the lookup's answer
+    keys = {"k": ("GOLD", "acct-1")}
+    subjects = {"t": "user-1"}
+    by_key = api_key_header(keys.get)
+    by_token = bearer_token(subjects.get)
+    view = RequestView.from_environ({"HTTP_X_API_KEY": "k", "HTTP_AUTHORIZATION": "Bearer t"})
+    assert by_key(view) == Identity.api_key("k", "GOLD", account="acct-1")
+    assert by_key(view) is by_key(view)
+    keys["k"] = ("FREE", "acct-1")
+    assert by_key(view) == Identity.api_key("k", "FREE", account="acct-1")
+    del keys["k"]
+    assert by_key(view) == Identity.invalid()
+    assert by_token(view) == Identity.token("user-1")
+    subjects["t"] = "user-2"
+    assert by_token(view) == Identity.token("user-2")
+    subjects.clear()
+    assert by_token(view) == Identity.invalid()
 
 
 def test_content_length_is_read_from_either_protocol():
