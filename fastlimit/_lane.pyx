@@ -235,6 +235,8 @@ cdef class Lane:
             ``CompositeResult`` and ``PolicyDecision``, passed in rather
             than imported (their modules import this one).
         no_address: the per-IP key of requests without a client address.
+        view_types: the WSGI and ASGI view classes, whose fields are read
+            straight from :class:`ViewFields` (other views by attribute).
     """
 
     cdef object policy, overrides, refresh, resolve, identify, proxies, cost
@@ -267,7 +269,6 @@ cdef class Lane:
             raise TypeError(f"decision_type must subclass DecisionFields, got {decision_type!r}")
         self.decision_type = decision_type
         self.no_address = no_address
-        # the views whose fields are read straight from ViewFields
         self.wsgi_view, self.asgi_view = view_types
         style = policy.spec.headers
         self.reset_format = -1
