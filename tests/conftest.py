@@ -1,9 +1,32 @@
 import os
+import shutil
+import tempfile
 import uuid
 
 import pytest
 
 import fastlimit
+
+# Where tables live while the tests run: tmpfs, as in production.
+_SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path_factory, monkeypatch):
+    """Every test runs with a HOME, a state directory and a table directory
+    of its own, removed afterwards: nothing reads or writes the user's home
+    or a fixed path in /dev/shm, and no two tests share a table or a quota
+    file by name.  Processes the test starts inherit the same environment."""
+    root = tmp_path_factory.mktemp("env")
+    shm = tempfile.mkdtemp(prefix="fastlimit-test-", dir=_SHM)
+    os.chmod(shm, 0o1777)  # as /dev/shm: any user may create, only owners remove
+    for var, path in (("HOME", root / "home"), ("XDG_STATE_HOME", root / "xdg-state"),
+                      ("FASTLIMIT_STATE_DIR", root / "state")):
+        path.mkdir()
+        monkeypatch.setenv(var, str(path))
+    monkeypatch.setenv("FASTLIMIT_SHM_DIR", shm)
+    yield
+    shutil.rmtree(shm, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+import pytest
+
 from fastlimit import Limiter, Rate, SharedTable
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -51,6 +53,7 @@ def _book_and_call(job):
     return made
 
 
+@pytest.mark.slow
 def test_four_pool_workers_keep_the_rate_in_every_window(table, table_name):
     ctx = mp.get_context("fork")
     with ProcessPoolExecutor(4, mp_context=ctx, initializer=_keep_barrier,
@@ -75,6 +78,7 @@ def _example():
     return module
 
 
+@pytest.mark.slow
 def test_the_pool_example_keeps_the_rate_from_its_start(table, table_name):
     pool_job = _example()
     start = time.monotonic_ns()

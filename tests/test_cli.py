@@ -4,6 +4,8 @@ import json
 import os
 import re
 
+import pytest
+
 from fastlimit import Limiter, Policy, Quota, SharedTable
 from fastlimit import table as table_mod
 from fastlimit._demo import Row
@@ -32,6 +34,7 @@ dedicated = true
 """
 
 
+@pytest.mark.slow
 def test_demo_processes_admit_exactly_the_limit_and_clean_up():
     out = io.StringIO()
     assert demo(workers=3, limit=250, checks=2000, out=out) == 0
@@ -43,6 +46,7 @@ def test_demo_processes_admit_exactly_the_limit_and_clean_up():
     assert not glob.glob(os.path.join(table_mod.shm_dir(), f"fastlimit.demo-{os.getpid()}"))
 
 
+@pytest.mark.slow
 def test_web_demo_serves_a_policy_exactly_and_stops_its_server(tmp_path, capsys):
     policy = tmp_path / "small.toml"
     policy.write_text(SMALL_POLICY)
@@ -185,6 +189,7 @@ def test_metrics_command_prints_the_exposition(table_name, capsys):
             f'result="allowed"}} 1') in out
 
 
+@pytest.mark.slow
 def test_bench_measures_and_compares(capsys):
     r = _cli_json(capsys, "bench", "--keys", "1000", "--json")
     assert r["keys"] == 1000

@@ -177,6 +177,7 @@ def get_all(limiter, url, n, **options):
         return [http.get(f"{url}/items/{i}").status_code for i in range(n)]
 
 
+@pytest.mark.slow
 def test_a_client_sharing_the_servers_limit_is_never_refused(mem, clock, serve):
     server = serve(rate="3/3s", fields=("ietf",))
     lim = Limiter("3/3s", store=mem, clock=clock)
@@ -337,6 +338,7 @@ def _client_process(table, url, calls, ready, go, q):
         q.put([http.get(f"{url}/items/{i}").status_code for i in range(calls)])
 
 
+@pytest.mark.slow
 def test_four_processes_share_one_client_budget(table, table_name):
     # Real processes, so the real clock.  Nothing is booked before `start`,
     # and a request reaches the server after its slot, so the arrivals up to

@@ -151,6 +151,7 @@ def _hold(store, n, ready, done):
         lease.release()
 
 
+@pytest.mark.slow
 def test_leases_are_shared_across_processes(store):
     ctx = mp.get_context("spawn")
     ready, done = ctx.Event(), ctx.Event()
@@ -304,6 +305,7 @@ def _hold_on_redis(store, start_ns, ready):
         os.sched_yield()
 
 
+@pytest.mark.slow
 def test_redis_leases_of_a_killed_holder_come_back_after_the_ttl(redis_server):
     b = redis_backend(redis_server, lease_ttl=60)
     clock = FakeClock()

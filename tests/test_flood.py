@@ -21,6 +21,8 @@ from servers import call_wsgi
 
 from fastlimit import FakeClock, Limiter, Policy, SharedTable, TableFullError, wsgi
 
+pytestmark = pytest.mark.slow
+
 S = 10**9
 
 

@@ -58,10 +58,12 @@ requests = st.lists(st.tuples(
 def twins(reset="delta", ietf=False):
     """Two policies alike in all but their tables, on one clock."""
     clock = FakeClock()
-    spec = dict(POLICY, headers={"reset": reset, "ietf": ietf})
-    made = [Policy.from_dict(spec, store=SharedTable.anonymous(1000), clock=clock,
+    made = [Policy.from_dict(dict(POLICY, headers={"reset": reset, "ietf": ietf},
+                                  store={"quotas": os.path.join(os.environ["FASTLIMIT_STATE_DIR"],
+                                                                f"twin{i}-quotas.tbl")}),
+                             store=SharedTable.anonymous(1000), clock=clock,
                              wall_clock=lambda: WALL0 + clock())
-            for _ in range(2)]
+            for i in range(2)]
     return clock, made
 
 

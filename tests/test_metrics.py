@@ -94,6 +94,7 @@ def _hammer(name, barrier, tries):
             lim.hit_many([f"k{i}", "hot"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_counts_are_exact_across_processes_and_read_by_another(method, table_name):
     with SharedTable.open(table_name, capacity=100_000) as t:
@@ -134,6 +135,7 @@ def test_a_forked_child_counts_in_its_own_stripe(table):
     assert np.count_nonzero(owners) == 2, "the child must not have shared the parent's stripe"
 
 
+@pytest.mark.slow
 def test_stripes_of_dead_processes_are_reused_and_keep_their_counts(table):
     lim = Limiter("1000000/1h", store=table, name="api")
     n = table_mod.METRICS_STRIPES + 30  # more processes than stripes, one after another
@@ -142,6 +144,7 @@ def test_stripes_of_dead_processes_are_reused_and_keep_their_counts(table):
     assert counts(table, "api") == (n, 0, 0)
 
 
+@pytest.mark.slow
 def test_more_live_processes_than_stripes_share_the_last_one_exactly(table):
     lim = Limiter("1000000/1h", store=table, name="api")
     n = table_mod.METRICS_STRIPES + 6

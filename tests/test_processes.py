@@ -12,6 +12,8 @@ import pytest
 
 from fastlimit import Limiter, SharedTable, _core
 
+pytestmark = pytest.mark.slow
+
 CONTEXTS = ["fork", "spawn"]
 
 

@@ -198,6 +198,7 @@ def test_default_path_is_under_the_state_dir(tmp_path, monkeypatch):
     assert os.stat(q.store.path).st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_counts_survive_a_process_restart(where):
     when = at("2024-05-20T00:00:00")
     code = (f"import fastlimit; q = fastlimit.Quota('5/month', {where.code}, "
@@ -229,6 +230,7 @@ def _spend(kw, when, barrier, q):
     q.put(sum(quota.allow("shared") for _ in range(800)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_exact_across_four_processes(where, method):
     Quota("1000/month", **where.kw)  # create the file first

@@ -184,6 +184,7 @@ def _hammer(url, prefix, barrier, tries, q):
     q.put((admitted, lim.store.stats().errors))
 
 
+@pytest.mark.slow
 def test_four_processes_admit_exactly_the_limit(redis_server):
     ctx = mp.get_context("fork")
     barrier, q = ctx.Barrier(4), ctx.Queue()
@@ -461,6 +462,7 @@ def test_hit_all_counts_all_or_nothing(redis_server, clock, cached):
     assert b.hit_all([]) == []
 
 
+@pytest.mark.slow
 def test_hit_all_is_atomic_across_processes(redis_server):
     b = backend_for(redis_server)
     user = Limiter("1000/1d", store=b, name="user")

@@ -426,6 +426,7 @@ def test_named_table_and_limiter_pickle_to_an_attach(table):
     assert twin.hit("k").remaining == 0
 
 
+@pytest.mark.slow
 def test_spawned_children_share_a_named_table(table):
     lim = Limiter("4/1h", store=table)
     assert lim.allow("k")
@@ -444,6 +445,7 @@ def _open_at_once(name, barrier, q):
     q.put(bytes(t.header["secret"].tobytes()))
 
 
+@pytest.mark.slow
 def test_many_processes_opening_at_once_get_one_table(table_name):
     ctx = mp.get_context("spawn")
     n = 6
