@@ -1,6 +1,8 @@
-"""Build the compiled core and the middlewares' compiled request check.  ``FASTLIMIT_DEBUG=1`` builds it with -O0 -g and
-Cython's bounds checks, for gdb and sanitizers."""
+"""Build the compiled parts: the core (fastlimit/_core.pyx and its parts in
+fastlimit/core/) and the per-request paths above it.  ``FASTLIMIT_DEBUG=1``
+builds them with -O0 -g and Cython's bounds checks, for gdb and sanitizers."""
 
+import glob
 import os
 
 import numpy
@@ -17,13 +19,15 @@ extensions = [
     Extension(
         "fastlimit._core",
         ["fastlimit/_core.pyx"],
-        include_dirs=["fastlimit", numpy.get_include()],
-        depends=["fastlimit/_atomic.h", "fastlimit/_siphash.h", "fastlimit/_proc.h"],
+        include_dirs=["fastlimit/core", numpy.get_include()],
+        depends=glob.glob("fastlimit/core/*.h") + glob.glob("fastlimit/core/*.pxi")
+        + ["fastlimit/_core.pxd"],
         extra_compile_args=compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
-    Extension("fastlimit._lane", ["fastlimit/_lane.pyx"], depends=["fastlimit/_core.pxd"],
-              extra_compile_args=compile_args),
+    *(Extension(name, [name.replace(".", "/") + ".pyx"], depends=["fastlimit/_core.pxd"],
+                extra_compile_args=compile_args)
+      for name in ("fastlimit.http._fields", "fastlimit.web._serve")),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, language_level=3))

@@ -42,8 +42,8 @@ import time
 import uuid
 from importlib.resources import files
 
-from fastlimit import table as table_mod
-from fastlimit._server import Server, free_port, gunicorn_argv, request
+from fastlimit.cli.servers import Server, free_port, gunicorn_argv, request
+from fastlimit.stores import table as table_mod
 
 APP = "fastlimit.examples.app"
 KEY = "demo-BENCH-1"

@@ -35,7 +35,7 @@ import time
 
 from middleware_bench import KEY, SERVERS, VARIANTS, _remove_table, server_env
 
-from fastlimit._server import Server, free_port
+from fastlimit.cli.servers import Server, free_port
 
 
 def _requests(port: int, n: int, path: str) -> None:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from fastlimit import Policy, SharedTable
 from fastlimit import asgi as _asgi
 from fastlimit import wsgi as _wsgi
-from fastlimit.config import load_file
+from fastlimit.policy.config import load_file
 from fastlimit.web import Identify, api_key_header, bearer_token, first_of, session_cookie
 
 if TYPE_CHECKING:

@@ -13,95 +13,96 @@ Example:
     >>> lim.hit("user:42").remaining
     98
 
-For limits shared by many hosts, ``fastlimit.RedisBackend`` (and
-``AsyncRedisBackend`` for asyncio) stand in for the table; they are imported
-on first use, so redis-py is needed only by those who use them.
+The names below are imported on first use: ``import fastlimit`` loads no
+web stack, CLI or redis-py, and a program that makes one Limiter loads only
+the limiter layer and the shared table.  For limits shared by many hosts,
+``fastlimit.RedisBackend`` (and ``AsyncRedisBackend`` for asyncio) stand in
+for the table; redis-py is needed only by those who use them.
 """
 
 from typing import TYPE_CHECKING
 
-# The modules too: fastlimit.wsgi.RateLimitMiddleware after `import fastlimit`.
-from fastlimit import asgi, web, wsgi
-from fastlimit._core import Decision
 from fastlimit._lazy import lazy_attributes
-from fastlimit.clock import FakeClock
-from fastlimit.composite import CompositeResult, LimitCheck, hit_all, peek_all
-from fastlimit.concurrency import ConcurrencyLimit, Lease
-from fastlimit.errors import (
-    BackendError,
-    CapacityError,
-    ConcurrencyLimitExceeded,
-    ConfigurationError,
-    FastLimitError,
-    RateLimitExceeded,
-    TableError,
-    TableFullError,
-)
-from fastlimit.headers import DenialResponse, HeaderStyle
-from fastlimit.limiter import Key, Limiter
-from fastlimit.overrides import Overrides
-from fastlimit.policy import Identity, Policy, PolicyDecision, Resolution
-from fastlimit.progress import WaitLog
-from fastlimit.quota import Quota, QuotaSpec, Usage
-from fastlimit.rate import Rate
-from fastlimit.spec import PolicySpec, RouteSpec, TierSpec
-from fastlimit.table import SharedTable, TableStats
-from fastlimit.waiting import Reservation
 
 if TYPE_CHECKING:
-    from fastlimit.backends.redis import AsyncRedisBackend as AsyncRedisBackend
-    from fastlimit.backends.redis import RedisBackend as RedisBackend
+    from fastlimit import asgi as asgi
+    from fastlimit import web as web
+    from fastlimit import wsgi as wsgi
+    from fastlimit._core import Decision as Decision
+    from fastlimit.clock import FakeClock as FakeClock
+    from fastlimit.errors import BackendError as BackendError
+    from fastlimit.errors import CapacityError as CapacityError
+    from fastlimit.errors import ConcurrencyLimitExceeded as ConcurrencyLimitExceeded
+    from fastlimit.errors import ConfigurationError as ConfigurationError
+    from fastlimit.errors import FastLimitError as FastLimitError
+    from fastlimit.errors import RateLimited as RateLimited
+    from fastlimit.errors import RateLimitExceeded as RateLimitExceeded
+    from fastlimit.errors import TableError as TableError
+    from fastlimit.errors import TableFullError as TableFullError
+    from fastlimit.http.headers import DenialResponse as DenialResponse
+    from fastlimit.http.headers import HeaderStyle as HeaderStyle
+    from fastlimit.limiters.composite import CompositeResult as CompositeResult
+    from fastlimit.limiters.composite import LimitCheck as LimitCheck
+    from fastlimit.limiters.composite import hit_all as hit_all
+    from fastlimit.limiters.composite import peek_all as peek_all
+    from fastlimit.limiters.concurrency import ConcurrencyLimit as ConcurrencyLimit
+    from fastlimit.limiters.concurrency import Lease as Lease
+    from fastlimit.limiters.limiter import Key as Key
+    from fastlimit.limiters.limiter import Limiter as Limiter
+    from fastlimit.limiters.progress import WaitLog as WaitLog
+    from fastlimit.limiters.quota import Quota as Quota
+    from fastlimit.limiters.quota import QuotaSpec as QuotaSpec
+    from fastlimit.limiters.quota import Usage as Usage
+    from fastlimit.limiters.rate import Rate as Rate
+    from fastlimit.limiters.waiting import Reservation as Reservation
+    from fastlimit.policy.identity import Identity as Identity
+    from fastlimit.policy.overrides import Overrides as Overrides
+    from fastlimit.policy.policy import Policy as Policy
+    from fastlimit.policy.policy import PolicyDecision as PolicyDecision
+    from fastlimit.policy.policy import Resolution as Resolution
+    from fastlimit.policy.spec import PolicySpec as PolicySpec
+    from fastlimit.policy.spec import RouteSpec as RouteSpec
+    from fastlimit.policy.spec import TierSpec as TierSpec
+    from fastlimit.stores.redis import AsyncRedisBackend as AsyncRedisBackend
+    from fastlimit.stores.redis import RedisBackend as RedisBackend
+    from fastlimit.stores.table import SharedTable as SharedTable
+    from fastlimit.stores.table import TableStats as TableStats
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "RedisBackend": "fastlimit.backends.redis",
-    "AsyncRedisBackend": "fastlimit.backends.redis",
+_ERRORS = ("BackendError", "CapacityError", "ConcurrencyLimitExceeded", "ConfigurationError",
+           "FastLimitError", "RateLimitExceeded", "RateLimited", "TableError", "TableFullError")
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(_ERRORS, "fastlimit.errors"),
+    "Decision": "fastlimit._core",
+    "FakeClock": "fastlimit.clock",
+    "DenialResponse": "fastlimit.http.headers",
+    "HeaderStyle": "fastlimit.http.headers",
+    **dict.fromkeys(("CompositeResult", "LimitCheck", "hit_all", "peek_all"),
+                    "fastlimit.limiters.composite"),
+    "ConcurrencyLimit": "fastlimit.limiters.concurrency",
+    "Lease": "fastlimit.limiters.concurrency",
+    "Key": "fastlimit.limiters.limiter",
+    "Limiter": "fastlimit.limiters.limiter",
+    "WaitLog": "fastlimit.limiters.progress",
+    **dict.fromkeys(("Quota", "QuotaSpec", "Usage"), "fastlimit.limiters.quota"),
+    "Rate": "fastlimit.limiters.rate",
+    "Reservation": "fastlimit.limiters.waiting",
+    "Identity": "fastlimit.policy.identity",
+    "Overrides": "fastlimit.policy.overrides",
+    **dict.fromkeys(("Policy", "PolicyDecision", "Resolution"), "fastlimit.policy.policy"),
+    **dict.fromkeys(("PolicySpec", "RouteSpec", "TierSpec"), "fastlimit.policy.spec"),
+    "RedisBackend": "fastlimit.stores.redis",
+    "AsyncRedisBackend": "fastlimit.stores.redis",
+    "SharedTable": "fastlimit.stores.table",
+    "TableStats": "fastlimit.stores.table",
+    # the modules of the README's recipes, after a plain `import fastlimit`
+    "asgi": "fastlimit.asgi",
+    "web": "fastlimit.web",
+    "wsgi": "fastlimit.wsgi",
 }
 
-__all__ = [
-    "BackendError",
-    "CapacityError",
-    "ConcurrencyLimit",
-    "ConcurrencyLimitExceeded",
-    "CompositeResult",
-    "ConfigurationError",
-    "Decision",
-    "DenialResponse",
-    "FakeClock",
-    "FastLimitError",
-    "HeaderStyle",
-    "Identity",
-    "Key",
-    "Lease",
-    "LimitCheck",
-    "Limiter",
-    "Quota",
-    "Overrides",
-    "Policy",
-    "PolicyDecision",
-    "PolicySpec",
-    "QuotaSpec",
-    "Rate",
-    "RateLimitExceeded",
-    "Reservation",
-    "Resolution",
-    "RouteSpec",
-    "SharedTable",
-    "TableError",
-    "TableFullError",
-    "TableStats",
-    "Usage",
-    "TierSpec",
-    "WaitLog",
-    "__version__",
-    "asgi",
-    "hit_all",
-    "peek_all",
-    "web",
-    "wsgi",
-]
-
+__all__ = sorted([*_LAZY, "__version__"], key=lambda n: (n.islower(), n))
 
 __getattr__ = lazy_attributes(__name__, _LAZY, globals())
 

@@ -3,20 +3,19 @@ exceptions are for misuse and for states the caller must handle."""
 
 from __future__ import annotations
 
-import operator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fastlimit._core import Decision
 
 __all__ = [
-    "check_cost",
     "BackendError",
     "CapacityError",
     "ConcurrencyLimitExceeded",
     "ConfigurationError",
     "FastLimitError",
     "RateLimitExceeded",
+    "RateLimited",
     "TableError",
     "TableFullError",
 ]
@@ -91,17 +90,21 @@ class RateLimitExceeded(FastLimitError):
         return (RateLimitExceeded, (self.decision, self.key, self.limiter))
 
 
-def check_cost(cost: object, most: int, limit: str) -> int:
-    """``cost`` as an int in ``[0, most]``, by the rule every store follows:
-    ints only (``operator.index``: a float is refused, never truncated); a
-    cost above ``most`` could never pass.  ``limit`` names what ``most`` is
-    in the error ("the burst of 5")."""
-    try:
-        n = operator.index(cost)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"cost must be an int, got {cost!r}") from None
-    if n < 0:
-        raise ValueError(f"cost must be >= 0, got {n}")
-    if n > most:
-        raise CapacityError(f"cost {n} exceeds {limit}: it can never pass")
-    return n
+class RateLimited(FastLimitError):
+    """A request a policy denied, raised where a check stands inside the
+    application (:class:`fastlimit.web.RouteLimit`, the framework
+    integrations) rather than around it.  Answer it with :attr:`status`,
+    :attr:`headers`, :attr:`body` and :attr:`content_type`.
+
+    Attributes:
+        outcome: the denial (a :class:`~fastlimit.PolicyDecision`, or the
+            413 answer to a cost no limit admits).
+    """
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__(f"rate limited ({outcome.status})")
+        self.outcome = outcome
+        self.status: int = outcome.status or 429
+        self.headers: list[tuple[str, str]] = outcome.headers
+        self.body: bytes = outcome.body or b""
+        self.content_type: str = outcome.content_type

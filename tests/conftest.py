@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 import fastlimit
+from fastlimit.stores.table import shm_dir
 
 # Where tables live while the tests run: tmpfs, as in production.
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -34,7 +35,7 @@ def table_name():
     """A unique table name; its file is removed after the test."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    base = os.path.join(fastlimit.table.shm_dir(), f"fastlimit.{name}")
+    base = os.path.join(shm_dir(), f"fastlimit.{name}")
     # the table, and the overrides a Policy keeps beside it
     for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen"):
         try:

@@ -2,7 +2,7 @@
 stopped by the PID (and process group) we started.  The code lives in the
 package, where ``fastlimit demo`` uses it too."""
 
-from fastlimit._server import Server, free_port
+from fastlimit.cli.servers import Server, free_port
 
 __all__ = ["Server", "call_wsgi", "free_port"]
 

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from fastlimit import Limiter, Policy, Quota, SharedTable
-from fastlimit import table as table_mod
-from fastlimit._demo import Row
-from fastlimit.cli import demo, main
+from fastlimit.cli.demo import Row
+from fastlimit.cli.main import demo, main
+from fastlimit.stores import table as table_mod
 
 SMALL_POLICY = """
 [policy]

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from fastlimit import ConfigurationError, Policy, QuotaSpec, Rate, SharedTable
-from fastlimit.config import load_dict, load_file
+from fastlimit.policy.config import load_dict, load_file
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 MIN = 60 * 10**9

@@ -38,8 +38,8 @@ from fastlimit import (
     SharedTable,
     wsgi,
 )
-from fastlimit.config import load_dict, load_file
-from fastlimit.spec import StoreSpec
+from fastlimit.policy.config import load_dict, load_file
+from fastlimit.policy.spec import StoreSpec
 from fastlimit.web import (
     RateLimited,
     RouteLimit,

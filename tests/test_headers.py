@@ -15,7 +15,7 @@ from fastlimit import (
     Rate,
     SharedTable,
 )
-from fastlimit.headers import format_reset, most_restrictive, next_unit_ns, sf_string
+from fastlimit.http.headers import format_reset, most_restrictive, next_unit_ns, sf_string
 
 S = 10**9
 WALL_14H = 1_775_397_600 * S  # 2026-04-05T14:00:00Z

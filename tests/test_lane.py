@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastlimit import CapacityError, Decision, FakeClock, Identity, Policy, SharedTable
-from fastlimit._lane import legacy_fields
-from fastlimit.web import Gate, RequestView, _TooLarge
+from fastlimit.http._fields import legacy_fields
+from fastlimit.web.gate import Gate, _TooLarge
+from fastlimit.web.view import RequestView
 
 S = 10**9
 WALL0 = 1_775_397_600 * S

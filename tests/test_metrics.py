@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fastlimit import ConcurrencyLimit, FakeClock, Limiter, Quota, SharedTable
-from fastlimit import table as table_mod
-from fastlimit.metrics import PrometheusCollector, families, prometheus_text
+from fastlimit.stores import table as table_mod
+from fastlimit.stores.metrics import PrometheusCollector, families, prometheus_text
 
 
 def counts(table, name):

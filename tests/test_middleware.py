@@ -12,7 +12,6 @@ import pytest
 from sfv import parse_list
 
 from fastlimit import FakeClock, Identity, Policy, SharedTable, asgi, wsgi
-from fastlimit._lane import start_directly
 from fastlimit.web import (
     RateLimited,
     RequestView,
@@ -23,6 +22,7 @@ from fastlimit.web import (
     first_of,
     session_cookie,
 )
+from fastlimit.web._serve import start_directly
 
 S = 10**9
 WALL0 = 1_775_397_600

@@ -19,7 +19,7 @@ from fastlimit import (
     SharedTable,
     hit_all,
 )
-from fastlimit.config import tomllib  # the stdlib module, or tomli before 3.11
+from fastlimit.policy.config import tomllib  # the stdlib module, or tomli before 3.11
 
 S = 10**9
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"

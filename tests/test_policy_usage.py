@@ -24,7 +24,7 @@ from fastlimit import (
     RedisBackend,
     SharedTable,
 )
-from fastlimit.config import tomllib
+from fastlimit.policy.config import tomllib
 
 S = 10**9
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"

@@ -10,7 +10,6 @@ composite check and the asyncio front end.
 import asyncio
 import logging
 import multiprocessing as mp
-import os
 import pickle
 import signal
 import subprocess
@@ -22,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from traces import config, numbers, run_trace
 
-import fastlimit
 from fastlimit import (
     BackendError,
     CapacityError,
@@ -36,7 +34,7 @@ from fastlimit import (
     RedisBackend,
     SharedTable,
 )
-from fastlimit.backends.redis import AsyncRedisBackend
+from fastlimit.stores.redis import AsyncRedisBackend
 
 S = 10**9
 FAST = dict(timeout=10, connect_timeout=10)  # no spurious timeouts on a loaded machine
@@ -614,11 +612,14 @@ def test_async_backend_refuses_sync_quotas_and_leases(redis_server):
 def test_lua_script_is_package_data():
     import importlib.resources
 
-    text = importlib.resources.files("fastlimit.backends").joinpath("gcra.lua").read_text()
-    assert "redis.call('TIME')" in text
+    lua = importlib.resources.files("fastlimit.stores.redis").joinpath("lua")
+    assert "redis.call('TIME')" in lua.joinpath("gcra.lua").read_text()
     for name in ("quota.lua", "leases.lua"):
-        assert importlib.resources.files("fastlimit.backends").joinpath(name).is_file()
-    assert os.path.basename(fastlimit.backends.redis.__file__) == "redis.py"
+        assert lua.joinpath(name).is_file()
+    # the former path still names the backend
+    import fastlimit.backends.redis
+
+    assert fastlimit.backends.redis.RedisBackend is fastlimit.RedisBackend
 
 
 # -- Redis Cluster -------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 
 from fastlimit import ConfigurationError
-from fastlimit.routes import RouteTable, normalize_path, parse_pattern
+from fastlimit.policy.routes import RouteTable, normalize_path, parse_pattern
 
 ROUTES = RouteTable([
     ("POST /auth/session/login", "login"),

@@ -16,8 +16,8 @@ import pytest
 from servers import Server, free_port
 from sfv import parse_list
 
-from fastlimit import table as table_mod
-from fastlimit._server import gunicorn_argv, request
+from fastlimit.cli.servers import gunicorn_argv, request
+from fastlimit.stores import table as table_mod
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from fastlimit import (
     TableError,
     TableFullError,
 )
-from fastlimit import table as table_mod
+from fastlimit.stores import table as table_mod
 
 
 def path_of(name):

@@ -1,0 +1,298 @@
+"""Calendar quotas: N per day, week or month, counted exactly across
+processes and kept across process, server and machine restarts."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastlimit import _core
+from fastlimit._core import Decision
+from fastlimit.core.gcra import check_cost
+from fastlimit.errors import ConfigurationError
+from fastlimit.http.headers import CalendarWindow
+from fastlimit.limiters.limiter import Key
+from fastlimit.stores.table import OnFull, SharedTable
+
+__all__ = ["Quota", "QuotaBase", "QuotaSpec", "Usage", "state_dir"]
+
+Unit = Literal["day", "week", "month"]
+NS = 1_000_000_000
+DEFAULT_QUOTA_CAPACITY = 65_536
+_SPEC_RE = re.compile(r"^\s*(\d{1,30})\s*(?:/|\s+per\s+)\s*(?:1\s*)?([A-Za-z]+?)s?\s*$",
+                      re.ASCII)
+_UNITS: dict[str, Unit] = {"day": "day", "d": "day", "week": "week", "w": "week",
+                           "month": "month", "mo": "month"}
+_MONDAY = date(1969, 12, 29).toordinal()  # weeks are ISO weeks, Monday to Sunday
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+def state_dir() -> str:
+    """Where quota files live by default: ``$FASTLIMIT_STATE_DIR``, else
+    ``$XDG_STATE_HOME/fastlimit``, else ``~/.local/state/fastlimit``."""
+    if "FASTLIMIT_STATE_DIR" in os.environ:
+        return os.environ["FASTLIMIT_STATE_DIR"]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "fastlimit")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSpec:
+    """``limit`` per calendar ``unit``: ``QuotaSpec.parse("500/month")``."""
+
+    limit: int
+    unit: Unit
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int):
+            raise ConfigurationError(f"a quota limit must be an int, got {self.limit!r}")
+        if not 1 <= self.limit <= _core.QUOTA_MAX_COUNT:
+            raise ConfigurationError(
+                f"a quota limit must be between 1 and {_core.QUOTA_MAX_COUNT}, got {self.limit}")
+        if self.unit not in ("day", "week", "month"):
+            raise ConfigurationError(
+                f"a quota period is 'day', 'week' or 'month', got {self.unit!r}")
+
+    @classmethod
+    def parse(cls, text: str | QuotaSpec) -> QuotaSpec:
+        """Parse ``'500/month'``, ``'500 per month'``, ``'10/day'``, ``'70/week'``."""
+        if isinstance(text, QuotaSpec):
+            return text
+        m = _SPEC_RE.match(text) if isinstance(text, str) else None
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ConfigurationError(
+                f"cannot parse quota {text!r}: expected '<limit>/<period>' or '<limit> per "
+                f"<period>' with period day, week or month, e.g. '500/month'")
+        try:
+            return cls(int(m.group(1)), _UNITS[m.group(2).lower()])
+        except ConfigurationError as e:
+            raise ConfigurationError(f"quota {text!r}: {e}") from None
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A key's standing in the current period."""
+
+    used: int
+    remaining: int
+    limit: int
+    resets_at: datetime  # the start of the next period, in UTC
+
+
+class Calendar:
+    """Maps wall-clock epoch nanoseconds to calendar periods of a time zone."""
+
+    def __init__(self, unit: Unit, tz: str | tzinfo = "UTC") -> None:
+        self.unit = unit
+        self.tz = _zone(tz)
+        self._cached = (0, 0, -1)  # tag, start_ns, end_ns of the last period asked
+
+    def period(self, now_ns: int) -> tuple[int, int, int]:
+        """(tag, start_ns, end_ns) of the period holding ``now_ns``; tags
+        count periods from 1970 and start at 1."""
+        tag, start, end = self._cached
+        if start <= now_ns < end:
+            return self._cached
+        local = datetime.fromtimestamp(now_ns // NS, self.tz).date()
+        if self.unit == "day":
+            first, after = local, local + timedelta(days=1)
+            tag = local.toordinal() - _EPOCH + 1
+        elif self.unit == "week":
+            first = local - timedelta(days=local.weekday())
+            after = first + timedelta(days=7)
+            tag = (first.toordinal() - _MONDAY) // 7 + 1
+        else:
+            first = local.replace(day=1)
+            after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+            tag = (first.year - 1970) * 12 + first.month
+        self._cached = (tag, self._midnight_ns(first), self._midnight_ns(after))
+        return self._cached
+
+    def _midnight_ns(self, day: date) -> int:
+        return int(datetime(day.year, day.month, day.day, tzinfo=self.tz).timestamp()) * NS
+
+
+class QuotaBase:
+    """What every quota front end shares: the spec, the calendar, the clock,
+    and the arithmetic from a counter's answer to a Decision.  :class:`Quota`
+    adds the methods over a store; the asyncio quota of the Redis backend
+    adds them as coroutines."""
+
+    def __init__(self, spec: str | QuotaSpec, *, name: str, tz: str | tzinfo,
+                 clock: Callable[[], int] | None) -> None:
+        self.spec = QuotaSpec.parse(spec)
+        self.name = name
+        self.calendar = Calendar(self.spec.unit, tz)
+        self.clock = clock or time.time_ns
+
+    @property
+    def limit(self) -> int:
+        return self.spec.limit
+
+    @property
+    def burst(self) -> int:
+        """The most one hit can cost (as for a Limiter): the limit."""
+        return self.spec.limit
+
+    def window(self) -> CalendarWindow:
+        """The current period's length, which rate-limit headers use as
+        their window (``w``) in place of a rate."""
+        _, start, end = self.calendar.period(self.clock())
+        return CalendarWindow(end - start)
+
+    def _check_cost(self, cost: int) -> int:
+        return check_cost(cost, self.limit, f"the quota of {self.limit} per {self.spec.unit}")
+
+    def _now(self) -> tuple[int, int, int]:
+        """(tag, end_ns, left_ns) of the current period."""
+        now = self.clock()
+        tag, _, end = self.calendar.period(now)
+        return tag, end, end - now
+
+    def _decision(self, result: int, count: int, cost: int, left: int, counter: Any) -> Decision:
+        """The Decision for a counter's ``(result, count)``.  A negative
+        result means the store could not answer; the counter's ``on_full``
+        then decides (1 allow; 0 deny, with the counter's ``retry_after_ns``
+        if it has one, else until the period ends: a full table frees up
+        only then)."""
+        if result < 0:  # "raise" raised in the counter
+            if counter.on_full == 1:
+                return Decision(True, self.limit, self.limit - cost, left, 0)
+            wait = getattr(counter, "retry_after_ns", left)
+            return Decision(False, self.limit, 0, left, wait)
+        allowed = result == 1
+        return Decision(allowed, self.limit, self.limit - count, left, 0 if allowed else left)
+
+    def _usage(self, used: int, end: int) -> Usage:
+        return Usage(used, self.limit - used, self.limit,
+                     datetime.fromtimestamp(end // NS, timezone.utc))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.spec} tz={self.calendar.tz}>"
+
+
+class Quota(QuotaBase):
+    """At most ``limit`` per calendar day, week or month for each key.
+
+    Counts live in a file-backed table, so they survive restarts and
+    redeploys, and every process that opens the same file counts against
+    the same numbers exactly.  A new period starts at zero on its first use.
+    With a :class:`~fastlimit.RedisBackend` as ``store`` the counts live in
+    Redis instead and are exact across hosts (periods still follow this
+    process's wall clock: hosts' clocks must agree, see the README).
+
+    Args:
+        spec: ``"500/month"``, ``"10/day"``, ``"70/week"`` or a QuotaSpec.
+        path: the quota file; default ``state_dir()/quotas.tbl``.  Its
+            directory is created if missing.  One file holds many quotas.
+        store: a SharedTable of kind ``"quotas"``, or a RedisBackend, to use
+            instead of ``path``.
+        name: the quota's name in the file; quotas with different names
+            never share counts.
+        tz: the time zone whose midnights bound the periods (default UTC).
+        clock: wall-clock epoch nanoseconds (default ``time.time_ns``).
+        capacity: keys the file holds when it is created.
+        on_full: what a hit gets when the store cannot answer (a full
+            table; Redis down): ``"deny"``, ``"allow"`` or ``"raise"``;
+            default the store's (on Redis: its ``fail`` policy).
+
+    Example:
+        >>> import tempfile, os
+        >>> q = Quota("2/month", path=os.path.join(tempfile.mkdtemp(), "q.tbl"))
+        >>> [q.allow("acct-1") for _ in range(3)]
+        [True, True, False]
+        >>> q.usage("acct-1").used
+        2
+    """
+
+    def __init__(
+        self,
+        spec: str | QuotaSpec,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        store: SharedTable | Any = None,
+        name: str = "quota",
+        tz: str | tzinfo = "UTC",
+        clock: Callable[[], int] | None = None,
+        capacity: int = DEFAULT_QUOTA_CAPACITY,
+        on_full: OnFull | None = None,
+    ) -> None:
+        super().__init__(spec, name=name, tz=tz, clock=clock)
+        if store is None:
+            file = os.fspath(path) if path is not None else os.path.join(state_dir(), "quotas.tbl")
+            os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
+            store = SharedTable.open(path=file, capacity=capacity, kind="quotas")
+        self.store = store
+        self._counter = store._quota_counter(name, self.spec.limit, on_full=on_full)
+
+    def hit(self, key: Key, cost: int = 1) -> Decision:
+        """Count ``cost`` if it fits in the period; return the Decision.
+
+        ``reset_after`` is the time to the period's end; a denied hit's
+        ``retry_after`` is the same (a quota refills only then).  ``cost=0``
+        answers as :meth:`peek`."""
+        if self._check_cost(cost) == 0:
+            return self.peek(key)
+        return self._step(key, cost, _Q_CONSUME)
+
+    def allow(self, key: Key, cost: int = 1) -> bool:
+        """:meth:`hit`, returning only whether it passed."""
+        return self.hit(key, cost).allowed
+
+    def peek(self, key: Key, cost: int = 1) -> Decision:
+        """The Decision a hit of ``cost`` would get, counting nothing."""
+        return self._step(key, cost, _Q_PEEK)
+
+    def refund(self, key: Key, cost: int = 1) -> bool:
+        """Give back ``cost`` counted in the current period (never below 0)."""
+        cost = self._check_cost(cost)
+        tag, _, left = self._now()
+        result, _ = self._counter.step(key, tag, cost, _Q_REFUND, left)
+        return result == 1
+
+    def usage(self, key: Key) -> Usage:
+        """Used and remaining in the current period, and when it resets."""
+        tag, end, left = self._now()
+        _, used = self._counter.step(key, tag, 0, _Q_PEEK, left)
+        return self._usage(used, end)
+
+    def reset(self, key: Key) -> None:
+        """Forget ``key``'s count."""
+        self._counter.reset(key)
+
+    def _step(self, key: Key, cost: int, mode: int) -> Decision:
+        cost = self._check_cost(cost)
+        tag, _, left = self._now()
+        result, count = self._counter.step(key, tag, cost, mode, left)
+        return self._decision(result, count, cost, left, self._counter)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.spec, self.store, self.name, self.calendar.tz, self.clock))
+
+
+_Q_PEEK, _Q_CONSUME, _Q_REFUND = 0, 1, 2  # modes of QuotaCounter.step
+
+
+def _rebuild(spec: QuotaSpec, store: Any, name: str, tz: tzinfo, clock: Any) -> Quota:
+    return Quota(spec, store=store, name=name, tz=tz, clock=clock)
+
+
+def _zone(tz: str | tzinfo) -> tzinfo:
+    if not isinstance(tz, str):
+        return tz
+    if tz.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(f"unknown time zone {tz!r} (expected an IANA name "
+                                 f"like 'Europe/Paris', or 'UTC')") from None

@@ -1,0 +1,178 @@
+"""The step from a request to a :class:`~fastlimit.PolicyDecision` that the
+WSGI and ASGI middlewares share, and :class:`RouteLimit`, the same step
+inside chosen routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from fastlimit.errors import CapacityError, RateLimited
+from fastlimit.limiters.composite import CompositeResult
+from fastlimit.limiters.limiter import Limiter
+from fastlimit.policy.identity import Identity
+from fastlimit.policy.policy import Policy, PolicyDecision
+from fastlimit.web._serve import Lane
+from fastlimit.web.identify import Identify, _anonymous
+from fastlimit.web.proxies import ForwardedHeader, TrustedProxies
+from fastlimit.web.view import RequestView, _ASGIView, _WSGIView
+
+__all__ = ["Gate", "Outcome", "RateLimited", "RouteLimit", "denial_headers", "merge_headers"]
+
+class Outcome(Protocol):
+    """What the middleware acts on: a :class:`~fastlimit.PolicyDecision`, or
+    the 413 answer to a cost no limit could ever admit."""
+
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def headers(self) -> list[tuple[str, str]]: ...
+    @property
+    def body(self) -> bytes | None: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def holding(self) -> bool: ...
+    def release(self) -> None: ...
+
+
+class _TooLarge:
+    """A request whose cost exceeds a limit's burst can never pass: 413."""
+
+    allowed = False
+    status = 413
+    content_type = "application/json"
+    body = (b'{"success":false,"error":{"code":"PAYLOAD_TOO_LARGE",'
+            b'"message":"Request exceeds the rate limit\'s capacity"}}')
+
+    holding = False
+
+    def __init__(self, error: CapacityError) -> None:
+        self.error = error
+        self.headers: list[tuple[str, str]] = []
+
+    def release(self) -> None:
+        pass
+
+
+Cost = int | Callable[[RequestView], int]
+
+# The per-IP key of requests with no client address (a Unix socket peer, not
+# a trusted proxy or one that sent no usable forwarding header): they share
+# one bucket, rather than raising.  No address normalises to this text.
+NO_ADDRESS = "unix"
+
+# The names a rate-limit header can have: the application's own win.
+RATE_HEADERS = frozenset({"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+                          "ratelimit", "ratelimit-policy", "retry-after"})
+
+
+class Gate:
+    """The request-to-decision step both middlewares run.
+
+    Args: as for :class:`fastlimit.wsgi.RateLimitMiddleware`.
+    """
+
+    def __init__(self, policy: Policy, *, identify: Identify | None = None,
+                 trusted_proxies: Iterable[str] | TrustedProxies = (),
+                 forwarded_header: ForwardedHeader = "x-forwarded-for",
+                 cost: Cost = 1, exempt_paths: Collection[str] = ()) -> None:
+        if not isinstance(policy, Policy):
+            raise TypeError(f"expected a fastlimit.Policy, got {type(policy).__name__}")
+        self.policy = policy
+        self.identify: Identify = identify or _anonymous
+        self.proxies = (trusted_proxies if isinstance(trusted_proxies, TrustedProxies)
+                        else TrustedProxies(trusted_proxies, header=forwarded_header))
+        if isinstance(cost, bool) or not (isinstance(cost, int) or callable(cost)):
+            raise TypeError(f"cost must be an int or a callable, got {cost!r}")
+        self.cost = cost
+        self._fixed_cost = cost if isinstance(cost, int) else None
+        self._hit = policy.hit
+        self._proxies = self.proxies.client_ip if self.proxies.enabled else None
+        self.exempt_paths = frozenset(exempt_paths)
+        # A subclass's own hit or resolve must see every request.
+        planned = (getattr(type(policy).hit, "__code__", None) is Policy.hit.__code__
+                   and getattr(type(policy).resolve, "__code__", None) is Policy.resolve.__code__)
+        self.check: Callable[[RequestView], Outcome] = Lane(
+            self, planned=planned, limiter_type=Limiter, result_type=CompositeResult,
+            decision_type=PolicyDecision, no_address=NO_ADDRESS,
+            view_types=(_WSGIView, _ASGIView)).check
+        """Count a request (a :class:`RequestView`) under the policy: the
+        middlewares' per-request step, compiled (:mod:`fastlimit.web._serve`)."""
+
+    def _general(self, view: RequestView, identity: Identity | None, cost: Any) -> Outcome:
+        """What the compiled check hands over: :meth:`Policy.hit`."""
+        try:
+            return self._hit(view.method, view.path, identity, view.client_ip or NO_ADDRESS,
+                             cost=cost, content_length=view.content_length)
+        except CapacityError as e:
+            return _TooLarge(e)
+
+
+class RouteLimit:
+    """A policy checked inside chosen routes instead of around the whole
+    application: a FastAPI dependency, a Flask decorator, a call at the top
+    of an endpoint.  Don't count the same request under the same policy in
+    both the middleware and a RouteLimit.
+
+    Args: as for :class:`fastlimit.wsgi.RateLimitMiddleware`, without
+    ``app`` and ``exempt_paths``.
+
+    Example:
+        >>> from fastlimit import Policy
+        >>> login = RouteLimit(Policy.from_dict({"identities": {"anonymous": {"rate": "1/1h"}}}))
+        >>> environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/login", "REMOTE_ADDR": "10.0.0.1"}
+        >>> decision = login.check(environ)     # or an ASGI scope
+        >>> decision.release()                  # once the response is sent
+        >>> login.check(environ)
+        Traceback (most recent call last):
+        ...
+        fastlimit.errors.RateLimited: rate limited (429)
+    """
+
+    def __init__(self, policy: Policy, *, identify: Identify | None = None,
+                 trusted_proxies: Iterable[str] | TrustedProxies = (),
+                 forwarded_header: ForwardedHeader = "x-forwarded-for",
+                 cost: Cost = 1) -> None:
+        self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
+                         forwarded_header=forwarded_header, cost=cost)
+
+    def check(self, request: Mapping[str, Any]) -> Outcome:
+        """Count the request (a WSGI environ or an ASGI scope).
+
+        Returns:
+            the allowed decision: add its ``headers`` to the response and
+            call its ``release()`` when the response is sent.
+
+        Raises:
+            RateLimited: denied (nothing to release).
+        """
+        view = (RequestView.from_scope(request) if "type" in request
+                else RequestView.from_environ(request))
+        outcome = self.gate.check(view)
+        if not outcome.allowed:
+            outcome.release()
+            raise RateLimited(outcome)
+        return outcome
+
+
+def denial_headers(outcome: Outcome, body: bytes) -> list[tuple[str, str]]:
+    """The headers of a denial: its content type and length, then the
+    policy's headers (Retry-After included)."""
+    return [("Content-Type", outcome.content_type), ("Content-Length", str(len(body))),
+            *outcome.headers]
+
+
+def merge_headers(app_headers: Sequence[tuple[str, str]],
+                  extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``app_headers`` plus ``extra``, except the rate-limit fields the
+    application set itself (a check inside the app knows more)."""
+    for name, _ in app_headers:
+        if name.lower() in RATE_HEADERS:
+            break
+    else:
+        return [*app_headers, *extra]
+    present = {name.lower() for name, _ in app_headers}
+    return [*app_headers, *(h for h in extra if h[0].lower() not in present)]

@@ -1,0 +1,138 @@
+"""WSGI middleware: every request counted under a :class:`~fastlimit.Policy`.
+
+Wrap the application once, in the module the server imports; every worker
+process (gunicorn sync or gthread, with or without ``--preload``) then
+shares the policy's named table, so a limit holds across all of them::
+
+    policy = fastlimit.Policy.from_file("policy.toml")      # [store] table = "myapp"
+    app = fastlimit.wsgi.RateLimitMiddleware(app, policy, identify=..., trusted_proxies=[...])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from fastlimit.policy.policy import Policy
+from fastlimit.web._serve import WSGICall
+from fastlimit.web.gate import RATE_HEADERS, Cost, Gate, Outcome, denial_headers, merge_headers
+from fastlimit.web.identify import Identify
+from fastlimit.web.proxies import ForwardedHeader, TrustedProxies
+from fastlimit.web.view import _WSGIView
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication
+
+__all__ = ["RateLimitMiddleware"]
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Error"
+
+
+class RateLimitMiddleware(WSGICall):
+    """Count each request under ``policy``; answer denials itself, add the
+    rate-limit headers to every response.
+
+    Args:
+        app: the WSGI application.
+        policy: the :class:`~fastlimit.Policy`.
+        identify: ``identify(view) -> Identity | None`` (None: anonymous);
+            see :mod:`fastlimit.web` for ready-made ones.  Default: every
+            caller is anonymous, limited per client IP.
+        trusted_proxies: addresses/networks (or a
+            :class:`~fastlimit.web.TrustedProxies`) allowed to report the
+            client address; by default the socket peer is the client.
+        forwarded_header: ``"x-forwarded-for"`` or ``"forwarded"``.
+        cost: what a request costs, or ``cost(view) -> int``.
+        exempt_paths: paths never counted (health checks).
+
+    A denial is answered with the policy's status (429, or 413 for a cost
+    no limit admits), its headers (``Retry-After`` included) and its JSON
+    body; the application is not called.  The decision is in
+    ``environ["fastlimit.decision"]`` for the application (e.g. to refuse
+    a key the policy treated as invalid: ``decision.rejected``).  When it
+    holds something (a concurrency lease), its ``release()`` runs when the
+    server closes the response, also when the application raises; the
+    response of a decision that holds nothing is passed on unwrapped.
+
+    Example:
+        >>> from fastlimit import Policy
+        >>> def hello(environ, start_response):
+        ...     start_response("200 OK", [("Content-Type", "text/plain")])
+        ...     return [b"hi"]
+        >>> policy = Policy.from_dict({"identities": {"anonymous": {"rate": "1/1h"}},
+        ...                            "headers": {"reset": "delta"}})
+        >>> app = RateLimitMiddleware(hello, policy)
+        >>> def call():
+        ...     seen = []
+        ...     body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "10.0.0.1"},
+        ...                lambda status, headers, exc_info=None: seen.extend([status, headers]))
+        ...     content = b"".join(body)
+        ...     return seen[0], dict(seen[1]), content
+        >>> status, headers, content = call()
+        >>> status, content
+        ('200 OK', b'hi')
+        >>> for header in headers.items(): print(*header)
+        Content-Type text/plain
+        X-RateLimit-Limit 1
+        X-RateLimit-Remaining 0
+        X-RateLimit-Reset 3600
+        >>> status, headers, content = call()
+        >>> status, headers["Retry-After"]
+        ('429 Too Many Requests', '3600')
+        >>> content
+        b'{"success":false,"error":{"code":"RATE_LIMITED","message":"Too many requests"}}'
+    """
+
+    def __init__(self, app: WSGIApplication, policy: Policy, *,
+                 identify: Identify | None = None,
+                 trusted_proxies: Iterable[str] | TrustedProxies = (),
+                 forwarded_header: ForwardedHeader = "x-forwarded-for",
+                 cost: Cost = 1, exempt_paths: Collection[str] = ()) -> None:
+        self.app = app
+        self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
+                         forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths)
+        # __call__, every request, is compiled (fastlimit.web._serve.WSGICall)
+        self._wire(_WSGIView, _deny, _Released, RATE_HEADERS, merge_headers)
+
+    @property
+    def policy(self) -> Policy:
+        return self.gate.policy
+
+
+def _deny(outcome: Outcome, start_response: StartResponse) -> Iterable[bytes]:
+    try:
+        body = outcome.body or b""
+        assert outcome.status is not None
+        start_response(_status_line(outcome.status), denial_headers(outcome, body))
+    except BaseException:
+        outcome.release()
+        raise
+    return _Released([body], outcome.release) if getattr(outcome, "holding", True) else [body]
+
+
+class _Released:
+    """The application's response, releasing the decision when the server
+    closes it (PEP 3333 guarantees close(), also after errors)."""
+
+    __slots__ = ("_result", "_release")
+
+    def __init__(self, result: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._result = result
+        self._release = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._release()
