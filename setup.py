@@ -27,7 +27,8 @@ extensions = [
     ),
     *(Extension(name, [name.replace(".", "/") + ".pyx"], depends=["fastlimit/_core.pxd"],
                 extra_compile_args=compile_args)
-      for name in ("fastlimit.http._fields", "fastlimit.web._serve")),
+      for name in ("fastlimit.http._fields", "fastlimit.limiters._counting",
+                   "fastlimit.policy._plan", "fastlimit.web._serve")),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, language_level=3))

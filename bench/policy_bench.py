@@ -105,10 +105,10 @@ UPLOAD = "upload (route + lease + cap), hit + release"
 def driver(policy: Policy, kind: str, calls: list[tuple[Any, ...]]) -> Callable[[], None]:
     hit = policy.hit
     if kind == UPLOAD:
-        def one(args: tuple[Any, ...]) -> None:
-            hit(*args, content_length=1000).release()
+        def one(method: str, path: str, identity: Identity | None, ip: str) -> None:
+            hit(method, path, identity, ip, content_length=1000).release()
 
-        return lambda: collections.deque(map(one, calls), maxlen=0) and None
+        return lambda: collections.deque(itertools.starmap(one, calls), maxlen=0) and None
     return lambda: collections.deque(itertools.starmap(hit, calls), maxlen=0) and None
 
 

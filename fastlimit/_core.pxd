@@ -44,6 +44,8 @@ cdef class Decision:
 
 
 cdef Decision decision_of(const fl_answer* a)
+cdef int64_t next_unit(int64_t limit, int64_t reset_after_ns,
+                       int64_t emission_interval_ns) noexcept nogil
 
 
 cdef class TableView:

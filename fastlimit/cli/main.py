@@ -111,8 +111,8 @@ def _pick(table: SharedTable, limiter: str | None) -> LimiterStats:
 
 def _keyed(table: SharedTable, lim: LimiterStats) -> Any:
     if lim.kind == "rate":
-        return table._gcra(lim.name, lim.emission_interval_ns, lim.burst, register=False)
-    return table._quota_counter(lim.name, lim.limit, register=False)
+        return table.rate_state(lim.name, lim.emission_interval_ns, lim.burst, register=False)
+    return table.quota_counts(lim.name, lim.limit, register=False)
 
 
 def inspect(name: str, key: Key, limiter: str | None = None, rate: str | None = None,

@@ -226,6 +226,22 @@ cdef class Decision:
                 f"retry_after={self.retry_after:g})")
 
 
+cdef int64_t next_unit(int64_t limit, int64_t reset_after_ns,
+                       int64_t emission_interval_ns) noexcept nogil:
+    """fastlimit.core.gcra.next_unit_ns, in C (header fields use it)."""
+    cdef int64_t free, units
+    if reset_after_ns <= 0:
+        return 0
+    free = limit * emission_interval_ns - reset_after_ns
+    units = free // emission_interval_ns if free > 0 else 0
+    return (units + 1) * emission_interval_ns - free
+
+
+def next_unit_ns(int64_t limit, int64_t reset_after_ns, int64_t emission_interval_ns):
+    """The C next-unit time (tests compare it with fastlimit.core.gcra)."""
+    return next_unit(limit, reset_after_ns, emission_interval_ns)
+
+
 cdef Decision decision_of(const fl_answer* a):
     """A Decision holding ``a``."""
     cdef Decision d = Decision.__new__(Decision)

@@ -50,6 +50,7 @@ __all__ = [
     "no_slot",
     "step",
     "tolerance_ns",
+    "wait_ns",
 ]
 
 # The largest tolerance accepted: every sum of a time and a tolerance or an
@@ -134,6 +135,12 @@ def step(tat: int, now: int, inc: int, tau: int, consume: bool = True) -> tuple[
     return True, new_tat if consume else tat
 
 
+def wait_ns(ahead_ns: int, inc: int, emission_interval: int, burst: int) -> int:
+    """How long until a hit of increment ``inc`` passes on a key whose state
+    is ``ahead_ns`` ahead of now (0 or less: it passes now)."""
+    return max(0, ahead_ns) + inc - burst * emission_interval
+
+
 def answer(allowed: bool, ahead_ns: int, inc: int, emission_interval: int,
            burst: int) -> Answer:
     """The answer of a check, from the state after it: ``ahead_ns =
@@ -141,7 +148,8 @@ def answer(allowed: bool, ahead_ns: int, inc: int, emission_interval: int,
     ahead = max(0, ahead_ns)
     tau = burst * emission_interval
     remaining = min(burst, max(0, (tau - ahead) // emission_interval))
-    return Answer(allowed, burst, remaining, ahead, 0 if allowed else ahead + inc - tau)
+    return Answer(allowed, burst, remaining, ahead,
+                  0 if allowed else wait_ns(ahead, inc, emission_interval, burst))
 
 
 def no_slot(allow: bool, inc: int, emission_interval: int, burst: int) -> Answer:
@@ -175,11 +183,12 @@ def next_unit_ns(limit: int, reset_after_ns: int, emission_interval: int) -> int
     return (units + 1) * emission_interval - free
 
 
-def hold_ahead_ns(remaining: int, wait_ns: int, emission_interval: int, burst: int) -> int:
+def hold_ahead_ns(remaining: int, wait_ns: int | None, emission_interval: int,
+                  burst: int) -> int:
     """How far ahead of now a key's tat must be for at most ``remaining``
     hits to pass now and, when ``remaining`` is 0, none before ``wait_ns``
-    (one interval if 0): what a client sets to follow a server's report."""
+    (one interval if None): what a client sets to follow a server's report."""
     tau = burst * emission_interval
     if remaining > 0:
         return tau - remaining * emission_interval
-    return tau - emission_interval + (wait_ns if wait_ns > 0 else emission_interval)
+    return tau - emission_interval + (emission_interval if wait_ns is None else wait_ns)

@@ -56,35 +56,18 @@ cdef class Leases(_Keyed):
         cdef uint64_t fp = self._fingerprint(key)
         cdef Engine* e = self._engine()
         cdef int64_t mine = FL_LEASE_BIT | (_my_lock & ~FL_LOCK_BITS)
-        cdef int64_t i, j, t = 0, now
-        cdef uint64_t lfp
-        cdef fl_slot* s = NULL
-        cdef int r, problem = 0
+        cdef int problem = 0
         if limit < 1:
             raise ValueError(f"a concurrency limit must be >= 1, got {limit}")
         cdef int64_t got = -1
-        with nogil:
-            now = mono_ns()
-            for j in range(limit):
-                i = (start + j) % limit
-                lfp = _lease_fp(fp, i)
-                r = _take_lease(e, lfp, now, mine)
-                if r == R_ALLOWED:
-                    got = i
-                    break
-                if r < 0:
-                    problem = r
-            if got < 0:
-                # every lease looked held: replace holders that are gone
-                for i in range(limit):
-                    lfp = _lease_fp(fp, i)
-                    if _find(e, lfp, _bucket1(e, lfp), _bucket2(e, lfp), &s, &t) != FOUND:
-                        continue
-                    if FL_IS_LEASE(t) and _holder_dead(t) and fl_cas_i64(&s.tat, &t, mine):
-                        got = i
-                        break
-                if got >= 0:
-                    self.reclaimed += 1
+        cdef bint took_over = False
+        if limit <= 64:  # a short scan: letting the GIL go would cost more than it
+            got = _take_one(e, fp, limit, start, mine, &problem, &took_over)
+        else:
+            with nogil:
+                got = _take_one(e, fp, limit, start, mine, &problem, &took_over)
+        if took_over:
+            self.reclaimed += 1
         self._count(R_ALLOWED if got >= 0 else (problem if problem else R_DENIED), 1)
         if got >= 0:
             return got
@@ -126,7 +109,10 @@ cdef class Leases(_Keyed):
                 continue
             if r != FOUND or t != mine:
                 return False
-            if fl_cas_i64(&s.tat, &t, FL_FREE):
+            # To a time long past rather than FREE: the slot stays this
+            # lease's, so its next acquire takes it with one CAS instead of a
+            # claim; any key may still reclaim it as an expired slot.
+            if fl_cas_i64(&s.tat, &t, 1):
                 return True
 
     def in_flight(self, key, int64_t limit):
@@ -141,6 +127,34 @@ cdef class Leases(_Keyed):
             if _find(e, lfp, _bucket1(e, lfp), _bucket2(e, lfp), &s, &t) == FOUND and FL_IS_LEASE(t):
                 n += 1
         return n
+
+
+cdef int64_t _take_one(Engine* e, uint64_t fp, int64_t limit, int64_t start, int64_t mine,
+                       int* problem, bint* took_over) noexcept nogil:
+    """One of the ``limit`` leases of the key ``fp``, from ``start`` on: its
+    index, or -1 (``problem``: a no-slot result met on the way)."""
+    cdef int64_t i, j, t = 0
+    cdef int64_t now = mono_ns()
+    cdef uint64_t lfp
+    cdef fl_slot* s = NULL
+    cdef int r
+    for j in range(limit):
+        i = (start + j) % limit
+        lfp = _lease_fp(fp, i)
+        r = _take_lease(e, lfp, now, mine)
+        if r == R_ALLOWED:
+            return i
+        if r < 0:
+            problem[0] = r
+    # every lease looked held: replace holders that are gone
+    for i in range(limit):
+        lfp = _lease_fp(fp, i)
+        if _find(e, lfp, _bucket1(e, lfp), _bucket2(e, lfp), &s, &t) != FOUND:
+            continue
+        if FL_IS_LEASE(t) and _holder_dead(t) and fl_cas_i64(&s.tat, &t, mine):
+            took_over[0] = True
+            return i
+    return -1
 
 
 cdef int _take_lease(Engine* e, uint64_t fp, int64_t now, int64_t mine) noexcept nogil:

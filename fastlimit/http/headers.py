@@ -16,14 +16,13 @@ and never earlier than ``t``.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from fastlimit._core import Decision
 from fastlimit.errors import ConfigurationError
-from fastlimit.http._fields import legacy_fields, reset_seconds
+from fastlimit.http import _fields as compiled
 from fastlimit.limiters.rate import NS_PER_S, Rate
 
 __all__ = [
@@ -49,10 +48,6 @@ DEFAULT_BODY: Mapping[str, Any] = {
 }
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 class CalendarWindow(NamedTuple):
     """A quota's current calendar period, in place of a Rate: a quota
     refills all at once when its period ends (``Quota.window()``)."""
@@ -61,13 +56,16 @@ class CalendarWindow(NamedTuple):
 
 
 Window = Rate | CalendarWindow
+_FIELDS = {fmt: compiled.Fields(fmt, True, False) for fmt in RESET_FORMATS}
 
 
 def next_unit_ns(decision: Decision, rate: Window) -> int:
     """Nanoseconds until the key has at least one more unit than now.
 
     0 when the key is fully replenished (nothing more will come).  For a
-    denied hit of cost 1 it equals ``decision.retry_after_ns``.
+    denied hit of cost 1 it equals ``decision.retry_after_ns``.  (A rate's
+    answer is :func:`fastlimit.core.gcra.next_unit_ns`; a quota refills all
+    at once, when its period ends.)
 
     Example:
         >>> from fastlimit import Decision, Rate
@@ -75,17 +73,8 @@ def next_unit_ns(decision: Decision, rate: Window) -> int:
         >>> next_unit_ns(Decision(True, 10, 5, 25 * 10**9), Rate.parse("10/1m"))
         1000000000
     """
-    ahead = decision.reset_after_ns
-    if isinstance(rate, CalendarWindow):  # nothing comes back before the period ends
-        return ahead if decision.remaining < decision.limit else 0
-    if ahead <= 0:
-        return 0
-    t = rate.emission_interval_ns
-    # x: how much of the tolerance is free.  It can be negative when the
-    # key's state was made under a larger tolerance (an override lowered).
-    x = decision.limit * t - ahead
-    units = max(0, x // t)
-    return (units + 1) * t - x
+    found: int = compiled.next_unit_ns(decision, rate)
+    return found
 
 
 def retry_after_seconds(decision: Decision, rate: Window) -> int:
@@ -97,11 +86,8 @@ def retry_after_seconds(decision: Decision, rate: Window) -> int:
         >>> retry_after_seconds(Decision(False, 5, 0, 60 * 10**9, 10**8), Rate.parse("5/1m"))
         12
     """
-    return max(
-        1,
-        _ceil_div(decision.retry_after_ns, NS_PER_S),
-        _ceil_div(next_unit_ns(decision, rate), NS_PER_S),
-    )
+    found: int = compiled.retry_after_seconds(decision, rate)
+    return found
 
 
 def format_reset(reset_after_ns: int, fmt: ResetFormat, wall_now_ns: int) -> str:
@@ -118,13 +104,11 @@ def format_reset(reset_after_ns: int, fmt: ResetFormat, wall_now_ns: int) -> str
         >>> format_reset(1, "epoch", 1_775_397_600 * 10**9)
         '1775397601'
     """
-    if fmt == "delta" or fmt == "epoch":
-        return reset_seconds(reset_after_ns, fmt == "epoch", wall_now_ns)
-    if fmt == "iso":
-        at_ns = wall_now_ns + max(0, reset_after_ns)
-        seconds, ms = divmod(_ceil_div(at_ns, NS_PER_MS), 1000)
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
-    raise ConfigurationError(f"reset format must be one of {RESET_FORMATS}, got {fmt!r}")
+    if fmt not in RESET_FORMATS:
+        raise ConfigurationError(f"reset format must be one of {RESET_FORMATS}, got {fmt!r}")
+    d = Decision(True, 1, 0, reset_after_ns)
+    found: str = _FIELDS[fmt].render(d, "", Rate(1, NS_PER_S), wall_now_ns)[2][1]
+    return found
 
 
 def sf_string(text: str) -> str:
@@ -138,10 +122,8 @@ def sf_string(text: str) -> str:
         >>> sf_string('login "v2"')
         '"login \\\\"v2\\\\""'
     """
-    if not all(" " <= c <= "~" for c in text):
-        raise ConfigurationError(
-            f"{text!r} cannot be a structured-field String: use printable ASCII only")
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    found: str = compiled.sf_string(text)
+    return found
 
 
 def most_restrictive(decisions: Sequence[Decision]) -> int:
@@ -156,13 +138,8 @@ def most_restrictive(decisions: Sequence[Decision]) -> int:
         >>> most_restrictive([Decision(True, 30, 12, 0), Decision(True, 5, 2, 0)])
         1
     """
-    if not decisions:
-        raise ValueError("no decisions to choose from")
-    denied = [i for i, d in enumerate(decisions) if not d.allowed]
-    if denied:
-        return max(denied, key=lambda i: decisions[i].retry_after_ns)
-    return min(range(len(decisions)),
-               key=lambda i: (decisions[i].remaining, -decisions[i].reset_after_ns))
+    found: int = compiled.most_restrictive(decisions)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +169,14 @@ class HeaderStyle:
     reset: ResetFormat = "epoch"
     legacy: bool = True
     ietf: bool = False
+    # the compiled rendering of these fields (fastlimit/http/_fields.pyx)
+    _fields: compiled.Fields = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.reset not in RESET_FORMATS:
             raise ConfigurationError(
                 f"reset format must be one of {RESET_FORMATS}, got {self.reset!r}")
+        object.__setattr__(self, "_fields", compiled.Fields(self.reset, self.legacy, self.ietf))
 
     def render(
         self, decision: Decision, *, name: str, rate: Window, wall_now_ns: int
@@ -210,34 +190,8 @@ class HeaderStyle:
                 and ``t``).
             wall_now_ns: Unix time in ns, for epoch and ISO resets.
         """
-        out: list[tuple[str, str]]
-        if self.legacy:
-            fmt = self.reset
-            if fmt == "iso":
-                out = [("X-RateLimit-Limit", str(decision.limit)),
-                       ("X-RateLimit-Remaining", str(decision.remaining)),
-                       ("X-RateLimit-Reset",
-                        format_reset(decision.reset_after_ns, fmt, wall_now_ns))]
-            else:  # every response renders these: compiled
-                out = legacy_fields(decision, 0 if fmt == "delta" else 1, wall_now_ns)
-        else:
-            out = []
-        if self.ietf:
-            item = sf_string(name)
-            # w is the span the quota q refills over: the period when the
-            # burst is the rate's limit, burst x T otherwise; whole seconds.
-            if isinstance(rate, CalendarWindow):
-                window = _ceil_div(rate.period_ns, NS_PER_S)
-            else:
-                window = _ceil_div(decision.limit * rate.period_ns, rate.limit * NS_PER_S)
-            t = _ceil_div(next_unit_ns(decision, rate), NS_PER_S)
-            out += [
-                ("RateLimit-Policy", f"{item};q={decision.limit};w={max(1, window)}"),
-                ("RateLimit", f"{item};r={decision.remaining};t={t}"),
-            ]
-        if not decision.allowed:
-            out.append(("Retry-After", str(retry_after_seconds(decision, rate))))
-        return out
+        found: list[tuple[str, str]] = self._fields.render(decision, name, rate, wall_now_ns)
+        return found
 
 
 def _placeholders(value: Any, found: set[str]) -> None:

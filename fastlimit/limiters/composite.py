@@ -4,7 +4,9 @@ A request passes only if every enforced limit allows it, and a denied
 request consumes nothing from any of them.  Limits are hit in order; when
 one denies, the hits already counted are given back with
 :meth:`Limiter.refund`, which restores each key's state exactly (a key's
-state is a time: refunding moves it back by ``cost x T``).
+state is a time: refunding moves it back by ``cost x T``).  The counting
+loop is compiled (``limiters/_counting.pyx``) and is the one every policy
+decision runs too.
 
 Between the hit and its refund (microseconds), another process may see the
 first limits' keys one request fuller than they end up: it can be denied
@@ -14,21 +16,17 @@ would not help: a peek is stale the moment it returns.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from fastlimit._core import Decision
-from fastlimit.errors import CapacityError
 from fastlimit.http.headers import Window
+from fastlimit.limiters._counting import Hit, Meter, count_all
 from fastlimit.limiters.limiter import Key
 
-__all__ = ["CompositeResult", "LimitCheck", "hit_all", "peek_all"]
+__all__ = ["CompositeResult", "LimitCheck", "hit_all", "meter_of", "peek_all"]
 
-log = logging.getLogger("fastlimit")
-
-
-class Meter(Protocol):
+class Limit(Protocol):
     """What a composite check needs of a limit: a Limiter, or a Quota."""
 
     @property
@@ -48,7 +46,7 @@ class LimitCheck(NamedTuple):
     """
 
     name: str
-    limiter: Meter
+    limiter: Limit
     key: Key
     shadow: bool = False
 
@@ -72,12 +70,6 @@ class CompositeResult(NamedTuple):
     shadow_denied: tuple[int, ...]
 
 
-def _result(fields: tuple[bool, tuple[Decision | None, ...], int | None, tuple[int, ...]]
-            ) -> CompositeResult:
-    # CompositeResult's own __new__ is Python code: this skips it on every request
-    return tuple.__new__(CompositeResult, fields)
-
-
 def hit_all(checks: Sequence[LimitCheck], cost: int = 1) -> CompositeResult:
     """Hit every check with ``cost``; all must allow, or none is consumed.
 
@@ -96,45 +88,7 @@ def hit_all(checks: Sequence[LimitCheck], cost: int = 1) -> CompositeResult:
         >>> tier.peek("key-1").remaining   # the denied request took nothing
         29
     """
-    if len(checks) == 1:  # the common case, without the bookkeeping
-        c = checks[0]
-        if cost <= c.limiter.burst:
-            d = c.limiter.hit(c.key, cost)
-            if d.allowed or c.shadow:
-                return _result((True, (d,), None, () if d.allowed else (0,)))
-            return _result((False, (d,), 0, ()))
-    _check_capacity(checks, cost)
-    decisions: list[Decision | None] = [None] * len(checks)
-    counted: list[int] = []
-    shadow_denied: list[int] = []
-    denied_by: int | None = None
-    try:
-        for i, c in enumerate(checks):
-            if cost > c.limiter.burst:  # a shadow check: enforced ones were refused above
-                shadow_denied.append(i)
-                continue
-            d = c.limiter.hit(c.key, cost)
-            decisions[i] = d
-            if d.allowed:
-                if cost:
-                    counted.append(i)
-            elif c.shadow:
-                shadow_denied.append(i)
-            else:
-                denied_by = i
-                break
-    except BaseException:
-        _refund(checks, counted, cost)
-        raise
-    if denied_by is not None:
-        _refund(checks, counted, cost)
-        # The rest are peeked so the answer can say when the request as a
-        # whole could pass: Retry-After is the longest wait among them.
-        for j in range(denied_by + 1, len(checks)):
-            c = checks[j]
-            if cost <= c.limiter.burst:
-                decisions[j] = c.limiter.peek(c.key, cost)
-    return CompositeResult(denied_by is None, tuple(decisions), denied_by, tuple(shadow_denied))
+    return _counted(checks, cost, True)
 
 
 def peek_all(checks: Sequence[LimitCheck], cost: int = 1) -> CompositeResult:
@@ -146,33 +100,20 @@ def peek_all(checks: Sequence[LimitCheck], cost: int = 1) -> CompositeResult:
         >>> peek_all([LimitCheck("x", lim, "k")]).decisions[0].remaining
         5
     """
-    _check_capacity(checks, cost)
-    decisions: list[Decision | None] = []
-    shadow_denied: list[int] = []
-    denied_by: int | None = None
-    for i, c in enumerate(checks):
-        d = c.limiter.peek(c.key, cost) if cost <= c.limiter.burst else None
-        decisions.append(d)
-        if d is None or not d.allowed:
-            if c.shadow:
-                shadow_denied.append(i)
-            elif denied_by is None:
-                denied_by = i
-    return CompositeResult(denied_by is None, tuple(decisions), denied_by, tuple(shadow_denied))
+    return _counted(checks, cost, False)
 
 
-def _check_capacity(checks: Sequence[LimitCheck], cost: int) -> None:
-    for c in checks:
-        if cost > c.limiter.burst and not c.shadow:
-            raise CapacityError(
-                f"cost {cost} exceeds the burst of {c.limiter.burst} of limit {c.name!r}: "
-                f"it can never pass")
+def meter_of(limit: Limit | Any) -> Meter:
+    """The counting loop's view of a limit: a Limiter's or Quota's own
+    meter, or one for any object with ``burst``, ``hit``, ``peek``,
+    ``refund`` and ``window``."""
+    found = getattr(limit, "_meter", None)
+    return found if isinstance(found, Meter) else Meter(limit)
 
 
-def _refund(checks: Sequence[LimitCheck], counted: list[int], cost: int) -> None:
-    for i in counted:
-        c = checks[i]
-        try:
-            c.limiter.refund(c.key, cost)
-        except Exception as e:  # one stuck key must not keep the others' hits
-            log.error("fastlimit: could not refund limit %r: %s", c.name, e)
+def _counted(checks: Sequence[LimitCheck], cost: int, consume: bool) -> CompositeResult:
+    hits = [Hit(meter_of(c.limiter), c.key, c.name, c.shadow) for c in checks]
+    denied = count_all(hits, cost, consume)
+    return CompositeResult(denied < 0, tuple(h.result() for h in hits),
+                           None if denied < 0 else denied,
+                           tuple(i for i, h in enumerate(hits) if h.shadow_denied))

@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fastlimit.core.results import Acquired
 from fastlimit.errors import ConcurrencyLimitExceeded, ConfigurationError
 from fastlimit.limiters.limiter import Key
+from fastlimit.stores.contract import LeaseSlots, Renewable, require_sync
 from fastlimit.stores.table import OnFull, SharedTable
 
 __all__ = ["ConcurrencyLimit", "Lease"]
@@ -68,8 +70,8 @@ class Lease:
         owner = self._owner
         if owner is None:
             return False
-        renew = getattr(owner._leases, "renew", None)
-        if renew is None or renew(self.key, self.index):
+        slots = owner._leases
+        if not isinstance(slots, Renewable) or slots.renew(self.key, self.index):
             return True
         self._owner = None
         return False
@@ -142,7 +144,10 @@ class ConcurrencyLimit:
         self.name = name
         self.retry_after = retry_after
         self.store = SharedTable.anonymous() if store is None else store
-        self._leases = self.store._leases(name, on_full=on_full, clock=clock)
+        require_sync(self.store, "ConcurrencyLimit needs a RedisBackend (sync): its acquire is "
+                                 "one short round trip, and `async with limit.acquire(key)` "
+                                 "works with it in asyncio code")
+        self._leases: LeaseSlots = self.store.lease_slots(name, on_full=on_full, clock=clock)
         self.clock = clock or time.monotonic_ns
         self._sleep = sleep or getattr(clock, "sleep", None)
         self._spread = itertools.count()
@@ -154,12 +159,10 @@ class ConcurrencyLimit:
         n = self._limit(limit)
         if n is None:
             return Lease(None, key, -1)
-        index = self._leases.try_acquire(key, n, next(self._spread))
-        if index >= 0:
-            return Lease(self, key, index)
-        if index == -1:
-            return None
-        if self._leases.on_full == 1:  # no slot, or Redis failed: on_full="allow"
+        token = self._leases.acquire(key, n, next(self._spread))
+        if token >= 0:
+            return Lease(self, key, token)
+        if token == Acquired.UNRECORDED:  # the store could not record it, and admits
             return Lease(None, key, -1)
         return None
 

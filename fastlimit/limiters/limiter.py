@@ -11,8 +11,10 @@ import numpy as np
 from fastlimit._core import Decision
 from fastlimit.errors import ConfigurationError
 from fastlimit.limiters import waiting
+from fastlimit.limiters._counting import Meter
 from fastlimit.limiters.progress import WaitLog, WaitReporter, make_reporter
 from fastlimit.limiters.rate import Rate
+from fastlimit.stores.contract import Bookable, Holdable, RateState, require_sync
 from fastlimit.stores.table import OnFull, SharedTable
 
 __all__ = ["Key", "Limiter"]
@@ -73,19 +75,22 @@ class Limiter:
         self.on_full = on_full
         self.progress = make_reporter(progress)
         self.store = SharedTable.anonymous() if store is None else store
+        require_sync(self.store, "Limiter's methods are synchronous: on an asyncio store use "
+                                 "backend.limiter(...) or fastlimit.limiters.aio.AsyncLimiter, "
+                                 "whose methods are coroutines")
         with configuration_errors(name):
-            impl = self.store._gcra(
+            impl = self.store.rate_state(
                 name, self.rate.emission_interval_ns, self.burst, clock=clock, on_full=on_full)
-        self._impl = impl
-        # The hot methods are the compiled ones, bound on the instance: a call
-        # is one C call with no Python frame in between.  The methods defined
-        # below document them and are what a subclass would override.
-        self.allow = impl.allow  # type: ignore[method-assign]
-        self.hit = impl.hit  # type: ignore[method-assign]
-        self.peek = impl.peek  # type: ignore[method-assign]
-        self.reset = impl.reset  # type: ignore[method-assign]
-        self.refund = impl.refund  # type: ignore[method-assign]
-        self.hit_many = impl.hit_many  # type: ignore[method-assign]
+        self._impl: RateState = impl
+        self._bookable = isinstance(impl, Bookable)
+        self._holdable = isinstance(impl, Holdable)
+        self._meter = Meter.of_rate(self, impl, self.rate)
+        # The hot methods are the state's compiled ones, bound on the
+        # instance (a call is one C call, no Python frame in between), unless
+        # a subclass overrides them: then its methods are called.
+        for method in _BOUND:
+            if getattr(type(self), method) is getattr(Limiter, method):
+                setattr(self, method, getattr(impl, method))
 
     def allow(self, key: Key, cost: int = 1) -> bool:
         """Count a hit of ``cost`` on ``key`` if it passes; return whether it did.
@@ -244,6 +249,9 @@ class Limiter:
 
     def __repr__(self) -> str:
         return f"<Limiter {self.name!r} {self.rate} burst={self.burst}>"
+
+
+_BOUND = ("allow", "hit", "peek", "reset", "refund", "hit_many")
 
 
 def limiter_params(rate: Rate | str, burst: int | None, name: str) -> tuple[Rate, int]:

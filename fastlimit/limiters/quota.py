@@ -15,12 +15,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastlimit import _core
 from fastlimit._core import Decision
 from fastlimit.core.gcra import check_cost
+from fastlimit.core.results import QuotaMode, Step
 from fastlimit.errors import ConfigurationError
 from fastlimit.http.headers import CalendarWindow
+from fastlimit.limiters._counting import Meter
 from fastlimit.limiters.limiter import Key
-from fastlimit.stores.table import OnFull, SharedTable
+from fastlimit.stores.contract import QuotaCounts, require_sync
+from fastlimit.stores.table import OnFull, SharedTable, state_dir
 
-__all__ = ["Quota", "QuotaBase", "QuotaSpec", "Usage", "state_dir"]
+__all__ = ["Calendar", "Quota", "QuotaBase", "QuotaSpec", "Usage", "state_dir"]
 
 Unit = Literal["day", "week", "month"]
 NS = 1_000_000_000
@@ -31,15 +34,6 @@ _UNITS: dict[str, Unit] = {"day": "day", "d": "day", "week": "week", "w": "week"
                            "month": "month", "mo": "month"}
 _MONDAY = date(1969, 12, 29).toordinal()  # weeks are ISO weeks, Monday to Sunday
 _EPOCH = date(1970, 1, 1).toordinal()
-
-
-def state_dir() -> str:
-    """Where quota files live by default: ``$FASTLIMIT_STATE_DIR``, else
-    ``$XDG_STATE_HOME/fastlimit``, else ``~/.local/state/fastlimit``."""
-    if "FASTLIMIT_STATE_DIR" in os.environ:
-        return os.environ["FASTLIMIT_STATE_DIR"]
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "fastlimit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +116,10 @@ class Calendar:
 
 
 class QuotaBase:
-    """What every quota front end shares: the spec, the calendar, the clock,
-    and the arithmetic from a counter's answer to a Decision.  :class:`Quota`
-    adds the methods over a store; the asyncio quota of the Redis backend
-    adds them as coroutines."""
+    """What every quota front end shares: the spec, the calendar and the
+    clock.  :class:`Quota` adds the methods over a store; the asyncio quota
+    (:class:`fastlimit.limiters.aio.AsyncQuota`) adds them as coroutines.
+    The store answers each step (:mod:`fastlimit.core.quota`)."""
 
     def __init__(self, spec: str | QuotaSpec, *, name: str, tz: str | tzinfo,
                  clock: Callable[[], int] | None) -> None:
@@ -149,28 +143,18 @@ class QuotaBase:
         _, start, end = self.calendar.period(self.clock())
         return CalendarWindow(end - start)
 
+    @property
+    def _what(self) -> str:
+        return f"the quota of {self.limit} per {self.spec.unit}"
+
     def _check_cost(self, cost: int) -> int:
-        return check_cost(cost, self.limit, f"the quota of {self.limit} per {self.spec.unit}")
+        return check_cost(cost, self.limit, self._what)
 
     def _now(self) -> tuple[int, int, int]:
         """(tag, end_ns, left_ns) of the current period."""
         now = self.clock()
         tag, _, end = self.calendar.period(now)
         return tag, end, end - now
-
-    def _decision(self, result: int, count: int, cost: int, left: int, counter: Any) -> Decision:
-        """The Decision for a counter's ``(result, count)``.  A negative
-        result means the store could not answer; the counter's ``on_full``
-        then decides (1 allow; 0 deny, with the counter's ``retry_after_ns``
-        if it has one, else until the period ends: a full table frees up
-        only then)."""
-        if result < 0:  # "raise" raised in the counter
-            if counter.on_full == 1:
-                return Decision(True, self.limit, self.limit - cost, left, 0)
-            wait = getattr(counter, "retry_after_ns", left)
-            return Decision(False, self.limit, 0, left, wait)
-        allowed = result == 1
-        return Decision(allowed, self.limit, self.limit - count, left, 0 if allowed else left)
 
     def _usage(self, used: int, end: int) -> Usage:
         return Usage(used, self.limit - used, self.limit,
@@ -231,8 +215,28 @@ class Quota(QuotaBase):
             file = os.fspath(path) if path is not None else os.path.join(state_dir(), "quotas.tbl")
             os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
             store = SharedTable.open(path=file, capacity=capacity, kind="quotas")
+        require_sync(store, "Quota's methods are synchronous: on an asyncio store use "
+                            "backend.quota(...), whose methods are coroutines")
         self.store = store
-        self._counter = store._quota_counter(name, self.spec.limit, on_full=on_full)
+        self._counter: QuotaCounts = store.quota_counts(name, self.spec.limit, on_full=on_full)
+        # the checks are compiled (limiters/_counting.pyx), bound on the
+        # instance unless a subclass overrides them
+        self._meter = Meter.of_quota(self, self._counter, self.calendar, self.clock, self._what)
+        for method in ("hit", "peek", "allow"):
+            if getattr(type(self), method) is getattr(Quota, method):
+                setattr(self, method, getattr(self._meter, method))
+
+    @property
+    def clock(self) -> Callable[[], int]:
+        """The wall clock (epoch ns) that says which period it is."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        meter = getattr(self, "_meter", None)
+        if meter is not None:
+            meter.set_clock(clock)
 
     def hit(self, key: Key, cost: int = 1) -> Decision:
         """Count ``cost`` if it fits in the period; return the Decision.
@@ -240,46 +244,35 @@ class Quota(QuotaBase):
         ``reset_after`` is the time to the period's end; a denied hit's
         ``retry_after`` is the same (a quota refills only then).  ``cost=0``
         answers as :meth:`peek`."""
-        if self._check_cost(cost) == 0:
-            return self.peek(key)
-        return self._step(key, cost, _Q_CONSUME)
+        return self._meter.hit(key, cost)
 
     def allow(self, key: Key, cost: int = 1) -> bool:
         """:meth:`hit`, returning only whether it passed."""
-        return self.hit(key, cost).allowed
+        return self._meter.allow(key, cost)
 
     def peek(self, key: Key, cost: int = 1) -> Decision:
         """The Decision a hit of ``cost`` would get, counting nothing."""
-        return self._step(key, cost, _Q_PEEK)
+        return self._meter.peek(key, cost)
 
     def refund(self, key: Key, cost: int = 1) -> bool:
         """Give back ``cost`` counted in the current period (never below 0)."""
         cost = self._check_cost(cost)
         tag, _, left = self._now()
-        result, _ = self._counter.step(key, tag, cost, _Q_REFUND, left)
-        return result == 1
+        result, _ = self._counter.step(key, tag, cost, QuotaMode.REFUND, left)
+        return result == Step.ALLOWED
 
     def usage(self, key: Key) -> Usage:
         """Used and remaining in the current period, and when it resets."""
         tag, end, left = self._now()
-        _, used = self._counter.step(key, tag, 0, _Q_PEEK, left)
+        _, used = self._counter.step(key, tag, 0, QuotaMode.PEEK, left)
         return self._usage(used, end)
 
     def reset(self, key: Key) -> None:
         """Forget ``key``'s count."""
         self._counter.reset(key)
 
-    def _step(self, key: Key, cost: int, mode: int) -> Decision:
-        cost = self._check_cost(cost)
-        tag, _, left = self._now()
-        result, count = self._counter.step(key, tag, cost, mode, left)
-        return self._decision(result, count, cost, left, self._counter)
-
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.spec, self.store, self.name, self.calendar.tz, self.clock))
-
-
-_Q_PEEK, _Q_CONSUME, _Q_REFUND = 0, 1, 2  # modes of QuotaCounter.step
 
 
 def _rebuild(spec: QuotaSpec, store: Any, name: str, tz: tzinfo, clock: Any) -> Quota:

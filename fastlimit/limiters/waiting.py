@@ -23,8 +23,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from fastlimit import _core
 from fastlimit._core import Decision
+from fastlimit.core import gcra
+from fastlimit.core.results import Booked
 from fastlimit.errors import RateLimitExceeded
 from fastlimit.limiters.rate import NS_PER_S
+from fastlimit.stores.contract import Bookable, Holdable
 
 if TYPE_CHECKING:
     from fastlimit.limiters.limiter import Key, Limiter
@@ -34,7 +37,7 @@ __all__ = ["Reservation", "guard", "hold", "reserve", "wait", "wait_async"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 # "No timeout": the longest wait the core books (2**61 ns, about 73 years).
-NO_TIMEOUT_NS: int = _core.MAX_TOLERANCE_NS
+NO_TIMEOUT_NS: int = gcra.MAX_TOLERANCE_NS
 
 
 def timeout_ns(timeout: float | None) -> int:
@@ -190,7 +193,8 @@ class Reservation:
         tat, self._tat_ns = self._tat_ns, 0
         if not self or tat == 0:
             return False
-        return bool(self.limiter._impl.cancel(self.key, self.cost, tat))
+        state: Bookable = self.limiter._impl  # type: ignore[assignment]
+        return bool(state.cancel(self.key, self.cost, tat))
 
     def __repr__(self) -> str:
         if self:
@@ -200,19 +204,20 @@ class Reservation:
 
 def reserve(limiter: Limiter, key: Key, cost: int, max_wait_ns: int) -> Reservation:
     """Book ``cost`` on ``key`` at its slot if that is within ``max_wait_ns``."""
-    book = getattr(limiter._impl, "reserve", None)
-    if book is None:
+    if not limiter._bookable:
         raise NotImplementedError(
             f"{type(limiter.store).__name__} cannot book hits ahead (it has no reserve); "
             f"Limiter.wait and acquire retry on it instead")
+    state: Bookable = limiter._impl  # type: ignore[assignment]
     now = clock_of(limiter)
     while True:
-        at, tat = book(key, cost, max_wait_ns)
+        at, tat = state.reserve(key, cost, max_wait_ns)
         if at >= 0:
             return Reservation(limiter, key, cost, at, max(0, at - now()), None, tat)
-        if at == -2:  # no slot in the table for the key, on_full="deny"
-            inc = limiter.rate.emission_interval_ns * max(1, cost)
-            return Reservation(limiter, key, cost, -1, 0, Decision(False, limiter.burst, 0, 0, inc))
+        if at == Booked.NO_SLOT:  # no slot in the table for the key, on_full="deny"
+            inc = gcra.increment_ns(cost, limiter.rate.emission_interval_ns)
+            return Reservation(limiter, key, cost, -1, 0, Decision(
+                *gcra.no_slot(False, inc, limiter.rate.emission_interval_ns, limiter.burst)))
         d = limiter.peek(key, cost)
         if not d.allowed:
             return Reservation(limiter, key, cost, -1, 0, d)
@@ -229,7 +234,7 @@ def _turns(limiter: Limiter, key: Key, cost: int,
     cannot be counted within ``timeout``."""
     now = clock_of(limiter)
     deadline = now() + timeout_ns(timeout)
-    can_book = hasattr(limiter._impl, "reserve")
+    can_book = limiter._bookable
     while True:
         if can_book:
             r = reserve(limiter, key, cost, max(0, deadline - now()))
@@ -284,18 +289,14 @@ def hold(limiter: Limiter, key: Key, remaining: int, retry_after: float) -> bool
     if (isinstance(retry_after, bool) or not isinstance(retry_after, (int, float))
             or not retry_after >= 0):
         raise ValueError(f"retry_after must be a number of seconds >= 0, got {retry_after!r}")
-    raise_tat = getattr(limiter._impl, "hold", None)
-    if raise_tat is None:
+    if not limiter._holdable:
         return False
-    t = limiter.rate.emission_interval_ns
-    tau = limiter.burst * t
-    if remaining > 0:
-        ahead = tau - remaining * t  # leaves `remaining` hits
-    else:  # none now; the first passes after retry_after (or one interval)
-        ahead = tau - t + (timeout_ns(retry_after) if retry_after > 0 else t)
+    state: Holdable = limiter._impl  # type: ignore[assignment]
+    wait = timeout_ns(retry_after) if retry_after > 0 else None
+    ahead = gcra.hold_ahead_ns(remaining, wait, limiter.rate.emission_interval_ns, limiter.burst)
     if ahead <= 0:
         return True
-    return bool(raise_tat(key, min(ahead, NO_TIMEOUT_NS)) != -2)
+    return bool(state.hold(key, min(ahead, NO_TIMEOUT_NS)) != Booked.NO_SLOT)
 
 
 # -- the decorator ----------------------------------------------------------------

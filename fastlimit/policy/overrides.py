@@ -34,7 +34,8 @@ from typing import Any
 
 from fastlimit.errors import ConfigurationError
 from fastlimit.limiters.rate import Rate
-from fastlimit.stores.table import _check_owner
+from fastlimit.policy._plan import Generation
+from fastlimit.stores.table import check_owner
 
 __all__ = ["Overrides", "default_path", "files_of"]
 
@@ -93,10 +94,14 @@ class Overrides:
         self._fd = -1
         self._pid = os.getpid()
         self._mm: mmap.mmap | None = None
-        self._gen: memoryview | None = None  # the counter, as one native u64
+        self._view: memoryview | None = None
+        # The counter every reader checks (Policy: at each request): the
+        # mapped file's word, or this process's own for in-process overrides.
+        self._generation = Generation()
         if self._path is not None:
             self._fd, self._mm = _open_counter(files_of(self._path)[1])
-            self._gen = memoryview(self._mm)[len(_GEN_MAGIC):_GEN_BYTES].cast("Q")
+            self._view = memoryview(self._mm)[len(_GEN_MAGIC):_GEN_BYTES].cast("Q")
+            self._generation = Generation(self._view)
             self.refresh()
 
     @property
@@ -107,15 +112,19 @@ class Overrides:
         """Pick up changes made by other processes (cheap when there are none).
 
         :class:`~fastlimit.Policy` calls it before every check."""
-        counter = self._gen
-        if counter is None:
+        if self._view is None:
             return
-        gen: int = counter[0]
+        gen = self._generation.value()
         if gen != self._seen:
             # The counter is read before the file: a write landing in
             # between bumps it again, so the next check reloads once more.
             self._load()
             self._seen = gen
+
+    @property
+    def limits(self) -> frozenset[str]:
+        """The limits that have overrides (a check of another costs nothing)."""
+        return self._state[3]
 
     def rate_for(self, limit: str, subject: str) -> Rate | None:
         """The override for ``subject`` under ``limit``, or None.
@@ -154,9 +163,10 @@ class Overrides:
 
     def close(self) -> None:
         """Unmap the counter and close its file (this process only)."""
-        if self._gen is not None:
-            self._gen.release()  # an exported buffer would keep the map from closing
-            self._gen = None
+        self._generation.release()
+        if self._view is not None:
+            self._view.release()  # an exported buffer would keep the map from closing
+            self._view = None
         if self._mm is not None:
             self._mm.close()
             self._mm = None
@@ -175,6 +185,8 @@ class Overrides:
             self._digests = {}
         self._state = (salt, entries, index, frozenset(e["limit"] for e in entries.values()))
         self.version += 1
+        if self._path is None:  # in-process: readers watch this process's counter
+            self._generation.set(self._generation.value() + 1)
 
     def _load(self) -> None:
         assert self._path is not None
@@ -191,7 +203,7 @@ class Overrides:
     @contextmanager
     def _writing(self) -> Iterator[tuple[bytes, dict[str, dict[str, str]]]]:
         with self._write_lock:
-            if self._path is None or self._gen is None:
+            if self._path is None or self._view is None:
                 salt, entries = self._state[0], dict(self._state[1])
                 yield salt, entries
                 self._install(salt, entries)
@@ -215,8 +227,8 @@ class Overrides:
                         f"readable as such ({e}); fix or remove it") from None
                 yield salt, entries
                 _write(self._path, salt, entries)
-                gen = self._gen[0] + 1
-                self._gen[0] = gen
+                gen = self._generation.value() + 1
+                self._generation.set(gen)
                 self._install(salt, entries)
                 self._seen = gen
             finally:
@@ -241,10 +253,10 @@ def _check_name(value: object, what: str) -> None:
 
 def _read(path: str) -> tuple[bytes, dict[str, dict[str, str]]]:
     # Overrides set any subject's rate: like a table, read them only from a
-    # file of our own, never through a link (see table._check_owner).
+    # file of our own, never through a link (see stores.table.check_owner).
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        _check_owner(fd, path)
+        check_owner(fd, path)
     except BaseException:
         os.close(fd)
         raise
@@ -270,7 +282,7 @@ def _write(path: str, salt: bytes, entries: dict[str, dict[str, str]]) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o600)
     try:
-        _check_owner(fd, tmp)  # a planted tmp file would become the overrides
+        check_owner(fd, tmp)  # a planted tmp file would become the overrides
     except BaseException:
         os.close(fd)
         raise
@@ -295,7 +307,7 @@ def _open_counter(path: str) -> tuple[int, mmap.mmap]:
         raise ConfigurationError(
             f"cannot open the overrides counter {path}: {e.strerror}") from None
     try:
-        _check_owner(fd, path)
+        check_owner(fd, path)
         fcntl.flock(fd, fcntl.LOCK_EX)  # one process initialises a new file
         try:
             head = os.pread(fd, _GEN_BYTES, 0)

@@ -18,38 +18,46 @@ rates, a concurrency lease held while the request is in flight, and size
 caps checked before anything is counted.
 
 :meth:`Policy.hit` then counts the request against all of them at once (see
-:mod:`fastlimit.composite`) and returns a :class:`PolicyDecision` carrying
-the headers and, for a denial, the status and body to answer with.
+:mod:`fastlimit.limiters.composite`) and returns a :class:`PolicyDecision`
+carrying the headers and, for a denial, the status and body to answer
+with.  Both are the compiled decision path of ``policy/_plan.pyx``, which
+the middlewares run too.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from fastlimit._core import Decision
-from fastlimit.http.headers import DenialResponse, most_restrictive, retry_after_seconds
-from fastlimit.limiters.composite import CompositeResult, LimitCheck, hit_all, peek_all
-from fastlimit.limiters.concurrency import ConcurrencyLimit, Lease
+from fastlimit.limiters.composite import CompositeResult, LimitCheck
+from fastlimit.limiters.concurrency import ConcurrencyLimit
 from fastlimit.limiters.limiter import Limiter
-from fastlimit.limiters.quota import Quota, QuotaSpec, state_dir
+from fastlimit.limiters.quota import Quota, QuotaSpec
 from fastlimit.limiters.rate import Rate
+from fastlimit.policy._plan import (
+    Bucket,
+    Plan,
+    PolicyDecision,
+    RouteRule,
+    RouteSet,
+    TierPlan,
+    Usage,
+)
 from fastlimit.policy.config import load_dict, load_file
 from fastlimit.policy.identity import Identity
 from fastlimit.policy.overrides import Overrides, default_path
 from fastlimit.policy.routes import RouteTable
-from fastlimit.policy.spec import IdentitySpec, PolicySpec, RouteSpec, TierSpec, UsageSpec
-from fastlimit.stores.table import SharedTable
-from fastlimit.web._serve import DecisionFields
+from fastlimit.policy.spec import PolicySpec, TierSpec, UsageSpec
+from fastlimit.stores.table import SharedTable, state_dir
 
 __all__ = ["Identity", "Policy", "PolicyDecision", "Resolution"]
 
 log = logging.getLogger("fastlimit")
+
 
 class Resolution(NamedTuple):
     """The limits a request is subject to, in the order they are hit.
@@ -73,35 +81,6 @@ class Resolution(NamedTuple):
     tier: TierSpec | None = None
     leases: tuple[tuple[str, ConcurrencyLimit, str, int], ...] = ()
     caps: tuple[tuple[str, int], ...] = ()
-
-
-class _Limit:
-    """One configured limit: its name, default rate, and a Limiter per rate
-    it has been used at (overrides bring other rates)."""
-
-    __slots__ = ("name", "rate", "shadow", "_bucket", "_store", "_clock", "_limiters")
-
-    def __init__(self, name: str, bucket: str, rate: Rate | None, shadow: bool,
-                 store: Any, clock: Callable[[], int] | None) -> None:
-        self.name, self.rate, self.shadow = name, rate, shadow
-        self._bucket, self._store, self._clock = bucket, store, clock
-        self._limiters: dict[Rate, Limiter] = {}
-
-    def check(self, key: str, rate: Rate) -> LimitCheck:
-        lim = self._limiters.get(rate)
-        if lim is None:
-            # Same table name at every rate: a key's state (a time) carries
-            # over when its rate changes, so an override applies at once.
-            lim = self._limiters[rate] = Limiter(
-                rate, self._store, name=self._bucket, clock=self._clock)
-        return LimitCheck(self.name, lim, key, self.shadow)
-
-
-class _RouteLimit:
-    __slots__ = ("spec", "limit", "anonymous")
-
-    def __init__(self, spec: RouteSpec, limit: _Limit, anonymous: _Limit | None) -> None:
-        self.spec, self.limit, self.anonymous = spec, limit, anonymous
 
 
 class Policy:
@@ -164,41 +143,57 @@ class Policy:
         self.store = store
         self.overrides = self._open_overrides(overrides, store)
         self._wall_clock = wall_clock or time.time_ns
+        self._clock = clock
         self.shadow_denials: Counter[str] = Counter()
         """Shadow denials seen by this process, by limit name."""
-
-        def limit(name: str, rate: Rate | None, shadow: bool, suffix: str = "") -> _Limit:
-            return _Limit(name, f"{spec.name}/{name}{suffix}", rate, shadow or spec.shadow,
-                          store, clock)
-
-        self._identities: dict[str, tuple[IdentitySpec, _Limit]] = {
-            kind: (s, limit(s.name, s.rate if isinstance(s.rate, Rate) else None, s.shadow))
-            for kind, s in spec.identities.items()}
-        routes = [
-            _RouteLimit(r, limit(r.name, r.rate, r.shadow),
-                        None if r.anonymous_rate is None else
-                        limit(r.name, r.anonymous_rate, r.shadow, "#anonymous"))
-            for r in spec.routes]
-        self._routes: RouteTable[_RouteLimit] = RouteTable(
-            (p, r) for r in routes for p in r.spec.patterns)
-        self._usage: RouteTable[UsageSpec] = RouteTable(
-            (p, u) for u in spec.usage for p in u.patterns)
-        # Per-request work that depends only on the request's path or on who
-        # makes it (the spec never changes): remembered, in bounded dicts.
-        self._matches: dict[tuple[str, str], tuple[tuple[_RouteLimit, ...],
-                                                   tuple[UsageSpec, ...]]] = {}
-        self._who: dict[Identity, tuple[str, str | None, Rate | None, str | None,
-                                        TierSpec | None]] = {}
-        # Whole resolutions too, while the overrides stay the same (a change
-        # starts a new dict: a thread still filling the old one is harmless).
-        self._resolved: dict[tuple[str, str, Identity, str | None], Resolution] = {}
-        self._resolved_version = -1
         self._quotas: dict[tuple[str, QuotaSpec], Quota] = {}
         self._quota_table: SharedTable | None = None
         self._concurrency = {
             u.name: ConcurrencyLimit(None, store, name=f"{spec.name}/{u.name}",
                                      retry_after=float(u.retry_after), clock=clock)
             for u in spec.usage if u.kind == "concurrency"}
+        self._plan = self._compile()
+        # A policy's checks are its compiled plan's, bound on the instance
+        # (one C call), unless a subclass overrides them: then its own run,
+        # and the middlewares call them too.
+        for method in ("hit", "peek"):
+            if getattr(type(self), method) is getattr(Policy, method):
+                setattr(self, method, getattr(self._plan, method))
+
+    def _compile(self) -> Plan:
+        """The decision path of this policy's spec (see policy/_plan.pyx)."""
+        spec = self.spec
+
+        def limiter(rate: Rate, bucket: str) -> Limiter:
+            return Limiter(rate, self.store, name=bucket, clock=self._clock)
+
+        def bucket(name: str, rate: Any, shadow: bool, suffix: str = "") -> Bucket:
+            return Bucket(name, f"{spec.name}/{name}{suffix}", rate, shadow or spec.shadow,
+                          limiter)
+
+        identities = {kind: bucket(s.name, s.rate if isinstance(s.rate, Rate) else None,
+                                   s.shadow)
+                      for kind, s in spec.identities.items()}
+        rules: list[tuple[str, RouteRule | Usage]] = []
+        for r in spec.routes:
+            rule = RouteRule(r, bucket(r.name, r.rate, r.shadow),
+                             None if r.anonymous_rate is None else
+                             bucket(r.name, r.anonymous_rate, r.shadow, "#anonymous"))
+            rules += [(p, rule) for p in r.patterns]
+        for u in spec.usage:
+            usage = Usage(u, self._concurrency.get(u.name))
+            rules += [(p, usage) for p in u.patterns]
+        api = identities.get("api_key")
+        tiers = {name: TierPlan(t, api) for name, t in spec.tiers.items()}
+        customers = {name: TierPlan(t, api) for name, t in spec.customers.items()}
+        routes: RouteTable[RouteRule | Usage] = RouteTable(rules, combine=_route_set)
+        return Plan(self, identities, routes._index, tiers, customers, self.overrides,
+                    None if self._wall_clock is time.time_ns else self._wall_clock,
+                    spec.headers, dict(spec.responses),
+                    {name: c.retry_after for name, c in self._concurrency.items()},
+                    api_tiers=api is not None and spec.identities["api_key"].rate == "tier",
+                    identity_type=Identity, resolution_type=Resolution,
+                    check_type=LimitCheck, result_type=CompositeResult)
 
     # -- construction --------------------------------------------------------
 
@@ -255,11 +250,11 @@ class Policy:
         return quota
 
     def _quota_store(self) -> Any:
-        """Where quotas count: a store other than a SharedTable (a
-        RedisBackend) counts them itself, across hosts; a rate table cannot
-        (its slots hold times, not counts), so beside it the policy opens a
-        quota file, kept across restarts."""
-        if not isinstance(self.store, SharedTable):
+        """Where quotas count: a store that holds quota counts (Redis) counts
+        them itself, across hosts; one that holds only rates (a rate table:
+        its slots hold times, not counts) gets a quota file beside it, kept
+        across restarts."""
+        if "quota" in self.store.kinds:
             return self.store
         if self._quota_table is None:
             path = self.spec.store.quotas or os.path.join(
@@ -334,103 +329,8 @@ class Policy:
             >>> [(c.name, c.key, str(c.limiter.rate)) for c in r.checks]
             [('session', 'u1', '300/1m'), ('POST /login', '10.0.0.1', '5/1m')]
         """
-        identity = identity or _ANONYMOUS
-        overrides = self.overrides
-        overrides.refresh()
-        resolved = self._resolved
-        if overrides.version != self._resolved_version:
-            resolved = self._resolved = {}
-            self._resolved_version = overrides.version
-        key = (method, path, identity, client_ip)
-        found = resolved.get(key)
-        if found is None:
-            found = self._resolve(method, path, identity, client_ip)
-            _remember(resolved, key, found)
+        found: Resolution = self._plan.resolve(method, path, identity, client_ip)
         return found
-
-    def _resolve(self, method: str, path: str, identity: Identity,
-                 client_ip: str | None) -> Resolution:
-        routes, usages = self._match(method, path)
-        who = self._who.get(identity)
-        if who is None:
-            who = self._identity(identity)
-            _remember(self._who, identity, who)
-        kind, subject, rate, rejected, tier = who
-        checks: list[LimitCheck] = []
-        applied: str | None = None
-        entry = self._identities.get(kind)
-        if entry is not None and not (routes and any(r.spec.dedicated for r in routes)):
-            applied = kind
-            limit = entry[1]
-            key = subject if subject is not None else _need_ip(client_ip, limit.name)
-            rate = self.overrides.rate_for(limit.name, key) or rate
-            if rate is not None:
-                checks.append(limit.check(key, rate))
-        anonymous = kind == "anonymous"
-        for r in routes:
-            limit = r.anonymous if anonymous and r.anonymous is not None else r.limit
-            if r.spec.per == "ip" or subject is None:
-                key = _need_ip(client_ip, limit.name)
-            else:
-                key = subject
-            rate = self.overrides.rate_for(limit.name, key) or limit.rate
-            assert rate is not None  # route limits always have a rate
-            checks.append(limit.check(key, rate))
-        if tier is None or subject is None:
-            return Resolution(tuple(checks), applied, rejected, tier)
-        leases: list[tuple[str, ConcurrencyLimit, str, int]] = []
-        caps: list[tuple[str, int]] = []
-        for u in usages:
-            if u.kind == "quota":
-                allowance = tier.quotas.get(u.name)
-                if allowance is not None:
-                    checks.append(LimitCheck(u.name, self._quota(u, allowance), subject))
-            elif u.kind == "concurrency":
-                n = tier.concurrency.get(u.name)
-                if n is not None:
-                    leases.append((u.name, self._concurrency[u.name], subject, n))
-            else:
-                cap = tier.caps.get(u.name)
-                if cap is not None:
-                    caps.append((u.name, cap))
-        return Resolution(tuple(checks), applied, rejected, tier, tuple(leases), tuple(caps))
-
-    def _match(self, method: str, path: str) -> tuple[tuple[_RouteLimit, ...],
-                                                      tuple[UsageSpec, ...]]:
-        """The route limits and usages of ``method path``, remembered: most
-        traffic goes to a few paths, and the answer never changes."""
-        found = self._matches.get((method, path))
-        if found is None:
-            m = method.upper()
-            found = (self._routes.match(m, path), self._usage.match(m, path))
-            _remember(self._matches, (method, path), found)
-        return found
-
-    def _identity(self, identity: Identity
-                  ) -> tuple[str, str | None, Rate | None, str | None, TierSpec | None]:
-        """(kind, subject, rate, rejected, tier) for the identity limit; the
-        subject is None for anonymous callers (they are keyed by IP)."""
-        kind = identity.kind
-        if kind in ("session", "token") and identity.subject:
-            return kind, identity.subject, self._default_rate(kind), None, None
-        rejected: str | None = None
-        if kind == "api_key" and identity.subject:
-            entry = self._identities.get("api_key")
-            subject = identity.account or identity.subject
-            if entry is None or entry[0].rate != "tier":
-                return kind, subject, self._default_rate(kind), None, None
-            tier = self.tier_of(identity)
-            assert tier is not None
-            if tier.api_access:
-                return kind, subject, tier.rate, None, tier
-            # The seed: API keys come with STARTER and above, and invalid
-            # keys get the anonymous limit.  A FREE account's key is such.
-            rejected = f"tier {tier.name} has no API access"
-        return "anonymous", None, self._default_rate("anonymous"), rejected, None
-
-    def _default_rate(self, kind: str) -> Rate | None:
-        entry = self._identities.get(kind)
-        return None if entry is None else entry[1].rate
 
     # -- checking ------------------------------------------------------------
 
@@ -468,35 +368,8 @@ class Policy:
             X-RateLimit-Remaining 0
             X-RateLimit-Reset 60
         """
-        resolution = self.resolve(method, path, identity, client_ip)
-        for name, cap in resolution.caps:
-            size = content_length if name.endswith("_bytes") else files
-            if size is not None and size > cap:
-                return PolicyDecision(self, resolution, peek_all(resolution.checks, cost),
-                                      self._wall_clock(), denial=("too_large", name))
-        leases: list[Lease] = []
-        for name, limit, key, n in resolution.leases:
-            lease = limit.try_acquire(key, limit=n)
-            if lease is None:
-                for held in leases:
-                    held.release()
-                return PolicyDecision(self, resolution, peek_all(resolution.checks, cost),
-                                      self._wall_clock(), denial=("concurrency", name))
-            leases.append(lease)
-        try:
-            result = hit_all(resolution.checks, cost)
-        except BaseException:
-            for held in leases:
-                held.release()
-            raise
-        if not result.allowed:
-            for held in leases:
-                held.release()
-            leases = []
-        decision = PolicyDecision(self, resolution, result, self._wall_clock(), leases=leases)
-        if result.shadow_denied:
-            self._report_shadow(decision, method, path)
-        return decision
+        return self._plan.hit(method, path, identity, client_ip, cost=cost,
+                              content_length=content_length, files=files)
 
     def peek(self, method: str, path: str, identity: Identity | None = None,
              client_ip: str | None = None, *, cost: int = 1) -> PolicyDecision:
@@ -508,9 +381,7 @@ class Policy:
             >>> policy.peek("GET", "/ocr", Identity.token("t")).decision.remaining
             100
         """
-        resolution = self.resolve(method, path, identity, client_ip)
-        return PolicyDecision(self, resolution, peek_all(resolution.checks, cost),
-                              self._wall_clock())
+        return self._plan.peek(method, path, identity, client_ip, cost=cost)
 
     def _report_shadow(self, decision: PolicyDecision, method: str, path: str) -> None:
         for i in decision.result.shadow_denied:
@@ -524,205 +395,6 @@ class Policy:
                 decision.render(i) if d is not None else [])
 
 
-_ANONYMOUS = Identity.anonymous()
-_REMEMBER = 4096  # entries per cache; a full cache starts over
-
-
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= _REMEMBER:
-        cache.clear()  # cheaper than LRU upkeep on every request
-    cache[key] = value
-
-
-def _need_ip(client_ip: str | None, limit: str) -> str:
-    if not client_ip:
-        raise ValueError(f"limit {limit!r} is counted per source IP: pass client_ip")
-    return client_ip
-
-
-class PolicyDecision(DecisionFields):
-    """The answer to one request under a policy.
-
-    Attributes:
-        allowed: whether to serve the request (shadow limits never deny).
-        resolution: the limits that applied (:class:`Resolution`).
-        result: the composite outcome, one Decision per limit.
-        kind: what denied: ``"rate"``, ``"quota"``, ``"concurrency"`` or
-            ``"too_large"``; None when allowed.
-
-    The headers describe the most restrictive enforced limit, once; a
-    denial adds ``Retry-After`` and has a :attr:`status` and :attr:`body`.
-    """
-
-    # The fields live in the compiled base (fastlimit.web._serve.DecisionFields),
-    # so that the middlewares' compiled check can fill them in directly.
-    __slots__ = ()
-    allowed: bool
-    resolution: Resolution
-    result: CompositeResult
-    kind: str | None
-    _denied_by: str | None
-    _policy: Policy
-    _wall_ns: int
-    _headers: list[tuple[str, str]] | None
-    _binding: int | None
-    _leases: Sequence[Lease]
-
-    def __init__(self, policy: Policy, resolution: Resolution, result: CompositeResult,
-                 wall_ns: int, *, denial: tuple[str, str] | None = None,
-                 leases: list[Lease] | None = None) -> None:
-        self.allowed = result.allowed and denial is None
-        self.resolution = resolution
-        self.result = result
-        self.kind = None  # what denied: "rate", "quota", "concurrency", "too_large"
-        self._denied_by = None  # the limit or cap named in the body
-        if denial is not None:
-            self.kind, self._denied_by = denial
-        elif not result.allowed:
-            assert result.denied_by is not None
-            check = resolution.checks[result.denied_by]
-            self.kind = "quota" if isinstance(check.limiter, Quota) else "rate"
-        self._policy = policy
-        self._wall_ns = wall_ns
-        self._headers = None
-        self._binding = -1  # -1: not computed yet
-        self._leases = leases or ()
-
-    def __bool__(self) -> bool:
-        return self.allowed
-
-    @property
-    def checks(self) -> tuple[LimitCheck, ...]:
-        return self.resolution.checks
-
-    @property
-    def would_allow(self) -> bool:
-        """Whether it would pass with shadow limits enforced too."""
-        return self.allowed and not self.result.shadow_denied
-
-    @property
-    def rejected(self) -> str | None:
-        """Why the credential was treated as invalid (see :class:`Resolution`)."""
-        return self.resolution.rejected
-
-    @property
-    def binding(self) -> int | None:
-        """Index of the most restrictive enforced limit, or None if none applied."""
-        if self._binding == -1:
-            decisions = self.result.decisions
-            if len(decisions) == 1:  # the common case
-                self._binding = 0 if decisions[0] is not None and not self.checks[0].shadow \
-                    else None
-                return self._binding
-            checks, decisions = self.checks, self.result.decisions
-            enforced: list[int] = []
-            found: list[Decision] = []
-            for i, d in enumerate(decisions):
-                if d is not None and not checks[i].shadow:
-                    enforced.append(i)
-                    found.append(d)
-            if not enforced:
-                self._binding = None
-            else:
-                self._binding = enforced[0 if len(found) == 1 else most_restrictive(found)]
-        return self._binding
-
-    @property
-    def limit(self) -> str | None:
-        """Name of the limit the headers describe (on a denial: the one
-        that makes the client wait longest)."""
-        i = self.binding
-        return None if i is None else self.checks[i].name
-
-    @property
-    def decision(self) -> Decision | None:
-        """The Decision of :attr:`limit`."""
-        i = self.binding
-        return None if i is None else self.result.decisions[i]
-
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        """Rate-limit headers to send, each once; empty when no enforced
-        limit applied (e.g. an unlimited tier) and on a 413."""
-        headers = self._headers
-        if headers is None:
-            kind = self.kind
-            if kind is None and len(self.result.decisions) == 1:
-                # allowed by a single limit: every response of most APIs
-                check = self.resolution.checks[0]
-                d = self.result.decisions[0]
-                headers = [] if check.shadow or d is None else self._policy.spec.headers.render(
-                    d, name=check.name, rate=check.limiter.window(), wall_now_ns=self._wall_ns)
-            elif kind == "too_large":
-                headers = []
-            else:
-                i = self.binding
-                headers = [] if i is None else self.render(i)
-                if kind == "concurrency":
-                    headers.append(("Retry-After", str(self.retry_after)))
-            self._headers = headers
-        return headers
-
-    def render(self, index: int) -> list[tuple[str, str]]:
-        """The headers limit ``index`` alone would produce."""
-        d = self.result.decisions[index]
-        check = self.resolution.checks[index]
-        if d is None:
-            raise ValueError(f"limit {check.name!r} has no decision")
-        return self._policy.spec.headers.render(
-            d, name=check.name, rate=check.limiter.window(), wall_now_ns=self._wall_ns)
-
-    @property
-    def retry_after(self) -> int | None:
-        """Seconds to wait (the Retry-After value) when denied, else None
-        (and None on a 413: waiting does not help)."""
-        if self.allowed or self.kind == "too_large":
-            return None
-        if self.kind == "concurrency":
-            assert self._denied_by is not None
-            return max(1, math.ceil(self._policy._concurrency[self._denied_by].retry_after))
-        i = self.binding
-        if i is None:
-            return None
-        d = self.result.decisions[i]
-        assert d is not None
-        return retry_after_seconds(d, self.checks[i].limiter.window())
-
-    @property
-    def status(self) -> int | None:
-        """The status to answer a denial with (429, or 413 for a cap,
-        unless configured)."""
-        return None if self.kind is None else self._response().status
-
-    @property
-    def content_type(self) -> str:
-        return self._response().content_type
-
-    @property
-    def body(self) -> bytes | None:
-        """The denial's body (JSON by default), or None when allowed."""
-        if self.kind is None:
-            return None
-        name = self._denied_by or self.limit or ""
-        return self._response().render(retry_after=self.retry_after or 0, limit=name)
-
-    def _response(self) -> DenialResponse:
-        return self._policy.spec.responses[self.kind or "rate"]
-
-    @property
-    def holding(self) -> bool:
-        """Whether :meth:`release` has something to give back."""
-        return bool(self._leases)
-
-    def release(self) -> None:
-        """End the request: give back what it holds while in flight (its
-        concurrency leases).  Call it once the response is sent; calling it
-        again, or on a denial, does nothing."""
-        leases, self._leases = self._leases, ()
-        for lease in leases:
-            lease.release()
-
-    def __repr__(self) -> str:
-        by = self._denied_by or self.limit
-        state = "allowed" if self.allowed else f"denied ({self.kind}) by {by!r}"
-        return f"<PolicyDecision {state} limits={[c.name for c in self.checks]}>"
+def _route_set(rules: tuple[RouteRule | Usage, ...]) -> RouteSet:
+    return RouteSet(tuple(r for r in rules if isinstance(r, RouteRule)),
+                    tuple(u for u in rules if isinstance(u, Usage)))

@@ -8,16 +8,17 @@ rule whose pattern matches, in the order the rules were given.
 Lookups never scan the rules: a path that is literally one of the patterns
 is answered from a dict built at compile time, and any other path walks a
 trie of segments (its cost grows with the path's depth, not with the number
-of rules).
+of rules).  The lookup is compiled (``policy/_plan.pyx``: ``RouteIndex``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 from fastlimit.errors import ConfigurationError
+from fastlimit.policy._plan import RouteIndex, RouteNode, normalize_path
 
 __all__ = ["RouteTable", "normalize_path", "parse_pattern"]
 
@@ -32,34 +33,6 @@ _PATTERN_HELP = (
     "a literal, '{name}' (one segment) or, last, '**' (any number of segments), "
     "e.g. 'POST /auth/session/login' or '* /files/uploads/{upload_id}/**'"
 )
-
-
-def normalize_path(path: str) -> str:
-    """The path as routing sees it: no query, no empty or ``.`` segments,
-    ``..`` applied, no trailing slash.
-
-    Limits must not be dodged by writing ``/auth//session/login/`` for
-    ``/auth/session/login``: frameworks route both to the same handler.
-
-    Example:
-        >>> normalize_path("/auth//session/./login/?next=/")
-        '/auth/session/login'
-    """
-    cut = path.find("?")
-    if cut >= 0:
-        path = path[:cut]
-    if "//" in path or "/." in path or path[-1:] == "/" or path[:1] != "/":
-        segments: list[str] = []
-        for s in path.split("/"):
-            if s in ("", "."):
-                continue
-            if s == "..":
-                if segments:
-                    segments.pop()
-                continue
-            segments.append(s)
-        path = "/" + "/".join(segments)
-    return path
 
 
 def parse_pattern(pattern: str) -> tuple[str, tuple[str, ...]]:
@@ -88,19 +61,6 @@ def parse_pattern(pattern: str) -> tuple[str, tuple[str, ...]]:
     return method, segments
 
 
-class _Node:
-    __slots__ = ("literal", "param", "here", "tail")
-
-    def __init__(self) -> None:
-        self.literal: dict[str, _Node] = {}
-        self.param: _Node | None = None
-        # pattern indices by method: those ending at this node, and those
-        # ending in '**' here.  After compiling, keyed by every method a
-        # request can name (and _OTHER), with '*' and HEAD->GET folded in.
-        self.here: dict[str, list[int]] = {}
-        self.tail: dict[str, list[int]] = {}
-
-
 class RouteTable(Generic[T]):
     """Every rule whose pattern matches a request, in the rules' order.
 
@@ -121,10 +81,11 @@ class RouteTable(Generic[T]):
         ()
     """
 
-    def __init__(self, routes: Iterable[tuple[str, T]]) -> None:
+    def __init__(self, routes: Iterable[tuple[str, T]],
+                 combine: Callable[[tuple[T, ...]], Any] | None = None) -> None:
         self._values: list[T] = []
         index_of: dict[int, int] = {}  # by id(): one object under many patterns is one rule
-        self._root = _Node()
+        self._root = RouteNode()
         literal_paths: list[str] = []
         methods = {"GET", "HEAD"}
         for pattern, value in routes:
@@ -139,65 +100,36 @@ class RouteTable(Generic[T]):
                     node.tail.setdefault(method, []).append(index)
                     break
                 if s.startswith("{"):
-                    node.param = node.param or _Node()
+                    node.param = node.param or RouteNode()
                     node = node.param
                 else:
-                    node = node.literal.setdefault(s, _Node())
+                    node = node.literal.setdefault(s, RouteNode())
             else:
                 node.here.setdefault(method, []).append(index)
                 if not any(s.startswith("{") for s in segments):
                     literal_paths.append("/" + "/".join(segments))
         methods.discard(ANY)
         _fold_methods(self._root, (*methods, _OTHER))
-        self._dynamic = _has_wildcards(self._root)
         # The common case, a path that is itself a pattern, costs two dict
         # lookups: every method's answer for it is worked out now.
-        self._exact: dict[str, dict[str, tuple[T, ...]]] = {}
+        walk = RouteIndex(self._root, {}, True, self._values)
+        exact: dict[str, dict[str, tuple[T, ...]]] = {}
         for path in literal_paths:
-            answers = {m: self._walk(m, path) for m in methods}
-            answers[_OTHER] = self._walk(_OTHER, path)
-            self._exact[path] = answers
+            answers = {m: walk.walk(m, path) for m in (*methods, _OTHER)}
+            exact[path] = answers
+        self._index = RouteIndex(self._root, exact, _has_wildcards(self._root), self._values,
+                                 combine)
 
     def __len__(self) -> int:
         return len(self._values)
 
-    def match(self, method: str, path: str) -> tuple[T, ...]:
-        """The values of every pattern matching ``method`` and ``path``."""
-        path = normalize_path(path)
-        answers = self._exact.get(path)
-        if answers is not None:
-            found = answers.get(method)
-            return found if found is not None else answers[_OTHER]
-        if not self._dynamic:
-            return ()
-        return self._walk(method, path)
-
-    def _walk(self, method: str, path: str) -> tuple[T, ...]:
-        segments = path.split("/")  # a normalized path: ["", "a", "b"], or ["", ""] for "/"
-        end = len(segments) if segments[-1] else len(segments) - 1
-        hits: list[int] = []
-        stack = [(self._root, 1)]
-        while stack:
-            node, i = stack.pop()
-            if node.tail:
-                hits += node.tail.get(method) or node.tail.get(_OTHER) or ()
-            if i == end:
-                if node.here:
-                    hits += node.here.get(method) or node.here.get(_OTHER) or ()
-                continue
-            child = node.literal.get(segments[i])
-            if child is not None:
-                stack.append((child, i + 1))
-            if node.param is not None:
-                stack.append((node.param, i + 1))
-        if not hits:
-            return ()
-        if len(hits) == 1:
-            return (self._values[hits[0]],)
-        return tuple(self._values[i] for i in sorted(set(hits)))
+    def match(self, method: str, path: str) -> Any:
+        """The values of every pattern matching ``method`` and ``path``
+        (given to ``combine``, if the table has one)."""
+        return self._index.match(method, path)
 
 
-def _nodes(root: _Node) -> list[_Node]:
+def _nodes(root: RouteNode) -> list[RouteNode]:
     """Every node of the trie.  A walk, not recursion: a pattern of a few
     thousand segments must not end in RecursionError."""
     out, stack = [], [root]
@@ -210,7 +142,7 @@ def _nodes(root: _Node) -> list[_Node]:
     return out
 
 
-def _has_wildcards(root: _Node) -> bool:
+def _has_wildcards(root: RouteNode) -> bool:
     return any(node.param is not None or node.tail for node in _nodes(root))
 
 
@@ -225,7 +157,7 @@ def _fold(table: dict[str, list[int]], methods: tuple[str, ...]) -> dict[str, li
     return folded
 
 
-def _fold_methods(root: _Node, methods: tuple[str, ...]) -> None:
+def _fold_methods(root: RouteNode, methods: tuple[str, ...]) -> None:
     for node in _nodes(root):
         node.here = _fold(node.here, methods)
         node.tail = _fold(node.tail, methods)

@@ -26,8 +26,10 @@ import numpy as np
 
 from fastlimit import _core
 from fastlimit.errors import ConfigurationError, TableError
+from fastlimit.stores.contract import Kind as StateKind
 
-__all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats"]
+__all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats", "check_owner",
+           "shm_dir", "state_dir"]
 
 log = logging.getLogger("fastlimit")
 
@@ -43,6 +45,8 @@ BUCKET_BYTES = SLOT_BYTES * BUCKET_SLOTS
 # slot would misread the other's words.
 KINDS = {"rates": 1, "quotas": 2}
 Kind = Literal["rates", "quotas"]
+_STATE_KINDS: dict[str, frozenset[StateKind]] = {
+    "rates": frozenset({"rate", "concurrency"}), "quotas": frozenset({"quota"})}
 DEFAULT_CAPACITY = 65_536
 MAX_CAPACITY = 1_000_000_000
 # Slots per key, as a fraction: 23/16 = 1.4375 slots (23 bytes) per key of
@@ -108,6 +112,15 @@ _ON_FULL = {"deny": 0, "allow": 1, "raise": 2}
 def shm_dir() -> str:
     """Where named tables live: ``$FASTLIMIT_SHM_DIR`` or ``/dev/shm``."""
     return os.environ.get("FASTLIMIT_SHM_DIR", "/dev/shm")
+
+
+def state_dir() -> str:
+    """Where quota files live by default: ``$FASTLIMIT_STATE_DIR``, else
+    ``$XDG_STATE_HOME/fastlimit``, else ``~/.local/state/fastlimit``."""
+    if "FASTLIMIT_STATE_DIR" in os.environ:
+        return os.environ["FASTLIMIT_STATE_DIR"]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "fastlimit")
 
 
 def nbuckets_for(capacity: int) -> int:
@@ -365,7 +378,7 @@ class SharedTable:
             raise TableError(f"cannot open table {path}: {e.strerror}") from None
         try:
             # Before the lock: a file someone else planted may be locked by them.
-            _check_owner(fd, path)
+            check_owner(fd, path)
             # The lock makes create-or-attach atomic, and dies with its holder.
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = _prepare(fd, path, capacity, mode, kind)
@@ -550,11 +563,17 @@ class SharedTable:
                 return int(bucket["tat"][hit[0]])
         return 0
 
-    # -- the store protocol: what Limiter, Quota and ConcurrencyLimit call ----
+    # -- the store contract (fastlimit.stores.contract) ------------------------
 
     @property
     def kind(self) -> Kind:
+        """``"rates"`` or ``"quotas"``: what the table was made to hold."""
         return self._kind
+
+    @property
+    def kinds(self) -> frozenset[StateKind]:
+        """The kinds of state it holds: rates and leases, or quota counts."""
+        return _STATE_KINDS[self._kind]
 
     def _user(self, kind: Kind, what: str, on_full: OnFull | None) -> int:
         if self.closed:
@@ -565,7 +584,7 @@ class SharedTable:
                 f"{self._kind}")
         return self._on_full if on_full is None else _on_full_code(on_full)
 
-    def _gcra(
+    def rate_state(
         self,
         name: str,
         emission_interval_ns: int,
@@ -575,19 +594,22 @@ class SharedTable:
         on_full: OnFull | None = None,
         register: bool = True,
     ) -> _core.Gcra:
+        """GCRA state of the limiter ``name`` (see the store contract)."""
         # register=False: a tool looking at a limiter (fastlimit inspect)
         # must not restate its parameters in the metrics registry
         code = self._user("rates", "a Limiter", on_full)
         return _core.Gcra(self._view, name, emission_interval_ns, burst, clock, code, register)
 
-    def _quota_counter(
+    def quota_counts(
         self, name: str, limit: int, *, on_full: OnFull | None = None, register: bool = True
     ) -> _core.QuotaCounter:
+        """Calendar counts of the quota ``name`` (a table of kind "quotas")."""
         code = self._user("quotas", "a Quota", on_full)
         return _core.QuotaCounter(self._view, name, limit, code, register)
 
-    def _leases(self, name: str, *, on_full: OnFull | None = None,
-                clock: Callable[[], int] | None = None) -> _core.Leases:
+    def lease_slots(self, name: str, *, on_full: OnFull | None = None,
+                    clock: Callable[[], int] | None = None) -> _core.Leases:
+        """Leases in flight of the concurrency limit ``name``."""
         # No clock: on the table a lease ends with its holder's process (seen
         # in /proc), never with time.  Stores whose leases expire use it.
         code = self._user("rates", "a ConcurrencyLimit", on_full)
@@ -630,7 +652,7 @@ def _resolve(name: str | None, path: str | os.PathLike[str] | None) -> str:
     return os.path.join(shm_dir(), f"fastlimit.{name}")
 
 
-def _check_owner(fd: int, path: str) -> None:
+def check_owner(fd: int, path: str) -> None:
     """Refuse a table that is not a regular file owned by this user.
 
     Whoever owns the file can read its hash secret (and aim keys at one

@@ -1,4 +1,4 @@
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastlimit.web.gate import Gate
@@ -6,11 +6,11 @@ from fastlimit.web.gate import Gate
 def scope_header(headers: Any, wanted: bytes) -> str | None: ...
 def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]: ...
 
-class Lane:
-    def __init__(self, gate: Any, *, planned: bool, limiter_type: type, result_type: type,
-                 decision_type: type, no_address: str,
-                 view_types: tuple[type | None, type | None] = ...) -> None: ...
-    def check(self, view: Any) -> Any: ...
+class Check:
+    def __init__(self, gate: Any, plan: Any, *, no_address: str,
+                 too_large: Callable[[Any], Any],
+                 view_types: tuple[type | None, type | None]) -> None: ...
+    def __call__(self, view: Any) -> Any: ...
 
 class AddHeaders:
     def __init__(self, start_response: Callable[..., Any], extra: list[tuple[str, str]],
@@ -49,18 +49,6 @@ class HeaderIdentity:
 class FirstOf:
     def __init__(self, identifiers: Any) -> None: ...
     def __call__(self, view: Any) -> Any: ...
-
-class DecisionFields:
-    allowed: bool
-    resolution: Any
-    result: Any
-    kind: str | None
-    _denied_by: str | None
-    _policy: Any
-    _wall_ns: int
-    _headers: list[tuple[str, str]] | None
-    _binding: int | None
-    _leases: Sequence[Any]
 
 class ViewFields:
     method: str

@@ -4,30 +4,25 @@
 Every request the WSGI and ASGI middlewares see runs through here: their
 call (``WSGICall``, ``ASGICall``), the request view (``ViewFields``), the
 identity helpers (``HeaderIdentity``, ``FirstOf``) and the check
-(``Lane``, which is ``Gate.check``).  Most requests an API serves come
-under one rate limit (the caller's tier, or a route's) and nothing else:
-no size caps, leases, quotas or shadow limits.  For those, what
-:meth:`Policy.hit` does in Python (resolve the limits, hit them, make the
-decision, render its headers) is one remembered plan per (method, path,
-identity, client address), one GCRA hit, and the decision and its
-X-RateLimit-* fields built in C.  Any other request, and any policy whose
-``hit`` or ``resolve`` is overridden, takes the general way: a plan only
-ever stands for what ``Policy.hit`` would do with the same resolution
-(tests/test_lane.py runs both side by side).
+(``Check``, which is ``Gate.check``): client address, cost and identity,
+then the policy's ``hit`` with ``(method, path, identity, client, cost,
+content_length)``.  The middlewares know nothing of how a policy decides:
+``hit`` is the policy's compiled decision path (``policy/_plan.pyx``),
+called in C unless a policy subclass overrides it, and the decision's
+header fields are the ones ``Policy.hit`` gives any caller.
 """
 
 cimport cython
 
 from cpython.object cimport PyObject, PyTypeObject, ternaryfunc
 
-from fastlimit._core cimport Decision
-from fastlimit.http._fields cimport decision_fields
+from fastlimit.policy._plan cimport Plan, PolicyDecision
+
+from fastlimit.errors import CapacityError
 
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
-    object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
-    object PyBytes_FromStringAndSize(const char *s, Py_ssize_t size)
     void PyType_Modified(type cls)
 
 
@@ -81,169 +76,53 @@ cpdef object asgi_view(ViewFields view, scope):
     return view
 
 
-# plans remembered at most, before the memory starts over
-cdef Py_ssize_t PLANS = 4096
-
-
-cdef class _Plan:
-    """What one (method, path, identity, client) resolves to, when that is
-    a single plain rate limit: its resolution, the limiter's core and key."""
-
-    cdef object resolution
-    cdef object hit          # the limiter core's bound hit(key, cost)
-    cdef object key
-    cdef long long burst
-    cdef tuple limit_field   # ("X-RateLimit-Limit", str(burst))
-    cdef tuple raw_limit     # the same for ASGI: (b"x-ratelimit-limit", b"...")
-    cdef object result_type  # CompositeResult
-    cdef int reset_format    # 0 delta, 1 epoch, -1: headers rendered by the decision
-
-
-cdef class DecisionFields:
-    """The fields of a :class:`fastlimit.policy.PolicyDecision` (its base),
-    kept in C: the compiled check makes a decision in a few stores, where
-    ``PolicyDecision.__init__`` costs a Python call.
-
-    A decision the check made from a plan keeps the plan and the limiter's
-    Decision; its ``result`` and ``_headers`` are made from them when first
-    asked for (a middleware that only sends the headers never needs the
-    result, and the ASGI one writes them as bytes straight away)."""
-
-    cdef public bint allowed
-    cdef public object resolution, kind, _denied_by, _policy, _wall_ns
-    cdef public object _binding, _leases
-    cdef object _result, _text
-    cdef _Plan _plan         # None unless planned
-    cdef Decision _d         # the plan's limiter Decision
-
-    @property
-    def result(self):
-        if self._result is None and self._plan is not None:
-            d = self._d
-            self._result = tuple.__new__(
-                self._plan.result_type,
-                (True, (d,), None, ()) if self.allowed else (False, (d,), 0, ()))
-        return self._result
-
-    @result.setter
-    def result(self, value):
-        self._result = value
-
-    @property
-    def _headers(self):
-        return self._text_fields()
-
-    cdef object _text_fields(self):
-        if self._text is None and self._plan is not None:
-            self._text = self._fields(False)
-        return self._text
-
-    @_headers.setter
-    def _headers(self, value):
-        self._text = value
-
-    cdef object _fields(self, bint raw):
-        """A planned decision's X-RateLimit-* fields (raw: as ASGI bytes),
-        or None when PolicyDecision.headers renders them (a denial, or a
-        header style other than these fields)."""
-        if not self.allowed or self._plan.reset_format < 0:
-            return None
-        return decision_fields(self._d, self._plan.reset_format, self._wall_ns,
-                       self._plan.raw_limit if raw else self._plan.limit_field, raw)
-
-
-cdef inline DecisionFields _planned(outcome):
-    """``outcome`` if it is a decision the compiled check made from a plan."""
-    if isinstance(outcome, DecisionFields) and (<DecisionFields>outcome)._plan is not None:
-        return <DecisionFields>outcome
-    return None
-
-
-cdef object _GENERAL = object()   # the plan of a request that goes the general way
-
-
-cdef class Lane:
-    """``Gate.check`` for one gate: see the module docs.
+cdef class Check:
+    """The middlewares' request step (``Gate.check``): the client address
+    (from trusted proxies), the cost, the identity, then the policy's
+    ``hit``: its compiled decision path called in C, unless the policy
+    overrides ``hit`` (then its own method is called).  A cost no limit can
+    admit is answered 413 (``too_large(error)``).
 
     Args:
-        gate: the :class:`fastlimit.web.Gate`; its ``_general(view, identity,
-            cost)`` answers what a plan does not cover.
-        planned: whether plans may stand in for ``Policy.hit`` (False when
-            a subclass overrides ``hit`` or ``resolve``).
-        limiter_type, result_type, decision_type: ``Limiter``,
-            ``CompositeResult`` and ``PolicyDecision``, passed in rather
-            than imported (their modules import this one).
-        no_address: the per-IP key of requests without a client address.
+        gate: the :class:`fastlimit.web.gate.Gate` to take the parts from.
+        plan: the policy's decision path, or None to call ``policy.hit``.
         view_types: the WSGI and ASGI view classes, whose fields are read
             straight from :class:`ViewFields` (other views by attribute).
     """
 
-    cdef object policy, overrides, refresh, resolve, identify, proxies, cost
-    cdef object general, wall_clock, limiter_type, result_type, no_address
-    cdef type decision_type
-    cdef bint planned
-    cdef object fixed_cost      # None: ``cost`` is a callable
-    cdef int reset_format        # 0 delta, 1 epoch, -1: headers rendered by the decision
-    cdef dict plans
-    cdef object version
+    cdef object hit, identify, proxies, cost, fixed_cost, no_address, too_large
     cdef object wsgi_view, asgi_view
+    cdef Plan plan
 
-    def __init__(self, gate, *, bint planned, limiter_type, result_type, decision_type,
-                 no_address, view_types=(None, None)):
-        policy = gate.policy
-        self.policy = policy
-        self.overrides = policy.overrides
-        self.refresh = policy.overrides.refresh
-        self.resolve = policy.resolve
+    def __init__(self, gate, Plan plan, *, no_address, too_large, view_types):
+        self.hit = gate.policy.hit
+        self.plan = plan
         self.identify = gate.identify
         self.proxies = gate._proxies
         self.cost = gate.cost
         self.fixed_cost = gate._fixed_cost
-        self.general = gate._general
-        self.wall_clock = policy._wall_clock
-        self.planned = planned
-        self.limiter_type = limiter_type
-        self.result_type = result_type
-        if not issubclass(decision_type, DecisionFields):
-            raise TypeError(f"decision_type must subclass DecisionFields, got {decision_type!r}")
-        self.decision_type = decision_type
         self.no_address = no_address
+        self.too_large = too_large
         self.wsgi_view, self.asgi_view = view_types
-        style = policy.spec.headers
-        self.reset_format = -1
-        if style.legacy and not style.ietf and style.reset in ("delta", "epoch"):
-            self.reset_format = 0 if style.reset == "delta" else 1
-        self.plans = {}
-        self.version = None
 
-    def check(self, view):
+    def __call__(self, view):
         """Count ``view`` under the policy: a ``PolicyDecision`` (or the
         413 answer to a cost no limit admits)."""
         return self._check(view)
 
     cdef object _check(self, view):
-        cdef _Plan plan
-        cdef long long cost
         if self.proxies is not None:
             view.client_ip = self.proxies(view)
-        given = self.fixed_cost if self.fixed_cost is not None else self.cost(view)
+        cost = self.fixed_cost if self.fixed_cost is not None else self.cost(view)
         identity = _identify(self.identify, view)
-        if not self.planned:
-            return self.general(view, identity, given)
-        # what Policy.resolve remembers, remembered here with the plan, for
-        # as long as the overrides stay the same (refresh() reloads them
-        # when another process changed them: it is called only then)
-        overrides = self.overrides
-        counter = overrides._gen
-        if counter is not None and counter[0] != overrides._seen:
-            self.refresh()
-        version = overrides.version
-        cdef dict plans = self.plans
-        if version != self.version:
-            # a new dict, not cleared: a thread still planning under the old
-            # overrides (resolve() lets go of the GIL) fills the old one
-            plans = self.plans = {}
-            self.version = version
+        if type(view) is self.wsgi_view:
+            length = _get((<ViewFields>view).raw, "CONTENT_LENGTH", None)
+            if length:  # the common case (a GET) costs one look-up
+                length = view.content_length
+            else:
+                length = None
+        else:
+            length = view.content_length
         if type(view) is self.wsgi_view or type(view) is self.asgi_view:
             method = (<ViewFields>view).method
             path = (<ViewFields>view).path
@@ -252,52 +131,12 @@ cdef class Lane:
             method = view.method
             path = view.path
             client = view.client_ip or self.no_address
-        where = (method, path, identity, client)
-        found = plans.get(where)
-        if found is None:
-            found = self._plan(method, path, identity, client)
-            if len(plans) >= PLANS:
-                plans = self.plans = {}
-            plans[where] = found
-        if found is _GENERAL or type(given) is not int:
-            return self.general(view, identity, given)
-        plan = <_Plan>found
-        if not 0 <= given <= plan.burst:  # compared as Python ints: any size
-            return self.general(view, identity, given)
-        cost = given
-        cdef Decision d = plan.hit(plan.key, cost)
-        # what PolicyDecision.__init__ stores for this (test_lane checks it),
-        # the result and the headers left to be made when asked for
-        cdef DecisionFields decision = _blank(self.decision_type)
-        allowed = decision.allowed = d.allowed
-        decision.resolution = plan.resolution
-        decision._plan = plan
-        decision._d = d
-        decision.kind = None if allowed else "rate"   # a plan's limit is a Limiter
-        decision._policy = self.policy
-        decision._wall_ns = self.wall_clock()
-        decision._binding = -1
-        decision._leases = ()
-        return decision
-
-    cdef object _plan(self, method, path, identity, client):
-        resolution = self.resolve(method, path, identity, client)
-        if len(resolution.checks) != 1 or resolution.caps or resolution.leases:
-            return _GENERAL
-        check = resolution.checks[0]
-        limiter = check.limiter
-        if check.shadow or type(limiter) is not self.limiter_type:
-            return _GENERAL
-        plan = _Plan()
-        plan.resolution = resolution
-        plan.hit = limiter._impl.hit
-        plan.key = check.key
-        plan.burst = limiter.burst
-        plan.limit_field = ("X-RateLimit-Limit", str(limiter.burst))
-        plan.raw_limit = (b"x-ratelimit-limit", str(limiter.burst).encode())
-        plan.result_type = self.result_type
-        plan.reset_format = self.reset_format
-        return plan
+        try:
+            if self.plan is not None:
+                return self.plan.decide(method, path, identity, client, cost, length, None, True)
+            return self.hit(method, path, identity, client, cost=cost, content_length=length)
+        except CapacityError as e:
+            return self.too_large(e)
 
 
 # Whether a header name (str or bytes, as the application wrote it) is a
@@ -379,12 +218,11 @@ cdef class _Call:
     cdef public object gate
     cdef object check, exempt, deny, names, merge
     cdef type view_type
-    cdef Lane lane        # the gate's check when it is a Lane's (called in C)
+    cdef Check checker    # the gate's check when it is a Check (called in C)
 
     cdef _hold(self, view_type, deny, names, merge):
         self.check = self.gate.check
-        owner = getattr(self.check, "__self__", None)
-        self.lane = owner if type(owner) is Lane else None
+        self.checker = self.check if type(self.check) is Check else None
         self.exempt = self.gate.exempt_paths
         if not issubclass(view_type, ViewFields):
             raise TypeError(f"view_type must subclass ViewFields, got {view_type!r}")
@@ -411,14 +249,12 @@ cdef class WSGICall(_Call):
         view = wsgi_view(_blank(self.view_type), environ)
         if self.exempt and view.path in self.exempt:
             return self.app(environ, start_response)
-        outcome = self.lane._check(view) if self.lane is not None else self.check(view)
+        outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         environ["fastlimit.decision"] = outcome
-        cdef DecisionFields planned = _planned(outcome)
-        if planned is not None and planned.allowed:
-            # a plan holds no lease: the response goes out as the app made it
-            extra = planned._text_fields()
-            if extra is None:
-                extra = outcome.headers
+        cdef PolicyDecision decided = outcome if type(outcome) is PolicyDecision else None
+        if decided is not None and decided.allowed and not decided.held:
+            # nothing to give back: the response goes out as the app made it
+            extra = decided.headers
             return self.app(environ, AddHeaders(start_response, extra, self.names, self.merge)
                             if extra else start_response)
         if not outcome.allowed:
@@ -463,13 +299,11 @@ cdef class ASGICall(_Call):
         view = asgi_view(_blank(self.view_type), scope)
         if self.exempt and view.path in self.exempt:
             return self.app(scope, receive, send)
-        outcome = self.lane._check(view) if self.lane is not None else self.check(view)
+        outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         scope["fastlimit.decision"] = outcome
-        cdef DecisionFields planned = _planned(outcome)
-        if planned is not None and planned.allowed:  # holds no lease
-            extra = planned._fields(True)
-            if extra is None:
-                extra = self.encode(outcome.headers)
+        cdef PolicyDecision decided = outcome if type(outcome) is PolicyDecision else None
+        if decided is not None and decided.allowed and not decided.held:  # holds nothing
+            extra = decided.fields(True)
             return self.app(scope, receive,
                             SendHeaders(send, extra, self.names, self.merge) if extra else send)
         return self._answer(outcome, scope, receive, send)
@@ -562,7 +396,7 @@ cdef class HeaderIdentity:
     cdef bint token
     # credential -> (what lookup gave, its Identity): the Identity is made
     # again only when lookup gives something else (the same object also
-    # makes Lane's plan key compare by identity)
+    # keeps a caller's Identity one object across its requests)
     cdef dict known
 
     def __init__(self, str kind, lookup, str name, str environ_key, bytes raw_name,

@@ -8,11 +8,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fastlimit.errors import CapacityError, RateLimited
-from fastlimit.limiters.composite import CompositeResult
-from fastlimit.limiters.limiter import Limiter
-from fastlimit.policy.identity import Identity
-from fastlimit.policy.policy import Policy, PolicyDecision
-from fastlimit.web._serve import Lane
+from fastlimit.policy.policy import Policy
+from fastlimit.web._serve import Check
 from fastlimit.web.identify import Identify, _anonymous
 from fastlimit.web.proxies import ForwardedHeader, TrustedProxies
 from fastlimit.web.view import RequestView, _ASGIView, _WSGIView
@@ -89,26 +86,19 @@ class Gate:
             raise TypeError(f"cost must be an int or a callable, got {cost!r}")
         self.cost = cost
         self._fixed_cost = cost if isinstance(cost, int) else None
-        self._hit = policy.hit
         self._proxies = self.proxies.client_ip if self.proxies.enabled else None
+        if isinstance(exempt_paths, str):
+            raise TypeError(f"exempt_paths must be a collection of paths, got the str "
+                            f"{exempt_paths!r} (write [{exempt_paths!r}])")
         self.exempt_paths = frozenset(exempt_paths)
-        # A subclass's own hit or resolve must see every request.
-        planned = (getattr(type(policy).hit, "__code__", None) is Policy.hit.__code__
-                   and getattr(type(policy).resolve, "__code__", None) is Policy.resolve.__code__)
-        self.check: Callable[[RequestView], Outcome] = Lane(
-            self, planned=planned, limiter_type=Limiter, result_type=CompositeResult,
-            decision_type=PolicyDecision, no_address=NO_ADDRESS,
-            view_types=(_WSGIView, _ASGIView)).check
+        # The policy's compiled decision path, called in C, unless the policy
+        # is of a class with its own hit: then that is called.
+        plan = policy._plan if policy.hit == policy._plan.hit else None
+        self.check: Callable[[RequestView], Outcome] = Check(
+            self, plan, no_address=NO_ADDRESS, too_large=_TooLarge,
+            view_types=(_WSGIView, _ASGIView))
         """Count a request (a :class:`RequestView`) under the policy: the
         middlewares' per-request step, compiled (:mod:`fastlimit.web._serve`)."""
-
-    def _general(self, view: RequestView, identity: Identity | None, cost: Any) -> Outcome:
-        """What the compiled check hands over: :meth:`Policy.hit`."""
-        try:
-            return self._hit(view.method, view.path, identity, view.client_ip or NO_ADDRESS,
-                             cost=cost, content_length=view.content_length)
-        except CapacityError as e:
-            return _TooLarge(e)
 
 
 class RouteLimit:

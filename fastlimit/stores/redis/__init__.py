@@ -7,20 +7,63 @@ When limits must hold across hosts, pass a :class:`RedisBackend` where a
     api = fastlimit.Limiter("100/1h", store=backend, name="api")
     api.allow("user:42")
 
-See :mod:`fastlimit.stores.redis.backend` for how it works.  It needs
-redis-py (``pip install 'fastlimit[redis]'``).
+Every check is one round trip: one atomic Lua script (``lua/gcra.lua``,
+shipped as package data, run by EVALSHA with a NOSCRIPT fallback) reads the
+key's tat, decides and stores it.  The decisions are the shared table's, to
+the nanosecond: the script computes ``ahead = max(0, tat - now)`` and
+whether the hit passes; :mod:`fastlimit.core.gcra` turns that into
+``remaining``, ``reset_after`` and ``retry_after``.
+
+* **Time.** Production uses the Redis server's clock (``TIME``): one clock
+  for every host, with tats in Unix-epoch nanoseconds.  A clock injected
+  into the Limiter (tests) is sent with each call instead, so traces are
+  deterministic.  Lua numbers are doubles and epoch nanoseconds exceed 2^53,
+  so the script holds every time and duration as whole seconds plus
+  nanoseconds; its arithmetic is exact for all values in ``[0, 2^63)`` ns,
+  which covers every time and tolerance the core accepts (see ``gcra.lua``).
+* **Keys.** ``<prefix>:<limiter name>:{<key>}`` for str and bytes keys
+  (UTF-8 for str) and ``<prefix>:<limiter name>:#{<key>}`` for int keys, in
+  unsigned decimal (64-bit two's complement, so -1 and 2**64-1 are one
+  key).  The braces make the key the Redis Cluster hash tag, so every
+  limiter's state for one key lives in one slot; ``hash_tag=`` chooses the
+  tag instead (``<prefix>:<name>:{<tag>}:<key>``).  The value is the tat in
+  decimal nanoseconds; the key expires (``PX``) when fully replenished, at
+  ``ceil(reset_after)`` milliseconds on the server's clock.
+* **Failures.** Connect and command timeouts; when Redis is down or slow a
+  check fails ``"open"`` (allowed), ``"closed"`` (denied) or ``"raise"``
+  (:class:`~fastlimit.BackendError`), logs a rate-limited warning and counts
+  it in :meth:`RedisBackend.stats`.  After a failure the backend skips Redis
+  for ``retry_interval`` seconds, so a dead server costs one timeout per
+  interval, not one per request.
+* **Two tiers.** With ``deny_cache=`` a :class:`~fastlimit.SharedTable`, a
+  key Redis denied is answered locally, by every process on the host, until
+  a hit could pass again: no round trip while a client hammers a limit.
+
+Quotas and concurrency limits run on it too (``Quota(spec, store=backend)``,
+``ConcurrencyLimit(n, backend)``), one script call per step, each with its
+own script (``quota.lua``, ``leases.lua``) and the same failure policy:
+
+* **Quotas.** ``<prefix>:<name>:quota{<key>}`` holds ``"<period tag>
+  <count>"``.  The client computes the period from its wall clock (hosts'
+  clocks must agree); the script counts, resets on a new period, never
+  moves a key back to an older one, and keeps the key until ``QUOTA_GRACE_S``
+  after its period ends.
+* **Leases.** ``<prefix>:<name>:lease{<key>}`` is a sorted set of lease
+  tokens scored by their expiry (ms, the server's TIME unless a clock is
+  injected).  Acquiring drops the expired, counts and adds in one script;
+  a lease lives ``lease_ttl`` seconds after its acquire or last renew.
+
+The parts: :mod:`.common` (options, failure state, keys), :mod:`.plans`
+(every operation, sans I/O), :mod:`.sync` and :mod:`.aio` (the two
+backends, which drive the plans with redis-py's clients), ``lua/``.  It
+needs redis-py (``pip install 'fastlimit[redis]'``).
 """
 
-from fastlimit.stores.redis.backend import (
-    AsyncRedisBackend,
-    AsyncRedisLimiter,
-    AsyncRedisQuota,
-    RedisBackend,
-    RedisGcra,
-    RedisLeases,
-    RedisQuotaCounter,
-    RedisStats,
-)
+from fastlimit.stores.redis.aio import AsyncRedisBackend, AsyncRedisGcra, AsyncRedisQuotaCounter
+from fastlimit.stores.redis.common import DEFAULT_LEASE_TTL, SCRIPTS, RedisStats
+from fastlimit.stores.redis.plans import QUOTA_GRACE_S
+from fastlimit.stores.redis.sync import RedisBackend, RedisGcra, RedisLeases, RedisQuotaCounter
 
-__all__ = ["AsyncRedisBackend", "AsyncRedisLimiter", "AsyncRedisQuota", "RedisBackend",
-           "RedisGcra", "RedisLeases", "RedisQuotaCounter", "RedisStats"]
+__all__ = ["DEFAULT_LEASE_TTL", "QUOTA_GRACE_S", "SCRIPTS", "AsyncRedisBackend",
+           "AsyncRedisGcra", "AsyncRedisQuotaCounter", "RedisBackend", "RedisGcra",
+           "RedisLeases", "RedisQuotaCounter", "RedisStats"]

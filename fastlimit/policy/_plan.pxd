@@ -1,0 +1,126 @@
+# What the middlewares' compiled calls (fastlimit/web/_serve.pyx) see of a
+# policy's decision path.
+from libc.stdint cimport int64_t, uint64_t
+
+from fastlimit.http._fields cimport Fields
+from fastlimit.limiters._counting cimport Meter
+
+
+cdef class Generation:
+    cdef uint64_t[::1] words    # the word in the mapped file, or None
+    cdef uint64_t local         # the word of in-process overrides
+
+    cpdef uint64_t value(self)
+    cpdef void set(self, uint64_t value)
+
+
+cdef class RouteNode:
+    cdef public dict literal
+    cdef public RouteNode param
+    cdef public dict here, tail
+    cdef tuple keys             # the literal children as (ASCII bytes, child), or None
+    cdef dict here_masks, tail_masks   # here and tail as bit masks of rules, or None
+
+    cdef seal(self, bint masks)
+
+
+cdef class RouteIndex:
+    cdef RouteNode root
+    cdef dict exact, combos
+    cdef bint dynamic, masks
+    cdef list values
+    cdef object combine, empty
+
+    cdef object _combined(self, tuple found)
+    cpdef object match(self, str method, str path)
+    cdef object _walk(self, str method, str path)
+    cdef object _walk_deep(self, str method, str path)
+    cdef object _rules(self, list hits)
+
+
+cdef class Bucket:
+    cdef readonly str name, bucket
+    cdef readonly object rate
+    cdef readonly bint shadow
+    cdef object make_limiter
+    cdef dict meters
+    cdef Meter default
+
+    cdef Meter meter(self, rate)
+
+
+cdef class RouteRule:
+    cdef readonly object spec
+    cdef readonly Bucket limit, anonymous
+    cdef readonly bint per_ip, dedicated
+
+
+cdef class Usage:
+    cdef readonly object spec, concurrency
+    cdef readonly str name, kind
+    cdef readonly bint bytes
+
+
+cdef class RouteSet:
+    cdef readonly tuple rules, usages
+    cdef readonly bint dedicated
+    cdef dict by_tier           # TierPlan -> TierUsage
+
+    cdef TierUsage of(self, TierPlan tier, policy)
+
+
+cdef class TierUsage:
+    cdef tuple quotas           # (name, Meter)
+    cdef tuple leases, caps     # (Usage, limit), (Usage, maximum); or None
+
+
+cdef class TierPlan:
+    cdef readonly object spec, rate
+    cdef readonly bint api_access
+    cdef Meter meter
+    cdef dict quotas
+    cdef str rejected
+
+
+cdef class Plan:
+    cdef object policy, overrides, wall_clock, identity_type
+    cdef object resolution_type, check_type, result_type
+    cdef dict identities, tiers, customers, responses, concurrency_retry
+    cdef RouteIndex routes
+    cdef Generation generation
+    cdef uint64_t seen
+    cdef frozenset override_limits
+    cdef Fields fields
+    cdef int64_t spread
+    cdef Bucket api
+    cdef tuple by_kind    # the identity buckets, by kind code
+    cdef bint api_tiers
+
+    cdef int _watch(self) except -1
+    cdef Meter _rate_meter(self, Bucket b, Meter given, rate, str key)
+    cdef TierPlan _tier(self, tuple identity)
+    cdef PolicyDecision _resolve(self, method, path, identity, client_ip)
+    cdef PolicyDecision decide(self, method, path, identity, client_ip, cost,
+                               content_length, files, bint consume)
+
+
+cdef class PolicyDecision:
+    cdef readonly bint allowed
+    cdef readonly object kind
+    cdef Plan plan
+    cdef list held
+    cdef tuple hits, leases, caps
+    cdef object applied, rejected_, tier_, denied_by, subject
+    cdef int64_t wall_ns
+    cdef int denied_at, binding_
+    cdef bint shadows
+    cdef object resolution_, result_, headers_
+
+    cdef PolicyDecision _count(self, cost, bint consume)
+    cdef PolicyDecision _deny(self, str kind, str by)
+    cdef bint _take(self, limit, key, n, int64_t spread) except -1
+    cdef int _binding(self)
+    cdef list fields(self, bint raw)
+    cdef list _render(self, int i, bint raw)
+    cdef object _response(self)
+    cpdef release(self)

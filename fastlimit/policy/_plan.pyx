@@ -1,0 +1,920 @@
+# cython: language_level=3
+"""A policy's decision path, compiled: the one way from a request to a
+:class:`PolicyDecision`.
+
+``Policy.hit``, ``Policy.peek``, ``Policy.resolve`` and both middlewares all
+run it.  A request ``(method, path, identity, client address)`` is matched
+against the routes (:class:`RouteIndex`: a dict for literal paths, a trie of
+segments for the rest, never a scan of the rules), its caller classified
+(the identity's kind, tier and key), and its limits resolved into hits
+(:class:`fastlimit.limiters._counting.Hit`); then its caps are checked, its
+concurrency leases taken, and its rates and quotas counted all or none by
+the counting loop, on the shared table in C.  The decision makes its
+header fields (:mod:`fastlimit.http._fields`), resolution and composite
+result only when they are asked for.
+
+Nothing is remembered per request, caller or path: the per-request work
+is the same for the millionth distinct key as for the first, so no
+attacker's keys can thrash a cache into the slow path.
+"""
+
+cimport cython
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_GET_LENGTH
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcmp
+
+from fastlimit._core cimport Leases, fl_answer
+from fastlimit.http._fields cimport Fields, Window, binding, retry_seconds
+from fastlimit.limiters._counting cimport KIND_QUOTA, Hit, Meter, count, new_hit, wall_now
+
+import logging
+import math
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+    const char* PyUnicode_DATA(object text)
+    Py_ssize_t PyUnicode_FindChar(object text, Py_UCS4 ch, Py_ssize_t start, Py_ssize_t end,
+                                  int direction) except -2
+    object PyUnicode_Substring(object text, Py_ssize_t start, Py_ssize_t end)
+
+
+cdef enum:
+    MAX_SEGMENTS = 32   # the fast walk's depth; deeper paths take the list walk
+
+
+log = logging.getLogger("fastlimit")
+
+
+# -- the overrides' generation -------------------------------------------------------
+
+@cython.final
+cdef class Generation:
+    """The overrides' generation counter: one 8-byte word of a file every
+    process of a policy maps (``Overrides`` bumps it on each change), or a
+    word of this process for in-process overrides.  A check reads it with
+    one load."""
+
+    def __init__(self, buffer=None):
+        self.local = 0
+        self.words = buffer
+
+    cpdef uint64_t value(self):
+        """The counter now."""
+        return self.words[0] if self.words is not None else self.local
+
+    cpdef void set(self, uint64_t value):
+        if self.words is not None:
+            self.words[0] = value
+        else:
+            self.local = value
+
+    def release(self):
+        """Stop reading the file's word (the map may then be closed)."""
+        self.words = None
+
+
+# -- routes ---------------------------------------------------------------------------
+
+@cython.final
+cdef class RouteNode:
+    """A node of the routes' segment trie (built by ``routes.RouteTable``):
+    literal children, the ``{param}`` child, and the rules by method ending
+    here or in a ``**`` here."""
+
+    def __init__(self):
+        self.literal = {}
+        self.param = None
+        self.here = {}
+        self.tail = {}
+        self.keys = None
+
+    cdef seal(self, bint masks):
+        """Keep the literal children as ``(ASCII key bytes, child)`` too, when
+        they are few and ASCII: a walk then compares a path's bytes with
+        them, making no segment text and hashing none.  With ``masks`` (64
+        rules at most), keep each method's rules as a bit mask too."""
+        self.keys = None
+        if 0 < len(self.literal) <= 16 and all(k.isascii() for k in self.literal):
+            self.keys = tuple((k.encode("ascii"), child) for k, child in self.literal.items())
+        self.here_masks = self.tail_masks = None
+        if masks:
+            self.here_masks = {m: sum(1 << i for i in set(found)) for m, found in self.here.items()}
+            self.tail_masks = {m: sum(1 << i for i in set(found)) for m, found in self.tail.items()}
+
+
+cdef str _OTHER = "\0other"  # stands for every method no pattern names
+
+
+cdef inline str _upper(str method):
+    """``method.upper()``, without a call for the usual upper-case ASCII."""
+    cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(method)
+    cdef const char* p
+    if PyUnicode_IS_ASCII(method):
+        p = PyUnicode_DATA(method)
+        for i in range(n):
+            if b"a" <= p[i] <= b"z":
+                return method.upper()
+        return method
+    return method.upper()
+
+
+cpdef str normalize_path(str path):
+    """The path as routing sees it: no query, no empty or ``.`` segments,
+    ``..`` applied, no trailing slash.
+
+    Limits must not be dodged by writing ``/auth//session/login/`` for
+    ``/auth/session/login``: frameworks route both to the same handler.
+
+    Example:
+        >>> normalize_path("/auth//session/./login/?next=/")
+        '/auth/session/login'
+    """
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(path), i
+    cdef const char* p
+    cdef char c, prev
+    if n and PyUnicode_IS_ASCII(path):
+        p = PyUnicode_DATA(path)
+        if p[0] == b"/" and p[n - 1] != b"/":
+            prev = 0
+            for i in range(n):
+                c = p[i]
+                if c == b"?" or (prev == b"/" and (c == b"/" or c == b".")):
+                    break
+                prev = c
+            else:
+                return path  # the common case: nothing to do
+    cut = path.find("?")
+    if cut >= 0:
+        path = path[:cut]
+    if "//" in path or "/." in path or path[-1:] == "/" or path[:1] != "/":
+        segments = []
+        for s in path.split("/"):
+            if s == "" or s == ".":
+                continue
+            if s == "..":
+                if segments:
+                    segments.pop()
+                continue
+            segments.append(s)
+        path = "/" + "/".join(segments)
+    return path
+
+
+@cython.final
+cdef class RouteIndex:
+    """Every rule whose pattern matches ``(method, path)``, in the rules'
+    order, combined once per set of rules matched (``combine``)."""
+
+    def __init__(self, RouteNode root, dict exact, bint dynamic, list values, combine=None):
+        cdef list todo = [root]
+        cdef RouteNode node
+        self.masks = len(values) <= 64
+        while todo:  # a walk, not recursion: patterns may be thousands of segments deep
+            node = todo.pop()
+            node.seal(self.masks)
+            todo.extend(node.literal.values())
+            if node.param is not None:
+                todo.append(node.param)
+        self.root = root
+        self.combine = combine
+        self.exact = {path: {m: self._combined(found) for m, found in answers.items()}
+                      for path, answers in exact.items()}
+        self.dynamic = dynamic
+        self.values = values
+        self.combos = {}
+        self.empty = self._combined(())
+
+    cdef object _combined(self, tuple found):
+        return found if self.combine is None else self.combine(found)
+
+    cpdef object match(self, str method, str path):
+        """The rules of ``method path`` (combined, if the index combines)."""
+        cdef dict answers
+        path = normalize_path(path)
+        answers = self.exact.get(path)
+        if answers is not None:
+            found = answers.get(method)
+            if found is None:
+                upper = _upper(method)
+                found = answers.get(upper) if upper is not method else None
+                if found is None:
+                    found = answers[_OTHER]
+            return found
+        if not self.dynamic:
+            return self.empty
+        return self._walk(_upper(method), path)
+
+    def walk(self, str method, str path):
+        """The trie's answer for a normalized ``path`` and exactly ``method``."""
+        return self._walk(method, path)
+
+    cdef object _walk(self, str method, str path):
+        # ``path`` is normalized: "/" or "/a/b", no empty segments.  Segment
+        # k is path[starts[k]:starts[k + 1] - 1]; its text is made only when
+        # a node has literal children to look it up in.
+        cdef Py_ssize_t n = PyUnicode_GET_LENGTH(path), i = 1, j
+        cdef Py_ssize_t starts[MAX_SEGMENTS + 1]
+        cdef PyObject* texts[MAX_SEGMENTS]
+        cdef PyObject* nodes[MAX_SEGMENTS + 2]
+        cdef int depth[MAX_SEGMENTS + 2]
+        cdef int nseg = 0, top = 0, k
+        cdef RouteNode node
+        cdef uint64_t mask = 0
+        cdef bint ascii = PyUnicode_IS_ASCII(path)
+        cdef const char* data = PyUnicode_DATA(path) if ascii else NULL
+        cdef Py_ssize_t length
+        if not self.masks:
+            return self._walk_deep(method, path)
+        if n > 1:
+            if ascii:  # the usual path: split on its bytes
+                starts[0] = 1
+                texts[0] = NULL
+                nseg = 1
+                for j in range(1, n):
+                    if data[j] == b"/":
+                        if nseg == MAX_SEGMENTS:
+                            return self._walk_deep(method, path)
+                        starts[nseg] = j + 1
+                        texts[nseg] = NULL
+                        nseg += 1
+            else:
+                while True:
+                    if nseg == MAX_SEGMENTS:
+                        return self._walk_deep(method, path)
+                    starts[nseg] = i
+                    texts[nseg] = NULL
+                    nseg += 1
+                    j = PyUnicode_FindChar(path, 0x2F, i, n, 1)  # "/"
+                    if j < 0:
+                        break
+                    i = j + 1
+        starts[nseg] = n + 1
+        nodes[0] = <PyObject*>self.root
+        depth[0] = 0
+        top = 1
+        try:
+            while top:
+                top -= 1
+                node = <RouteNode>nodes[top]
+                k = depth[top]
+                if node.tail_masks:
+                    found = node.tail_masks.get(method) or node.tail_masks.get(_OTHER)
+                    if found:
+                        mask |= <uint64_t>found
+                if k == nseg:
+                    if node.here_masks:
+                        found = node.here_masks.get(method) or node.here_masks.get(_OTHER)
+                        if found:
+                            mask |= <uint64_t>found
+                    continue
+                if node.keys is not None and ascii:
+                    length = starts[k + 1] - 1 - starts[k]
+                    for pair in <tuple>node.keys:
+                        key = (<tuple>pair)[0]
+                        if PyBytes_GET_SIZE(key) == length and memcmp(
+                                PyBytes_AS_STRING(key), data + starts[k], length) == 0:
+                            nodes[top] = <PyObject*>(<tuple>pair)[1]
+                            depth[top] = k + 1
+                            top += 1
+                            break
+                elif node.literal:
+                    if texts[k] == NULL:
+                        text = PyUnicode_Substring(path, starts[k], starts[k + 1] - 1)
+                        Py_INCREF(text)  # held by texts[], released below
+                        texts[k] = <PyObject*>text
+                    child = node.literal.get(<object>texts[k])
+                    if child is not None:
+                        nodes[top] = <PyObject*>child
+                        depth[top] = k + 1
+                        top += 1
+                if node.param is not None:
+                    nodes[top] = <PyObject*>node.param
+                    depth[top] = k + 1
+                    top += 1
+        finally:
+            for k in range(nseg):
+                if texts[k] != NULL:
+                    Py_DECREF(<object>texts[k])
+        if mask == 0:
+            return self.empty
+        found = self.combos.get(mask)
+        if found is None:
+            found = self._combined(tuple(self.values[i] for i in range(64) if mask >> i & 1))
+            self.combos[mask] = found  # sets of at most 64 rules matched: a bounded few
+        return found
+
+    cdef object _walk_deep(self, str method, str path):
+        """The walk of a path of more segments than the fast walk holds."""
+        cdef list segments = path.split("/")  # ["", "a", "b"]
+        cdef Py_ssize_t end = len(segments)
+        cdef list hits = []
+        cdef list stack = [(self.root, 1)]
+        cdef RouteNode node
+        cdef Py_ssize_t i
+        while stack:
+            node, i = stack.pop()
+            if node.tail:
+                hits += node.tail.get(method) or node.tail.get(_OTHER) or ()
+            if i == end:
+                if node.here:
+                    hits += node.here.get(method) or node.here.get(_OTHER) or ()
+                continue
+            child = node.literal.get(segments[i])
+            if child is not None:
+                stack.append((child, i + 1))
+            if node.param is not None:
+                stack.append((node.param, i + 1))
+        if not hits:
+            return self.empty
+        return self._rules(hits)
+
+    cdef object _rules(self, list hits):
+        """What the rules of indices ``hits`` amount to (combined once per set)."""
+        key = tuple(sorted(set(hits)))
+        found = self.combos.get(key)
+        if found is None:
+            found = self._combined(tuple(self.values[i] for i in key))
+            if len(self.combos) < 4096:  # sets of rules, not paths: a bounded few
+                self.combos[key] = found
+        return found
+
+
+# -- what a policy's limits are --------------------------------------------------------
+
+@cython.final
+cdef class Bucket:
+    """One configured limit (an identity's or a route's): its name, default
+    rate, and the meter of each rate it has been used at (overrides and
+    tiers bring other rates; the bucket keeps one store name, so a key's
+    state, a time, carries over when its rate changes)."""
+
+    def __init__(self, str name, str bucket, rate, bint shadow, make_limiter):
+        self.name = name
+        self.bucket = bucket
+        self.rate = rate
+        self.shadow = shadow
+        self.make_limiter = make_limiter
+        self.meters = {}
+        self.default = None if rate is None else self.meter(rate)
+
+    cdef Meter meter(self, rate):
+        cdef Meter m = self.meters.get(rate)
+        if m is None:
+            m = self.meters[rate] = self.make_limiter(rate, self.bucket)._meter
+        return m
+
+    def limiter(self, rate):
+        """The Limiter of this bucket at ``rate``."""
+        return self.meter(rate).limit
+
+
+@cython.final
+cdef class RouteRule:
+    """A route limit: its bucket, the anonymous callers' bucket, and how it
+    is keyed."""
+
+    def __init__(self, spec, Bucket limit, Bucket anonymous):
+        self.spec = spec
+        self.limit = limit
+        self.anonymous = anonymous
+        self.per_ip = spec.per == "ip"
+        self.dedicated = spec.dedicated
+
+
+@cython.final
+cdef class Usage:
+    """Where a tier allowance applies (a UsageSpec), as the plan needs it."""
+
+    def __init__(self, spec, concurrency):
+        self.spec = spec
+        self.name = spec.name
+        self.kind = spec.kind
+        self.bytes = spec.name.endswith("_bytes")
+        self.concurrency = concurrency
+
+
+@cython.final
+cdef class RouteSet:
+    """What a set of matched rules amounts to: route limits, allowances,
+    and whether a route's bucket replaces the caller's own."""
+
+    def __init__(self, tuple rules, tuple usages):
+        cdef RouteRule r
+        self.rules = rules
+        self.usages = usages
+        self.dedicated = False
+        for r in rules:
+            self.dedicated |= r.dedicated
+        self.by_tier = {}
+
+    cdef TierUsage of(self, TierPlan tier, policy):
+        """What these routes' allowances are under ``tier`` (worked out once
+        per tier: tiers and customers are the policy's, a bounded few)."""
+        cdef TierUsage found = self.by_tier.get(tier)
+        cdef Usage u
+        if found is None:
+            quotas, leases, caps = [], [], []
+            for u in self.usages:
+                if u.kind == "quota":
+                    allowance = tier.spec.quotas.get(u.name)
+                    if allowance is not None:
+                        quotas.append((u.name, policy._quota(u.spec, allowance)._meter))
+                elif u.kind == "concurrency":
+                    n = tier.spec.concurrency.get(u.name)
+                    if n is not None:
+                        leases.append((u, n))
+                else:
+                    cap = tier.spec.caps.get(u.name)
+                    if cap is not None:
+                        caps.append((u, cap))
+            found = TierUsage.__new__(TierUsage)
+            found.quotas = tuple(quotas)
+            found.leases = tuple(leases) or None
+            found.caps = tuple(caps) or None
+            self.by_tier[tier] = found
+        return found
+
+
+@cython.final
+cdef class TierUsage:
+    """The allowances of some routes under one tier: quota meters, leases
+    (Usage, limit) and caps (Usage, maximum)."""
+
+
+@cython.final
+cdef class TierPlan:
+    """A tier (or one customer's contract) as the plan needs it: the rate
+    meter of its API keys, and its allowances."""
+
+    def __init__(self, spec, Bucket api):
+        self.spec = spec
+        self.api_access = spec.api_access
+        self.rate = spec.rate
+        self.meter = None if api is None or spec.rate is None else api.meter(spec.rate)
+        self.quotas = {}
+        self.rejected = f"tier {spec.name} has no API access"
+
+
+# -- the decision path ------------------------------------------------------------------
+
+cdef enum:
+    K_ANONYMOUS = 0
+    K_SESSION = 1
+    K_TOKEN = 2
+    K_API_KEY = 3
+
+
+cdef tuple _KIND_NAMES = ("anonymous", "session", "token", "api_key")
+
+
+cdef inline int _kind_code(kind) noexcept:
+    """An identity kind's code; the names are interned, so identity
+    usually decides before equality is asked."""
+    if kind is "api_key" or kind == "api_key":
+        return K_API_KEY
+    if kind is "session" or kind == "session":
+        return K_SESSION
+    if kind is "token" or kind == "token":
+        return K_TOKEN
+    return K_ANONYMOUS
+
+
+cdef inline str _need_ip(object client_ip, str limit):
+    if not client_ip:
+        raise ValueError(f"limit {limit!r} is counted per source IP: pass client_ip")
+    return client_ip
+
+
+@cython.final
+cdef class Plan:
+    """The compiled decision path of one :class:`~fastlimit.Policy` (its
+    ``hit``, ``peek`` and ``resolve``); see the module docs."""
+
+    def __init__(self, policy, dict identities, RouteIndex routes, dict tiers, dict customers,
+                 overrides, wall_clock, style, dict responses, dict concurrency_retry, *,
+                 bint api_tiers, identity_type, resolution_type, check_type, result_type):
+        self.policy = policy
+        self.resolution_type = resolution_type
+        self.check_type = check_type
+        self.result_type = result_type
+        self.identities = identities
+        self.routes = routes
+        self.tiers = tiers
+        self.customers = customers
+        self.overrides = overrides
+        self.generation = overrides._generation
+        self.seen = self.generation.value()
+        self.override_limits = overrides.limits
+        self.wall_clock = wall_clock
+        self.identity_type = identity_type
+        self.fields = style._fields
+        self.responses = responses
+        self.concurrency_retry = concurrency_retry
+        self.spread = 0
+        self.api = identities.get("api_key")
+        self.api_tiers = api_tiers
+        self.by_kind = tuple(identities.get(name) for name in _KIND_NAMES)
+
+    # -- resolving ------------------------------------------------------------------
+
+    cdef int _watch(self) except -1:
+        """Pick up overrides other processes (or this one) changed."""
+        cdef uint64_t gen = self.generation.value()
+        if gen != self.seen:
+            self.overrides.refresh()
+            self.override_limits = self.overrides.limits
+            self.seen = gen
+        return 0
+
+    cdef Meter _rate_meter(self, Bucket b, Meter given, rate, str key):
+        """The meter of ``b`` for ``key``: its override's rate, if any."""
+        if self.override_limits and b.name in self.override_limits:
+            found = self.overrides.rate_for(b.name, key)
+            if found is not None:
+                return b.meter(found)
+        return given if given is not None or rate is None else b.meter(rate)
+
+    cdef TierPlan _tier(self, tuple identity):
+        account = identity[3]
+        if account is not None and self.customers:
+            found = self.customers.get(account)
+            if found is not None:
+                return found
+        found = self.tiers.get(identity[2] or "")
+        if found is None:
+            raise ValueError(f"unknown tier {identity[2]!r}; this policy has: "
+                             f"{', '.join(self.tiers)}")
+        return found
+
+    cdef PolicyDecision _resolve(self, method, path, identity, client_ip):
+        """A decision holding the limits the request is subject to, nothing counted."""
+        cdef PolicyDecision d = PolicyDecision.__new__(PolicyDecision)
+        cdef RouteSet rs
+        cdef RouteRule r
+        cdef TierUsage usage
+        cdef Bucket b
+        cdef Meter m = None
+        cdef TierPlan tier = None
+        cdef int kind = K_ANONYMOUS
+        cdef Hit first = None, h
+        cdef list more = None
+        cdef tuple fields
+        d.plan = self
+        d.binding_ = -2
+        d.denied_at = -1
+        self._watch()
+        if type(method) is not str or type(path) is not str:
+            raise TypeError(f"method and path must be str, got {method!r} and {path!r}")
+        rs = self.routes.match(method, path)
+        subject = None
+        rate = None
+        rejected = None
+        if identity is not None:
+            if type(identity) is not self.identity_type and not isinstance(
+                    identity, self.identity_type):
+                raise TypeError(f"identity must be a fastlimit.Identity (or None for an "
+                                f"anonymous caller), got {identity!r}")
+            fields = <tuple>identity  # an Identity is a tuple: its fields without __getitem__
+            subject = fields[1]
+            if subject:
+                kind = _kind_code(fields[0])
+            if kind == K_API_KEY:
+                subject = fields[3] or subject  # per account, when given
+                if self.api_tiers:
+                    tier = self._tier(fields)
+                    if tier.api_access:
+                        m = tier.meter
+                        rate = tier.rate
+                    else:
+                        # The seed: invalid keys get the anonymous limit, and
+                        # a key of a tier without API access is such.
+                        rejected = tier.rejected
+                        tier = None
+                        kind = K_ANONYMOUS
+            if kind == K_ANONYMOUS:
+                subject = None
+        d.rejected_ = rejected
+        d.tier_ = None if tier is None else tier.spec
+        b = <Bucket>self.by_kind[kind]
+        if b is not None and not rs.dedicated:
+            d.applied = _KIND_NAMES[kind]
+            key = subject if subject is not None else _need_ip(client_ip, b.name)
+            if m is None and tier is None:
+                m, rate = b.default, b.rate
+            m = self._rate_meter(b, m, rate, key)
+            if m is not None:
+                first = new_hit(m, key, b.name, b.shadow)
+        for r in rs.rules:
+            b = r.anonymous if kind == K_ANONYMOUS and r.anonymous is not None else r.limit
+            key = _need_ip(client_ip, b.name) if r.per_ip or subject is None else subject
+            h = new_hit(self._rate_meter(b, b.default, b.rate, key), key, b.name, b.shadow)
+            if first is None:
+                first = h
+            elif more is None:
+                more = [first, h]
+            else:
+                more.append(h)
+        if tier is not None and subject is not None and rs.usages:
+            usage = rs.of(tier, self.policy)
+            for name, m in usage.quotas:
+                h = new_hit(m, subject, name, False)
+                if first is None:
+                    first = h
+                elif more is None:
+                    more = [first, h]
+                else:
+                    more.append(h)
+            d.subject = subject
+            d.leases = usage.leases
+            d.caps = usage.caps
+        # a tuple: one allocation (and Python's tuple free list) for the usual one hit
+        d.hits = tuple(more) if more is not None else (() if first is None else (first,))
+        return d
+
+    # -- counting -------------------------------------------------------------------
+
+    cdef PolicyDecision decide(self, method, path, identity, client_ip, cost,
+                               content_length, files, bint consume):
+        """The decision on a request: what ``hit`` (``consume``) and ``peek`` answer."""
+        cdef PolicyDecision d = self._resolve(method, path, identity, client_ip)
+        cdef Usage u
+        cdef int64_t wall = wall_now(self.wall_clock)
+        d.wall_ns = wall
+        if not consume:
+            return d._count(cost, False)
+        if d.caps is not None:
+            for u, cap in d.caps:
+                size = content_length if u.bytes else files
+                if size is not None and size > cap:
+                    d._count(cost, False)
+                    return d._deny("too_large", u.name)
+        if d.leases is not None:
+            for u, n in d.leases:
+                if not d._take(u.concurrency, d.subject, n, self.spread):
+                    d.release()
+                    d._count(cost, False)
+                    return d._deny("concurrency", u.name)
+                self.spread += 1
+        try:
+            d._count(cost, True)
+        except BaseException:
+            d.release()
+            raise
+        if not d.allowed:
+            d.release()
+        if d.shadows:
+            self.policy._report_shadow(d, method, path)
+        return d
+
+    def hit(self, method, path, identity=None, client_ip=None, *, cost=1,
+            content_length=None, files=None):
+        """``Policy.hit``."""
+        return self.decide(method, path, identity, client_ip, cost, content_length, files, True)
+
+    def peek(self, method, path, identity=None, client_ip=None, *, cost=1):
+        """``Policy.peek``."""
+        return self.decide(method, path, identity, client_ip, cost, None, None, False)
+
+    def resolve(self, method, path, identity=None, client_ip=None):
+        """``Policy.resolve``."""
+        return self._resolve(method, path, identity, client_ip).resolution
+
+
+@cython.freelist(64)
+@cython.final
+cdef class PolicyDecision:
+    """The answer to one request under a policy.
+
+    Attributes:
+        allowed: whether to serve the request (shadow limits never deny).
+        kind: what denied: ``"rate"``, ``"quota"``, ``"concurrency"`` or
+            ``"too_large"``; None when allowed.
+        resolution: the limits that applied (:class:`~fastlimit.Resolution`).
+        result: the composite outcome, one Decision per limit.
+
+    The headers describe the most restrictive enforced limit, once; a
+    denial adds ``Retry-After`` and has a :attr:`status` and :attr:`body`.
+    """
+
+    cdef PolicyDecision _count(self, cost, bint consume):
+        """Count (or peek) the rates and quotas; set the verdict."""
+        cdef Hit h
+        self.denied_at = count(self.hits, cost, consume, self.wall_ns)
+        self.allowed = self.denied_at < 0
+        if not self.allowed:
+            h = self.hits[self.denied_at]
+            self.kind = "quota" if h.meter.kind == KIND_QUOTA else "rate"
+        for h in self.hits:
+            if h.shadow_denied:
+                self.shadows = True
+                break
+        return self
+
+    cdef PolicyDecision _deny(self, str kind, str by):
+        self.allowed = False
+        self.kind = kind
+        self.denied_by = by
+        return self
+
+    cdef bint _take(self, limit, key, n, int64_t spread) except -1:
+        """A lease of ``limit`` (a ConcurrencyLimit) for ``key``, held by this
+        decision; False if every one is held."""
+        slots = limit._leases
+        if type(slots) is Leases:
+            token = (<Leases>slots).acquire_(key, n, spread)
+        else:
+            token = slots.acquire(key, n, spread)
+        if token >= 0:
+            if self.held is None:
+                self.held = []
+            self.held.append((slots, key, token))
+            return True
+        return token == -2  # Acquired.UNRECORDED: admitted, nothing to give back
+
+    # -- what the request is subject to -------------------------------------------------
+
+    @property
+    def resolution(self):
+        """The limits the request is subject to, in the order they are hit."""
+        if self.resolution_ is None:
+            check = self.plan.check_type
+            self.resolution_ = self.plan.resolution_type(
+                tuple(check(h.name, h.meter.limit, h.key, h.shadow) for h in self.hits),
+                self.applied, self.rejected_, self.tier_,
+                tuple((u.name, u.concurrency, self.subject, n) for u, n in self.leases or ()),
+                tuple((u.name, cap) for u, cap in self.caps or ()))
+        return self.resolution_
+
+    @property
+    def checks(self):
+        return self.resolution.checks
+
+    @property
+    def result(self):
+        """The composite outcome (a :class:`~fastlimit.CompositeResult`)."""
+        cdef Hit h
+        if self.result_ is None:
+            self.result_ = self.plan.result_type(
+                self.denied_at < 0, tuple(h.result() for h in self.hits),
+                None if self.denied_at < 0 else self.denied_at,
+                tuple(i for i, h in enumerate(self.hits) if h.shadow_denied))
+        return self.result_
+
+    @property
+    def rejected(self):
+        """Why the credential was treated as invalid (see ``Resolution``)."""
+        return self.rejected_
+
+    @property
+    def would_allow(self):
+        """Whether it would pass with shadow limits enforced too."""
+        return self.allowed and not self.shadows
+
+    def __bool__(self):
+        return self.allowed
+
+    # -- the limit headers describe -----------------------------------------------------
+
+    cdef int _binding(self):
+        cdef Hit h
+        cdef fl_answer* answers[16]
+        cdef int found[16]
+        cdef int i, n = 0
+        if self.binding_ == -2:
+            self.binding_ = -1
+            for i in range(len(self.hits)):
+                h = self.hits[i]
+                if h.done and not h.shadow:
+                    if n == 16:  # more limits than any policy has: the first 16
+                        break
+                    answers[n] = &h.a
+                    found[n] = i
+                    n += 1
+            if n:
+                self.binding_ = found[binding(answers, n)]
+        return self.binding_
+
+    @property
+    def binding(self):
+        """Index of the most restrictive enforced limit, or None if none applied."""
+        i = self._binding()
+        return None if i < 0 else i
+
+    @property
+    def limit(self):
+        """Name of the limit the headers describe (on a denial: the one
+        that makes the client wait longest)."""
+        i = self._binding()
+        return None if i < 0 else (<Hit>self.hits[i]).name
+
+    @property
+    def decision(self):
+        """The Decision of :attr:`limit`."""
+        i = self._binding()
+        return None if i < 0 else (<Hit>self.hits[i]).decision()
+
+    # -- the answer ------------------------------------------------------------------
+
+    cdef list fields(self, bint raw):
+        """The rate-limit header fields (raw: as ASGI bytes)."""
+        cdef list out
+        cdef int i
+        if self.kind == "too_large":
+            return []
+        i = self._binding()
+        out = [] if i < 0 else self._render(i, raw)
+        if self.kind == "concurrency":
+            out.append((b"retry-after", str(self.retry_after).encode()) if raw
+                       else ("Retry-After", str(self.retry_after)))
+        return out
+
+    cdef list _render(self, int i, bint raw):
+        cdef Hit h = self.hits[i]
+        cdef Window w
+        h.meter.window_at(self.wall_ns, &w)
+        return self.plan.fields.fields(&h.a, h.name, &w, self.wall_ns, raw)
+
+    @property
+    def headers(self):
+        """Rate-limit headers to send, each once; empty when no enforced
+        limit applied (e.g. an unlimited tier) and on a 413."""
+        if self.headers_ is None:
+            self.headers_ = self.fields(False)
+        return self.headers_
+
+    def raw_headers(self):
+        """:attr:`headers` as ASGI raw pairs (lower-case names, bytes)."""
+        return self.fields(True)
+
+    def render(self, int index):
+        """The headers limit ``index`` alone would produce."""
+        cdef Hit h = self.hits[index]
+        if not h.done:
+            raise ValueError(f"limit {h.name!r} has no decision")
+        return self._render(index, False)
+
+    @property
+    def retry_after(self):
+        """Seconds to wait (the Retry-After value) when denied, else None
+        (and None on a 413: waiting does not help)."""
+        cdef Hit h
+        cdef Window w
+        if self.allowed or self.kind == "too_large":
+            return None
+        if self.kind == "concurrency":
+            return max(1, math.ceil(self.plan.concurrency_retry[self.denied_by]))
+        i = self._binding()
+        if i < 0:
+            return None
+        h = self.hits[i]
+        h.meter.window_at(self.wall_ns, &w)
+        return retry_seconds(&h.a, &w)
+
+    @property
+    def status(self):
+        """The status to answer a denial with (429, or 413 for a cap,
+        unless configured)."""
+        return None if self.kind is None else self._response().status
+
+    @property
+    def content_type(self):
+        return self._response().content_type
+
+    @property
+    def body(self):
+        """The denial's body (JSON by default), or None when allowed."""
+        if self.kind is None:
+            return None
+        name = self.denied_by or self.limit or ""
+        return self._response().render(retry_after=self.retry_after or 0, limit=name)
+
+    cdef object _response(self):
+        return self.plan.responses[self.kind or "rate"]
+
+    # -- in flight --------------------------------------------------------------------
+
+    @property
+    def holding(self):
+        """Whether :meth:`release` has something to give back."""
+        return bool(self.held)
+
+    cpdef release(self):
+        """End the request: give back what it holds while in flight (its
+        concurrency leases).  Call it once the response is sent; calling it
+        again, or on a denial, does nothing."""
+        held, self.held = self.held, None
+        if held:
+            for slots, key, token in held:
+                if type(slots) is Leases:
+                    (<Leases>slots).give_back(key, token)
+                else:
+                    slots.release(key, token)
+
+    def __repr__(self):
+        by = self.denied_by or self.limit
+        state = "allowed" if self.allowed else f"denied ({self.kind}) by {by!r}"
+        return f"<PolicyDecision {state} limits={[(<Hit>h).name for h in self.hits]}>"

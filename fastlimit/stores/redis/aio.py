@@ -1,0 +1,231 @@
+"""The asyncio Redis backend (redis.asyncio): :class:`AsyncRedisBackend`
+and its state objects, whose methods are coroutines driving the same plans
+as the sync backend (:mod:`.plans`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+try:
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.asyncio.retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
+
+from fastlimit._core import Decision
+from fastlimit.core.results import Step
+from fastlimit.stores.redis.common import (
+    ON_FULL_OF_FAIL,
+    BackendBase,
+    Fail,
+    Failure,
+    Key,
+    Plan,
+    T,
+    check_fail,
+)
+from fastlimit.stores.redis.plans import HIT_ALL_DOC, Check, QuotaPlans, RateSpec, hit_all
+
+if TYPE_CHECKING:
+    from fastlimit.limiters.aio import AsyncLimiter, AsyncQuota
+    from fastlimit.stores.table import OnFull
+
+__all__ = ["AsyncRedisBackend", "AsyncRedisGcra", "AsyncRedisQuotaCounter"]
+
+
+class AsyncRedisGcra:
+    """One limiter's GCRA on Redis for asyncio: the store contract's
+    AsyncRateState (what :class:`~fastlimit.limiters.aio.AsyncLimiter` binds)."""
+
+    def __init__(self, backend: AsyncRedisBackend, spec: RateSpec) -> None:
+        self._run = backend._run
+        self._spec = spec
+        self.name = spec.name
+        self.emission_interval_ns = spec.T
+        self.burst = spec.burst
+        self.tolerance_ns = spec.tau
+        self.clock = spec.clock
+        self.fail = spec.fail
+        self.on_full = spec.on_full
+
+    async def allow(self, key: Key, cost: int = 1) -> bool:
+        return await self._run(self._spec.allow(key, cost))
+
+    async def hit(self, key: Key, cost: int = 1) -> Decision:
+        return await self._run(self._spec.check(key, cost, None))
+
+    async def peek(self, key: Key, cost: int = 1) -> Decision:
+        return await self._run(self._spec.check(key, cost, False))
+
+    async def refund(self, key: Key, cost: int = 1) -> bool:
+        return await self._run(self._spec.refund(key, cost))
+
+    async def reset(self, key: Key) -> None:
+        await self._run(self._spec.reset(key))
+
+    async def hit_many(self, keys: Iterable[Key] | npt.NDArray[np.integer[Any]],
+                       cost: int = 1) -> npt.NDArray[np.bool_]:
+        return await self._run(self._spec.hit_many(keys, cost))
+
+    def __repr__(self) -> str:
+        return (f"<AsyncRedisGcra {self.name!r} T={self.emission_interval_ns}ns "
+                f"burst={self.burst}>")
+
+
+class AsyncRedisQuotaCounter:
+    """One quota's counts on Redis for asyncio: the store contract's
+    AsyncQuotaCounts."""
+
+    def __init__(self, backend: AsyncRedisBackend, plans: QuotaPlans) -> None:
+        self._run = backend._run
+        self._plans = plans
+        self.name = plans.name
+        self.limit = plans.limit
+        self.on_full = plans.on_full
+        self.retry_after_ns = plans.retry_after_ns
+
+    async def step(self, key: Key, tag: int, cost: int, mode: int,
+                   left_ns: int = 0) -> tuple[Step, int]:
+        return await self._run(self._plans.step(key, tag, cost, mode, left_ns))
+
+    async def answer(self, key: Key, tag: int, cost: int, mode: int,
+                     left_ns: int = 0) -> Decision:
+        return await self._run(self._plans.answer(key, tag, cost, mode, left_ns))
+
+    async def reset(self, key: Key) -> None:
+        await self._run(self._plans.reset(key))
+
+    def __repr__(self) -> str:
+        return f"<AsyncRedisQuotaCounter {self.name!r} limit={self.limit}>"
+
+
+class AsyncRedisBackend(BackendBase):
+    """:class:`~fastlimit.RedisBackend` for asyncio code, on redis.asyncio:
+    the same options, keys, scripts and decisions.  Limiters come from
+    :meth:`limiter` and quotas from :meth:`quota` (or
+    :class:`~fastlimit.limiters.aio.AsyncLimiter` and ``AsyncQuota`` with it
+    as their store); their methods are coroutines.  (ConcurrencyLimit takes
+    a sync RedisBackend, and works in asyncio code with ``async with``.)
+    Make it in the loop that uses it.
+
+    Example:
+        >>> backend = AsyncRedisBackend("redis://127.0.0.1:6379/0")  # doctest: +SKIP
+        >>> api = backend.limiter("100/1h", name="api")  # doctest: +SKIP
+        >>> await api.allow("user:42")  # doctest: +SKIP
+        True
+    """
+
+    _client_types = (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
+    _client_name = "redis.asyncio.Redis"
+    _cluster_type = redis.asyncio.cluster.RedisCluster
+
+    def _from_url(self, url: str, options: dict[str, Any]) -> Any:
+        options.setdefault("retry", redis.asyncio.retry.Retry(NoBackoff(), 0))
+        return redis.asyncio.Redis.from_url(url, **options)
+
+    @property
+    def client(self) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
+        """The redis.asyncio client in use."""
+        client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster = self._client
+        return client
+
+    # -- the store contract (asyncio) ---------------------------------------------
+
+    def rate_state(self, name: str, emission_interval_ns: int, burst: int, *,
+                   clock: Callable[[], int] | None = None,
+                   on_full: OnFull | None = None) -> AsyncRedisGcra:
+        """GCRA state of the limiter ``name``, with coroutine methods."""
+        return AsyncRedisGcra(self, RateSpec(self, name, emission_interval_ns, burst, clock,
+                                             self._fail_of(on_full)))
+
+    def quota_counts(self, name: str, limit: int, *,
+                     on_full: OnFull | None = None) -> AsyncRedisQuotaCounter:
+        """Calendar counts of the quota ``name``, with coroutine methods."""
+        return AsyncRedisQuotaCounter(
+            self, QuotaPlans(self, name, limit, self._fail_of(on_full)))
+
+    def limiter(self, rate: Any, *, name: str = "default", burst: int | None = None,
+                clock: Callable[[], int] | None = None,
+                fail: Fail | None = None) -> AsyncLimiter:
+        """An :class:`~fastlimit.limiters.aio.AsyncLimiter` on this backend;
+        ``fail`` overrides the backend's failure policy for it."""
+        from fastlimit.limiters.aio import AsyncLimiter  # a convenience over the layer above
+
+        on_full = None if fail is None else ON_FULL_OF_FAIL[check_fail(fail)]
+        return AsyncLimiter(rate, self, name=name, burst=burst, clock=clock,
+                            on_full=on_full)  # type: ignore[arg-type]
+
+    def quota(self, spec: Any, *, name: str = "quota", tz: Any = "UTC",
+              clock: Callable[[], int] | None = None,
+              fail: Fail | None = None) -> AsyncQuota:
+        """An :class:`~fastlimit.limiters.aio.AsyncQuota` on this backend;
+        ``fail`` overrides the backend's failure policy for it."""
+        from fastlimit.limiters.aio import AsyncQuota  # a convenience over the layer above
+
+        on_full = None if fail is None else ON_FULL_OF_FAIL[check_fail(fail)]
+        return AsyncQuota(spec, self, name=name, tz=tz, clock=clock,
+                          on_full=on_full)  # type: ignore[arg-type]
+
+    # -- driving plans ----------------------------------------------------------------
+
+    async def _run(self, plan: Plan[T]) -> T:
+        try:
+            request = next(plan)
+            while True:
+                try:
+                    reply = await self._eval(*request)
+                except Failure as f:
+                    request = plan.throw(f)
+                else:
+                    request = plan.send(reply)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def _eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
+        skipped = self._skip()
+        if skipped is not None:
+            raise skipped
+        try:
+            reply = await self._scripts[script](keys=keys, args=args)
+        except (RedisError, OSError) as e:
+            raise self._failure(e) from e
+        self._success()
+        return [int(x) for x in reply.split()]
+
+    async def hit_all(self, checks: Iterable[Check]) -> list[Decision | None]:
+        return await self._run(hit_all(self, checks, AsyncRedisGcra))
+
+    hit_all.__doc__ = HIT_ALL_DOC
+
+    async def ping(self) -> bool:
+        """Ask Redis now: True if it answers (ending a marked-down period)."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as e:
+            self._failure(e)
+            return False
+        self._success()
+        return True
+
+    async def aclose(self) -> None:
+        """Close the connections of a client made from a URL."""
+        if self._url is not None:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncRedisBackend:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<AsyncRedisBackend {self.address} prefix={self.prefix!r} fail={self.fail!r}>"

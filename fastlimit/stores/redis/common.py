@@ -1,0 +1,436 @@
+"""What the sync and asyncio Redis backends share: options, the failure
+state (counters, rate-limited warnings, the marked-down period) and the
+script calls' arguments.  The operations themselves are sans-I/O plans
+(:mod:`.plans`) that each backend drives with its client."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+
+try:
+    from redis.crc import key_slot
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
+
+from fastlimit.errors import BackendError, ConfigurationError
+from fastlimit.limiters.rate import NS_PER_S
+from fastlimit.stores.contract import Kind as StateKind
+from fastlimit.stores.table import SharedTable
+
+__all__ = ["DEFAULT_LEASE_TTL", "SCRIPTS", "BackendBase", "Fail", "Failure", "Keyspace",
+           "RedisStats"]
+
+log = logging.getLogger("fastlimit")
+
+Key = str | bytes | int
+Fail = Literal["open", "closed", "raise"]
+HashTag = Callable[[str, Key], str | bytes]
+T = TypeVar("T")
+# A script call: the script's name (a key of SCRIPTS), its keys, its args.
+Call = tuple[str, list[bytes], list[bytes]]
+# an operation: yields script calls, is sent their replies
+Plan = Generator[Call, list[int], T]
+
+
+def _lua(name: str) -> str:
+    return importlib.resources.files("fastlimit.stores.redis").joinpath("lua", name).read_text(
+        "utf-8")
+
+
+# The scripts, shipped as package data: the GCRA of limiters, calendar-quota
+# steps and concurrency leases.  Each call runs one of them, atomically.
+SCRIPTS: dict[str, str] = {
+    "gcra": _lua("gcra.lua"),
+    "quota": _lua("quota.lua"),
+    "leases": _lua("leases.lua"),
+}
+
+_FAILS = ("open", "closed", "raise")
+# the byte between a name and the key's hash tag, by kind (see Keyspace)
+_KINDS: dict[str, bytes] = {"rate": b"", "quota": b"quota", "concurrency": b"lease",
+                            "lease": b"lease"}
+_ALL_KINDS: frozenset[StateKind] = frozenset({"rate", "quota", "concurrency"})
+# A Limiter's on_full, when given, overrides the backend's policy for it:
+# "the store cannot answer" is what both mean.
+FAIL_OF_ON_FULL: dict[str, Fail] = {"allow": "open", "deny": "closed", "raise": "raise"}
+ON_FULL_OF_FAIL: dict[str, str] = {"open": "allow", "closed": "deny", "raise": "raise"}
+# Seconds a concurrency lease counts without a renew (RedisBackend(lease_ttl=)).
+DEFAULT_LEASE_TTL = 60.0
+# Keys per script call in hit_many: one call blocks the server while it runs.
+_CHUNK = 1000
+_U64 = 1 << 64
+
+
+@dataclass(frozen=True)
+class RedisStats:
+    """Counters of one backend object (this process only).
+
+    Attributes:
+        calls: script calls Redis answered.
+        errors: script calls that failed (timeout, connection, error reply).
+        skipped: script calls not attempted because Redis was marked down
+            (within ``retry_interval`` of a failure).
+        failed_open: checks allowed by the failure policy.
+        failed_closed: checks denied by the failure policy.
+        raised: BackendErrors raised (``fail="raise"``).
+        cache_hits: checks denied by the local deny cache, with no round trip.
+        down: whether the last call failed.
+        last_error: the last failure, as text.
+    """
+
+    calls: int
+    errors: int
+    skipped: int
+    failed_open: int
+    failed_closed: int
+    raised: int
+    cache_hits: int
+    down: bool
+    last_error: str | None
+
+
+class Failure(Exception):
+    """A call Redis did not answer; ``cause`` is redis-py's exception."""
+
+    def __init__(self, message: str, cause: BaseException | None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def split_ns(ns: int) -> tuple[int, int]:
+    # the script's time representation: whole seconds and nanoseconds
+    return divmod(ns, NS_PER_S)
+
+
+def check_fail(fail: Any) -> Fail:
+    if fail not in _FAILS:
+        raise ConfigurationError(f"fail must be one of 'open', 'closed', 'raise', got {fail!r}")
+    result: Fail = fail
+    return result
+
+
+def _check_timeout(what: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigurationError(f"{what} must be a number of seconds > 0 or None, got {value!r}")
+    return float(value)
+
+
+def no_braces(what: str, text: Any) -> str:
+    if not isinstance(text, str) or not text:
+        raise ConfigurationError(f"{what} must be a non-empty str, got {text!r}")
+    if "{" in text or "}" in text:
+        raise ConfigurationError(
+            f"{what} {text!r} must not contain '{{' or '}}': the key part is the "
+            f"Redis Cluster hash tag")
+    return text
+
+
+def key_list(keys: Any) -> list[Key]:
+    if isinstance(keys, np.ndarray):
+        if keys.dtype.kind not in "iu":
+            raise TypeError(f"key arrays must hold integers, got dtype {keys.dtype}")
+        if keys.ndim != 1:
+            raise ValueError(f"key arrays must be one-dimensional, got shape {keys.shape}")
+        as_ints: list[Key] = np.ascontiguousarray(keys).astype(np.uint64, copy=False).tolist()
+        return as_ints
+    return keys if isinstance(keys, list) else list(keys)
+
+
+class Keyspace:
+    """One name on one backend, for one kind of state: its Redis keys and
+    its failure policy.  Limiters, quotas and concurrency limits build on
+    it, and each of their operations is a plan (below), shared by the sync
+    and async front ends.
+
+    ``kind`` goes between the name and the key's hash tag: b"" for limiters
+    (``<prefix>:<name>:{<key>}``), b"quota" and b"lease" for the others
+    (``<prefix>:<name>:quota{<key>}``).  The byte before the first brace
+    tells the kinds apart (names have no braces), so a limiter and a quota
+    of one name never share a key, and all state of one user key still
+    shares its hash slot."""
+
+    def __init__(self, backend: BackendBase, name: str, fail: Fail, kind: bytes = b"",
+                 what: str = "a limiter name") -> None:
+        self.backend = backend
+        self.name = no_braces(what, name)
+        self.fail = fail
+        base = f"{backend.prefix}:{name}:".encode() + kind
+        self._base = base
+        self._str_base = base + b"{"
+        self._int_base = base + b"#{"
+        self._hash_tag = backend._hash_tag
+
+    def rkey(self, key: Key) -> bytes:
+        """The Redis key holding ``key``'s state (see the module docstring)."""
+        if isinstance(key, str):
+            kb, is_int = key.encode("utf-8"), False
+        elif isinstance(key, bytes):
+            kb, is_int = key, False
+        elif isinstance(key, int):
+            if not -(1 << 63) <= key < _U64:
+                raise ValueError(f"int keys must fit in 64 bits, got {key}")
+            kb, is_int = b"%d" % (key % _U64), True
+        else:
+            raise TypeError(f"keys must be str, bytes or int, got {type(key).__name__}")
+        if self._hash_tag is None:
+            return (self._int_base if is_int else self._str_base) + kb + b"}"
+        tag = self._hash_tag(self.name, key)
+        tb = tag.encode("utf-8") if isinstance(tag, str) else tag
+        if not isinstance(tb, bytes) or not tb or b"}" in tb or b"{" in tb:
+            raise ConfigurationError(
+                f"hash_tag returned {tag!r} for key {key!r}: it must be a non-empty str "
+                f"or bytes without braces")
+        # the tag ends at the first '}', so what follows is the key verbatim
+        return self._base + b"{" + tb + (b"}#" if is_int else b"}:") + kb
+
+    def failed_allows(self, failure: Failure, checks: int = 1) -> bool:
+        """Whether the failure policy allows ``checks`` checks Redis could
+        not answer (counted); raises BackendError under ``"raise"``."""
+        self.raise_if_loud(failure)
+        self.backend._count("failed_open" if self.fail == "open" else "failed_closed", checks)
+        return self.fail == "open"
+
+    def raise_if_loud(self, failure: Failure) -> None:
+        if self.fail == "raise":
+            self.backend._count("raised")
+            raise BackendError(str(failure)) from failure.cause
+
+    def forget(self, key: Key) -> None:
+        """Drop what is known locally about ``key`` (a limiter's deny cache)."""
+
+    def reset(self, key: Key) -> Plan[None]:
+        rkey = self.rkey(key)
+        self.forget(key)
+        try:
+            # gcra.lua's 'reset' deletes its keys, whatever they hold
+            yield "gcra", [rkey], [b"reset"]
+        except Failure as f:
+            self.raise_if_loud(f)
+
+
+class BackendBase:
+    """Options, counters, logging and the failure state shared by the sync
+    and async backends."""
+
+    _cluster: bool
+    _client: Any
+
+    # what a subclass talks to Redis with: its clients' types, and how it
+    # makes one from a URL (redis-py's sync or asyncio client)
+    _client_types: tuple[type, ...]
+    _client_name: str
+    _cluster_type: type
+
+    def __init__(
+        self,
+        url_or_client: Any = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "fastlimit",
+        fail: Fail = "open",
+        connect_timeout: float | None = 0.5,
+        timeout: float | None = 0.5,
+        deny_cache: SharedTable | None = None,
+        hash_tag: HashTag | None = None,
+        retry_interval: float = 1.0,
+        log_interval: float = 10.0,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        **redis_options: Any,
+    ) -> None:
+        self.prefix = no_braces("prefix", prefix)
+        self.fail: Fail = check_fail(fail)
+        self.connect_timeout = _check_timeout("connect_timeout", connect_timeout)
+        self.timeout = _check_timeout("timeout", timeout)
+        if deny_cache is not None and not isinstance(deny_cache, SharedTable):
+            raise ConfigurationError(
+                f"deny_cache must be a SharedTable or None, got {deny_cache!r}")
+        if hash_tag is not None and not callable(hash_tag):
+            raise ConfigurationError(f"hash_tag must be callable or None, got {hash_tag!r}")
+        for what, value in (("retry_interval", retry_interval), ("log_interval", log_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigurationError(f"{what} must be a number of seconds >= 0, got {value!r}")
+        if (isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float))
+                or not 0.001 <= lease_ttl <= 365 * 86400):
+            raise ConfigurationError(
+                f"lease_ttl must be a number of seconds from 0.001 to 365 days, got {lease_ttl!r}")
+        self.lease_ttl = float(lease_ttl)
+        self._lease_ttl_ms = math.ceil(lease_ttl * 1000)
+        self._deny_table = deny_cache
+        self._hash_tag = hash_tag
+        self._retry_interval = float(retry_interval)
+        self._log_interval = float(log_interval)
+        self._url = url_or_client if isinstance(url_or_client, str) else None
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(
+            ("calls", "errors", "skipped", "failed_open", "failed_closed", "raised",
+             "cache_hits"), 0)
+        self._down = False
+        self._down_until = 0.0
+        self._last_error: str | None = None
+        self._next_log = 0.0
+        self._unlogged = 0
+        self._options = dict(
+            prefix=prefix, fail=fail, connect_timeout=connect_timeout, timeout=timeout,
+            deny_cache=deny_cache, hash_tag=hash_tag, retry_interval=retry_interval,
+            log_interval=log_interval, lease_ttl=lease_ttl, **redis_options)
+        if isinstance(url_or_client, str):
+            # No retries inside redis-py: a failure must reach the policy
+            # after one timeout, not after several with backoff between.
+            options: dict[str, Any] = dict(
+                socket_connect_timeout=self.connect_timeout, socket_timeout=self.timeout)
+            options.update(redis_options)
+            client = self._from_url(url_or_client, options)
+        elif isinstance(url_or_client, self._client_types):
+            if redis_options:
+                raise ConfigurationError("redis options go with a URL, not with a client")
+            client = url_or_client
+        else:
+            raise ConfigurationError(
+                f"{type(self).__name__} takes a URL or a {self._client_name} client, got "
+                f"{url_or_client!r}")
+        self._client = client
+        self._cluster = isinstance(client, self._cluster_type)
+        self._scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
+
+    def _from_url(self, url: str, options: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    @property
+    def kinds(self) -> frozenset[StateKind]:
+        """Redis holds every kind of state: rates, quotas and leases."""
+        return _ALL_KINDS
+
+    # -- public helpers -----------------------------------------------------------
+
+    def redis_key(self, name: str, key: Key, kind: str = "rate") -> bytes:
+        """The Redis key that holds ``key``'s state for the limiter (or
+        quota, or concurrency limit: ``kind``) ``name``.
+
+        Example:
+            >>> from fastlimit import RedisBackend
+            >>> RedisBackend("redis://127.0.0.1:6379/0").redis_key("api", "user:42")
+            b'fastlimit:api:{user:42}'
+            >>> RedisBackend("redis://127.0.0.1:6379/0").redis_key("ai", "acct", "quota")
+            b'fastlimit:ai:quota{acct}'
+        """
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be 'rate', 'quota' or 'concurrency', got {kind!r}")
+        return Keyspace(self, name, self.fail, _KINDS[kind]).rkey(key)
+
+    def stats(self) -> RedisStats:
+        """This process's counters: calls, failures, policy answers, cache hits."""
+        with self._lock:
+            return RedisStats(**self._counts, down=self._down, last_error=self._last_error)
+
+    @property
+    def deny_cache(self) -> SharedTable | None:
+        """The local deny cache, if any."""
+        return self._deny_table
+
+    @property
+    def address(self) -> str:
+        """Where Redis is, for messages (never with credentials)."""
+        if self._url is not None:
+            parts = urlsplit(self._url)
+            where = parts.hostname or parts.path or "?"
+            if parts.port:
+                where = f"{where}:{parts.port}"
+            return f"{parts.scheme}://{where}"
+        kw = getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {})
+        if "path" in kw:
+            return f"unix://{kw['path']}"
+        if "host" in kw:
+            return f"{kw['host']}:{kw.get('port', 6379)}"
+        return type(self._client).__name__
+
+    # -- failure state -------------------------------------------------------------
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[what] += n
+
+    def _skip(self) -> Failure | None:
+        """The failure to answer at once while Redis is marked down, or None."""
+        if not self._down or time.monotonic() >= self._down_until:
+            return None
+        with self._lock:
+            self._counts["skipped"] += 1
+            self._unlogged += 1
+        return Failure(f"Redis at {self.address} is marked down after {self._last_error}", None)
+
+    def _failure(self, exc: BaseException) -> Failure:
+        now = time.monotonic()
+        text = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self._counts["errors"] += 1
+            self._last_error = text
+            self._down = True
+            self._down_until = now + self._retry_interval
+            emit = now >= self._next_log
+            if emit:
+                unlogged, self._unlogged = self._unlogged, 0
+                self._next_log = now + self._log_interval
+            else:
+                self._unlogged += 1
+        if emit:
+            more = f"; {unlogged} more failures since the last warning" if unlogged else ""
+            log.warning(
+                "fastlimit: Redis at %s failed (%s); checks answer by their failure policy "
+                "(backend default fail=%r)%s", self.address, text, self.fail, more)
+        return Failure(f"Redis at {self.address} failed: {text}", exc)
+
+    def _success(self) -> None:
+        with self._lock:
+            self._counts["calls"] += 1
+            if not self._down:
+                return
+            self._down = False
+            unlogged, self._unlogged = self._unlogged, 0
+            self._next_log = 0.0
+        log.warning("fastlimit: Redis at %s answers again (%d failures since the last warning)",
+                    self.address, unlogged)
+
+    # -- building calls --------------------------------------------------------------
+
+    def _fail_of(self, on_full: str | None, fail: Fail | None = None) -> Fail:
+        """The failure policy of a limiter, quota or concurrency limit."""
+        if fail is None:
+            if on_full is not None and on_full not in FAIL_OF_ON_FULL:
+                raise ConfigurationError(
+                    f"on_full must be one of 'deny', 'allow', 'raise', got {on_full!r}")
+            fail = self.fail if on_full is None else FAIL_OF_ON_FULL[on_full]
+        return check_fail(fail)
+
+    def _args(self, mode: bytes, now: int | None,
+              groups: Sequence[Sequence[bytes]]) -> list[bytes]:
+        if now is None:
+            args = [mode, b"", b"", b"%d" % len(groups)]
+        else:
+            now_s, now_ns = split_ns(now)
+            args = [mode, b"%d" % now_s, b"%d" % now_ns, b"%d" % len(groups)]
+        for g in groups:
+            args.extend(g)
+        return args
+
+    def _batches(self, rkeys: Sequence[bytes], todo: list[int]) -> list[list[int]]:
+        """Indices of ``todo`` in script-sized batches, in order.  On a cluster
+        a script's keys must share a slot: batch per slot (a key's own checks
+        stay in order; checks of different keys are independent)."""
+        if not self._cluster:
+            return [todo[i:i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+        by_slot: dict[int, list[int]] = {}
+        for i in todo:
+            by_slot.setdefault(key_slot(rkeys[i]), []).append(i)
+        return [g[i:i + _CHUNK] for g in by_slot.values() for i in range(0, len(g), _CHUNK)]

@@ -1,0 +1,316 @@
+"""The sync Redis backend (redis-py): :class:`RedisBackend` and the state
+objects it hands out, which drive the plans of :mod:`.plans`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+try:
+    import redis
+    import redis.cluster
+    import redis.retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
+
+from fastlimit._core import Decision
+from fastlimit.core.results import Step
+from fastlimit.stores.redis.common import (
+    ON_FULL_OF_FAIL,
+    BackendBase,
+    Fail,
+    Failure,
+    Key,
+    Plan,
+    T,
+    check_fail,
+)
+from fastlimit.stores.redis.plans import (
+    HIT_ALL_DOC,
+    Check,
+    LeasePlans,
+    QuotaPlans,
+    RateSpec,
+    hit_all,
+)
+
+if TYPE_CHECKING:
+    from fastlimit.limiters.limiter import Limiter
+    from fastlimit.stores.table import OnFull
+
+__all__ = ["RedisBackend", "RedisGcra", "RedisLeases", "RedisQuotaCounter"]
+
+
+class RedisGcra:
+    """One limiter's GCRA on Redis: the store contract's RateState, what a
+    :class:`~fastlimit.Limiter` on a :class:`RedisBackend` binds."""
+
+    def __init__(self, backend: RedisBackend, spec: RateSpec) -> None:
+        self._run = backend._run
+        self._spec = spec
+        self.name = spec.name
+        self.emission_interval_ns = spec.T
+        self.burst = spec.burst
+        self.tolerance_ns = spec.tau
+        self.clock = spec.clock
+        self.fail = spec.fail
+        self.on_full = spec.on_full
+
+    def allow(self, key: Key, cost: int = 1) -> bool:
+        return self._run(self._spec.allow(key, cost))
+
+    def hit(self, key: Key, cost: int = 1) -> Decision:
+        return self._run(self._spec.check(key, cost, None))
+
+    def peek(self, key: Key, cost: int = 1) -> Decision:
+        return self._run(self._spec.check(key, cost, False))
+
+    def refund(self, key: Key, cost: int = 1) -> bool:
+        return self._run(self._spec.refund(key, cost))
+
+    def reset(self, key: Key) -> None:
+        self._run(self._spec.reset(key))
+
+    def hit_many(self, keys: Iterable[Key] | npt.NDArray[np.integer[Any]],
+                 cost: int = 1) -> npt.NDArray[np.bool_]:
+        return self._run(self._spec.hit_many(keys, cost))
+
+    def __repr__(self) -> str:
+        return f"<RedisGcra {self.name!r} T={self.emission_interval_ns}ns burst={self.burst}>"
+
+
+class RedisQuotaCounter:
+    """One quota's counts on Redis: the store contract's QuotaCounts, what a
+    :class:`~fastlimit.Quota` on a :class:`RedisBackend` counts with.  When
+    Redis fails, a step answers ``Step.NO_SLOT`` and the quota answers by
+    ``on_full`` (``"raise"`` raised BackendError here)."""
+
+    def __init__(self, backend: RedisBackend, plans: QuotaPlans) -> None:
+        self._run = backend._run
+        self._plans = plans
+        self.name = plans.name
+        self.limit = plans.limit
+        self.on_full = plans.on_full
+        self.retry_after_ns = plans.retry_after_ns
+
+    def step(self, key: Key, tag: int, cost: int, mode: int,
+             left_ns: int = 0) -> tuple[Step, int]:
+        return self._run(self._plans.step(key, tag, cost, mode, left_ns))
+
+    def answer(self, key: Key, tag: int, cost: int, mode: int, left_ns: int = 0) -> Decision:
+        return self._run(self._plans.answer(key, tag, cost, mode, left_ns))
+
+    def reset(self, key: Key) -> None:
+        self._run(self._plans.reset(key))
+
+    def __repr__(self) -> str:
+        return f"<RedisQuotaCounter {self.name!r} limit={self.limit}>"
+
+
+class RedisLeases:
+    """One concurrency limit's leases on Redis: the store contract's
+    LeaseSlots (and Renewable), what a :class:`~fastlimit.ConcurrencyLimit`
+    on a :class:`RedisBackend` takes.
+
+    Leases expire ``lease_ttl`` seconds after their acquire or last renew;
+    ``reclaimed`` counts the expired leases this process's acquires found
+    and dropped (a key whose leases have all expired is gone, Redis having
+    expired it: nothing to count)."""
+
+    def __init__(self, backend: RedisBackend, plans: LeasePlans) -> None:
+        self._run = backend._run
+        self._plans = plans
+        self.name = plans.name
+        self.on_full = plans.on_full
+
+    @property
+    def reclaimed(self) -> int:
+        return self._plans.reclaimed
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a lease counts without a renew."""
+        return self._plans.backend.lease_ttl
+
+    def acquire(self, key: Key, limit: int, start: int = 0) -> int:
+        # (start spreads acquirers over the table's lease slots; a set has none)
+        return self._run(self._plans.acquire(key, limit))
+
+    def release(self, key: Key, token: int) -> bool:
+        return self._run(self._plans.release(key, token))
+
+    def renew(self, key: Key, token: int) -> bool:
+        return self._run(self._plans.renew(key, token))
+
+    def in_flight(self, key: Key, limit: int) -> int:
+        return self._run(self._plans.in_flight(key))
+
+    def __repr__(self) -> str:
+        return f"<RedisLeases {self.name!r} ttl={self.ttl}s>"
+
+
+class RedisBackend(BackendBase):
+    """GCRA state in Redis, for limits shared by many hosts (sync, redis-py).
+
+    Pass it as a Limiter's ``store``: each check is then one Lua script on
+    Redis, with the shared table's exact decisions.  A Quota's or a
+    ConcurrencyLimit's ``store`` too, and a Policy's: then every limit it
+    enforces is shared by every host.
+
+    Args:
+        url_or_client: a ``redis://``, ``rediss://`` or ``unix://`` URL, or a
+            ``redis.Redis`` or ``redis.cluster.RedisCluster`` client (whose
+            own timeouts and retries then apply).
+        prefix: the first part of every key (no braces).
+        fail: what a check answers when Redis fails or times out: ``"open"``
+            (allowed), ``"closed"`` (denied; ``retry_after`` one hit) or
+            ``"raise"`` (:class:`~fastlimit.BackendError`).  A Limiter's
+            ``on_full`` overrides it for that limiter (allow = open, deny =
+            closed, raise = raise), as does ``limiter(fail=...)``.
+        connect_timeout: seconds to connect (with a URL).
+        timeout: seconds to wait for a reply (with a URL).
+        deny_cache: a :class:`~fastlimit.SharedTable` (named, or anonymous and
+            inherited by forked workers): denials Redis gave are answered
+            from it by every process on the host until they end.  One table
+            per Redis deployment.
+        hash_tag: ``f(limiter_name, key) -> str``: the Redis Cluster hash tag
+            of a key (default: the key itself).
+        retry_interval: after a failure, seconds during which checks answer
+            by the failure policy without trying Redis.
+        log_interval: at most one failure warning per this many seconds.
+        lease_ttl: seconds a ConcurrencyLimit's lease counts after its
+            acquire or last :meth:`~fastlimit.Lease.renew` (default 60): a
+            holder that dies frees its lease within this time.
+        **redis_options: more options for ``redis.Redis.from_url``.
+
+    Example:
+        >>> backend = RedisBackend("redis://127.0.0.1:6379/0", fail="closed")  # doctest: +SKIP
+        >>> api = fastlimit.Limiter("100/1h", store=backend, name="api")  # doctest: +SKIP
+        >>> api.hit("user:42").remaining  # doctest: +SKIP
+        99
+    """
+
+    _client_types = (redis.Redis, redis.cluster.RedisCluster)
+    _client_name = "redis.Redis"
+    _cluster_type = redis.cluster.RedisCluster
+
+    def _from_url(self, url: str, options: dict[str, Any]) -> Any:
+        options.setdefault("retry", redis.retry.Retry(NoBackoff(), 0))
+        return redis.Redis.from_url(url, **options)
+
+    @property
+    def client(self) -> redis.Redis | redis.cluster.RedisCluster:
+        """The redis-py client in use."""
+        client: redis.Redis | redis.cluster.RedisCluster = self._client
+        return client
+
+    # -- the store contract ---------------------------------------------------------
+
+    def rate_state(self, name: str, emission_interval_ns: int, burst: int, *,
+                   clock: Callable[[], int] | None = None,
+                   on_full: OnFull | None = None) -> RedisGcra:
+        """GCRA state of the limiter ``name`` (see the store contract)."""
+        return RedisGcra(self, RateSpec(self, name, emission_interval_ns, burst, clock,
+                                        self._fail_of(on_full)))
+
+    def quota_counts(self, name: str, limit: int, *,
+                     on_full: OnFull | None = None) -> RedisQuotaCounter:
+        """Calendar counts of the quota ``name``."""
+        return RedisQuotaCounter(self, QuotaPlans(self, name, limit, self._fail_of(on_full)))
+
+    def lease_slots(self, name: str, *, on_full: OnFull | None = None,
+                    clock: Callable[[], int] | None = None) -> RedisLeases:
+        """Leases in flight of the concurrency limit ``name``."""
+        return RedisLeases(self, LeasePlans(self, name, self._fail_of(on_full), clock))
+
+    def limiter(self, rate: Any, *, name: str = "default", burst: int | None = None,
+                clock: Callable[[], int] | None = None, fail: Fail | None = None) -> Limiter:
+        """A :class:`~fastlimit.Limiter` on this backend; ``fail`` overrides
+        the backend's failure policy for it."""
+        from fastlimit.limiters.limiter import Limiter  # a convenience over the layer above
+
+        on_full = None if fail is None else ON_FULL_OF_FAIL[check_fail(fail)]
+        return Limiter(rate, self, name=name, burst=burst, clock=clock,
+                       on_full=on_full)  # type: ignore[arg-type]
+
+    # -- driving plans ----------------------------------------------------------------
+
+    def _run(self, plan: Plan[T]) -> T:
+        try:
+            request = next(plan)
+            while True:
+                try:
+                    reply = self._eval(*request)
+                except Failure as f:
+                    request = plan.throw(f)
+                else:
+                    request = plan.send(reply)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    def _eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
+        skipped = self._skip()
+        if skipped is not None:
+            raise skipped
+        try:
+            reply = self._scripts[script](keys=keys, args=args)
+        except (RedisError, OSError) as e:
+            raise self._failure(e) from e
+        self._success()
+        return [int(x) for x in reply.split()]
+
+    def hit_all(self, checks: Iterable[Check]) -> list[Decision | None]:
+        return self._run(hit_all(self, checks, RedisGcra))
+
+    hit_all.__doc__ = HIT_ALL_DOC + """
+        Example:
+            >>> user = backend.limiter("1000/1h", name="user")  # doctest: +SKIP
+            >>> login = backend.limiter("5/1m", name="login")  # doctest: +SKIP
+            >>> ds = backend.hit_all([(user, "u42"), (login, "u42")])  # doctest: +SKIP
+            >>> all(d.allowed for d in ds)  # doctest: +SKIP
+            True
+        """
+
+    def ping(self) -> bool:
+        """Ask Redis now, even within ``retry_interval`` of a failure: True if
+        it answers (which ends the marked-down period), False if not."""
+        try:
+            self._client.ping()
+        except (RedisError, OSError) as e:
+            self._failure(e)
+            return False
+        self._success()
+        return True
+
+    def close(self) -> None:
+        """Close the connections of a client made from a URL (a client
+        passed in is the caller's to close)."""
+        if self._url is not None:
+            self._client.close()
+
+    def __enter__(self) -> RedisBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._url is None:
+            raise TypeError(
+                "a RedisBackend made from a client cannot be pickled: make it from a URL "
+                "to send it to another process")
+        return (_rebuild, (self._url, self._options))
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.address} prefix={self.prefix!r} fail={self.fail!r}>"
+
+
+def _rebuild(url: str, options: dict[str, Any]) -> RedisBackend:
+    return RedisBackend(url, **options)
