@@ -1,39 +1,29 @@
-"""A tiny GCRA oracle, written straight from DESIGN.md, to check the core
-against.  Plain Python integers: no shared memory, no hashing, no races."""
+"""The GCRA oracle the stores are checked against: a key -> tat map driven
+by fastlimit/core/gcra.py, the one statement of the arithmetic (itself
+checked against DESIGN.md's numbers in tests/test_gcra_statement.py).
+Plain Python integers: no shared memory, no hashing, no races."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Step:
-    allowed: bool
-    remaining: int
-    reset_after_ns: int
-    retry_after_ns: int
+from fastlimit.core import gcra
 
 
 class Model:
     def __init__(self, emission_interval_ns: int, burst: int) -> None:
         self.t = emission_interval_ns
         self.burst = burst
-        self.tau = burst * emission_interval_ns
+        self.tau = gcra.tolerance_ns(emission_interval_ns, burst)
         self.tat: dict[object, int] = {}
 
-    def hit(self, key: object, now: int, cost: int = 1, consume: bool = True) -> Step:
+    def hit(self, key: object, now: int, cost: int = 1, consume: bool = True) -> gcra.Answer:
         if cost == 0:  # behaves as peek
-            cost, consume = 1, False
+            consume = False
+        inc = gcra.increment_ns(cost, self.t)
         tat = self.tat.get(key, now)
-        new_tat = max(tat, now) + cost * self.t
-        allowed = new_tat - now <= self.tau
+        allowed, after = gcra.step(tat, now, inc, self.tau, consume)
         if allowed and consume:
-            self.tat[key] = new_tat
-        after = new_tat if allowed and consume else tat
-        ahead = max(0, after - now)
-        remaining = min(self.burst, max(0, (self.tau - ahead) // self.t))
-        retry = 0 if allowed else new_tat - self.tau - now
-        return Step(allowed, remaining, ahead, retry)
+            self.tat[key] = after
+        return gcra.answer(allowed, after - now, inc, self.t, self.burst)
 
     def reset(self, key: object) -> None:
         self.tat.pop(key, None)

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sfv import Token, parse_list
 
 from fastlimit import (
@@ -15,9 +17,11 @@ from fastlimit import (
     Rate,
     SharedTable,
 )
+from fastlimit.http._fields import legacy_fields
 from fastlimit.http.headers import format_reset, most_restrictive, next_unit_ns, sf_string
 
 S = 10**9
+WALL0 = 1_775_397_600 * S
 WALL_14H = 1_775_397_600 * S  # 2026-04-05T14:00:00Z
 
 
@@ -184,3 +188,14 @@ def test_bad_denial_responses(kwargs):
 def test_bad_reset_format():
     with pytest.raises(ConfigurationError, match="reset format"):
         HeaderStyle(reset="unix")  # type: ignore[arg-type]
+
+
+@given(after=st.integers(-2**63, 2**63 - 1), remaining=st.integers(0, 2**63 - 1),
+       wall=st.one_of(st.integers(-2**63, 2**63 - 1), st.just(WALL0)),
+       epoch=st.booleans())
+def test_the_compiled_fields_are_the_rounded_up_arithmetic(after, remaining, wall, epoch):
+    d = Decision(True, 7, remaining, after)
+    at = max(0, after) + (wall if epoch else 0)
+    assert legacy_fields(d, int(epoch), wall) == [
+        ("X-RateLimit-Limit", "7"), ("X-RateLimit-Remaining", str(remaining)),
+        ("X-RateLimit-Reset", str(-(-at // S)))]

@@ -18,8 +18,7 @@ import threading
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from traces import config, numbers, run_trace
+from traces import numbers
 
 from fastlimit import (
     BackendError,
@@ -45,28 +44,6 @@ JUNE_1_2024 = 1717200000 * S
 def backend_for(server, **kw):
     kw = {**FAST, "prefix": f"t{uuid.uuid4().hex[:10]}", **kw}
     return RedisBackend(server.url, **kw)
-
-
-# -- the stores against each other ------------------------------------------------
-
-
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(**config)
-def test_table_and_redis_give_identical_decisions(redis_server, limit, period_ns, burst,
-                                                  start, trace):
-    stores = [SharedTable.anonymous(capacity=64), backend_for(redis_server),
-              backend_for(redis_server, deny_cache=SharedTable.anonymous(capacity=64))]
-    answers = []
-    for s in stores:
-        clock = FakeClock(start)
-        lim = Limiter(Rate(limit, period_ns), store=s, name="trace", clock=clock, burst=burst)
-        answers.append(run_trace(lim, clock, trace))
-    assert answers[1] == answers[0]
-    assert answers[2] == answers[0]
-    assert stores[1].stats().errors == stores[2].stats().errors == 0
-    for s in stores:
-        s.close()
 
 
 # -- Redis keys: names, values, expiry -------------------------------------------

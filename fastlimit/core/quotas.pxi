@@ -62,10 +62,12 @@ cdef int quota_step(Engine* e, uint64_t fp, int64_t tag, int64_t limit, int64_t 
             continue
         if r == ABSENT:
             count_out[0] = 0
-            if mode != Q_CONSUME or cost == 0:
+            if mode == Q_REFUND:
                 return R_ALLOWED
-            if cost > limit:
+            if cost > limit:  # a fresh count of 0, as for a key found
                 return R_DENIED
+            if mode == Q_PEEK or cost == 0:
+                return R_ALLOWED
             r = _claim(e, fp, b1, b2, base - 1, base | cost)
             if r == FOUND:
                 count_out[0] = cost

@@ -827,9 +827,11 @@ cdef class PolicyDecision:
             return []
         i = self._binding()
         out = [] if i < 0 else self._render(i, raw)
-        if self.kind == "concurrency":
-            out.append((b"retry-after", str(self.retry_after).encode()) if raw
-                       else ("Retry-After", str(self.retry_after)))
+        if self.kind == "concurrency":  # one Retry-After: the longest wait (retry_after)
+            name = b"retry-after" if raw else "Retry-After"
+            out = [field for field in out if field[0] != name]
+            out.append((name, str(self.retry_after).encode()) if raw
+                       else (name, str(self.retry_after)))
         return out
 
     cdef list _render(self, int i, bint raw):
@@ -865,14 +867,17 @@ cdef class PolicyDecision:
         cdef Window w
         if self.allowed or self.kind == "too_large":
             return None
-        if self.kind == "concurrency":
-            return max(1, math.ceil(self.plan.concurrency_retry[self.denied_by]))
         i = self._binding()
-        if i < 0:
-            return None
-        h = self.hits[i]
-        h.meter.window_at(self.wall_ns, &w)
-        return retry_seconds(&h.a, &w)
+        wait = None
+        if i >= 0:
+            h = self.hits[i]
+            if not h.a.allowed:
+                h.meter.window_at(self.wall_ns, &w)
+                wait = retry_seconds(&h.a, &w)
+        if self.kind == "concurrency":  # its own wait, or the limits' when longer
+            own = max(1, math.ceil(self.plan.concurrency_retry[self.denied_by]))
+            return own if wait is None or wait < own else wait
+        return wait
 
     @property
     def status(self):
