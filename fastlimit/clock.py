@@ -9,8 +9,9 @@ import itertools
 import time
 from typing import Any, Protocol
 
-__all__ = ["Clock", "FakeClock", "monotonic_ns"]
+__all__ = ["NS_PER_S", "Clock", "FakeClock", "monotonic_ns"]
 
+NS_PER_S = 1_000_000_000
 monotonic_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux: what the core reads
 
 

@@ -2,21 +2,13 @@
 from libc.stdint cimport int64_t
 
 from fastlimit._core cimport fl_answer
+from fastlimit.limiters._counting cimport Window
 
 
 cdef enum:
     RESET_DELTA = 0
     RESET_EPOCH = 1
     RESET_ISO = 2
-
-
-# What header fields need of a limit's window: a Rate's numbers, or a
-# quota's calendar period.
-cdef struct Window:
-    int64_t emission_interval_ns
-    int64_t limit
-    int64_t period_ns
-    bint calendar
 
 
 cdef int64_t window_next_unit(const fl_answer* d, const Window* w) noexcept

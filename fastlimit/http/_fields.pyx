@@ -16,6 +16,7 @@ from libc.stdio cimport snprintf
 from libc.time cimport time_t, tm
 
 from fastlimit._core cimport Decision, fl_answer, next_unit
+from fastlimit.limiters._counting cimport Window
 
 import time
 

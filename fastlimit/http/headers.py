@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from fastlimit._core import Decision
 from fastlimit.errors import ConfigurationError
 from fastlimit.http import _fields as compiled
+from fastlimit.limiters.quota import CalendarWindow, Window
 from fastlimit.limiters.rate import NS_PER_S, Rate
 
 __all__ = [
@@ -48,14 +49,6 @@ DEFAULT_BODY: Mapping[str, Any] = {
 }
 
 
-class CalendarWindow(NamedTuple):
-    """A quota's current calendar period, in place of a Rate: a quota
-    refills all at once when its period ends (``Quota.window()``)."""
-
-    period_ns: int
-
-
-Window = Rate | CalendarWindow
 _FIELDS = {fmt: compiled.Fields(fmt, True, False) for fmt in RESET_FORMATS}
 
 

@@ -2,7 +2,15 @@
 from libc.stdint cimport int64_t
 
 from fastlimit._core cimport Decision, Gcra, QuotaCounter, fl_answer
-from fastlimit.http._fields cimport Window
+
+
+# What header fields need of a limit's window: a Rate's numbers, or a
+# quota's calendar period (the meter says; http/_fields.pyx writes them).
+cdef struct Window:
+    int64_t emission_interval_ns
+    int64_t limit
+    int64_t period_ns
+    bint calendar
 
 
 cdef enum:

@@ -17,7 +17,6 @@ from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from fastlimit._core cimport Decision, Gcra, QuotaCounter, decision_of, fl_answer
-from fastlimit.http._fields cimport Window
 
 import logging
 import time

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 from fastlimit._core import Decision
-from fastlimit.http.headers import Window
 from fastlimit.limiters._counting import Hit, Meter, count_all
 from fastlimit.limiters.limiter import Key
+from fastlimit.limiters.quota import Window
 
 __all__ = ["CompositeResult", "LimitCheck", "hit_all", "meter_of", "peek_all"]
 

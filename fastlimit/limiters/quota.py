@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastlimit import _core
@@ -17,13 +17,14 @@ from fastlimit._core import Decision
 from fastlimit.core.gcra import check_cost
 from fastlimit.core.results import QuotaMode, Step
 from fastlimit.errors import ConfigurationError
-from fastlimit.http.headers import CalendarWindow
 from fastlimit.limiters._counting import Meter
 from fastlimit.limiters.limiter import Key
+from fastlimit.limiters.rate import Rate
 from fastlimit.stores.contract import QuotaCounts, require_sync
 from fastlimit.stores.table import OnFull, SharedTable, state_dir
 
-__all__ = ["Calendar", "Quota", "QuotaBase", "QuotaSpec", "Usage", "state_dir"]
+__all__ = ["Calendar", "CalendarWindow", "Quota", "QuotaBase", "QuotaSpec", "Usage", "Window",
+           "state_dir"]
 
 Unit = Literal["day", "week", "month"]
 NS = 1_000_000_000
@@ -70,6 +71,17 @@ class QuotaSpec:
 
     def __str__(self) -> str:
         return f"{self.limit}/{self.unit}"
+
+
+class CalendarWindow(NamedTuple):
+    """A quota's current calendar period, in place of a Rate: a quota
+    refills all at once when its period ends (``Quota.window()``)."""
+
+    period_ns: int
+
+
+Window = Rate | CalendarWindow
+"""What rate-limit headers describe a limit over: its rate, or a quota's period."""
 
 
 @dataclass(frozen=True, slots=True)

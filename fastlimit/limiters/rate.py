@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from fastlimit.clock import NS_PER_S
 from fastlimit.errors import ConfigurationError
 
-__all__ = ["Rate"]
+__all__ = ["NS_PER_S", "Rate"]
 
-NS_PER_S = 1_000_000_000
 MAX_LIMIT = 10**9
 MAX_PERIOD_S = 3660 * 86400  # ten years: longer is a quota, not a rate
 

@@ -1,6 +1,9 @@
-"""What the WSGI and ASGI middleware share: a neutral view of the request,
-the client address (from trusted proxies only), the identity helpers, and
-the step from a request to a :class:`~fastlimit.PolicyDecision`.
+"""HTTP servers and frameworks: the WSGI and ASGI middlewares
+(:mod:`.wsgi`, :mod:`.asgi`) and what they share: a neutral view of the
+request (:mod:`.view`), the client address from trusted proxies only
+(:mod:`.proxies`), the identity helpers (:mod:`.identify`), and the step from
+a request to a :class:`~fastlimit.PolicyDecision` (:mod:`.gate`; compiled
+in ``_serve``).
 
 An ``identify`` callable takes a :class:`RequestView` and returns the
 :class:`~fastlimit.Identity` the application authenticated, or None for an

@@ -23,8 +23,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
 
+from fastlimit.clock import NS_PER_S
 from fastlimit.errors import BackendError, ConfigurationError
-from fastlimit.limiters.rate import NS_PER_S
 from fastlimit.stores.contract import Kind as StateKind
 from fastlimit.stores.table import SharedTable
 

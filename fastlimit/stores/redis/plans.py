@@ -25,10 +25,10 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from fastlimit import _core
 from fastlimit._core import Decision
+from fastlimit.clock import NS_PER_S
 from fastlimit.core import gcra, quota
 from fastlimit.core.results import Acquired, OnFull, QuotaMode, Step
 from fastlimit.errors import ConfigurationError
-from fastlimit.limiters.rate import NS_PER_S
 from fastlimit.stores.redis.common import (
     _KINDS,
     BackendBase,
