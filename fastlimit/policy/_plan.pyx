@@ -483,6 +483,14 @@ cdef inline int _kind_code(kind) noexcept:
     return K_ANONYMOUS
 
 
+cdef inline list _more(list more, Hit first, Hit h):
+    """The hits of a request of more than one: ``first``, then the others."""
+    if more is None:
+        return [first, h]
+    more.append(h)
+    return more
+
+
 cdef inline str _need_ip(object client_ip, str limit):
     if not client_ip:
         raise ValueError(f"limit {limit!r} is counted per source IP: pass client_ip")
@@ -614,20 +622,16 @@ cdef class Plan:
             h = new_hit(self._rate_meter(b, b.default, b.rate, key), key, b.name, b.shadow)
             if first is None:
                 first = h
-            elif more is None:
-                more = [first, h]
             else:
-                more.append(h)
+                more = _more(more, first, h)
         if tier is not None and subject is not None and rs.usages:
             usage = rs.of(tier, self.policy)
             for name, m in usage.quotas:
                 h = new_hit(m, subject, name, False)
                 if first is None:
                     first = h
-                elif more is None:
-                    more = [first, h]
                 else:
-                    more.append(h)
+                    more = _more(more, first, h)
             d.subject = subject
             d.leases = usage.leases
             d.caps = usage.caps

@@ -13,22 +13,18 @@ Starlette and FastAPI: ``app.add_middleware(RateLimitMiddleware, policy=policy, 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from fastlimit.policy.policy import Policy
 from fastlimit.web._serve import ASGICall, encode_headers, start_directly
 from fastlimit.web.gate import (
     RATE_HEADERS,
-    Cost,
-    Gate,
+    Middleware,
     Outcome,
     RateLimited,
     RouteLimit,
     denial_headers,
 )
-from fastlimit.web.identify import Identify
-from fastlimit.web.proxies import ForwardedHeader, TrustedProxies
 from fastlimit.web.view import _ASGIView
 
 __all__ = ["ASGIApp", "RateLimitMiddleware", "RateLimited", "Receive", "RouteLimit", "Scope",
@@ -40,7 +36,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-class RateLimitMiddleware(ASGICall):
+class RateLimitMiddleware(Middleware[ASGIApp], ASGICall):
     """Count each HTTP request under ``policy``; answer denials itself, add
     the rate-limit headers to every response.
 
@@ -83,26 +79,12 @@ class RateLimitMiddleware(ASGICall):
         (429, b'3600')
     """
 
-    def __init__(self, app: ASGIApp, policy: Policy, *,
-                 identify: Identify | None = None,
-                 trusted_proxies: Iterable[str] | TrustedProxies = (),
-                 forwarded_header: ForwardedHeader = "x-forwarded-for",
-                 cost: Cost = 1, exempt_paths: Collection[str] = ()) -> None:
-        self.app = app
-        self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
-                         forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths)
-        # __call__, every request, is compiled (fastlimit.web._serve.ASGICall)
-        self._wire(_ASGIView, send_denial, encode_headers, _RAW_RATE_HEADERS, _merge_raw)
-
-    @property
-    def policy(self) -> Policy:
-        return self.gate.policy
+    _wiring: tuple[Any, ...] = ()  # set below: what its compiled call is wired with
 
     __call__ = ASGICall.handle
 
 
-# the call without a coroutine of ours (see fastlimit.web._serve)
-start_directly(RateLimitMiddleware)
+
 
 
 def _merge_raw(app_headers: Iterable[tuple[bytes, bytes]],
@@ -123,3 +105,9 @@ async def send_denial(outcome: Outcome, send: Send) -> None:
     await send({"type": "http.response.start", "status": outcome.status,
                 "headers": encode_headers(denial_headers(outcome, body))})
     await send({"type": "http.response.body", "body": body})
+
+
+RateLimitMiddleware._wiring = (_ASGIView, send_denial, encode_headers, _RAW_RATE_HEADERS,
+                               _merge_raw)
+# the call without a coroutine of ours (see fastlimit.web._serve)
+start_directly(RateLimitMiddleware)

@@ -5,7 +5,7 @@ inside chosen routes."""
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from fastlimit.errors import CapacityError, RateLimited
 from fastlimit.policy.policy import Policy
@@ -14,7 +14,10 @@ from fastlimit.web.identify import Identify, _anonymous
 from fastlimit.web.proxies import ForwardedHeader, TrustedProxies
 from fastlimit.web.view import RequestView, _ASGIView, _WSGIView
 
-__all__ = ["Gate", "Outcome", "RateLimited", "RouteLimit", "denial_headers", "merge_headers"]
+__all__ = ["Gate", "Middleware", "Outcome", "RateLimited", "RouteLimit", "denial_headers",
+           "merge_headers"]
+
+App = TypeVar("App")
 
 class Outcome(Protocol):
     """What the middleware acts on: a :class:`~fastlimit.PolicyDecision`, or
@@ -99,6 +102,32 @@ class Gate:
             view_types=(_WSGIView, _ASGIView))
         """Count a request (a :class:`RequestView`) under the policy: the
         middlewares' per-request step, compiled (:mod:`fastlimit.web._serve`)."""
+
+
+class Middleware(Generic[App]):
+    """What both middlewares are made of: the application, the gate, and
+    the wiring of their compiled call (``_wiring``: what ``_wire`` takes).
+
+    Args: as for :class:`fastlimit.wsgi.RateLimitMiddleware`.
+    """
+
+    _wiring: tuple[Any, ...]
+    _wire: Callable[..., None]
+    app: App
+    gate: Gate
+
+    def __init__(self, app: App, policy: Policy, *, identify: Identify | None = None,
+                 trusted_proxies: Iterable[str] | TrustedProxies = (),
+                 forwarded_header: ForwardedHeader = "x-forwarded-for",
+                 cost: Cost = 1, exempt_paths: Collection[str] = ()) -> None:
+        self.app = app
+        self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
+                         forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths)
+        self._wire(*self._wiring)  # every request's call is compiled (web/_serve.pyx)
+
+    @property
+    def policy(self) -> Policy:
+        return self.gate.policy
 
 
 class RouteLimit:

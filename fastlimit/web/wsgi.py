@@ -10,15 +10,12 @@ shares the policy's named table, so a limit holds across all of them::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fastlimit.policy.policy import Policy
 from fastlimit.web._serve import WSGICall
-from fastlimit.web.gate import RATE_HEADERS, Cost, Gate, Outcome, denial_headers, merge_headers
-from fastlimit.web.identify import Identify
-from fastlimit.web.proxies import ForwardedHeader, TrustedProxies
+from fastlimit.web.gate import RATE_HEADERS, Middleware, Outcome, denial_headers, merge_headers
 from fastlimit.web.view import _WSGIView
 
 if TYPE_CHECKING:
@@ -34,7 +31,7 @@ def _status_line(status: int) -> str:
         return f"{status} Error"
 
 
-class RateLimitMiddleware(WSGICall):
+class RateLimitMiddleware(Middleware["WSGIApplication"], WSGICall):
     """Count each request under ``policy``; answer denials itself, add the
     rate-limit headers to every response.
 
@@ -89,20 +86,7 @@ class RateLimitMiddleware(WSGICall):
         b'{"success":false,"error":{"code":"RATE_LIMITED","message":"Too many requests"}}'
     """
 
-    def __init__(self, app: WSGIApplication, policy: Policy, *,
-                 identify: Identify | None = None,
-                 trusted_proxies: Iterable[str] | TrustedProxies = (),
-                 forwarded_header: ForwardedHeader = "x-forwarded-for",
-                 cost: Cost = 1, exempt_paths: Collection[str] = ()) -> None:
-        self.app = app
-        self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
-                         forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths)
-        # __call__, every request, is compiled (fastlimit.web._serve.WSGICall)
-        self._wire(_WSGIView, _deny, _Released, RATE_HEADERS, merge_headers)
-
-    @property
-    def policy(self) -> Policy:
-        return self.gate.policy
+    _wiring: tuple[Any, ...] = ()  # set below: what its compiled call is wired with
 
 
 def _deny(outcome: Outcome, start_response: StartResponse) -> Iterable[bytes]:
@@ -136,3 +120,6 @@ class _Released:
                 close()
         finally:
             self._release()
+
+
+RateLimitMiddleware._wiring = (_WSGIView, _deny, _Released, RATE_HEADERS, merge_headers)

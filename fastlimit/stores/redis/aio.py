@@ -10,29 +10,30 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-try:
-    import redis.asyncio
-    import redis.asyncio.cluster
-    import redis.asyncio.retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
-
 from fastlimit._core import Decision
 from fastlimit.core.results import Step
 from fastlimit.stores.redis.common import (
-    ON_FULL_OF_FAIL,
     BackendBase,
     Fail,
     Failure,
     Key,
+    NoBackoff,
     Plan,
+    RedisError,
+    RunsAsync,
     T,
-    check_fail,
+    on_full_of,
+    redis,
 )
-from fastlimit.stores.redis.plans import HIT_ALL_DOC, Check, QuotaPlans, RateSpec, hit_all
+from fastlimit.stores.redis.plans import (
+    HIT_ALL_DOC,
+    Check,
+    QuotaPlans,
+    QuotaStateBase,
+    RateSpec,
+    RateStateBase,
+    hit_all,
+)
 
 if TYPE_CHECKING:
     from fastlimit.limiters.aio import AsyncLimiter, AsyncQuota
@@ -41,20 +42,11 @@ if TYPE_CHECKING:
 __all__ = ["AsyncRedisBackend", "AsyncRedisGcra", "AsyncRedisQuotaCounter"]
 
 
-class AsyncRedisGcra:
+class AsyncRedisGcra(RateStateBase):
     """One limiter's GCRA on Redis for asyncio: the store contract's
     AsyncRateState (what :class:`~fastlimit.limiters.aio.AsyncLimiter` binds)."""
 
-    def __init__(self, backend: AsyncRedisBackend, spec: RateSpec) -> None:
-        self._run = backend._run
-        self._spec = spec
-        self.name = spec.name
-        self.emission_interval_ns = spec.T
-        self.burst = spec.burst
-        self.tolerance_ns = spec.tau
-        self.clock = spec.clock
-        self.fail = spec.fail
-        self.on_full = spec.on_full
+    _run: RunsAsync
 
     async def allow(self, key: Key, cost: int = 1) -> bool:
         return await self._run(self._spec.allow(key, cost))
@@ -75,22 +67,12 @@ class AsyncRedisGcra:
                        cost: int = 1) -> npt.NDArray[np.bool_]:
         return await self._run(self._spec.hit_many(keys, cost))
 
-    def __repr__(self) -> str:
-        return (f"<AsyncRedisGcra {self.name!r} T={self.emission_interval_ns}ns "
-                f"burst={self.burst}>")
 
-
-class AsyncRedisQuotaCounter:
+class AsyncRedisQuotaCounter(QuotaStateBase):
     """One quota's counts on Redis for asyncio: the store contract's
     AsyncQuotaCounts."""
 
-    def __init__(self, backend: AsyncRedisBackend, plans: QuotaPlans) -> None:
-        self._run = backend._run
-        self._plans = plans
-        self.name = plans.name
-        self.limit = plans.limit
-        self.on_full = plans.on_full
-        self.retry_after_ns = plans.retry_after_ns
+    _run: RunsAsync
 
     async def step(self, key: Key, tag: int, cost: int, mode: int,
                    left_ns: int = 0) -> tuple[Step, int]:
@@ -102,9 +84,6 @@ class AsyncRedisQuotaCounter:
 
     async def reset(self, key: Key) -> None:
         await self._run(self._plans.reset(key))
-
-    def __repr__(self) -> str:
-        return f"<AsyncRedisQuotaCounter {self.name!r} limit={self.limit}>"
 
 
 class AsyncRedisBackend(BackendBase):
@@ -159,9 +138,8 @@ class AsyncRedisBackend(BackendBase):
         ``fail`` overrides the backend's failure policy for it."""
         from fastlimit.limiters.aio import AsyncLimiter  # a convenience over the layer above
 
-        on_full = None if fail is None else ON_FULL_OF_FAIL[check_fail(fail)]
         return AsyncLimiter(rate, self, name=name, burst=burst, clock=clock,
-                            on_full=on_full)  # type: ignore[arg-type]
+                            on_full=on_full_of(fail))
 
     def quota(self, spec: Any, *, name: str = "quota", tz: Any = "UTC",
               clock: Callable[[], int] | None = None,
@@ -170,9 +148,7 @@ class AsyncRedisBackend(BackendBase):
         ``fail`` overrides the backend's failure policy for it."""
         from fastlimit.limiters.aio import AsyncQuota  # a convenience over the layer above
 
-        on_full = None if fail is None else ON_FULL_OF_FAIL[check_fail(fail)]
-        return AsyncQuota(spec, self, name=name, tz=tz, clock=clock,
-                          on_full=on_full)  # type: ignore[arg-type]
+        return AsyncQuota(spec, self, name=name, tz=tz, clock=clock, on_full=on_full_of(fail))
 
     # -- driving plans ----------------------------------------------------------------
 

@@ -12,13 +12,21 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
 
-try:
+try:  # redis-py, for every module of the backend
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.asyncio.retry
+    import redis.cluster
+    import redis.retry
+    from redis.backoff import NoBackoff
     from redis.crc import key_slot
+    from redis.exceptions import RedisError
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
@@ -29,7 +37,7 @@ from fastlimit.stores.contract import Kind as StateKind
 from fastlimit.stores.table import SharedTable
 
 __all__ = ["DEFAULT_LEASE_TTL", "SCRIPTS", "BackendBase", "Fail", "Failure", "Keyspace",
-           "RedisStats"]
+           "NoBackoff", "RedisError", "RedisStats", "key_slot", "on_full_of", "redis"]
 
 log = logging.getLogger("fastlimit")
 
@@ -41,6 +49,18 @@ T = TypeVar("T")
 Call = tuple[str, list[bytes], list[bytes]]
 # an operation: yields script calls, is sent their replies
 Plan = Generator[Call, list[int], T]
+
+
+class Runs(Protocol):
+    """A sync backend's ``_run``: drives a plan, returns its result."""
+
+    def __call__(self, plan: Plan[T]) -> T: ...
+
+
+class RunsAsync(Protocol):
+    """An asyncio backend's ``_run``."""
+
+    async def __call__(self, plan: Plan[T]) -> T: ...
 
 
 def _lua(name: str) -> str:
@@ -65,6 +85,12 @@ _ALL_KINDS: frozenset[StateKind] = frozenset({"rate", "quota", "concurrency"})
 # "the store cannot answer" is what both mean.
 FAIL_OF_ON_FULL: dict[str, Fail] = {"allow": "open", "deny": "closed", "raise": "raise"}
 ON_FULL_OF_FAIL: dict[str, str] = {"open": "allow", "closed": "deny", "raise": "raise"}
+
+
+def on_full_of(fail: Fail | None) -> Any:
+    """The ``on_full`` a limiter is given for a ``fail=`` of a backend's
+    conveniences (``backend.limiter(fail=...)``); None: the backend's."""
+    return None if fail is None else ON_FULL_OF_FAIL[check_fail(fail)]
 # Seconds a concurrency lease counts without a renew (RedisBackend(lease_ttl=)).
 DEFAULT_LEASE_TTL = 60.0
 # Keys per script call in hit_many: one call blocks the server while it runs.

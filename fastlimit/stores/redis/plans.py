@@ -17,12 +17,6 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-try:
-    from redis.crc import key_slot
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
-
 from fastlimit import _core
 from fastlimit._core import Decision
 from fastlimit.clock import NS_PER_S
@@ -38,10 +32,12 @@ from fastlimit.stores.redis.common import (
     Keyspace,
     Plan,
     key_list,
+    key_slot,
     split_ns,
 )
 
-__all__ = ["LeasePlans", "QuotaPlans", "RateSpec", "hit_all"]
+__all__ = ["LeasePlans", "QuotaPlans", "QuotaStateBase", "RateSpec", "RateStateBase",
+           "hit_all"]
 
 Check: TypeAlias = "tuple[Any, Key] | tuple[Any, Key, int]"
 
@@ -346,6 +342,49 @@ class LeasePlans(Keyspace):
             self.raise_if_loud(f)
             return 0
         return reply[0]
+
+
+class StateBase:
+    """What every state object of both backends holds: the backend's plan
+    driver, its plans, their name and failure policy."""
+
+    def __init__(self, backend: Any, plans: Any) -> None:
+        self._run = backend._run
+        self._plans = plans
+        self.name = plans.name
+        self.on_full = plans.on_full
+
+
+class RateStateBase(StateBase):
+    """What the sync and asyncio rate states share: the plans they drive, and
+    the parameters the store contract's RateState names."""
+
+    def __init__(self, backend: Any, spec: RateSpec) -> None:
+        super().__init__(backend, spec)
+        self._spec = spec
+        self.emission_interval_ns = spec.T
+        self.burst = spec.burst
+        self.tolerance_ns = spec.tau
+        self.clock = spec.clock
+        self.fail = spec.fail
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.name!r} T={self.emission_interval_ns}ns "
+                f"burst={self.burst}>")
+
+
+class QuotaStateBase(StateBase):
+    """What the sync and asyncio quota counts share."""
+
+    _plans: QuotaPlans
+
+    def __init__(self, backend: Any, plans: QuotaPlans) -> None:
+        super().__init__(backend, plans)
+        self.limit = plans.limit
+        self.retry_after_ns = plans.retry_after_ns
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} limit={self.limit}>"
 
 
 def hit_all(backend: BackendBase, checks: Iterable[Check],

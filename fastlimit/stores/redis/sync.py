@@ -9,34 +9,30 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-try:
-    import redis
-    import redis.cluster
-    import redis.retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
-
 from fastlimit._core import Decision
 from fastlimit.core.results import Step
 from fastlimit.stores.redis.common import (
-    ON_FULL_OF_FAIL,
     BackendBase,
     Fail,
     Failure,
     Key,
+    NoBackoff,
     Plan,
+    RedisError,
+    Runs,
     T,
-    check_fail,
+    on_full_of,
+    redis,
 )
 from fastlimit.stores.redis.plans import (
     HIT_ALL_DOC,
     Check,
     LeasePlans,
     QuotaPlans,
+    QuotaStateBase,
     RateSpec,
+    RateStateBase,
+    StateBase,
     hit_all,
 )
 
@@ -47,20 +43,11 @@ if TYPE_CHECKING:
 __all__ = ["RedisBackend", "RedisGcra", "RedisLeases", "RedisQuotaCounter"]
 
 
-class RedisGcra:
+class RedisGcra(RateStateBase):
     """One limiter's GCRA on Redis: the store contract's RateState, what a
     :class:`~fastlimit.Limiter` on a :class:`RedisBackend` binds."""
 
-    def __init__(self, backend: RedisBackend, spec: RateSpec) -> None:
-        self._run = backend._run
-        self._spec = spec
-        self.name = spec.name
-        self.emission_interval_ns = spec.T
-        self.burst = spec.burst
-        self.tolerance_ns = spec.tau
-        self.clock = spec.clock
-        self.fail = spec.fail
-        self.on_full = spec.on_full
+    _run: Runs
 
     def allow(self, key: Key, cost: int = 1) -> bool:
         return self._run(self._spec.allow(key, cost))
@@ -81,23 +68,14 @@ class RedisGcra:
                  cost: int = 1) -> npt.NDArray[np.bool_]:
         return self._run(self._spec.hit_many(keys, cost))
 
-    def __repr__(self) -> str:
-        return f"<RedisGcra {self.name!r} T={self.emission_interval_ns}ns burst={self.burst}>"
 
-
-class RedisQuotaCounter:
+class RedisQuotaCounter(QuotaStateBase):
     """One quota's counts on Redis: the store contract's QuotaCounts, what a
     :class:`~fastlimit.Quota` on a :class:`RedisBackend` counts with.  When
     Redis fails, a step answers ``Step.NO_SLOT`` and the quota answers by
     ``on_full`` (``"raise"`` raised BackendError here)."""
 
-    def __init__(self, backend: RedisBackend, plans: QuotaPlans) -> None:
-        self._run = backend._run
-        self._plans = plans
-        self.name = plans.name
-        self.limit = plans.limit
-        self.on_full = plans.on_full
-        self.retry_after_ns = plans.retry_after_ns
+    _run: Runs
 
     def step(self, key: Key, tag: int, cost: int, mode: int,
              left_ns: int = 0) -> tuple[Step, int]:
@@ -109,11 +87,8 @@ class RedisQuotaCounter:
     def reset(self, key: Key) -> None:
         self._run(self._plans.reset(key))
 
-    def __repr__(self) -> str:
-        return f"<RedisQuotaCounter {self.name!r} limit={self.limit}>"
 
-
-class RedisLeases:
+class RedisLeases(StateBase):
     """One concurrency limit's leases on Redis: the store contract's
     LeaseSlots (and Renewable), what a :class:`~fastlimit.ConcurrencyLimit`
     on a :class:`RedisBackend` takes.
@@ -123,11 +98,8 @@ class RedisLeases:
     and dropped (a key whose leases have all expired is gone, Redis having
     expired it: nothing to count)."""
 
-    def __init__(self, backend: RedisBackend, plans: LeasePlans) -> None:
-        self._run = backend._run
-        self._plans = plans
-        self.name = plans.name
-        self.on_full = plans.on_full
+    _run: Runs
+    _plans: LeasePlans
 
     @property
     def reclaimed(self) -> int:
@@ -235,9 +207,7 @@ class RedisBackend(BackendBase):
         the backend's failure policy for it."""
         from fastlimit.limiters.limiter import Limiter  # a convenience over the layer above
 
-        on_full = None if fail is None else ON_FULL_OF_FAIL[check_fail(fail)]
-        return Limiter(rate, self, name=name, burst=burst, clock=clock,
-                       on_full=on_full)  # type: ignore[arg-type]
+        return Limiter(rate, self, name=name, burst=burst, clock=clock, on_full=on_full_of(fail))
 
     # -- driving plans ----------------------------------------------------------------
 
