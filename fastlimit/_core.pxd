@@ -78,9 +78,6 @@ cdef class _Keyed:
     cdef long counts_gen       # _fork_gen when ``counts`` was found
 
     cdef void _register(self, uint32_t kind, int64_t p1, int64_t p2) noexcept
-    cdef void _count(self, int r, uint64_t n) noexcept
-    cdef uint64_t _fingerprint(self, object key) except 0
-    cdef Engine* _engine(self) except NULL
     cdef int _set_on_full(self, int on_full) except -1
     cdef _raise_full(self, key, int r)
 
@@ -92,10 +89,6 @@ cdef class Gcra(_Keyed):
     cdef readonly int64_t tolerance_ns
     cdef readonly object clock
 
-    cdef int64_t _now(self) except? -1
-    cdef int64_t _cost(self, object cost) except -1
-    cdef int64_t _increment(self, int64_t cost) noexcept
-    cdef int _step(self, key, object cost, int64_t* now, int64_t* tat, int64_t* inc) except -3
     cdef int _answer(self, key, int r, int64_t now, int64_t tat, int64_t inc,
                      fl_answer* out) except -1
     cdef int check(self, key, object cost, bint consume, fl_answer* out) except -1

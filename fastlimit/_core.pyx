@@ -45,6 +45,10 @@ import os
 
 import numpy as np
 
+cimport numpy as cnp
+
+cnp.import_array()
+
 from fastlimit.core.gcra import MAX_CLOCK_NS, MAX_TOLERANCE_NS, check_params
 from fastlimit.core.results import Acquired, Step
 from fastlimit.errors import CapacityError, TableFullError

@@ -300,46 +300,11 @@ cdef class Gcra(_Keyed):
         if register:  # tools that only look (fastlimit inspect) state nothing
             self._register(KIND_RATE, emission_interval_ns, burst)
 
-    cdef int64_t _now(self) except? -1:
-        if self.clock is None:
-            return mono_ns()
-        return _clock_ns(self.clock)
-
-    cdef int64_t _cost(self, object cost) except -1:
-        """``cost`` as an int in [0, burst].  Not a C conversion: that would
-        truncate 1.5 to 1 and answer 10**30 with an OverflowError about C
-        longs; the Redis backend accepts exactly the same (operator.index)."""
-        cdef int overflow = 0
-        cdef long long n
-        if cost is _ONE:  # the default, and the small-int cache's 1: skip the parse
-            return 1
-        if not PyLong_Check(cost):
-            cost = _index_cost(cost)
-        n = PyLong_AsLongLongAndOverflow(cost, &overflow)
-        if overflow < 0 or (overflow == 0 and n < 0):
-            raise ValueError(f"cost must be >= 0, got {cost}")
-        if overflow > 0 or n > self.burst:
-            raise CapacityError(
-                f"cost {cost} exceeds the burst of {self.burst}: it can never pass")
-        return n
-
-    cdef int64_t _increment(self, int64_t cost) noexcept:
-        return (cost if cost else 1) * self.emission_interval_ns
-
-    cdef int _step(self, key, object cost, int64_t* now, int64_t* tat,
-                   int64_t* inc) except -3:
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
-        cdef int64_t n = self._cost(cost)
-        inc[0] = self._increment(n)
-        now[0] = self._now()
-        return gcra(e, fp, now[0], inc[0], self.tolerance_ns, n != 0, tat)
-
     def allow(self, key, cost=1):
         """Count a hit of ``cost`` on ``key`` if it passes; return whether it did."""
         cdef int64_t now, tat, inc
-        cdef int r = self._step(key, cost, &now, &tat, &inc)
-        self._count(r, 1)
+        cdef int r = _step(self, key, cost, &now, &tat, &inc)
+        _count(self, r, 1)
         if r >= 0:
             return r == R_ALLOWED
         if self.on_full == ON_FULL_ALLOW:
@@ -371,13 +336,13 @@ cdef class Gcra(_Keyed):
         cdef Engine* e
         cdef int r
         if consume:
-            r = self._step(key, cost, &now, &tat, &inc)
-            self._count(r, 1)
+            r = _step(self, key, cost, &now, &tat, &inc)
+            _count(self, r, 1)
         else:
-            fp = self._fingerprint(key)
-            e = self._engine()
-            inc = self._increment(self._cost(cost))
-            now = self._now()
+            fp = _fingerprint(self, key)
+            e = _engine(self)
+            inc = _increment(self, _cost(self, cost))
+            now = _now(self)
             r = gcra(e, fp, now, inc, self.tolerance_ns, False, &tat)
         return self._answer(key, r, now, tat, inc, out)
 
@@ -393,10 +358,10 @@ cdef class Gcra(_Keyed):
         as if the request never came (a key whose tat falls to ``now`` or
         below is fresh either way).  Returns False if the key has no state.
         """
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
-        cdef int64_t n = self._cost(cost)
-        cdef int64_t inc = self._increment(n)
+        cdef uint64_t fp = _fingerprint(self, key)
+        cdef Engine* e = _engine(self)
+        cdef int64_t n = _cost(self, cost)
+        cdef int64_t inc = _increment(self, n)
         cdef fl_slot* b1 = _bucket1(e, fp)
         cdef fl_slot* b2 = _bucket2(e, fp)
         cdef fl_slot* s = NULL
@@ -431,15 +396,15 @@ cdef class Gcra(_Keyed):
         raises).  ``cost=0`` counts nothing and answers for a hit of 1.
         Bookings are served in the order they were made.
         """
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
-        cdef int64_t units = self._cost(cost)
-        cdef int64_t inc = self._increment(units)
+        cdef uint64_t fp = _fingerprint(self, key)
+        cdef Engine* e = _engine(self)
+        cdef int64_t units = _cost(self, cost)
+        cdef int64_t inc = _increment(self, units)
         cdef int64_t now, tat = 0, wait
         cdef int r
         if not 0 <= max_wait_ns <= MAX_TOLERANCE_NS:
             raise ValueError(f"max_wait_ns must be in [0, {MAX_TOLERANCE_NS}], got {max_wait_ns}")
-        now = self._now()
+        now = _now(self)
         if units == 0:
             r = gcra(e, fp, now, inc, self.tolerance_ns, False, &tat)
             if r >= 0:
@@ -449,7 +414,7 @@ cdef class Gcra(_Keyed):
                 return (now + wait if wait <= max_wait_ns else -1), tat
         else:
             r = _book(e, fp, now, now, inc, self.tolerance_ns, max_wait_ns, &tat)
-            self._count(r, 1)  # a booking is a check that passes; a refusal, one denied
+            _count(self, r, 1)  # a booking is a check that passes; a refusal, one denied
             if r == R_ALLOWED:
                 wait = tat - self.tolerance_ns - now
                 return now + (wait if wait > 0 else 0), tat
@@ -470,10 +435,10 @@ cdef class Gcra(_Keyed):
         so a booking with others behind it stays counted (its slot goes
         unused, which never admits too many).
         """
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
-        cdef int64_t units = self._cost(cost)
-        cdef int64_t inc = self._increment(units)
+        cdef uint64_t fp = _fingerprint(self, key)
+        cdef Engine* e = _engine(self)
+        cdef int64_t units = _cost(self, cost)
+        cdef int64_t inc = _increment(self, units)
         cdef fl_slot* s = NULL
         cdef int64_t t = 0
         cdef int r
@@ -500,13 +465,13 @@ cdef class Gcra(_Keyed):
         none pass for ``d``).  Returns how far ahead of now the tat is after
         it (0 for a fresh key), or -2 when the key has no slot (on_full deny
         or allow)."""
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
+        cdef uint64_t fp = _fingerprint(self, key)
+        cdef Engine* e = _engine(self)
         cdef int64_t now, tat = 0
         cdef int r
         if not 0 <= ahead_ns <= MAX_TOLERANCE_NS:
             raise ValueError(f"ahead_ns must be in [0, {MAX_TOLERANCE_NS}], got {ahead_ns}")
-        now = self._now()
+        now = _now(self)
         r = _book(e, fp, now, now + ahead_ns, 0, 0, -1, &tat)
         if r >= 0:
             return tat - now if tat > now else 0
@@ -521,41 +486,43 @@ cdef class Gcra(_Keyed):
         fast path: hashing and the table walk run without the GIL, with the
         next buckets prefetched).  One clock read serves the whole batch.
         """
-        if not isinstance(keys, (np.ndarray, list, tuple)):
-            keys = list(keys)
-        cdef Py_ssize_t n = len(keys), i
+        cdef Py_ssize_t n, i
         cdef object src_arr
-        cdef const uint64_t[::1] src
-        cdef uint64_t[::1] fps
-        cdef bint ints = isinstance(keys, np.ndarray)
+        cdef const uint64_t* src
+        cdef uint64_t* fps
+        cdef bint ints = cnp.PyArray_Check(keys)
         if ints:
-            if keys.dtype.kind not in "iu":
-                raise TypeError(f"key arrays must hold integers, got dtype {keys.dtype}")
-            if keys.ndim != 1:
-                raise ValueError(f"key arrays must be one-dimensional, got shape {keys.shape}")
-            src_arr = np.ascontiguousarray(keys).astype(np.uint64, copy=False)
+            src_arr = _key_words(keys)
         else:
-            src_arr = np.empty(n, dtype=np.uint64)
-            fps = src_arr
-            for i in range(n):
-                fps[i] = self._fingerprint(keys[i])
-        src = src_arr
-        cdef Engine* e = self._engine()
-        cdef int64_t units = self._cost(cost)
-        cdef int64_t inc = self._increment(units)
-        cdef int64_t now = self._now()
-        cdef object out_arr = np.empty(n, dtype=np.bool_)
-        cdef unsigned char[::1] out = out_arr.view(np.uint8)
+            if not isinstance(keys, (list, tuple)):
+                keys = list(keys)
+            src_arr = _new_array(len(keys), cnp.NPY_UINT64)
+            fps = <uint64_t*>cnp.PyArray_DATA(src_arr)
+            for i in range(len(keys)):
+                fps[i] = _fingerprint(self, keys[i])
+        n = cnp.PyArray_DIM(src_arr, 0)
+        src = <const uint64_t*>cnp.PyArray_DATA(src_arr)
+        cdef Engine* e = _engine(self)
+        cdef int64_t units = _cost(self, cost)
+        cdef int64_t inc = _increment(self, units)
+        cdef int64_t now = _now(self)
+        # made with numpy's C API: np.empty and a view cost more than a small batch
+        cdef object out_arr = _new_array(n, cnp.NPY_BOOL)
+        cdef unsigned char* out = <unsigned char*>cnp.PyArray_DATA(out_arr)
         cdef Py_ssize_t failed = -1
         cdef uint64_t tally[NCOUNTERS]
         tally[0] = tally[1] = tally[2] = 0
         if n:
-            with nogil:
-                failed = _batch(e, &src[0], ints, self.ki0, self.ki1, n, now, inc,
-                                self.tolerance_ns, units != 0, self.on_full, &out[0], tally)
-            self._count(R_FULL, tally[0])
-            self._count(R_DENIED, tally[1])
-            self._count(R_ALLOWED, tally[2])
+            if n <= 64:  # a small batch: letting the GIL go would cost more than it
+                failed = _batch(e, src, ints, self.ki0, self.ki1, n, now, inc,
+                                self.tolerance_ns, units != 0, self.on_full, out, tally)
+            else:
+                with nogil:
+                    failed = _batch(e, src, ints, self.ki0, self.ki1, n, now, inc,
+                                    self.tolerance_ns, units != 0, self.on_full, out, tally)
+            _count(self, R_FULL, tally[0])
+            _count(self, R_DENIED, tally[1])
+            _count(self, R_ALLOWED, tally[2])
         if failed >= 0:
             self._raise_full(keys[failed], R_FULL)
         return out_arr
@@ -588,6 +555,64 @@ cdef class Gcra(_Keyed):
         out.reset_after_ns = ahead
         out.retry_after_ns = 0 if out.allowed else ahead + inc - self.tolerance_ns
         return 0
+
+
+cdef inline int64_t _now(Gcra self) except? -1:
+    if self.clock is None:
+        return mono_ns()
+    return _clock_ns(self.clock)
+
+cdef inline int64_t _cost(Gcra self, object cost) except -1:
+    """``cost`` as an int in [0, burst].  Not a C conversion: that would
+    truncate 1.5 to 1 and answer 10**30 with an OverflowError about C
+    longs; the Redis backend accepts exactly the same (operator.index)."""
+    cdef int overflow = 0
+    cdef long long n
+    if cost is _ONE:  # the default, and the small-int cache's 1: skip the parse
+        return 1
+    if not PyLong_Check(cost):
+        cost = _index_cost(cost)
+    n = PyLong_AsLongLongAndOverflow(cost, &overflow)
+    if overflow < 0 or (overflow == 0 and n < 0):
+        raise ValueError(f"cost must be >= 0, got {cost}")
+    if overflow > 0 or n > self.burst:
+        raise CapacityError(
+            f"cost {cost} exceeds the burst of {self.burst}: it can never pass")
+    return n
+
+cdef inline int64_t _increment(Gcra self, int64_t cost) noexcept:
+    return (cost if cost else 1) * self.emission_interval_ns
+
+cdef inline int _step(Gcra self, key, object cost, int64_t* now, int64_t* tat,
+                      int64_t* inc) except -3:
+    cdef uint64_t fp = _fingerprint(self, key)
+    cdef Engine* e = _engine(self)
+    cdef int64_t n = _cost(self, cost)
+    inc[0] = _increment(self, n)
+    now[0] = _now(self)
+    return gcra(e, fp, now[0], inc[0], self.tolerance_ns, n != 0, tat)
+
+
+cdef inline object _new_array(Py_ssize_t n, int typenum):
+    cdef cnp.npy_intp dims = n
+    return cnp.PyArray_EMPTY(1, &dims, typenum, 0)
+
+
+cdef object _key_words(object keys):
+    """A numpy integer array of keys as a C-contiguous uint64 array: the
+    array itself when it is one already (or int64: the same words), else
+    converted (64-bit two's complement, as int keys are hashed)."""
+    cdef int t
+    if cnp.PyArray_NDIM(keys) != 1:
+        raise ValueError(f"key arrays must be one-dimensional, got shape {keys.shape}")
+    t = cnp.PyArray_TYPE(keys)
+    if ((t == cnp.NPY_UINT64 or t == cnp.NPY_INT64 or t == cnp.NPY_ULONGLONG
+            or t == cnp.NPY_LONGLONG) and cnp.PyArray_ISCARRAY_RO(keys)
+            and cnp.PyArray_ISNOTSWAPPED(keys)):
+        return keys
+    if keys.dtype.kind not in "iu":
+        raise TypeError(f"key arrays must hold integers, got dtype {keys.dtype}")
+    return np.ascontiguousarray(keys).astype(np.uint64, copy=False)
 
 
 cdef Py_ssize_t _batch(Engine* e, const uint64_t* src, bint ints, uint64_t k0, uint64_t k1,

@@ -34,44 +34,9 @@ cdef class _Keyed:
                                    b"fastlimit/metric/%d/" % kind + n)
         self.metric = self.table._register(id if id else 1, kind, p1, p2, n)
 
-    cdef void _count(self, int r, uint64_t n) noexcept:
-        """Add ``n`` checks with result ``r`` (R_ALLOWED, R_DENIED, or a
-        negative no-slot result) to this process's counters."""
-        cdef uint64_t* c
-        if fl_unlikely(self.counts_gen != _fork_gen):
-            self.counts = self.table._stripe(&self.counts_shared) + self.metric * NCOUNTERS
-            self.counts_gen = _fork_gen
-        c = self.counts + (r + 1 if r >= R_FULL else 0)
-        if self.counts_shared:
-            fl_add_u64(c, n)
-        else:
-            fl_inc_owned_u64(c, n)
-
-    cdef uint64_t _fingerprint(self, object key) except 0:
-        cdef Py_ssize_t n
-        cdef const char* p
-        cdef uint64_t h
-        if PyUnicode_Check(key):
-            p = PyUnicode_AsUTF8AndSize(key, &n)
-            h = fl_siphash13(self.ks0, self.ks1, <const unsigned char*>p, n)
-        elif PyBytes_Check(key):
-            h = fl_siphash13(self.ks0, self.ks1,
-                             <const unsigned char*>PyBytes_AS_STRING(key),
-                             PyBytes_GET_SIZE(key))
-        elif PyLong_Check(key):
-            h = fl_siphash13_u64(self.ki0, self.ki1, _int_key(key))
-        else:
-            raise TypeError(f"keys must be str, bytes or int, got {type(key).__name__}")
-        return h if h else 1
-
     def fingerprint(self, key):
         """The 64-bit table fingerprint of ``key`` under this name."""
-        return self._fingerprint(key)
-
-    cdef Engine* _engine(self) except NULL:
-        if self.eng.slots == NULL:
-            raise ValueError(f"the table of {self.name!r} is closed")
-        return self.eng
+        return _fingerprint(self, key)
 
     cdef int _set_on_full(self, int on_full) except -1:
         if on_full not in (ON_FULL_DENY, ON_FULL_ALLOW, ON_FULL_RAISE):
@@ -89,8 +54,8 @@ cdef class _Keyed:
 
     def reset(self, key):
         """Forget ``key``'s state: it starts afresh."""
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
+        cdef uint64_t fp = _fingerprint(self, key)
+        cdef Engine* e = _engine(self)
         cdef fl_slot* s = NULL
         cdef int64_t t = 0
         cdef int r
@@ -104,6 +69,42 @@ cdef class _Keyed:
             elif r == R_TIMEOUT:
                 raise TimeoutError(
                     f"key {key!r} of {self.name!r} is locked by a stalled process")
+
+
+cdef inline void _count(_Keyed self, int r, uint64_t n) noexcept:
+    """Add ``n`` checks with result ``r`` (R_ALLOWED, R_DENIED, or a
+    negative no-slot result) to this process's counters."""
+    cdef uint64_t* c
+    if fl_unlikely(self.counts_gen != _fork_gen):
+        self.counts = self.table._stripe(&self.counts_shared) + self.metric * NCOUNTERS
+        self.counts_gen = _fork_gen
+    c = self.counts + (r + 1 if r >= R_FULL else 0)
+    if self.counts_shared:
+        fl_add_u64(c, n)
+    else:
+        fl_inc_owned_u64(c, n)
+
+cdef inline uint64_t _fingerprint(_Keyed self, object key) except 0:
+    cdef Py_ssize_t n
+    cdef const char* p
+    cdef uint64_t h
+    if PyUnicode_Check(key):
+        p = PyUnicode_AsUTF8AndSize(key, &n)
+        h = fl_siphash13(self.ks0, self.ks1, <const unsigned char*>p, n)
+    elif PyBytes_Check(key):
+        h = fl_siphash13(self.ks0, self.ks1,
+                         <const unsigned char*>PyBytes_AS_STRING(key),
+                         PyBytes_GET_SIZE(key))
+    elif PyLong_Check(key):
+        h = fl_siphash13_u64(self.ki0, self.ki1, _int_key(key))
+    else:
+        raise TypeError(f"keys must be str, bytes or int, got {type(key).__name__}")
+    return h if h else 1
+
+cdef inline Engine* _engine(_Keyed self) except NULL:
+    if self.eng.slots == NULL:
+        raise ValueError(f"the table of {self.name!r} is closed")
+    return self.eng
 
 
 cdef inline uint64_t _int_fp(uint64_t k0, uint64_t k1, uint64_t key) noexcept nogil:

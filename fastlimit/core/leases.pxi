@@ -53,8 +53,8 @@ cdef class Leases(_Keyed):
         return self._take(key, limit, start)
 
     cdef int64_t _take(self, key, int64_t limit, int64_t start) except? -9:
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
+        cdef uint64_t fp = _fingerprint(self, key)
+        cdef Engine* e = _engine(self)
         cdef int64_t mine = FL_LEASE_BIT | (_my_lock & ~FL_LOCK_BITS)
         cdef int problem = 0
         if limit < 1:
@@ -68,7 +68,7 @@ cdef class Leases(_Keyed):
                 got = _take_one(e, fp, limit, start, mine, &problem, &took_over)
         if took_over:
             self.reclaimed += 1
-        self._count(R_ALLOWED if got >= 0 else (problem if problem else R_DENIED), 1)
+        _count(self, R_ALLOWED if got >= 0 else (problem if problem else R_DENIED), 1)
         if got >= 0:
             return got
         if problem:
@@ -98,8 +98,8 @@ cdef class Leases(_Keyed):
         return self.give_back(key, index)
 
     cdef bint give_back(self, key, int64_t index) except -1:
-        cdef uint64_t lfp = _lease_fp(self._fingerprint(key), index)
-        cdef Engine* e = self._engine()
+        cdef uint64_t lfp = _lease_fp(_fingerprint(self, key), index)
+        cdef Engine* e = _engine(self)
         cdef int64_t mine = FL_LEASE_BIT | (_my_lock & ~FL_LOCK_BITS)
         cdef int64_t t = 0
         cdef fl_slot* s = NULL
@@ -117,8 +117,8 @@ cdef class Leases(_Keyed):
 
     def in_flight(self, key, int64_t limit):
         """How many of ``key``'s first ``limit`` leases are held."""
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
+        cdef uint64_t fp = _fingerprint(self, key)
+        cdef Engine* e = _engine(self)
         cdef int64_t i, t = 0, n = 0
         cdef uint64_t lfp
         cdef fl_slot* s = NULL

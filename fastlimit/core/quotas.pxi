@@ -114,8 +114,8 @@ cdef class QuotaCounter(_Keyed):
         return decision_of(&a)
 
     cdef int _step(self, key, int64_t tag, int64_t cost, int mode, int64_t* count) except -3:
-        cdef uint64_t fp = self._fingerprint(key)
-        cdef Engine* e = self._engine()
+        cdef uint64_t fp = _fingerprint(self, key)
+        cdef Engine* e = _engine(self)
         cdef int r
         if not 1 <= tag <= QUOTA_MAX_TAG:
             raise ValueError(f"period tag out of range: {tag}")
@@ -125,7 +125,7 @@ cdef class QuotaCounter(_Keyed):
             raise ValueError(f"bad mode {mode}")
         r = quota_step(e, fp, tag, self.limit, cost, mode, count)
         if mode == Q_CONSUME:
-            self._count(r, 1)
+            _count(self, r, 1)
         if r < 0 and self.on_full == ON_FULL_RAISE:
             self._raise_full(key, r)
         return r
