@@ -108,6 +108,7 @@ cdef class QuotaCounter(_Keyed):
 cdef class Leases(_Keyed):
     cdef readonly uint64_t reclaimed
 
-    cdef int64_t _take(self, key, int64_t limit, int64_t start) except? -9
-    cdef int64_t acquire_(self, key, int64_t limit, int64_t start) except? -9
+    cdef int64_t _take(self, key, int64_t limit, int64_t start, uint64_t* slot=*) except? -9
+    cdef int64_t acquire_(self, key, int64_t limit, int64_t start, uint64_t* slot=*) except? -9
     cdef bint give_back(self, key, int64_t index) except -1
+    cdef bint give_back_slot(self, uint64_t slot) except -1

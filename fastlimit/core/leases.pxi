@@ -52,7 +52,8 @@ cdef class Leases(_Keyed):
         claimer).  ``start`` spreads concurrent acquirers over the leases."""
         return self._take(key, limit, start)
 
-    cdef int64_t _take(self, key, int64_t limit, int64_t start) except? -9:
+    cdef int64_t _take(self, key, int64_t limit, int64_t start, uint64_t* slot=NULL) except? -9:
+        # ``slot``: where to put the taken lease's slot fingerprint (for give_back_slot)
         cdef uint64_t fp = _fingerprint(self, key)
         cdef Engine* e = _engine(self)
         cdef int64_t mine = FL_LEASE_BIT | (_my_lock & ~FL_LOCK_BITS)
@@ -61,15 +62,18 @@ cdef class Leases(_Keyed):
             raise ValueError(f"a concurrency limit must be >= 1, got {limit}")
         cdef int64_t got = -1
         cdef bint took_over = False
+        cdef uint64_t lfp = 0
         if limit <= 64:  # a short scan: letting the GIL go would cost more than it
-            got = _take_one(e, fp, limit, start, mine, &problem, &took_over)
+            got = _take_one(e, fp, limit, start, mine, &problem, &took_over, &lfp)
         else:
             with nogil:
-                got = _take_one(e, fp, limit, start, mine, &problem, &took_over)
+                got = _take_one(e, fp, limit, start, mine, &problem, &took_over, &lfp)
         if took_over:
             self.reclaimed += 1
         _count(self, R_ALLOWED if got >= 0 else (problem if problem else R_DENIED), 1)
         if got >= 0:
+            if slot != NULL:
+                slot[0] = lfp
             return got
         if problem:
             if self.on_full == ON_FULL_RAISE:
@@ -85,8 +89,8 @@ cdef class Leases(_Keyed):
         cdef int64_t got = self.acquire_(key, limit, start)
         return got if got >= 0 else _ACQUIRED[-got - 1]
 
-    cdef int64_t acquire_(self, key, int64_t limit, int64_t start) except? -9:
-        cdef int64_t got = self._take(key, limit, start)
+    cdef int64_t acquire_(self, key, int64_t limit, int64_t start, uint64_t* slot=NULL) except? -9:
+        cdef int64_t got = self._take(key, limit, start, slot)
         if got >= 0:
             return got
         if got == -1 or self.on_full != ON_FULL_ALLOW:
@@ -98,7 +102,10 @@ cdef class Leases(_Keyed):
         return self.give_back(key, index)
 
     cdef bint give_back(self, key, int64_t index) except -1:
-        cdef uint64_t lfp = _lease_fp(_fingerprint(self, key), index)
+        return self.give_back_slot(_lease_fp(_fingerprint(self, key), index))
+
+    cdef bint give_back_slot(self, uint64_t lfp) except -1:
+        """Give back the lease in slot ``lfp`` (as ``acquire_`` gave it), if ours."""
         cdef Engine* e = _engine(self)
         cdef int64_t mine = FL_LEASE_BIT | (_my_lock & ~FL_LOCK_BITS)
         cdef int64_t t = 0
@@ -130,22 +137,26 @@ cdef class Leases(_Keyed):
 
 
 cdef int64_t _take_one(Engine* e, uint64_t fp, int64_t limit, int64_t start, int64_t mine,
-                       int* problem, bint* took_over) noexcept nogil:
+                       int* problem, bint* took_over, uint64_t* slot) noexcept nogil:
     """One of the ``limit`` leases of the key ``fp``, from ``start`` on: its
-    index, or -1 (``problem``: a no-slot result met on the way)."""
+    index (its slot's fingerprint in ``slot``), or -1 (``problem``: a
+    no-slot result met on the way)."""
     cdef int64_t i, j, t = 0
-    cdef int64_t now = mono_ns()
     cdef uint64_t lfp
     cdef fl_slot* s = NULL
     cdef int r
+    i = start % limit  # C's %: negative for a negative start
+    if i < 0:
+        i += limit
     for j in range(limit):
-        i = (start + j) % limit
         lfp = _lease_fp(fp, i)
-        r = _take_lease(e, lfp, now, mine)
+        r = _take_lease(e, lfp, mine)
         if r == R_ALLOWED:
+            slot[0] = lfp
             return i
         if r < 0:
             problem[0] = r
+        i = i + 1 if i + 1 < limit else 0
     # every lease looked held: replace holders that are gone
     for i in range(limit):
         lfp = _lease_fp(fp, i)
@@ -153,11 +164,12 @@ cdef int64_t _take_one(Engine* e, uint64_t fp, int64_t limit, int64_t start, int
             continue
         if FL_IS_LEASE(t) and _holder_dead(t) and fl_cas_i64(&s.tat, &t, mine):
             took_over[0] = True
+            slot[0] = lfp
             return i
     return -1
 
 
-cdef int _take_lease(Engine* e, uint64_t fp, int64_t now, int64_t mine) noexcept nogil:
+cdef int _take_lease(Engine* e, uint64_t fp, int64_t mine) noexcept nogil:
     """R_ALLOWED if the lease slot ``fp`` is now ours, R_DENIED if held."""
     cdef fl_slot* b1 = _bucket1(e, fp)
     cdef fl_slot* b2 = _bucket2(e, fp)
@@ -173,7 +185,7 @@ cdef int _take_lease(Engine* e, uint64_t fp, int64_t now, int64_t mine) noexcept
                 return R_ALLOWED
             continue
         if r == ABSENT:
-            r = _claim(e, fp, b1, b2, now, mine)
+            r = _claim(e, fp, b1, b2, mono_ns(), mine)  # the clock only to claim
             if r == FOUND:
                 return R_ALLOWED
         if r == RETRY:

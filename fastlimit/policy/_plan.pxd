@@ -1,9 +1,15 @@
 # What the middlewares' compiled calls (fastlimit/web/_serve.pyx) see of a
 # policy's decision path.
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 
+from fastlimit._core cimport Leases
 from fastlimit.http._fields cimport Fields
 from fastlimit.limiters._counting cimport Meter
+
+
+cdef enum:
+    MAX_METHODS = 16    # methods the masks tell apart (patterns' methods, and the rest)
 
 
 cdef class Generation:
@@ -19,22 +25,38 @@ cdef class RouteNode:
     cdef public RouteNode param
     cdef public dict here, tail
     cdef tuple keys             # the literal children as (ASCII bytes, child), or None
-    cdef dict here_masks, tail_masks   # here and tail as bit masks of rules, or None
+    # ... and as C arrays over those bytes and children (borrowed: keys holds them)
+    cdef int nkeys
+    cdef Py_ssize_t key_len[16]
+    cdef const char* key_data[16]
+    cdef PyObject* key_child[16]
+    # here and tail as bit masks of rules, by method code (RouteIndex.codes)
+    cdef bint masked
+    cdef uint64_t here_mask[MAX_METHODS]
+    cdef uint64_t tail_mask[MAX_METHODS]
 
-    cdef seal(self, bint masks)
+    cdef seal(self, dict codes)
 
 
 cdef class RouteIndex:
     cdef RouteNode root
     cdef dict exact, combos
-    cdef bint dynamic, masks
+    cdef dict codes             # method -> code, for the masks; None if too many rules or methods
+    cdef int other              # the code of a method no pattern names
+    cdef int nmethods           # codes[:nmethods] as ASCII bytes, compared without hashing
+    cdef bytes method_bytes
+    cdef Py_ssize_t method_len[MAX_METHODS]
+    cdef const char* method_data[MAX_METHODS]
+    cdef bint dynamic
     cdef list values
     cdef object combine, empty
 
     cdef object _combined(self, tuple found)
     cpdef object match(self, str method, str path)
+    cdef int _code(self, str method)
     cdef object _walk(self, str method, str path)
     cdef object _walk_deep(self, str method, str path)
+    cdef object _of_mask(self, uint64_t mask)
     cdef object _rules(self, list hits)
 
 
@@ -57,6 +79,7 @@ cdef class RouteRule:
 
 cdef class Usage:
     cdef readonly object spec, concurrency
+    cdef object slots           # the concurrency limit's lease slots
     cdef readonly str name, kind
     cdef readonly bint bytes
 
@@ -65,6 +88,8 @@ cdef class RouteSet:
     cdef readonly tuple rules, usages
     cdef readonly bint dedicated
     cdef dict by_tier           # TierPlan -> TierUsage
+    cdef TierPlan last_tier     # the last of by_tier asked for
+    cdef TierUsage last_usage
 
     cdef TierUsage of(self, TierPlan tier, policy)
 
@@ -108,7 +133,9 @@ cdef class PolicyDecision:
     cdef readonly bint allowed
     cdef readonly object kind
     cdef Plan plan
-    cdef list held
+    cdef Leases lease           # the first lease held, when it is the shared table's,
+    cdef uint64_t lease_slot    # and its slot (given back without hashing the key again)
+    cdef list held              # the other leases held: (slots, key, token)
     cdef tuple hits, leases, caps
     cdef object applied, rejected_, tier_, denied_by, subject
     cdef int64_t wall_ns
@@ -118,7 +145,8 @@ cdef class PolicyDecision:
 
     cdef PolicyDecision _count(self, cost, bint consume)
     cdef PolicyDecision _deny(self, str kind, str by)
-    cdef bint _take(self, limit, key, n, int64_t spread) except -1
+    cdef bint _take(self, slots, key, n, int64_t spread) except -1
+    cdef bint holds(self)
     cdef int _binding(self)
     cdef list fields(self, bint raw)
     cdef list _render(self, int i, bint raw)

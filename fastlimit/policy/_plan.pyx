@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, binding=False
 """A policy's decision path, compiled: the one way from a request to a
 :class:`PolicyDecision`.
 
@@ -24,7 +24,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcmp
+from libc.string cimport memchr, memcmp
 
 from fastlimit._core cimport Leases, fl_answer
 from fastlimit.http._fields cimport Fields, Window, binding, retry_seconds
@@ -92,18 +92,37 @@ cdef class RouteNode:
         self.tail = {}
         self.keys = None
 
-    cdef seal(self, bint masks):
-        """Keep the literal children as ``(ASCII key bytes, child)`` too, when
-        they are few and ASCII: a walk then compares a path's bytes with
-        them, making no segment text and hashing none.  With ``masks`` (64
-        rules at most), keep each method's rules as a bit mask too."""
+    cdef seal(self, dict codes):
+        """Keep the literal children as C arrays of their ASCII bytes too,
+        when they are few and ASCII: a walk then compares a path's bytes
+        with them, making no segment text and hashing none.  With ``codes``
+        (64 rules and 16 methods at most), keep each method's rules as a
+        bit mask too."""
+        cdef int i
         self.keys = None
+        self.nkeys = 0
         if 0 < len(self.literal) <= 16 and all(k.isascii() for k in self.literal):
             self.keys = tuple((k.encode("ascii"), child) for k, child in self.literal.items())
-        self.here_masks = self.tail_masks = None
-        if masks:
-            self.here_masks = {m: sum(1 << i for i in set(found)) for m, found in self.here.items()}
-            self.tail_masks = {m: sum(1 << i for i in set(found)) for m, found in self.tail.items()}
+            for i, (key, child) in enumerate(self.keys):
+                self.key_len[i] = PyBytes_GET_SIZE(key)
+                self.key_data[i] = PyBytes_AS_STRING(key)
+                self.key_child[i] = <PyObject*>child
+            self.nkeys = len(self.keys)
+        self.masked = codes is not None
+        for i in range(MAX_METHODS):
+            self.here_mask[i] = self.tail_mask[i] = 0
+        if codes is not None:
+            for m, found in self.here.items():
+                self.here_mask[<int>codes[m]] = _mask_of(found)
+            for m, found in self.tail.items():
+                self.tail_mask[<int>codes[m]] = _mask_of(found)
+
+
+cdef uint64_t _mask_of(list rules):
+    cdef uint64_t mask = 0
+    for i in rules:
+        mask |= (<uint64_t>1) << <int>i
+    return mask
 
 
 cdef str _OTHER = "\0other"  # stands for every method no pattern names
@@ -133,18 +152,17 @@ cpdef str normalize_path(str path):
         >>> normalize_path("/auth//session/./login/?next=/")
         '/auth/session/login'
     """
-    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(path), i
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(path)
     cdef const char* p
-    cdef char c, prev
+    cdef const char* slash
     if n and PyUnicode_IS_ASCII(path):
         p = PyUnicode_DATA(path)
-        if p[0] == b"/" and p[n - 1] != b"/":
-            prev = 0
-            for i in range(n):
-                c = p[i]
-                if c == b"?" or (prev == b"/" and (c == b"/" or c == b".")):
+        if p[0] == b"/" and p[n - 1] != b"/" and memchr(p, b"?", n) == NULL:
+            slash = p
+            while slash != NULL:  # never the last byte: that is not a "/"
+                if slash[1] == b"/" or slash[1] == b".":
                     break
-                prev = c
+                slash = <const char*>memchr(slash + 1, b"/", n - 1 - (slash - p))
             else:
                 return path  # the common case: nothing to do
     cut = path.find("?")
@@ -171,14 +189,34 @@ cdef class RouteIndex:
 
     def __init__(self, RouteNode root, dict exact, bint dynamic, list values, combine=None):
         cdef list todo = [root]
+        cdef list nodes = []
         cdef RouteNode node
-        self.masks = len(values) <= 64
+        cdef const char* base
         while todo:  # a walk, not recursion: patterns may be thousands of segments deep
             node = todo.pop()
-            node.seal(self.masks)
+            nodes.append(node)
             todo.extend(node.literal.values())
             if node.param is not None:
                 todo.append(node.param)
+        methods = {_OTHER: None}
+        for node in nodes:
+            methods.update(dict.fromkeys(node.here))
+            methods.update(dict.fromkeys(node.tail))
+        self.codes = None
+        self.other = self.nmethods = 0
+        if len(values) <= 64 and len(methods) <= MAX_METHODS:
+            self.codes = {m: i for i, m in enumerate(methods)}
+            self.other = self.codes[_OTHER]
+            if all(m.isascii() for m in methods):
+                self.method_bytes = "".join(methods).encode("ascii")
+                base = self.method_bytes
+                for m in methods:
+                    self.method_len[self.nmethods] = len(m)
+                    self.method_data[self.nmethods] = base
+                    self.nmethods += 1
+                    base += len(m)
+        for node in nodes:
+            node.seal(self.codes)
         self.root = root
         self.combine = combine
         self.exact = {path: {m: self._combined(found) for m, found in answers.items()}
@@ -212,11 +250,26 @@ cdef class RouteIndex:
         """The trie's answer for a normalized ``path`` and exactly ``method``."""
         return self._walk(method, path)
 
+    cdef int _code(self, str method):
+        """The method's code: its bytes compared with the patterns' few."""
+        cdef Py_ssize_t n = PyUnicode_GET_LENGTH(method)
+        cdef int i
+        if self.nmethods and PyUnicode_IS_ASCII(method):
+            for i in range(self.nmethods):
+                if self.method_len[i] == n and memcmp(
+                        self.method_data[i], PyUnicode_DATA(method), n) == 0:
+                    return i
+            return self.other
+        found = self.codes.get(method)
+        return self.other if found is None else <int>found
+
     cdef object _walk(self, str method, str path):
         # ``path`` is normalized: "/" or "/a/b", no empty segments.  Segment
         # k is path[starts[k]:starts[k + 1] - 1]; its text is made only when
         # a node has literal children to look it up in.
         cdef Py_ssize_t n = PyUnicode_GET_LENGTH(path), i = 1, j
+        cdef const char* slash
+        cdef int code
         cdef Py_ssize_t starts[MAX_SEGMENTS + 1]
         cdef PyObject* texts[MAX_SEGMENTS]
         cdef PyObject* nodes[MAX_SEGMENTS + 2]
@@ -227,20 +280,23 @@ cdef class RouteIndex:
         cdef bint ascii = PyUnicode_IS_ASCII(path)
         cdef const char* data = PyUnicode_DATA(path) if ascii else NULL
         cdef Py_ssize_t length
-        if not self.masks:
+        if self.codes is None:
             return self._walk_deep(method, path)
+        code = self._code(method)
         if n > 1:
             if ascii:  # the usual path: split on its bytes
                 starts[0] = 1
                 texts[0] = NULL
                 nseg = 1
-                for j in range(1, n):
-                    if data[j] == b"/":
-                        if nseg == MAX_SEGMENTS:
-                            return self._walk_deep(method, path)
-                        starts[nseg] = j + 1
-                        texts[nseg] = NULL
-                        nseg += 1
+                slash = <const char*>memchr(data + 1, b"/", n - 1)
+                while slash != NULL:
+                    if nseg == MAX_SEGMENTS:
+                        return self._walk_deep(method, path)
+                    j = slash - data
+                    starts[nseg] = j + 1
+                    texts[nseg] = NULL
+                    nseg += 1
+                    slash = <const char*>memchr(slash + 1, b"/", n - j - 1)
             else:
                 while True:
                     if nseg == MAX_SEGMENTS:
@@ -261,23 +317,16 @@ cdef class RouteIndex:
                 top -= 1
                 node = <RouteNode>nodes[top]
                 k = depth[top]
-                if node.tail_masks:
-                    found = node.tail_masks.get(method) or node.tail_masks.get(_OTHER)
-                    if found:
-                        mask |= <uint64_t>found
+                mask |= node.tail_mask[code]
                 if k == nseg:
-                    if node.here_masks:
-                        found = node.here_masks.get(method) or node.here_masks.get(_OTHER)
-                        if found:
-                            mask |= <uint64_t>found
+                    mask |= node.here_mask[code]
                     continue
-                if node.keys is not None and ascii:
+                if node.nkeys and ascii:
                     length = starts[k + 1] - 1 - starts[k]
-                    for pair in <tuple>node.keys:
-                        key = (<tuple>pair)[0]
-                        if PyBytes_GET_SIZE(key) == length and memcmp(
-                                PyBytes_AS_STRING(key), data + starts[k], length) == 0:
-                            nodes[top] = <PyObject*>(<tuple>pair)[1]
+                    for j in range(node.nkeys):
+                        if node.key_len[j] == length and memcmp(
+                                node.key_data[j], data + starts[k], length) == 0:
+                            nodes[top] = node.key_child[j]
                             depth[top] = k + 1
                             top += 1
                             break
@@ -301,6 +350,10 @@ cdef class RouteIndex:
                     Py_DECREF(<object>texts[k])
         if mask == 0:
             return self.empty
+        return self._of_mask(mask)
+
+    cdef object _of_mask(self, uint64_t mask):
+        """What the rules of the bits of ``mask`` amount to (combined once per set)."""
         found = self.combos.get(mask)
         if found is None:
             found = self._combined(tuple(self.values[i] for i in range(64) if mask >> i & 1))
@@ -395,6 +448,7 @@ cdef class Usage:
         self.kind = spec.kind
         self.bytes = spec.name.endswith("_bytes")
         self.concurrency = concurrency
+        self.slots = None if concurrency is None else concurrency._leases
 
 
 @cython.final
@@ -414,6 +468,8 @@ cdef class RouteSet:
     cdef TierUsage of(self, TierPlan tier, policy):
         """What these routes' allowances are under ``tier`` (worked out once
         per tier: tiers and customers are the policy's, a bounded few)."""
+        if tier is self.last_tier:  # the usual: callers of one tier in a row
+            return self.last_usage
         cdef TierUsage found = self.by_tier.get(tier)
         cdef Usage u
         if found is None:
@@ -436,6 +492,7 @@ cdef class RouteSet:
             found.leases = tuple(leases) or None
             found.caps = tuple(caps) or None
             self.by_tier[tier] = found
+        self.last_tier, self.last_usage = tier, found
         return found
 
 
@@ -489,6 +546,13 @@ cdef inline list _more(list more, Hit first, Hit h):
         return [first, h]
     more.append(h)
     return more
+
+
+cdef inline bint _given(object value) except -1:
+    """``bool(value)``, without a call for a str."""
+    if type(value) is str:
+        return PyUnicode_GET_LENGTH(value) != 0
+    return value is not None and bool(value)
 
 
 cdef inline str _need_ip(object client_ip, str limit):
@@ -552,7 +616,8 @@ cdef class Plan:
             found = self.customers.get(account)
             if found is not None:
                 return found
-        found = self.tiers.get(identity[2] or "")
+        tier = identity[2]
+        found = self.tiers.get(tier if _given(tier) else "")
         if found is None:
             raise ValueError(f"unknown tier {identity[2]!r}; this policy has: "
                              f"{', '.join(self.tiers)}")
@@ -588,10 +653,12 @@ cdef class Plan:
                                 f"anonymous caller), got {identity!r}")
             fields = <tuple>identity  # an Identity is a tuple: its fields without __getitem__
             subject = fields[1]
-            if subject:
+            if _given(subject):
                 kind = _kind_code(fields[0])
             if kind == K_API_KEY:
-                subject = fields[3] or subject  # per account, when given
+                account = fields[3]
+                if _given(account):  # per account, when given
+                    subject = account
                 if self.api_tiers:
                     tier = self._tier(fields)
                     if tier.api_access:
@@ -658,7 +725,7 @@ cdef class Plan:
                     return d._deny("too_large", u.name)
         if d.leases is not None:
             for u, n in d.leases:
-                if not d._take(u.concurrency, d.subject, n, self.spread):
+                if not d._take(u.slots, d.subject, n, self.spread):
                     d.release()
                     d._count(cost, False)
                     return d._deny("concurrency", u.name)
@@ -690,6 +757,7 @@ cdef class Plan:
 
 @cython.freelist(64)
 @cython.final
+@cython.no_gc  # it refers to its plan, hits, leases and what it made: never back to itself
 cdef class PolicyDecision:
     """The answer to one request under a policy.
 
@@ -724,20 +792,28 @@ cdef class PolicyDecision:
         self.denied_by = by
         return self
 
-    cdef bint _take(self, limit, key, n, int64_t spread) except -1:
-        """A lease of ``limit`` (a ConcurrencyLimit) for ``key``, held by this
-        decision; False if every one is held."""
-        slots = limit._leases
-        if type(slots) is Leases:
-            token = (<Leases>slots).acquire_(key, n, spread)
+    cdef bint _take(self, slots, key, n, int64_t spread) except -1:
+        """A lease of ``key`` from ``slots`` (a ConcurrencyLimit's), held by
+        this decision; False if every one is held."""
+        cdef uint64_t slot = 0
+        if type(slots) is Leases and self.lease is None:
+            token = (<Leases>slots).acquire_(key, n, spread, &slot)
+            if token >= 0:
+                self.lease = <Leases>slots
+                self.lease_slot = slot
+                return True
         else:
-            token = slots.acquire(key, n, spread)
-        if token >= 0:
-            if self.held is None:
-                self.held = []
-            self.held.append((slots, key, token))
-            return True
+            token = (<Leases>slots).acquire_(key, n, spread) if type(slots) is Leases else \
+                slots.acquire(key, n, spread)
+            if token >= 0:
+                if self.held is None:
+                    self.held = []
+                self.held.append((slots, key, token))
+                return True
         return token == -2  # Acquired.UNRECORDED: admitted, nothing to give back
+
+    cdef bint holds(self):
+        return self.lease is not None or bool(self.held)
 
     # -- what the request is subject to -------------------------------------------------
 
@@ -909,12 +985,15 @@ cdef class PolicyDecision:
     @property
     def holding(self):
         """Whether :meth:`release` has something to give back."""
-        return bool(self.held)
+        return self.holds()
 
     cpdef release(self):
         """End the request: give back what it holds while in flight (its
         concurrency leases).  Call it once the response is sent; calling it
         again, or on a denial, does nothing."""
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            lease.give_back_slot(self.lease_slot)
         held, self.held = self.held, None
         if held:
             for slots, key, token in held:

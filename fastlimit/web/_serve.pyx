@@ -252,7 +252,7 @@ cdef class WSGICall(_Call):
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         environ["fastlimit.decision"] = outcome
         cdef PolicyDecision decided = outcome if type(outcome) is PolicyDecision else None
-        if decided is not None and decided.allowed and not decided.held:
+        if decided is not None and decided.allowed and not decided.holds():
             # nothing to give back: the response goes out as the app made it
             extra = decided.headers
             return self.app(environ, AddHeaders(start_response, extra, self.names, self.merge)
@@ -302,7 +302,7 @@ cdef class ASGICall(_Call):
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         scope["fastlimit.decision"] = outcome
         cdef PolicyDecision decided = outcome if type(outcome) is PolicyDecision else None
-        if decided is not None and decided.allowed and not decided.held:  # holds nothing
+        if decided is not None and decided.allowed and not decided.holds():  # holds nothing
             extra = decided.fields(True)
             return self.app(scope, receive,
                             SendHeaders(send, extra, self.names, self.merge) if extra else send)
