@@ -20,6 +20,8 @@ from fastlimit.web.view import _WSGIView
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication
+else:
+    WSGIApplication = Any  # typeshed's alias exists only for the type checker
 
 __all__ = ["RateLimitMiddleware"]
 
@@ -31,7 +33,7 @@ def _status_line(status: int) -> str:
         return f"{status} Error"
 
 
-class RateLimitMiddleware(Middleware["WSGIApplication"], WSGICall):
+class RateLimitMiddleware(Middleware[WSGIApplication], WSGICall):
     """Count each request under ``policy``; answer denials itself, add the
     rate-limit headers to every response.
 
