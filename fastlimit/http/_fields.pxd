@@ -22,5 +22,5 @@ cdef class Fields:
     cdef dict items   # limit name -> its structured-field String
 
     cdef object _item(self, name)
-    cdef list fields(self, const fl_answer* d, name, const Window* w, object wall_now_ns,
+    cdef list fields(self, const fl_answer* d, name, const Window* w, int64_t wall_now_ns,
                      bint raw)

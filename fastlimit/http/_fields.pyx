@@ -37,19 +37,32 @@ cdef int64_t NS = 1_000_000_000
 RESET_CODES = {"delta": RESET_DELTA, "epoch": RESET_EPOCH, "iso": RESET_ISO}
 
 
+cdef const char* _PAIRS = (b"00010203040506070809101112131415161718192021222324252627282930313233"
+                           b"34353637383940414243444546474849505152535455565758596061626364656667"
+                           b"6869707172737475767778798081828384858687888990919293949596979899")
+
+
 cdef object _decimal(long long value, bint raw):
     """str(value) (bytes if ``raw``) for any value, without an int object
     first for the non-negative ones every response has."""
     cdef char digits[24]
-    cdef int at = 24
+    cdef int at = 24, two
     if value < 0:
         return _text(str(value), raw)
-    while True:
+    while value >= 100:  # two digits a step: a Unix time is five steps
+        two = <int>(value % 100) * 2
+        value //= 100
+        at -= 2
+        digits[at] = _PAIRS[two]
+        digits[at + 1] = _PAIRS[two + 1]
+    if value >= 10:
+        two = <int>value * 2
+        at -= 2
+        digits[at] = _PAIRS[two]
+        digits[at + 1] = _PAIRS[two + 1]
+    else:
         at -= 1
-        digits[at] = <char>(48 + value % 10)
-        value //= 10
-        if value == 0:
-            break
+        digits[at] = <char>(48 + value)
     if raw:
         return PyBytes_FromStringAndSize(digits + at, 24 - at)
     return PyUnicode_DecodeASCII(digits + at, 24 - at, NULL)
@@ -64,7 +77,7 @@ cdef inline int64_t _ceil_s(int64_t ns) noexcept:
     return ns // NS + (1 if ns % NS > 0 else 0) if ns >= 0 else -((-ns) // NS)
 
 
-cdef object _reset(object after_ns, int fmt, object wall_now_ns, bint raw):
+cdef object _reset(int64_t after_ns, int fmt, int64_t wall_now_ns, bint raw):
     """X-RateLimit-Reset for a key replenished in ``after_ns`` (below 0: 0)."""
     cdef long long reset, at_ms
     cdef time_t seconds
@@ -72,7 +85,7 @@ cdef object _reset(object after_ns, int fmt, object wall_now_ns, bint raw):
     cdef char out[40]
     cdef int n
     if fmt == RESET_ISO:
-        at = wall_now_ns + max(0, after_ns)
+        at = <object>wall_now_ns + max(0, after_ns)  # in Python ints: it may pass 2**63
         if 0 <= at < 253402300800 * NS:  # to the end of year 9999
             at_ms = <long long>at
             at_ms = at_ms // 1_000_000 + (1 if at_ms % 1_000_000 else 0)  # rounded up
@@ -88,7 +101,7 @@ cdef object _reset(object after_ns, int fmt, object wall_now_ns, bint raw):
                      + f".{ms:03d}Z", raw)
     if not (-2**62 < after_ns < 2**62 and -2**62 < wall_now_ns < 2**62):
         # far outside anything a clock gives: Python's unbounded ints
-        at = max(0, after_ns) + (wall_now_ns if fmt == RESET_EPOCH else 0)
+        at = max(0, <object>after_ns) + (<object>wall_now_ns if fmt == RESET_EPOCH else 0)
         return _text(str(-(-at // NS)), raw)
     reset = after_ns
     if reset < 0:
@@ -96,13 +109,6 @@ cdef object _reset(object after_ns, int fmt, object wall_now_ns, bint raw):
     if fmt == RESET_EPOCH:
         reset += <long long>wall_now_ns
     return _decimal(_ceil_s(reset), raw)
-
-
-def reset_seconds(after_ns, int reset_format, wall_now_ns):
-    """``X-RateLimit-Reset`` in whole seconds, rounded up (a client that
-    waits that long finds the key replenished): ``reset_format`` 0 is
-    seconds from now, 1 Unix seconds.  ``after_ns`` below 0 counts as 0."""
-    return _reset(after_ns, RESET_EPOCH if reset_format else RESET_DELTA, wall_now_ns, False)
 
 
 cdef int64_t window_next_unit(const fl_answer* d, const Window* w) noexcept:
@@ -224,13 +230,13 @@ cdef class Fields:
             found = self.items[name] = sf_string(name)
         return found
 
-    def render(self, Decision decision, name, window, wall_now_ns):
+    def render(self, Decision decision, name, window, int64_t wall_now_ns):
         """What ``HeaderStyle.render`` returns (text pairs)."""
         cdef fl_answer a = answer_of(decision)
         cdef Window w = window_of(window)
         return self.fields(&a, name, &w, wall_now_ns, False)
 
-    cdef list fields(self, const fl_answer* d, name, const Window* w, object wall_now_ns,
+    cdef list fields(self, const fl_answer* d, name, const Window* w, int64_t wall_now_ns,
                      bint raw):
         cdef list out = []
         cdef int64_t span, t
@@ -261,7 +267,7 @@ cdef class Fields:
         return out
 
 
-def legacy_fields(Decision decision, int reset_format, wall_now_ns, tuple limit=None):
+def legacy_fields(Decision decision, int reset_format, int64_t wall_now_ns, tuple limit=None):
     """``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` of ``decision``,
     the reset as :func:`reset_seconds` writes it (``reset_format`` 0 delta,
     1 epoch).  ``limit``: the first field, when the caller has it made."""

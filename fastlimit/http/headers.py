@@ -240,6 +240,8 @@ class DenialResponse:
     status: int = 429
     body: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_BODY))
     content_type: str = "application/json"
+    #: the encoded body when it names no placeholder (the same for every denial), else None
+    fixed: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.status, bool) or not isinstance(self.status, int) or not (
@@ -257,7 +259,7 @@ class DenialResponse:
         strings: set[str] = set()
         _placeholders(self.body, strings)
         if not any("{" in s or "}" in s for s in strings):
-            object.__setattr__(self, "_fixed", self._encode(self.body))
+            object.__setattr__(self, "fixed", self._encode(self.body))
 
     def _fill_sample(self) -> Any:
         return _fill(self.body, {"retry_after": 1, "limit": "x"})
@@ -270,9 +272,8 @@ class DenialResponse:
 
     def render(self, *, retry_after: int, limit: str) -> bytes:
         """The body as UTF-8 JSON bytes."""
-        fixed: bytes | None = self.__dict__.get("_fixed")
-        if fixed is not None:
-            return fixed
+        if self.fixed is not None:
+            return self.fixed
         return self._encode(_fill(self.body, {"retry_after": retry_after, "limit": limit}))
 
 

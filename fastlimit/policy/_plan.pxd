@@ -151,4 +151,6 @@ cdef class PolicyDecision:
     cdef list fields(self, bint raw)
     cdef list _render(self, int i, bint raw)
     cdef object _response(self)
+    cdef bytes denial_body(self)
+    cdef list text_fields(self)
     cpdef release(self)

@@ -924,9 +924,7 @@ cdef class PolicyDecision:
     def headers(self):
         """Rate-limit headers to send, each once; empty when no enforced
         limit applied (e.g. an unlimited tier) and on a 413."""
-        if self.headers_ is None:
-            self.headers_ = self.fields(False)
-        return self.headers_
+        return self.text_fields()
 
     def raw_headers(self):
         """:attr:`headers` as ASGI raw pairs (lower-case names, bytes)."""
@@ -972,10 +970,21 @@ cdef class PolicyDecision:
     @property
     def body(self):
         """The denial's body (JSON by default), or None when allowed."""
-        if self.kind is None:
-            return None
+        return None if self.kind is None else self.denial_body()
+
+    cdef bytes denial_body(self):
+        response = self._response()
+        fixed = response.fixed
+        if fixed is not None:
+            return fixed
         name = self.denied_by or self.limit or ""
-        return self._response().render(retry_after=self.retry_after or 0, limit=name)
+        return response.render(retry_after=self.retry_after or 0, limit=name)
+
+    cdef list text_fields(self):
+        """:attr:`headers`."""
+        if self.headers_ is None:
+            self.headers_ = self.fields(False)
+        return self.headers_
 
     cdef object _response(self):
         return self.plan.responses[self.kind or "rate"]

@@ -15,8 +15,11 @@ header fields are the ones ``Policy.hit`` gives any caller.
 cimport cython
 
 from cpython.object cimport PyObject, PyTypeObject, ternaryfunc
+from cpython.unicode cimport PyUnicode_GET_LENGTH
+from libc.stdint cimport uint32_t
 
 from fastlimit.policy._plan cimport Plan, PolicyDecision
+from fastlimit.web._addr cimport ipv4
 
 from fastlimit.errors import CapacityError
 
@@ -24,6 +27,11 @@ from fastlimit.errors import CapacityError
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
     void PyType_Modified(type cls)
+    Py_UCS4 PyUnicode_READ_CHAR(object text, Py_ssize_t index)
+    bint Py_UNICODE_ISSPACE(Py_UCS4 ch)
+    str PyUnicode_Substring(object text, Py_ssize_t start, Py_ssize_t end)
+    Py_ssize_t PyUnicode_FindChar(object text, Py_UCS4 ch, Py_ssize_t start, Py_ssize_t end,
+                                  int direction) except -2
 
 
 cdef class ViewFields:
@@ -112,7 +120,8 @@ cdef class Check:
 
     cdef object _check(self, view):
         if self.proxies is not None:
-            view.client_ip = self.proxies(view)
+            view.client_ip = ((<ClientAddress>self.proxies).find(view)
+                              if type(self.proxies) is ClientAddress else self.proxies(view))
         cost = self.fixed_cost if self.fixed_cost is not None else self.cost(view)
         identity = _identify(self.identify, view)
         if type(view) is self.wsgi_view:
@@ -211,6 +220,57 @@ cdef class SendHeaders:
         return self.send(message)
 
 
+cpdef list denial_headers(outcome, bytes body):
+    """The headers of a denial: its content type and length, then the
+    policy's headers (Retry-After included)."""
+    cdef PolicyDecision d
+    if type(outcome) is PolicyDecision:
+        d = <PolicyDecision>outcome
+        return [("Content-Type", d._response().content_type),
+                ("Content-Length", str(len(body))), *d.text_fields()]
+    return [("Content-Type", outcome.content_type), ("Content-Length", str(len(body))),
+            *outcome.headers]
+
+
+@cython.final
+cdef class WSGIDenial:
+    """``deny(outcome, start_response)``: the WSGI answer to a denied
+    request (the application is not called), with the policy's status,
+    headers and body.  ``status_line(status)`` makes ``"429 Too Many
+    Requests"``; ``released(result, release)`` wraps a response whose
+    outcome still holds something."""
+
+    cdef object status_line, released
+    cdef dict lines     # status -> its line: the policy's few statuses
+
+    def __init__(self, status_line, released):
+        self.status_line = status_line
+        self.released = released
+        self.lines = {}
+
+    def __call__(self, outcome, start_response):
+        cdef PolicyDecision d = outcome if type(outcome) is PolicyDecision else None
+        cdef bint holding
+        try:
+            if d is not None:
+                body = d.denial_body()
+                status = d._response().status
+            else:
+                body = outcome.body or b""
+                status = outcome.status
+            line = self.lines.get(status)
+            if line is None:
+                line = self.status_line(status)
+                if len(self.lines) < 1000:
+                    self.lines[status] = line
+            start_response(line, denial_headers(outcome, body))
+        except BaseException:
+            outcome.release()
+            raise
+        holding = d.holds() if d is not None else getattr(outcome, "holding", True)
+        return self.released([body], outcome.release) if holding else [body]
+
+
 cdef class _Call:
     """What both middlewares' per-request steps hold."""
 
@@ -254,7 +314,7 @@ cdef class WSGICall(_Call):
         cdef PolicyDecision decided = outcome if type(outcome) is PolicyDecision else None
         if decided is not None and decided.allowed and not decided.holds():
             # nothing to give back: the response goes out as the app made it
-            extra = decided.headers
+            extra = decided.text_fields()
             return self.app(environ, AddHeaders(start_response, extra, self.names, self.merge)
                             if extra else start_response)
         if not outcome.allowed:
@@ -380,58 +440,99 @@ def encode_headers(list headers):
     return out
 
 
-cdef class HeaderIdentity:
-    """``identify(view)`` for a credential sent in a request header: the
-    callable :func:`fastlimit.web.api_key_header` and
-    :func:`fastlimit.web.bearer_token` return.
+@cython.final
+cdef class Header:
+    """One request header, read straight from a WSGI environ or an ASGI
+    scope (other views: ``view.header(name)``): what
+    :func:`fastlimit.web.view.header_reader` makes."""
 
-    The header is read straight from the WSGI environ or the ASGI scope
-    (other views: ``view.header``).  ``kind`` is ``"api_key"`` (``lookup``
-    gives ``(tier, account)``) or ``"token"`` (an ``Authorization: Bearer``
-    value; ``lookup`` gives the subject)."""
-
-    cdef object lookup, identity_type, invalid, wsgi_view, asgi_view
-    cdef str name, environ_key
+    cdef readonly str name
+    cdef str environ_key
     cdef bytes raw_name
-    cdef bint token
-    # credential -> (what lookup gave, its Identity): the Identity is made
-    # again only when lookup gives something else (the same object also
-    # keeps a caller's Identity one object across its requests)
-    cdef dict known
+    cdef object wsgi_view, asgi_view
 
-    def __init__(self, str kind, lookup, str name, str environ_key, bytes raw_name,
-                 identity_type, invalid, wsgi_view, asgi_view):
-        if kind not in ("api_key", "token"):
-            raise ValueError(f"kind must be 'api_key' or 'token', got {kind!r}")
-        self.token = kind == "token"
-        self.lookup = lookup
+    def __init__(self, str name, str environ_key, bytes raw_name, wsgi_view, asgi_view):
         self.name = name
         self.environ_key = environ_key
         self.raw_name = raw_name
-        self.identity_type = identity_type  # Identity: made without its keyword handling
-        self.invalid = invalid    # the Identity of a credential that failed
         self.wsgi_view = wsgi_view
         self.asgi_view = asgi_view
-        self.known = {}
+
+    def __call__(self, view):
+        """The header's value in ``view``, or None."""
+        return self.read(view)
+
+    cdef object read(self, view):
+        kind = type(view)
+        if kind is self.wsgi_view:
+            return _get((<ViewFields>view).raw, self.environ_key, None)
+        if kind is self.asgi_view:
+            return scope_header(_get((<ViewFields>view).raw, "headers", ()), self.raw_name)
+        return view.header(self.name)
+
+
+cpdef object cookie_value(str header, str name):
+    """The value of cookie ``name`` in a ``Cookie`` header, or None
+    (``RequestView.cookie``)."""
+    if not header or name not in header:
+        return None
+    for part in header.replace(",", ";").split(";"):
+        key, eq, value = (<str>part).partition("=")
+        if eq and (<str>key).strip() == name:
+            value = (<str>value).strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
+
+
+cdef enum:
+    C_API_KEY = 0
+    C_TOKEN = 1
+    C_SESSION = 2
+
+
+cdef class HeaderIdentity:
+    """``identify(view)`` for a credential sent in a request header: the
+    callable :func:`fastlimit.web.api_key_header`,
+    :func:`fastlimit.web.bearer_token` and
+    :func:`fastlimit.web.session_cookie` return.
+
+    ``kind`` is ``"api_key"`` (``lookup`` gives ``(tier, account)``),
+    ``"token"`` (an ``Authorization: Bearer`` value; ``lookup`` gives the
+    subject) or ``"session"`` (the value of ``cookie`` in ``Cookie``;
+    ``lookup`` gives the subject)."""
+
+    cdef object lookup, identity_type, invalid
+    cdef Header header
+    cdef int kind
+    cdef str cookie
+
+    def __init__(self, str kind, lookup, Header header not None, identity_type, invalid,
+                 str cookie=None):
+        if kind not in ("api_key", "token", "session"):
+            raise ValueError(f"kind must be 'api_key', 'token' or 'session', got {kind!r}")
+        self.kind = ("api_key", "token", "session").index(kind)
+        if self.kind == C_SESSION and not cookie:
+            raise ValueError("a session identity needs the cookie's name")
+        self.cookie = cookie
+        self.lookup = lookup
+        self.header = header
+        self.identity_type = identity_type  # Identity: made without its keyword handling
+        self.invalid = invalid    # the Identity of a credential that failed
 
     def __call__(self, view):
         return self._find(view)
 
     cdef object _find(self, view):
-        kind = type(view)
-        if kind is self.wsgi_view:
-            value = _get((<ViewFields>view).raw, self.environ_key, None)
-        elif kind is self.asgi_view:
-            value = scope_header(_get((<ViewFields>view).raw, "headers", ()), self.raw_name)
-        else:
-            value = view.header(self.name)
+        value = self.header.read(view)
         if not value:
             return None
-        if not self.token:
+        if self.kind == C_API_KEY:
             found = self.lookup(value)
             if found is None:
                 return self.invalid
-        else:
+        elif self.kind == C_TOKEN:
             scheme, _, value = value.strip().partition(" ")
             if scheme.lower() != "bearer":
                 return None
@@ -439,18 +540,21 @@ cdef class HeaderIdentity:
             found = self.lookup(value) if value else None
             if not found:
                 return self.invalid
-        known = self.known.get(value)
-        if known is not None and (<tuple>known)[0] == found:
-            return (<tuple>known)[1]
-        if self.token:
-            identity = tuple.__new__(self.identity_type, ("token", found, None, None))
         else:
+            value = cookie_value(value, self.cookie)
+            if not value:
+                return None
+            found = self.lookup(value)
+            if not found:
+                return self.invalid
+        # A new Identity each time, nothing remembered per credential: the
+        # next request sees what lookup answers then, and a flood of keys
+        # costs what one key does.
+        if self.kind == C_API_KEY:
             tier, account = found
-            identity = tuple.__new__(self.identity_type, ("api_key", value, tier, account))
-        if len(self.known) >= 4096:  # only credentials lookup accepted: few
-            self.known = {}
-        self.known[value] = (found, identity)
-        return identity
+            return tuple.__new__(self.identity_type, ("api_key", value, tier, account))
+        return tuple.__new__(self.identity_type, (
+            "token" if self.kind == C_TOKEN else "session", found, None, None))
 
 
 cdef class FirstOf:
@@ -480,3 +584,116 @@ cdef object _identify(identify, view):
     if type(identify) is FirstOf:
         return (<FirstOf>identify)._first(view)
     return identify(view)
+
+
+# -- the client address -------------------------------------------------------------
+
+cdef enum:
+    MAX_V4 = 16     # trusted IPv4 networks checked from C arrays (more: from the tuple)
+
+
+@cython.final
+cdef class ClientAddress:
+    """``TrustedProxies.client_ip``, compiled: it runs on every request.
+
+    IPv4 addresses are read and checked against the trusted networks in C,
+    with nothing remembered per address (each request may come from a new
+    client), and ``X-Forwarded-For`` is read from its right end without
+    splitting it; other addresses (IPv6) go to the Python ``trusted_other``
+    and ``hop_address``.  ``forwarded_hops`` splits an RFC 7239 header
+    (None: the header is ``X-Forwarded-For``)."""
+
+    cdef Header header
+    cdef bint unix_peers  # (not "unix": C compilers define it)
+    cdef object trusted_other, hop_address, forwarded_hops
+    cdef tuple v4       # the trusted IPv4 networks, (address, mask) integers
+    cdef int nv4        # how many are in the arrays (-1: too many, use v4)
+    cdef uint32_t v4_net[MAX_V4]
+    cdef uint32_t v4_mask[MAX_V4]
+
+    def __init__(self, Header header not None, bint unix, tuple v4, trusted_other,
+                 hop_address, forwarded_hops):
+        self.header = header
+        self.unix_peers = unix
+        self.v4 = v4
+        self.nv4 = len(v4) if len(v4) <= MAX_V4 else -1
+        for i, (net, mask) in enumerate(v4[:MAX_V4]):
+            self.v4_net[i] = net
+            self.v4_mask[i] = mask
+        self.trusted_other = trusted_other
+        self.hop_address = hop_address
+        self.forwarded_hops = forwarded_hops
+
+    def __call__(self, view):
+        """The client address of ``view``."""
+        return self.find(view)
+
+    cpdef bint trusted(self, str address) except -1:
+        """Whether ``address`` is a trusted proxy's."""
+        cdef long long n = ipv4(address)
+        return self._trusted_v4(<uint32_t>n) if n >= 0 else self.trusted_other(address)
+
+    cdef bint _trusted_v4(self, uint32_t n) except -1:
+        cdef int i
+        if self.nv4 < 0:
+            return any(n & mask == net for net, mask in self.v4)
+        for i in range(self.nv4):
+            if n & self.v4_mask[i] == self.v4_net[i]:
+                return True
+        return False
+
+    cdef object find(self, view):
+        cdef str text
+        cdef Py_ssize_t end, comma
+        cdef long long n
+        peer = (<ViewFields>view).peer if isinstance(view, ViewFields) else view.peer
+        if peer is None:
+            if not self.unix_peers:
+                return None
+        elif not self.trusted(peer):
+            return peer
+        value = self.header.read(view)
+        if not value:
+            return peer
+        if self.forwarded_hops is not None:
+            return self._walk(peer, self.forwarded_hops(value))
+        text = value
+        client = peer
+        end = PyUnicode_GET_LENGTH(text)
+        while True:  # the hops from the right, each proxy's before the one it forwarded
+            comma = PyUnicode_FindChar(text, 0x2C, 0, end, -1)  # ","
+            hop = _stripped(text, comma + 1, end)
+            n = ipv4(hop)
+            address = hop if n >= 0 else self.hop_address(hop)
+            if address is None:
+                # "unknown", an obfuscated "_node" or garbage: nothing to key
+                # on or trust, so the proxy that reported it is the client.
+                break
+            client = address
+            if not (self._trusted_v4(<uint32_t>n) if n >= 0 else self.trusted_other(address)):
+                break
+            if comma < 0:
+                break
+            end = comma
+        return client
+
+    cdef object _walk(self, peer, list hops):
+        client = peer
+        for hop in reversed(hops):
+            hop = (<str>hop).strip()
+            address = hop if ipv4(hop) >= 0 else self.hop_address(hop)
+            if address is None:
+                break  # as in find
+            client = address
+            if not self.trusted(address):
+                break
+        return client
+
+
+cdef str _stripped(str text, Py_ssize_t start, Py_ssize_t end):
+    """``text[start:end].strip()``, making only the one string."""
+    while start < end and Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(text, start)):
+        start += 1
+    while end > start and Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(text, end - 1)):
+        end -= 1
+    return PyUnicode_Substring(text, start, end)

@@ -9,7 +9,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from fastlimit.errors import CapacityError, RateLimited
 from fastlimit.policy.policy import Policy
-from fastlimit.web._serve import Check
+from fastlimit.web._serve import Check, denial_headers
 from fastlimit.web.identify import Identify, _anonymous
 from fastlimit.web.proxies import ForwardedHeader, TrustedProxies
 from fastlimit.web.view import RequestView, _ASGIView, _WSGIView
@@ -89,7 +89,10 @@ class Gate:
             raise TypeError(f"cost must be an int or a callable, got {cost!r}")
         self.cost = cost
         self._fixed_cost = cost if isinstance(cost, int) else None
-        self._proxies = self.proxies.client_ip if self.proxies.enabled else None
+        # the compiled address step, unless a subclass has its own client_ip
+        own = type(self.proxies).client_ip is not TrustedProxies.client_ip
+        self._proxies = (None if not self.proxies.enabled else
+                         self.proxies.client_ip if own else self.proxies._client)
         if isinstance(exempt_paths, str):
             raise TypeError(f"exempt_paths must be a collection of paths, got the str "
                             f"{exempt_paths!r} (write [{exempt_paths!r}])")
@@ -175,13 +178,6 @@ class RouteLimit:
             outcome.release()
             raise RateLimited(outcome)
         return outcome
-
-
-def denial_headers(outcome: Outcome, body: bytes) -> list[tuple[str, str]]:
-    """The headers of a denial: its content type and length, then the
-    policy's headers (Retry-After included)."""
-    return [("Content-Type", outcome.content_type), ("Content-Length", str(len(body))),
-            *outcome.headers]
 
 
 def merge_headers(app_headers: Sequence[tuple[str, str]],

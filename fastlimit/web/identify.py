@@ -15,7 +15,7 @@ from typing import Any
 
 from fastlimit.policy.identity import Identity
 from fastlimit.web._serve import FirstOf, HeaderIdentity
-from fastlimit.web.view import RequestView, _asgi_name, _ASGIView, _environ_key, _WSGIView
+from fastlimit.web.view import RequestView, header_reader
 
 __all__ = ["Identify", "api_key_header", "bearer_token", "first_of", "session_cookie"]
 
@@ -52,16 +52,9 @@ def session_cookie(lookup: Callable[[str], str | None], *,
         Identity(kind='session', subject='user_7', tier=None, account=None)
     """
 
-    def identify(view: RequestView) -> Identity | None:
-        value = view.cookie(cookie)
-        if not value:
-            return None
-        subject = lookup(value)
-        if not subject:
-            return _INVALID
-        return _new_identity(Identity, ("session", subject, None, None))
-
-    return identify
+    # compiled: it runs on every request (fastlimit.web._serve.HeaderIdentity)
+    return HeaderIdentity("session", lookup, header_reader("cookie"), Identity, _INVALID,
+                          cookie)
 
 
 def bearer_token(lookup: Callable[[str], str | None]) -> Identify:
@@ -95,11 +88,9 @@ def _anonymous(view: RequestView) -> Identity | None:
     return None
 
 
-def _header_identity(kind: str, lookup: Callable[[str], Any], header: str) -> Identify:
+def _header_identity(kind: str, lookup: Callable[[str], Any], name: str) -> Identify:
     # compiled: it runs on every request (fastlimit.web._serve.HeaderIdentity)
-    return HeaderIdentity(kind, lookup, header, _environ_key(header), _asgi_name(header),
-                          Identity, _INVALID,
-                          _WSGIView, _ASGIView)
+    return HeaderIdentity(kind, lookup, header_reader(name), Identity, _INVALID)
 
 
 _INVALID = Identity.invalid()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Iterable
 from typing import Literal
 
 from fastlimit.errors import ConfigurationError
-from fastlimit.web.view import RequestView
+from fastlimit.web._addr import ipv4
+from fastlimit.web._serve import ClientAddress
+from fastlimit.web.view import RequestView, header_reader
 
 __all__ = ["ForwardedHeader", "TrustedProxies"]
 
@@ -70,9 +71,14 @@ class TrustedProxies:
         self.networks: tuple[_Network, ...] = tuple(nets)
         self.header = header
         self.enabled = bool(nets) or self.unix
-        # Per-address answers are memoised, bounded: most requests come from
-        # a few proxies, and a flood of client addresses only evicts.
-        self._trusted = functools.lru_cache(maxsize=4096)(self._is_trusted)
+        # Compiled: it runs on every request.  IPv4 addresses (most
+        # clients, a new one on most requests) are read and checked in C,
+        # with nothing remembered per address.
+        v4 = tuple((int(n.network_address), int(n.netmask))
+                   for n in nets if isinstance(n, ipaddress.IPv4Network))
+        self._client = ClientAddress(
+            header_reader(header), self.unix, v4, self._is_trusted, _hop_address,
+            None if header == "x-forwarded-for" else _forwarded_hops)
 
     def _is_trusted(self, address: str) -> bool:
         try:
@@ -85,37 +91,14 @@ class TrustedProxies:
 
     def client_ip(self, view: RequestView) -> str | None:
         """The client address of ``view`` (see the class docs)."""
-        peer = view.peer
         if not self.enabled:
-            return peer
-        if peer is None:
-            if not self.unix:
-                return None
-        elif not self._trusted(peer):
-            return peer
-        value = view.header(self.header)
-        if not value:
-            return peer
-        hops = _xff_hops(value) if self.header == "x-forwarded-for" else _forwarded_hops(value)
-        client = peer
-        for hop in reversed(hops):
-            address = _hop_address(hop)
-            if address is None:
-                # "unknown", an obfuscated "_node" or garbage: nothing to key
-                # on or trust, so the proxy that reported it is the client.
-                break
-            client = address
-            if not self._trusted(address):
-                break
-        return client
+            return view.peer
+        found: str | None = self._client(view)
+        return found
 
     def __repr__(self) -> str:
         names = [str(n) for n in self.networks] + (["unix"] if self.unix else [])
         return f"<TrustedProxies {names} via {self.header}>"
-
-
-def _xff_hops(value: str) -> list[str]:
-    return value.split(",")
 
 
 def _forwarded_hops(value: str) -> list[str]:
@@ -132,11 +115,12 @@ def _forwarded_hops(value: str) -> list[str]:
     return hops
 
 
-@functools.lru_cache(maxsize=4096)
 def _hop_address(hop: str) -> str | None:
     """A forwarded hop (``1.2.3.4``, ``1.2.3.4:80``, ``[::1]:80``, ``::1``)
     as a normalised address, or None if it is not one."""
     hop = hop.strip()
+    if ipv4(hop) >= 0:
+        return hop  # a dotted quad ipv4() accepts is in normal form
     if hop.startswith("["):
         end = hop.find("]")
         hop = hop[1:end] if end > 0 else ""

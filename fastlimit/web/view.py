@@ -8,7 +8,14 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from fastlimit.web._serve import ViewFields, asgi_view, scope_header, wsgi_view
+from fastlimit.web._serve import (
+    Header,
+    ViewFields,
+    asgi_view,
+    cookie_value,
+    scope_header,
+    wsgi_view,
+)
 
 __all__ = ["RequestView"]
 
@@ -61,16 +68,8 @@ class RequestView(ViewFields):
     def cookie(self, name: str) -> str | None:
         """The value of cookie ``name``, or None."""
         header = self.header("cookie")
-        if not header or name not in header:
-            return None
-        for part in header.replace(",", ";").split(";"):
-            key, eq, value = part.partition("=")
-            if eq and key.strip() == name:
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1]
-                return value
-        return None
+        found: str | None = cookie_value(header, name) if header else None
+        return found
 
     @property
     def content_length(self) -> int | None:
@@ -137,3 +136,9 @@ class _ASGIView(RequestView):
 
     def header(self, name: str) -> str | None:
         return scope_header(self.raw.get("headers", ()), _asgi_name(name))
+
+
+def header_reader(name: str) -> Header:
+    """A reader of header ``name`` (any case) for every kind of view: in C,
+    straight from the environ or the scope of the middlewares' views."""
+    return Header(name, _environ_key(name), _asgi_name(name), _WSGIView, _ASGIView)

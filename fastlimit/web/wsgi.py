@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from fastlimit.web._serve import WSGICall
-from fastlimit.web.gate import RATE_HEADERS, Middleware, Outcome, denial_headers, merge_headers
+from fastlimit.web._serve import WSGICall, WSGIDenial
+from fastlimit.web.gate import RATE_HEADERS, Middleware, merge_headers
 from fastlimit.web.view import _WSGIView
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication
+    from _typeshed.wsgi import WSGIApplication
 else:
     WSGIApplication = Any  # typeshed's alias exists only for the type checker
 
@@ -91,17 +91,6 @@ class RateLimitMiddleware(Middleware[WSGIApplication], WSGICall):
     _wiring: tuple[Any, ...] = ()  # set below: what its compiled call is wired with
 
 
-def _deny(outcome: Outcome, start_response: StartResponse) -> Iterable[bytes]:
-    try:
-        body = outcome.body or b""
-        assert outcome.status is not None
-        start_response(_status_line(outcome.status), denial_headers(outcome, body))
-    except BaseException:
-        outcome.release()
-        raise
-    return _Released([body], outcome.release) if getattr(outcome, "holding", True) else [body]
-
-
 class _Released:
     """The application's response, releasing the decision when the server
     closes it (PEP 3333 guarantees close(), also after errors)."""
@@ -124,4 +113,5 @@ class _Released:
             self._release()
 
 
-RateLimitMiddleware._wiring = (_WSGIView, _deny, _Released, RATE_HEADERS, merge_headers)
+RateLimitMiddleware._wiring = (_WSGIView, WSGIDenial(_status_line, _Released), _Released,
+                               RATE_HEADERS, merge_headers)

@@ -1,0 +1,1 @@
+cpdef long long ipv4(str text)
