@@ -258,6 +258,27 @@ def test_hot_methods_are_the_compiled_ones(mem):
     assert Limiter.allow.__doc__ and "hot path" in Limiter.allow.__doc__
 
 
+def test_a_subclass_that_overrides_the_hot_methods_is_called(mem):
+    # The compiled methods are bound on the instance only where the class
+    # does not override them: a subclass's allow and hit run, and the rest
+    # stay compiled.
+    seen: list[tuple[str, object]] = []
+
+    class Audited(Limiter):
+        def allow(self, key, cost=1):
+            seen.append(("allow", key))
+            return super().allow(key, cost)
+
+        def hit(self, key, cost=1):
+            seen.append(("hit", key))
+            return super().hit(key, cost)
+
+    lim = Audited("2/1s", store=mem, clock=FakeClock())
+    assert [lim.allow("a"), lim.hit("a").allowed, lim.allow("a")] == [True, True, False]
+    assert seen == [("allow", "a"), ("hit", "a"), ("allow", "a")]
+    assert type(lim.peek).__name__ == "builtin_function_or_method"
+
+
 def test_package_exports():
     for name in ("Rate", "SharedTable", "Limiter", "Decision", "FakeClock", "CapacityError",
                  "ConfigurationError", "TableFullError", "TableError", "FastLimitError"):
