@@ -9,6 +9,13 @@ numpy's BLAS to one thread: its pool's spinning adds noise.
         python bench/instructions.py allow 1000000      # and 0: / 1e6
     valgrind ... python bench/instructions.py hit_many 11   # and 1: per key, / 1e6
 
+``hit_many`` hits ``--keys`` keys (100k) per batch in a table of
+``--capacity`` slots (200k); ``--keys 1000000 --capacity 1000000`` is the
+full table, ``--keys 1`` or ``16`` the fixed cost of a small batch:
+
+    valgrind ... python bench/instructions.py hit_many 11 --keys 1000000 --capacity 1000000
+    valgrind ... python bench/instructions.py hit_many 100001 --keys 16   # and 1: / 1e5
+
 ``--build DIR`` measures the fastlimit checked out (and built) in DIR.
 
 A request through the middleware, in process (the example application of
@@ -30,6 +37,8 @@ parser.add_argument("what", choices=["allow", "hit_many", "wsgi", "plain_wsgi", 
 parser.add_argument("n", type=int, help="calls of allow, batches of 100k keys for hit_many, "
                                         "or requests")
 parser.add_argument("--build", help="a checkout to import fastlimit from")
+parser.add_argument("--keys", type=int, default=100_000, help="keys per hit_many batch")
+parser.add_argument("--capacity", type=int, default=200_000, help="table slots for hit_many")
 args = parser.parse_args()
 if args.build:
     sys.path.insert(0, args.build)
@@ -90,11 +99,11 @@ if args.what not in ("allow", "hit_many"):
     requests(args.what, args.n)
     sys.exit()
 
-table = fastlimit.SharedTable.anonymous(200_000)
+table = fastlimit.SharedTable.anonymous(args.capacity if args.what == "hit_many" else 200_000)
 lim = fastlimit.Limiter("1000000000/1s", table, name="x")
 if args.what == "allow":
     collections.deque(map(lim.allow, ["a", "b", "c", "d"] * (args.n // 4)), maxlen=0)
 else:
-    keys = np.arange(100_000, dtype=np.uint64)
+    keys = np.arange(args.keys, dtype=np.uint64)
     for _ in range(args.n):
         lim.hit_many(keys)

@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 import fastlimit
+from fastlimit.examples.memory_store import MemoryStore
 from fastlimit.stores.table import shm_dir
 
 # Where tables live while the tests run: tmpfs, as in production.
@@ -195,10 +196,12 @@ def own_redis_server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(params=["table", "redis", "redis+deny-cache"])
+@pytest.fixture(params=["table", "redis", "redis+deny-cache", "memory"])
 def store_factory(request):
-    """Makes fresh stores of one kind; every test using it runs on all three
-    kinds: the shared table, Redis, and Redis behind a local deny cache.
+    """Makes fresh stores of one kind; every test using it runs on each: the
+    shared table, Redis, Redis behind a local deny cache, and the store of
+    README's "Writing a store" (examples/memory_store.py).  A new store
+    joins the contract's tests by adding its factory here.
 
     Each Redis store has a prefix of its own, so tests never share keys."""
     kind = request.param
@@ -207,6 +210,9 @@ def store_factory(request):
     def make():
         if kind == "table":
             made.append(fastlimit.SharedTable.anonymous(capacity=1024))
+            return made[-1]
+        if kind == "memory":
+            made.append(MemoryStore())
             return made[-1]
         server = request.getfixturevalue("redis_server")
         deny = None

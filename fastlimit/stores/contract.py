@@ -61,6 +61,10 @@ __all__ = [
     "Renewable",
     "Step",
     "Store",
+    "check_clock",
+    "key_identity",
+    "key_list",
+    "on_full_code",
     "require_sync",
 ]
 
@@ -257,6 +261,75 @@ class AsyncStore(Protocol):
 
 ON_FULL_CODES: dict[str, OnFull] = {"deny": OnFull.DENY, "allow": OnFull.ALLOW,
                                     "raise": OnFull.RAISE}
+
+# -- what every store treats alike: for stores written in Python ----------------
+
+_U64 = 1 << 64
+
+
+def on_full_code(on_full: object) -> OnFull:
+    """``on_full`` ("deny", "allow" or "raise") as its code.
+
+    Raises:
+        ConfigurationError: naming the bad value and the accepted ones.
+    """
+    try:
+        return ON_FULL_CODES[on_full]  # type: ignore[index]
+    except (KeyError, TypeError):
+        raise ConfigurationError(
+            f"on_full must be one of 'deny', 'allow', 'raise', got {on_full!r}") from None
+
+
+def check_clock(clock: object) -> None:
+    """Refuse a ``clock`` that is neither None (the store's own) nor callable.
+
+    Raises:
+        TypeError: naming the value.
+    """
+    if clock is not None and not callable(clock):
+        raise TypeError(f"clock must be callable or None, got {clock!r}")
+
+
+def key_identity(key: object) -> bytes | int:
+    """Which key ``key`` is, as every store must tell keys apart: a str is
+    its UTF-8 bytes (``"a"`` and ``b"a"`` are one key), bytes are
+    themselves, an int (a bool too) is its 64-bit two's complement read
+    unsigned (``-1`` and ``2**64 - 1`` are one key; ``7`` and ``"7"`` two).
+
+    Raises:
+        TypeError: not a str, bytes or int.
+        ValueError: an int outside 64 bits, or a str with lone surrogates.
+    """
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, int):
+        if not -(1 << 63) <= key < _U64:
+            raise ValueError(f"int keys must fit in 64 bits, got {key}")
+        return int(key) % _U64
+    raise TypeError(f"keys must be str, bytes or int, got {type(key).__name__}")
+
+
+def key_list(keys: Iterable[Key] | npt.NDArray[np.integer[Any]]) -> list[Key]:
+    """The keys of a ``hit_many`` call as a list: a numpy array must be a
+    one-dimensional array of integers (an int64 ``-1`` is the key
+    ``2**64 - 1``), anything else is iterated.
+
+    Raises:
+        TypeError: an array of something other than integers.
+        ValueError: an array of more than one dimension.
+    """
+    import numpy as np
+
+    if isinstance(keys, np.ndarray):
+        if keys.dtype.kind not in "iu":
+            raise TypeError(f"key arrays must hold integers, got dtype {keys.dtype}")
+        if keys.ndim != 1:
+            raise ValueError(f"key arrays must be one-dimensional, got shape {keys.shape}")
+        as_ints: list[Key] = np.ascontiguousarray(keys).astype(np.uint64, copy=False).tolist()
+        return as_ints
+    return keys if isinstance(keys, list) else list(keys)
 
 
 def require_sync(store: object, if_async: str) -> None:

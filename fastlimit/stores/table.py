@@ -27,6 +27,7 @@ import numpy as np
 from fastlimit import _core
 from fastlimit.errors import ConfigurationError, TableError
 from fastlimit.stores.contract import Kind as StateKind
+from fastlimit.stores.contract import on_full_code
 
 __all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats", "check_owner",
            "shm_dir", "state_dir"]
@@ -106,9 +107,6 @@ HEADER_DTYPE = np.dtype(
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 OnFull = Literal["deny", "allow", "raise"]
-_ON_FULL = {"deny": 0, "allow": 1, "raise": 2}
-
-
 def shm_dir() -> str:
     """Where named tables live: ``$FASTLIMIT_SHM_DIR`` or ``/dev/shm``."""
     return os.environ.get("FASTLIMIT_SHM_DIR", "/dev/shm")
@@ -142,14 +140,6 @@ def _check_capacity(capacity: Any) -> int:
     if not 1 <= capacity <= MAX_CAPACITY:
         raise ConfigurationError(f"capacity must be between 1 and {MAX_CAPACITY}, got {capacity}")
     return capacity
-
-
-def _on_full_code(on_full: str) -> int:
-    try:
-        return _ON_FULL[on_full]
-    except (KeyError, TypeError):
-        raise ConfigurationError(
-            f"on_full must be one of 'deny', 'allow', 'raise', got {on_full!r}") from None
 
 
 def _new_header(capacity: int, kind: Kind) -> np.ndarray:
@@ -248,7 +238,7 @@ class SharedTable:
 
     def __init__(self, mm: mmap.mmap, path: str | None, on_full: OnFull = "deny") -> None:
         # Use open/create/attach/anonymous; this only wraps a mapped segment.
-        self._on_full = _on_full_code(on_full)
+        self._on_full = on_full_code(on_full)
         self._kind: Kind = _kind_of(int(np.frombuffer(mm, HEADER_DTYPE, count=1)["clock_id"][0]))
         self._on_full_name = on_full
         self._mm: mmap.mmap | None = mm
@@ -348,7 +338,7 @@ class SharedTable:
     def _open(
         cls, path: str, capacity: int | None, mode: str, on_full: OnFull, kind: Kind | None
     ) -> SharedTable:
-        _on_full_code(on_full)
+        on_full_code(on_full)
         if kind is not None:
             _kind_id(kind)
         if capacity is not None:
@@ -582,7 +572,7 @@ class SharedTable:
             raise ConfigurationError(
                 f"{what} needs a table of kind {kind!r}; {self._path or 'this table'} holds "
                 f"{self._kind}")
-        return self._on_full if on_full is None else _on_full_code(on_full)
+        return self._on_full if on_full is None else on_full_code(on_full)
 
     def rate_state(
         self,

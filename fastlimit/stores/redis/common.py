@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-import numpy as np
-
 try:  # redis-py, for every module of the backend
     import redis
     import redis.asyncio
@@ -34,6 +32,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from fastlimit.clock import NS_PER_S
 from fastlimit.errors import BackendError, ConfigurationError
 from fastlimit.stores.contract import Kind as StateKind
+from fastlimit.stores.contract import key_identity, on_full_code
 from fastlimit.stores.table import SharedTable
 
 __all__ = ["DEFAULT_LEASE_TTL", "SCRIPTS", "BackendBase", "Fail", "Failure", "Keyspace",
@@ -91,11 +90,12 @@ def on_full_of(fail: Fail | None) -> Any:
     """The ``on_full`` a limiter is given for a ``fail=`` of a backend's
     conveniences (``backend.limiter(fail=...)``); None: the backend's."""
     return None if fail is None else ON_FULL_OF_FAIL[check_fail(fail)]
+
+
 # Seconds a concurrency lease counts without a renew (RedisBackend(lease_ttl=)).
 DEFAULT_LEASE_TTL = 60.0
 # Keys per script call in hit_many: one call blocks the server while it runs.
 _CHUNK = 1000
-_U64 = 1 << 64
 
 
 @dataclass(frozen=True)
@@ -164,17 +164,6 @@ def no_braces(what: str, text: Any) -> str:
     return text
 
 
-def key_list(keys: Any) -> list[Key]:
-    if isinstance(keys, np.ndarray):
-        if keys.dtype.kind not in "iu":
-            raise TypeError(f"key arrays must hold integers, got dtype {keys.dtype}")
-        if keys.ndim != 1:
-            raise ValueError(f"key arrays must be one-dimensional, got shape {keys.shape}")
-        as_ints: list[Key] = np.ascontiguousarray(keys).astype(np.uint64, copy=False).tolist()
-        return as_ints
-    return keys if isinstance(keys, list) else list(keys)
-
-
 class Keyspace:
     """One name on one backend, for one kind of state: its Redis keys and
     its failure policy.  Limiters, quotas and concurrency limits build on
@@ -201,16 +190,11 @@ class Keyspace:
 
     def rkey(self, key: Key) -> bytes:
         """The Redis key holding ``key``'s state (see the module docstring)."""
-        if isinstance(key, str):
-            kb, is_int = key.encode("utf-8"), False
-        elif isinstance(key, bytes):
-            kb, is_int = key, False
-        elif isinstance(key, int):
-            if not -(1 << 63) <= key < _U64:
-                raise ValueError(f"int keys must fit in 64 bits, got {key}")
-            kb, is_int = b"%d" % (key % _U64), True
+        identity = key_identity(key)
+        if isinstance(identity, int):
+            kb, is_int = b"%d" % identity, True
         else:
-            raise TypeError(f"keys must be str, bytes or int, got {type(key).__name__}")
+            kb, is_int = identity, False
         if self._hash_tag is None:
             return (self._int_base if is_int else self._str_base) + kb + b"}"
         tag = self._hash_tag(self.name, key)
@@ -433,9 +417,8 @@ class BackendBase:
     def _fail_of(self, on_full: str | None, fail: Fail | None = None) -> Fail:
         """The failure policy of a limiter, quota or concurrency limit."""
         if fail is None:
-            if on_full is not None and on_full not in FAIL_OF_ON_FULL:
-                raise ConfigurationError(
-                    f"on_full must be one of 'deny', 'allow', 'raise', got {on_full!r}")
+            if on_full is not None:
+                on_full_code(on_full)  # refuses a bad value with the contract's message
             fail = self.fail if on_full is None else FAIL_OF_ON_FULL[on_full]
         return check_fail(fail)
 

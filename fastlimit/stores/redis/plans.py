@@ -23,6 +23,7 @@ from fastlimit.clock import NS_PER_S
 from fastlimit.core import gcra, quota
 from fastlimit.core.results import Acquired, OnFull, QuotaMode, Step
 from fastlimit.errors import ConfigurationError
+from fastlimit.stores.contract import check_clock, key_list
 from fastlimit.stores.redis.common import (
     _KINDS,
     BackendBase,
@@ -31,7 +32,6 @@ from fastlimit.stores.redis.common import (
     Key,
     Keyspace,
     Plan,
-    key_list,
     key_slot,
     split_ns,
 )
@@ -59,8 +59,7 @@ class RateSpec(Keyspace):
     def __init__(self, backend: BackendBase, name: str, emission_interval_ns: int,
                  burst: int, clock: Callable[[], int] | None, fail: Fail) -> None:
         gcra.check_params(emission_interval_ns, burst)
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be callable or None, got {clock!r}")
+        check_clock(clock)
         super().__init__(backend, name, fail)
         self.T = emission_interval_ns
         self.burst = burst
@@ -286,8 +285,7 @@ class LeasePlans(Keyspace):
 
     def __init__(self, backend: BackendBase, name: str, fail: Fail,
                  clock: Callable[[], int] | None) -> None:
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be callable or None, got {clock!r}")
+        check_clock(clock)
         super().__init__(backend, name, fail, _KINDS["concurrency"], "a concurrency limit name")
         self.clock = clock
         self.on_full = _ON_FULL_CODE[fail]
