@@ -16,7 +16,7 @@ cimport cython
 
 from cpython.object cimport PyObject, PyTypeObject, ternaryfunc
 from cpython.unicode cimport PyUnicode_GET_LENGTH
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 
 from fastlimit.policy._plan cimport Plan, PolicyDecision
 from fastlimit.web._addr cimport ipv4
@@ -100,6 +100,7 @@ cdef class Check:
 
     cdef object hit, identify, proxies, cost, fixed_cost, no_address, too_large
     cdef object wsgi_view, asgi_view
+    cdef Header length_header
     cdef Plan plan
 
     def __init__(self, gate, Plan plan, *, no_address, too_large, view_types):
@@ -112,6 +113,8 @@ cdef class Check:
         self.no_address = no_address
         self.too_large = too_large
         self.wsgi_view, self.asgi_view = view_types
+        self.length_header = Header("content-length", "CONTENT_LENGTH", b"content-length",
+                                    *view_types)
 
     def __call__(self, view):
         """Count ``view`` under the policy: a ``PolicyDecision`` (or the
@@ -124,19 +127,14 @@ cdef class Check:
                               if type(self.proxies) is ClientAddress else self.proxies(view))
         cost = self.fixed_cost if self.fixed_cost is not None else self.cost(view)
         identity = _identify(self.identify, view)
-        if type(view) is self.wsgi_view:
-            length = _get((<ViewFields>view).raw, "CONTENT_LENGTH", None)
-            if length:  # the common case (a GET) costs one look-up
-                length = view.content_length
-            else:
-                length = None
-        else:
-            length = view.content_length
         if type(view) is self.wsgi_view or type(view) is self.asgi_view:
+            # the common case (a GET) costs one look-up, in C
+            length = view.content_length if self.length_header.read(view) else None
             method = (<ViewFields>view).method
             path = (<ViewFields>view).path
             client = (<ViewFields>view).client_ip or self.no_address
         else:
+            length = view.content_length
             method = view.method
             path = view.path
             client = view.client_ip or self.no_address
@@ -148,20 +146,44 @@ cdef class Check:
             return self.too_large(e)
 
 
-# Whether a header name (str or bytes, as the application wrote it) is a
-# rate-limit field: applications send the same few names every response.
-# One set of names is ever passed for str names (WSGI) and one for bytes
-# (ASGI), and a str never equals a bytes, so one memory serves both.
-cdef dict _RATE_FIELD = {}
+@cython.final
+cdef class FieldNames:
+    """The rate-limit field names, asked of every header the application
+    sets: most names are told apart by their first byte and length alone,
+    with no lower-cased copy made (and nothing remembered per name)."""
+
+    cdef frozenset names
+    cdef unsigned char first[256]   # 1: some name starts with this byte (either case)
+    cdef uint64_t lengths           # bit n: some name is n long (bit 63: 63 or longer)
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+        for name in self.names:
+            c = name[0] if isinstance(name, bytes) else ord(name[0])
+            if c >= 256:
+                raise ValueError(f"a field name must be latin-1, got {name!r}")
+            self.first[c] = 1
+            if 97 <= c <= 122:      # a-z: its upper case too
+                self.first[c - 32] = 1
+            self.lengths |= (<uint64_t>1) << min(len(name), 63)
+
+    cdef bint has(self, name) except -1:
+        cdef Py_ssize_t c = -1, n = 0
+        if type(name) is bytes:
+            n = len(<bytes>name)
+            if n:
+                c = (<bytes>name)[0]
+        elif type(name) is str:
+            n = PyUnicode_GET_LENGTH(name)
+            if n:
+                c = PyUnicode_READ_CHAR(name, 0)
+        if 0 <= c < 256 and not (self.first[c] and self.lengths >> min(n, 63) & 1):
+            return False
+        return name.lower() in self.names
 
 
-cdef bint _is_rate_field(name, names) except -1:
-    verdict = _RATE_FIELD.get(name)
-    if verdict is None:
-        if len(_RATE_FIELD) >= 4096:
-            _RATE_FIELD.clear()
-        verdict = _RATE_FIELD[name] = name.lower() in names
-    return verdict is True
+cdef inline FieldNames _field_names(names):
+    return <FieldNames>names if type(names) is FieldNames else FieldNames(names)
 
 
 cdef class AddHeaders:
@@ -169,18 +191,19 @@ cdef class AddHeaders:
     headers; rate-limit fields the application set itself win (a check
     inside the application knows more)."""
 
-    cdef object start_response, extra, names, merge
+    cdef object start_response, extra, merge
+    cdef FieldNames names
 
     def __init__(self, start_response, list extra, names, merge):
         self.start_response = start_response
         self.extra = extra
-        self.names = names    # the rate-limit field names, lower case
+        self.names = _field_names(names)    # the rate-limit field names, lower case
         self.merge = merge    # merge(app_headers, extra): the headers when the app set some
 
     def __call__(self, status, headers, exc_info=None):
-        names = self.names
+        cdef FieldNames names = self.names
         for name, _ in headers:
-            if _is_rate_field(name, names):
+            if names.has(name):
                 return self.start_response(status, self.merge(headers, self.extra), exc_info)
         # one new list: the application's may be used again
         return self.start_response(
@@ -194,15 +217,17 @@ cdef class SendHeaders:
     same one again).  It returns ``send``'s own awaitable: no coroutine of
     its own."""
 
-    cdef object send, extra, names, merge
+    cdef object send, extra, merge
+    cdef FieldNames names
 
     def __init__(self, send, list extra, names, merge):
         self.send = send
         self.extra = extra
-        self.names = names    # the rate-limit field names, raw lower case
+        self.names = _field_names(names)    # the rate-limit field names, raw lower case
         self.merge = merge    # merge(app_headers, extra): when the app set some itself
 
     def __call__(self, message):
+        cdef FieldNames names
         if message["type"] == "http.response.start":
             message = dict(message)
             headers = message.get("headers")
@@ -211,7 +236,7 @@ cdef class SendHeaders:
             else:
                 names = self.names
                 for name, _ in headers:
-                    if _is_rate_field(name, names):
+                    if names.has(name):
                         message["headers"] = self.merge(headers, self.extra)
                         break
                 else:
@@ -288,7 +313,7 @@ cdef class _Call:
             raise TypeError(f"view_type must subclass ViewFields, got {view_type!r}")
         self.view_type = view_type
         self.deny = deny
-        self.names = names
+        self.names = FieldNames(names)
         self.merge = merge
 
 
@@ -406,7 +431,7 @@ def start_directly(type cls):
     PyType_Modified(cls)
 
 
-def scope_header(headers, bytes wanted):
+cpdef scope_header(headers, bytes wanted):
     """The value of raw header ``wanted`` (lower case) in an ASGI scope's
     ``headers``, as text, or None; repeated headers joined with ``,``."""
     first = None
@@ -503,7 +528,7 @@ cdef class HeaderIdentity:
     subject) or ``"session"`` (the value of ``cookie`` in ``Cookie``;
     ``lookup`` gives the subject)."""
 
-    cdef object lookup, identity_type, invalid
+    cdef object lookup, identity_type, invalid, make
     cdef Header header
     cdef int kind
     cdef str cookie
@@ -519,6 +544,7 @@ cdef class HeaderIdentity:
         self.lookup = lookup
         self.header = header
         self.identity_type = identity_type  # Identity: made without its keyword handling
+        self.make = tuple.__new__           # found once: a look-up costs as much as the call
         self.invalid = invalid    # the Identity of a credential that failed
 
     def __call__(self, view):
@@ -552,8 +578,8 @@ cdef class HeaderIdentity:
         # costs what one key does.
         if self.kind == C_API_KEY:
             tier, account = found
-            return tuple.__new__(self.identity_type, ("api_key", value, tier, account))
-        return tuple.__new__(self.identity_type, (
+            return self.make(self.identity_type, ("api_key", value, tier, account))
+        return self.make(self.identity_type, (
             "token" if self.kind == C_TOKEN else "session", found, None, None))
 
 
