@@ -1,5 +1,5 @@
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, final
 
 from fastlimit.web.gate import Gate
 
@@ -11,6 +11,10 @@ class Check:
                  too_large: Callable[[Any], Any],
                  view_types: tuple[type | None, type | None]) -> None: ...
     def __call__(self, view: Any) -> Any: ...
+
+@final
+class FieldNames:
+    def __init__(self, names: frozenset[str] | frozenset[bytes]) -> None: ...
 
 class AddHeaders:
     def __init__(self, start_response: Callable[..., Any], extra: list[tuple[str, str]],
@@ -40,6 +44,7 @@ class ASGICall:
 
 def start_directly(cls: type[ASGICall]) -> None: ...
 
+@final
 class Header:
     name: str
     def __init__(self, name: str, environ_key: str, raw_name: bytes,
@@ -53,6 +58,7 @@ class HeaderIdentity:
                  identity_type: type, invalid: Any, cookie: str | None = None) -> None: ...
     def __call__(self, view: Any) -> Any: ...
 
+@final
 class ClientAddress:
     def __init__(self, header: Header, unix: bool, v4: tuple[tuple[int, int], ...],
                  trusted_other: Callable[[str], bool],
@@ -77,6 +83,7 @@ def asgi_view(view: ViewFields, scope: Any) -> Any: ...
 
 def denial_headers(outcome: Any, body: bytes) -> list[tuple[str, str]]: ...
 
+@final
 class WSGIDenial:
     def __init__(self, status_line: Callable[[int], str],
                  released: Callable[[Any, Callable[[], None]], Any]) -> None: ...
