@@ -7,6 +7,7 @@ hold, IPv6 and mapped addresses) are checked here against the statement."""
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,16 +15,19 @@ from hypothesis import strategies as st
 from fastlimit.web import RequestView, TrustedProxies
 
 
+# A hop: "[v6]" with anything after the bracket, or text with at most one
+# colon (a port after it), or an address with colons (bare IPv6).
+_HOP = re.compile(r"\[(?P<bracketed>[^\]]*)\].*|\[.*|(?P<host>[^:]*)(?::[^:]*)?|(?P<bare>.*)",
+                  re.S)
+
+
 def _address(text: str) -> str | None:
     """A hop as the statement reads it: brackets and a port dropped."""
-    text = text.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        text = text[1:end] if end > 0 else ""
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
+    m = _HOP.fullmatch(text.strip())
+    assert m is not None  # the last branch matches anything
+    candidate = m.group("bracketed") or m.group("host") or m.group("bare") or ""
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.ip_address(candidate))
     except ValueError:
         return None
 
