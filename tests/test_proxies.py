@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from fastlimit.web import RequestView, TrustedProxies
 
-
 # A hop: "[v6]" with anything after the bracket, or text with at most one
 # colon (a port after it), or an address with colons (bare IPv6).
 _HOP = re.compile(r"\[(?P<bracketed>[^\]]*)\].*|\[.*|(?P<host>[^:]*)(?::[^:]*)?|(?P<bare>.*)",
@@ -37,8 +36,7 @@ def _trusted(networks: list[str], address: str) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:a.b.c.d is a.b.c.d
     return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
 
 
