@@ -552,9 +552,36 @@ def test_content_length_is_read_from_either_protocol():
         assert RequestView.from_environ({"CONTENT_LENGTH": bad}).content_length is None
 
 
-def test_wsgi_path_is_script_name_plus_path_info_in_utf8():
+def test_wsgi_path_is_path_info_in_utf8_without_script_name():
+    # what the application routes on: SCRIPT_NAME is where it is mounted
     view = RequestView.from_environ({"SCRIPT_NAME": "/api", "PATH_INFO": "/caf\xc3\xa9"})
-    assert view.path == "/api/café"
+    assert view.path == "/café"
+    mounted = RequestView.from_environ({"SCRIPT_NAME": "/x", "PATH_INFO": "/caf\xc3\xa9"},
+                                       mount="/api")
+    assert mounted.path == "/api/café"
+
+
+@pytest.mark.parametrize(("path", "root_path", "routed"), [
+    ("/api/login", "/api", "/login"),       # uvicorn --root-path, Starlette Mount
+    ("/api", "/api", "/"),
+    ("/apiary/login", "/api", "/apiary/login"),  # not a whole segment: as Starlette
+    ("/login", "/api", "/login"),           # a server that leaves root_path out of path
+    ("/login", "", "/login"),
+])
+def test_asgi_path_is_the_path_without_its_root_path(path, root_path, routed):
+    scope = {"type": "http", "path": path, "root_path": root_path}
+    assert RequestView.from_scope(scope).path == routed
+    assert RequestView.from_scope(scope, mount="/v1").path == "/v1" + routed
+
+
+def test_mount_must_be_a_prefix_path():
+    from fastlimit.web.gate import Gate
+    policy = Policy.from_dict({"identities": {"anonymous": {"rate": "5/1m"}}})
+    for bad in ("api", "/api/", "/"):
+        with pytest.raises(ValueError, match=f"mount must be .*got {bad!r}"):
+            Gate(policy, mount=bad)
+    with pytest.raises(TypeError, match="mount must be a str"):
+        Gate(policy, mount=b"/api")
 
 
 # -- the client address --------------------------------------------------------

@@ -187,6 +187,7 @@ class Policy:
         tiers = {name: TierPlan(t, api) for name, t in spec.tiers.items()}
         customers = {name: TierPlan(t, api) for name, t in spec.customers.items()}
         routes: RouteTable[RouteRule | Usage] = RouteTable(rules, combine=_route_set)
+        self._routes = routes
         return Plan(self, identities, routes._index, tiers, customers, self.overrides,
                     None if self._wall_clock is time.time_ns else self._wall_clock,
                     spec.headers, dict(spec.responses),

@@ -112,7 +112,7 @@ class RouteTable(Generic[T]):
         _fold_methods(self._root, (*methods, _OTHER))
         # The common case, a path that is itself a pattern, costs two dict
         # lookups: every method's answer for it is worked out now.
-        walk = RouteIndex(self._root, {}, True, self._values)
+        walk = self._walk = RouteIndex(self._root, {}, True, self._values)
         exact: dict[str, dict[str, tuple[T, ...]]] = {}
         for path in literal_paths:
             answers = {m: walk.walk(m, path) for m in (*methods, _OTHER)}
@@ -127,6 +127,10 @@ class RouteTable(Generic[T]):
         """The values of every pattern matching ``method`` and ``path``
         (given to ``combine``, if the table has one)."""
         return self._index.match(method, path)
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether any pattern matches ``method`` and ``path``."""
+        return bool(self._walk.match(method, path))
 
 
 def _nodes(root: RouteNode) -> list[RouteNode]:

@@ -57,11 +57,15 @@ cdef inline object _get(mapping, key, default):
     return mapping.get(key, default)
 
 
-cpdef object wsgi_view(ViewFields view, environ):
-    """Fill ``view`` from a WSGI environ; return it."""
+cpdef object wsgi_view(ViewFields view, environ, str mount=""):
+    """Fill ``view`` from a WSGI environ; return it.  Its path is
+    ``PATH_INFO``, what the application routes on (``SCRIPT_NAME``, where
+    the server or a dispatcher mounted it, is not part of it: a client may
+    even set it, through a server that honours a ``SCRIPT_NAME`` header),
+    after ``mount`` if given."""
     view.raw = environ
     view.method = _get(environ, "REQUEST_METHOD", "GET")
-    path = _get(environ, "SCRIPT_NAME", "") + _get(environ, "PATH_INFO", "")
+    path = _get(environ, "PATH_INFO", "")
     if not (PyUnicode_IS_ASCII(path) if type(path) is str else path.isascii()):
         # PEP 3333 hands over the path's bytes as latin-1 characters; a
         # server that broke that rule already gave text: keep it
@@ -69,16 +73,29 @@ cpdef object wsgi_view(ViewFields view, environ):
             path = path.encode("latin-1").decode("utf-8", "replace")
         except UnicodeEncodeError:
             pass
-    view.path = path or "/"
+    view.path = mount + path if mount else path or "/"
     view.peer = view.client_ip = _get(environ, "REMOTE_ADDR", None) or None
     return view
 
 
-cpdef object asgi_view(ViewFields view, scope):
-    """Fill ``view`` from an ASGI ``http`` scope; return it."""
+cpdef object asgi_view(ViewFields view, scope, str mount=""):
+    """Fill ``view`` from an ASGI ``http`` scope; return it.  Its path is
+    what the application routes on: ``scope["path"]`` without the
+    ``root_path`` it starts with (as Starlette routes: uvicorn's
+    ``--root-path`` and ``Mount`` put the prefix in both), after ``mount``
+    if given."""
+    cdef Py_ssize_t n
     view.raw = scope
     view.method = _get(scope, "method", "GET")
-    view.path = _get(scope, "path", None) or "/"
+    path = _get(scope, "path", None) or "/"
+    root = _get(scope, "root_path", None)
+    if root and type(root) is str and type(path) is str and (<str>path).startswith(root):
+        n = PyUnicode_GET_LENGTH(root)
+        if PyUnicode_GET_LENGTH(path) == n:
+            path = "/"
+        elif PyUnicode_READ_CHAR(path, n) == 47:    # "/": a whole segment, not /apiary
+            path = PyUnicode_Substring(path, n, PyUnicode_GET_LENGTH(path))
+    view.path = mount + path if mount else path
     client = _get(scope, "client", None)
     view.peer = view.client_ip = client[0] if client else None
     return view
@@ -302,11 +319,15 @@ cdef class _Call:
     cdef public object app
     cdef public object gate
     cdef object check, exempt, deny, names, merge
+    cdef object watch     # the gate's watch of a mount prefix, until it is done
+    cdef str mount
     cdef type view_type
     cdef Check checker    # the gate's check when it is a Check (called in C)
 
     cdef _hold(self, view_type, deny, names, merge):
         self.check = self.gate.check
+        self.mount = self.gate.mount
+        self.watch = self.gate.watch_prefix
         self.checker = self.check if type(self.check) is Check else None
         self.exempt = self.gate.exempt_paths
         if not issubclass(view_type, ViewFields):
@@ -331,7 +352,9 @@ cdef class WSGICall(_Call):
         self.released = released
 
     def __call__(self, environ, start_response):
-        view = wsgi_view(_blank(self.view_type), environ)
+        view = wsgi_view(_blank(self.view_type), environ, self.mount)
+        if self.watch is not None and not self.watch(view):
+            self.watch = None
         if self.exempt and view.path in self.exempt:
             return self.app(environ, start_response)
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
@@ -381,7 +404,9 @@ cdef class ASGICall(_Call):
         between), else one that gives back what it holds at the end."""
         if scope["type"] != "http":
             return self.app(scope, receive, send)
-        view = asgi_view(_blank(self.view_type), scope)
+        view = asgi_view(_blank(self.view_type), scope, self.mount)
+        if self.watch is not None and not self.watch(view):
+            self.watch = None
         if self.exempt and view.path in self.exempt:
             return self.app(scope, receive, send)
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)

@@ -4,6 +4,7 @@ inside chosen routes."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -18,6 +19,8 @@ __all__ = ["Gate", "Middleware", "Outcome", "RateLimited", "RouteLimit", "denial
            "merge_headers"]
 
 App = TypeVar("App")
+
+log = logging.getLogger("fastlimit")
 
 class Outcome(Protocol):
     """What the middleware acts on: a :class:`~fastlimit.PolicyDecision`, or
@@ -69,6 +72,63 @@ RATE_HEADERS = frozenset({"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratel
                           "ratelimit", "ratelimit-policy", "retry-after"})
 
 
+def _mount(mount: str) -> str:
+    if not isinstance(mount, str):
+        raise TypeError(f"mount must be a str, got {mount!r}")
+    if mount and not (mount.startswith("/") and not mount.endswith("/")):
+        raise ValueError(f"mount must be '' or a path like '/api' (a leading '/', no "
+                         f"trailing one), got {mount!r}")
+    return mount
+
+
+# How many requests the middleware looks at for a mount prefix its routes
+# may have been written with: a few, then the check costs nothing.
+_WATCH_PREFIXED = 100
+_WATCH_PLAIN = 1000
+
+
+class PrefixWatch:
+    """Warns once (logger ``fastlimit``) when the application is served
+    under a prefix (``SCRIPT_NAME``, ``root_path``) and its requests match
+    no route of the policy: routes are matched on the path the application
+    routes on, so routes written with the prefix would never apply.  Called
+    with the first requests' views; False once it has seen enough."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.matches = policy._routes.matches
+        self.prefixed = self.plain = 0
+
+    def __call__(self, view: RequestView) -> bool:
+        raw = view.raw
+        prefix = raw.get("root_path") if isinstance(view, _ASGIView) else raw.get("SCRIPT_NAME")
+        if not prefix or not isinstance(prefix, str):
+            self.plain += 1
+            return self.plain < _WATCH_PLAIN
+        if self.matches(view.method, view.path):
+            return False  # routes are written as the application routes: fine
+        full = prefix.rstrip("/") + view.path
+        if self.matches(view.method, full):
+            log.warning(
+                "requests arrive under the prefix %r, and policy %r's routes are written "
+                "with it: %s %s matches a route, but fastlimit matches routes on the path "
+                "the application routes on, %r, which matches none, so those limits do not "
+                "apply. Write the routes without the prefix, or pass mount=%r to the "
+                "middleware.", prefix, self.policy.name, view.method, full, view.path,
+                prefix.rstrip("/"))
+            return False
+        self.prefixed += 1
+        if self.prefixed < _WATCH_PREFIXED:
+            return True
+        log.warning(
+            "the first %d requests under the prefix %r matched no route of policy %r: "
+            "fastlimit matches routes on the path the application routes on (without the "
+            "prefix, e.g. %r). If the routes are written with the prefix, pass mount=%r to "
+            "the middleware.", self.prefixed, prefix, self.policy.name, view.path,
+            prefix.rstrip("/"))
+        return False
+
+
 class Gate:
     """The request-to-decision step both middlewares run.
 
@@ -78,10 +138,14 @@ class Gate:
     def __init__(self, policy: Policy, *, identify: Identify | None = None,
                  trusted_proxies: Iterable[str] | TrustedProxies = (),
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
-                 cost: Cost = 1, exempt_paths: Collection[str] = ()) -> None:
+                 cost: Cost = 1, exempt_paths: Collection[str] = (), mount: str = "") -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"expected a fastlimit.Policy, got {type(policy).__name__}")
         self.policy = policy
+        self.mount = _mount(mount)
+        # no watch when told the mount, or when no route could be missed
+        self.watch_prefix: Callable[[RequestView], bool] | None = (
+            PrefixWatch(policy) if not mount and len(policy._routes) else None)
         self.identify: Identify = identify or _anonymous
         self.proxies = (trusted_proxies if isinstance(trusted_proxies, TrustedProxies)
                         else TrustedProxies(trusted_proxies, header=forwarded_header))
@@ -122,10 +186,11 @@ class Middleware(Generic[App]):
     def __init__(self, app: App, policy: Policy, *, identify: Identify | None = None,
                  trusted_proxies: Iterable[str] | TrustedProxies = (),
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
-                 cost: Cost = 1, exempt_paths: Collection[str] = ()) -> None:
+                 cost: Cost = 1, exempt_paths: Collection[str] = (), mount: str = "") -> None:
         self.app = app
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
-                         forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths)
+                         forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths,
+                         mount=mount)
         self._wire(*self._wiring)  # every request's call is compiled (web/_serve.pyx)
 
     @property
@@ -157,9 +222,9 @@ class RouteLimit:
     def __init__(self, policy: Policy, *, identify: Identify | None = None,
                  trusted_proxies: Iterable[str] | TrustedProxies = (),
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
-                 cost: Cost = 1) -> None:
+                 cost: Cost = 1, mount: str = "") -> None:
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
-                         forwarded_header=forwarded_header, cost=cost)
+                         forwarded_header=forwarded_header, cost=cost, mount=mount)
 
     def check(self, request: Mapping[str, Any]) -> Outcome:
         """Count the request (a WSGI environ or an ASGI scope).
@@ -171,8 +236,9 @@ class RouteLimit:
         Raises:
             RateLimited: denied (nothing to release).
         """
-        view = (RequestView.from_scope(request) if "type" in request
-                else RequestView.from_environ(request))
+        mount = self.gate.mount
+        view = (RequestView.from_scope(request, mount) if "type" in request
+                else RequestView.from_environ(request, mount))
         outcome = self.gate.check(view)
         if not outcome.allowed:
             outcome.release()

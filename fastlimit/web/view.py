@@ -26,7 +26,10 @@ class RequestView(ViewFields):
 
     Attributes:
         method: the request method, upper case.
-        path: the path as routed: percent-decoded, without the query.
+        path: the path the application routes on: percent-decoded,
+            without the query, and without the prefix it is mounted under
+            (WSGI ``PATH_INFO``, not ``SCRIPT_NAME``; ASGI ``path`` less
+            its ``root_path``), after the middleware's ``mount`` if given.
         peer: the socket peer's address (WSGI ``REMOTE_ADDR``, ASGI
             ``scope["client"][0]``), or None (a Unix socket).
         client_ip: the client address the limits use: the peer, or what a
@@ -51,14 +54,14 @@ class RequestView(ViewFields):
     raw: Mapping[str, Any]
 
     @staticmethod
-    def from_environ(environ: Mapping[str, Any]) -> RequestView:
-        """The view of a WSGI request."""
-        return _WSGIView(environ)
+    def from_environ(environ: Mapping[str, Any], mount: str = "") -> RequestView:
+        """The view of a WSGI request (its path after ``mount``)."""
+        return _WSGIView(environ, mount)
 
     @staticmethod
-    def from_scope(scope: Mapping[str, Any]) -> RequestView:
-        """The view of an ASGI ``http`` request."""
-        return _ASGIView(scope)
+    def from_scope(scope: Mapping[str, Any], mount: str = "") -> RequestView:
+        """The view of an ASGI ``http`` request (its path after ``mount``)."""
+        return _ASGIView(scope, mount)
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (any case), or None; repeated
@@ -113,8 +116,8 @@ def _asgi_name(name: str) -> bytes:
 class _WSGIView(RequestView):
     __slots__ = ()
 
-    def __init__(self, environ: Mapping[str, Any]) -> None:
-        wsgi_view(self, environ)
+    def __init__(self, environ: Mapping[str, Any], mount: str = "") -> None:
+        wsgi_view(self, environ, mount)
 
     def header(self, name: str) -> str | None:
         value: str | None = self.raw.get(_environ_key(name))
@@ -131,8 +134,8 @@ class _WSGIView(RequestView):
 class _ASGIView(RequestView):
     __slots__ = ()
 
-    def __init__(self, scope: Mapping[str, Any]) -> None:
-        asgi_view(self, scope)
+    def __init__(self, scope: Mapping[str, Any], mount: str = "") -> None:
+        asgi_view(self, scope, mount)
 
     def header(self, name: str) -> str | None:
         return scope_header(self.raw.get("headers", ()), _asgi_name(name))

@@ -49,6 +49,15 @@ class RateLimitMiddleware(Middleware[WSGIApplication], WSGICall):
         forwarded_header: ``"x-forwarded-for"`` or ``"forwarded"``.
         cost: what a request costs, or ``cost(view) -> int``.
         exempt_paths: paths never counted (health checks).
+        mount: a prefix to put before the path the application routes on
+            (``PATH_INFO``; for ASGI, ``path`` less ``root_path``) before
+            matching ``[routes]`` and ``exempt_paths``, for routes written
+            with the prefix the application is mounted under (``"/api"``).
+            Default: match the path as the application routes on it; the
+            server's or a dispatcher's prefix, which a client may be able
+            to choose, is ignored.  Without ``mount``, the first requests
+            that arrive under a prefix and match no route, while the
+            prefixed path would, log a warning (logger ``fastlimit``).
 
     A denial is answered with the policy's status (429, or 413 for a cost
     no limit admits), its headers (``Retry-After`` included) and its JSON
