@@ -26,10 +26,10 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
     *(Extension(name, [name.replace(".", "/") + ".pyx"],
-                depends=["fastlimit/_core.pxd", "fastlimit/web/_addr.pxd"],
+                depends=["fastlimit/_core.pxd", "fastlimit/http/_addr.pxd"],
                 extra_compile_args=compile_args)
       for name in ("fastlimit.http._fields", "fastlimit.limiters._counting",
-                   "fastlimit.policy._plan", "fastlimit.web._addr", "fastlimit.web._serve")),
+                   "fastlimit.policy._plan", "fastlimit.http._addr", "fastlimit.web._serve")),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, language_level=3))

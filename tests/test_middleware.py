@@ -615,7 +615,7 @@ def test_forwarded_header_rfc7239(serve):
     r = client(headers=[("Forwarded", 'for=1.1.1.1, For="[2001:db8::1]:4711";proto=https'),
                         ("X-Forwarded-For", "203.0.113.7")], peer="10.9.0.5")
     assert r.status == 200
-    assert client.seen_decision().checks[0].key == "2001:db8::1"
+    assert client.seen_decision().checks[0].key == "2001:db8::/64"  # an IPv6 client's /64
 
 
 @pytest.mark.parametrize(("header", "value", "peer", "expected"), [

@@ -179,6 +179,18 @@ def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(deployment):
     assert other.status == 200
 
 
+def test_ipv6_clients_count_per_64_and_mapped_ipv4_as_ipv4(deployment):
+    # what a trusted proxy reports: 30 addresses of one /64 are one client
+    one_64 = deployment.many(ANONYMOUS_LIMIT + 20, headers=lambda i: {
+        "X-Forwarded-For": f"2001:db8:15:1:{i:x}::{i + 1:x}"}, source="127.0.0.2")
+    assert len(_admitted(one_64)) == ANONYMOUS_LIMIT
+    assert deployment.get(headers={"X-Forwarded-For": "2001:db8:15:2::1"},
+                          source="127.0.0.2").status == 200
+    mapped = [deployment.get(headers={"X-Forwarded-For": ip}, source="127.0.0.2").status
+              for ip in ["::ffff:192.0.2.44", "192.0.2.44"] * 8]
+    assert mapped == [200] * ANONYMOUS_LIMIT + [429] * 6
+
+
 def test_worker_restarts_by_max_requests_keep_the_state(tmp_path):
     argv_of = lambda port: gunicorn_argv(  # noqa: E731
         f"{APP}:wsgi", port, workers=3,

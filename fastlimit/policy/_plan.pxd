@@ -64,6 +64,7 @@ cdef class Bucket:
     cdef readonly str name, bucket
     cdef readonly object rate
     cdef readonly bint shadow
+    cdef readonly int ipv6_prefix    # per-IP keys of IPv6 clients: their /ipv6_prefix
     cdef object make_limiter
     cdef dict meters
     cdef Meter default

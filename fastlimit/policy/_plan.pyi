@@ -37,8 +37,9 @@ class Bucket:
     bucket: str
     rate: Any
     shadow: bool
+    ipv6_prefix: int
     def __init__(self, name: str, bucket: str, rate: Any, shadow: bool,
-                 make_limiter: Callable[[Any, str], Any]) -> None: ...
+                 make_limiter: Callable[[Any, str], Any], ipv6_prefix: int = ...) -> None: ...
     def limiter(self, rate: Any) -> Any: ...
 
 @final

@@ -27,6 +27,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp
 
 from fastlimit._core cimport Leases, fl_answer
+from fastlimit.http._addr cimport ip_key
 from fastlimit.http._fields cimport Fields, Window, binding, retry_seconds
 from fastlimit.limiters._counting cimport KIND_QUOTA, Hit, Meter, count, new_hit, wall_now
 
@@ -405,11 +406,15 @@ cdef class Bucket:
     tiers bring other rates; the bucket keeps one store name, so a key's
     state, a time, carries over when its rate changes)."""
 
-    def __init__(self, str name, str bucket, rate, bint shadow, make_limiter):
+    def __init__(self, str name, str bucket, rate, bint shadow, make_limiter,
+                 int ipv6_prefix=64):
+        if not 1 <= ipv6_prefix <= 128:
+            raise ValueError(f"ipv6_prefix must be between 1 and 128, got {ipv6_prefix}")
         self.name = name
         self.bucket = bucket
         self.rate = rate
         self.shadow = shadow
+        self.ipv6_prefix = ipv6_prefix
         self.make_limiter = make_limiter
         self.meters = {}
         self.default = None if rate is None else self.meter(rate)
@@ -555,10 +560,11 @@ cdef inline bint _given(object value) except -1:
     return value is not None and bool(value)
 
 
-cdef inline str _need_ip(object client_ip, str limit):
+cdef inline object _need_ip(object client_ip, Bucket b):
+    """The per-IP key of ``client_ip`` under ``b`` (IPv6: its network)."""
     if not client_ip:
-        raise ValueError(f"limit {limit!r} is counted per source IP: pass client_ip")
-    return client_ip
+        raise ValueError(f"limit {b.name!r} is counted per source IP: pass client_ip")
+    return ip_key(client_ip, b.ipv6_prefix) if type(client_ip) is str else client_ip
 
 
 @cython.final
@@ -677,7 +683,7 @@ cdef class Plan:
         b = <Bucket>self.by_kind[kind]
         if b is not None and not rs.dedicated:
             d.applied = _KIND_NAMES[kind]
-            key = subject if subject is not None else _need_ip(client_ip, b.name)
+            key = subject if subject is not None else _need_ip(client_ip, b)
             if m is None and tier is None:
                 m, rate = b.default, b.rate
             m = self._rate_meter(b, m, rate, key)
@@ -685,7 +691,7 @@ cdef class Plan:
                 first = new_hit(m, key, b.name, b.shadow)
         for r in rs.rules:
             b = r.anonymous if kind == K_ANONYMOUS and r.anonymous is not None else r.limit
-            key = _need_ip(client_ip, b.name) if r.per_ip or subject is None else subject
+            key = _need_ip(client_ip, b) if r.per_ip or subject is None else subject
             h = new_hit(self._rate_meter(b, b.default, b.rate, key), key, b.name, b.shadow)
             if first is None:
                 first = h

@@ -8,7 +8,8 @@ the key path and what was expected, e.g.::
 
 The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of it)::
 
-    [policy]      name = "api"; shadow = false
+    [policy]      name = "api"; shadow = false; ipv6_prefix = 64 (per-IP limits
+                  count an IPv6 client under its /64; 128: each address)
     [store]       table = "myapp"; capacity = 100000; overrides = "overrides.json";
                   quotas = "state/quotas.tbl"   (table and quotas: unused when the
                   Policy is given a RedisBackend as its store)
@@ -17,7 +18,7 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
     [identities.api_key]    rate = "tier" | "<rate>" | "unlimited"; name = "api"; shadow
     [identities.session]    rate = "300/1m"; name; shadow
     [identities.token]      rate = "100/1h"; name; shadow
-    [identities.anonymous]  rate = "5/1m"; name; shadow     (per source IP; also
+    [identities.anonymous]  rate = "5/1m"; name; shadow; ipv6_prefix  (per source IP; also
                             invalid credentials; must be stricter than every tier)
     [tier_defaults]         any tier field, inherited by every tier
     [tiers.NAME]  api_access = true; requests_per_minute = 30 (or rate = "30/1m");
@@ -26,7 +27,7 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
     [customers.ACCOUNT]     tier = "CUSTOM"; then any tier field, overriding the tier's
     [routes]      "POST /auth/session/login" = "5/1m"
     [routes.NAME] match = [patterns]; rate; anonymous_rate; per = "ip" | "identity";
-                  dedicated = false; shadow = false
+                  dedicated = false; shadow = false; ipv6_prefix = 64
     [quotas.NAME]       match = [patterns]; tz = "UTC"   (requests there spend the
                         tier's quotas.NAME; cost as for the rate limits)
     [concurrency.NAME]  match = [patterns]; retry_after = 1  (requests there hold one
@@ -64,6 +65,7 @@ from fastlimit.limiters.quota import Calendar, QuotaSpec
 from fastlimit.limiters.rate import Rate
 from fastlimit.policy.routes import parse_pattern
 from fastlimit.policy.spec import (
+    DEFAULT_IPV6_PREFIX,
     IDENTITY_KINDS,
     IdentitySpec,
     PolicySpec,
@@ -175,11 +177,13 @@ def _policy(data: Any, at: _At, base: str, default_name: str) -> PolicySpec:
     top = _table(data, at, ("policy", "store", "headers", "response", "identities",
                             "tier_defaults", "tiers", "customers", "routes", "quotas",
                             "concurrency", "caps"))
-    meta = _table(top.get("policy", {}), at / "policy", ("name", "shadow"))
+    meta = _table(top.get("policy", {}), at / "policy", ("name", "shadow", "ipv6_prefix"))
     name = _name(meta.get("name", default_name), at / "policy" / "name")
+    prefix = _ipv6_prefix(meta.get("ipv6_prefix", DEFAULT_IPV6_PREFIX),
+                          at / "policy" / "ipv6_prefix")
     tiers = _tiers(top, at)
-    identities = _identities(top.get("identities", _MISSING), at / "identities", tiers)
-    routes = _routes(top.get("routes", {}), at / "routes")
+    identities = _identities(top.get("identities", _MISSING), at / "identities", tiers, prefix)
+    routes = _routes(top.get("routes", {}), at / "routes", prefix)
     _unique_names(identities, routes, at)
     spec = PolicySpec(
         name=name,
@@ -193,11 +197,13 @@ def _policy(data: Any, at: _At, base: str, default_name: str) -> PolicySpec:
         store=_store(top.get("store", {}), at / "store", base),
         shadow=_bool(meta.get("shadow", False), at / "policy" / "shadow"),
         source=at.source,
+        ipv6_prefix=prefix,
     )
     return spec
 
 
-def _identities(value: Any, at: _At, tiers: Mapping[str, TierSpec]) -> dict[str, IdentitySpec]:
+def _identities(value: Any, at: _At, tiers: Mapping[str, TierSpec],
+                prefix: int = DEFAULT_IPV6_PREFIX) -> dict[str, IdentitySpec]:
     if value is _MISSING:
         at.fail(f"a table with at least one of {', '.join(IDENTITY_KINDS)}")
     table = _table(value, at, IDENTITY_KINDS)
@@ -208,7 +214,7 @@ def _identities(value: Any, at: _At, tiers: Mapping[str, TierSpec]) -> dict[str,
         if kind not in table:
             continue
         here = at / kind
-        fields = _table(table[kind], here, ("rate", "name", "shadow"))
+        fields = _table(table[kind], here, ("rate", "name", "shadow", "ipv6_prefix"))
         rate: Rate | str | None
         if kind == "api_key" and fields.get("rate", "tier") == "tier":
             if not tiers:
@@ -221,6 +227,7 @@ def _identities(value: Any, at: _At, tiers: Mapping[str, TierSpec]) -> dict[str,
             name=_name(fields.get("name", _DEFAULT_NAMES[kind]), here / "name"),
             rate=rate,  # type: ignore[arg-type]
             shadow=_bool(fields.get("shadow", False), here / "shadow"),
+            ipv6_prefix=_ipv6_prefix(fields.get("ipv6_prefix", prefix), here / "ipv6_prefix"),
         )
     anonymous = out.get("anonymous")
     if anonymous is not None and isinstance(anonymous.rate, Rate):
@@ -311,14 +318,15 @@ def _tier_fields(value: Any, at: _At) -> dict[str, Any]:
     return out
 
 
-def _routes(value: Any, at: _At) -> tuple[RouteSpec, ...]:
+def _routes(value: Any, at: _At, prefix: int = DEFAULT_IPV6_PREFIX) -> tuple[RouteSpec, ...]:
     out: list[RouteSpec] = []
     for name, entry in _table(value, at, None).items():
         here = at / name
         _name(name, here)
         short = isinstance(entry, str)  # "METHOD /path" = "<rate>"
         fields = _table({"rate": entry} if short else entry, here,
-                        ("match", "rate", "anonymous_rate", "per", "dedicated", "shadow"))
+                        ("match", "rate", "anonymous_rate", "per", "dedicated", "shadow",
+                         "ipv6_prefix"))
         patterns = _patterns(fields.get("match", name),
                              here / "match" if "match" in fields else here)
         anonymous_rate = fields.get("anonymous_rate")
@@ -331,6 +339,7 @@ def _routes(value: Any, at: _At) -> tuple[RouteSpec, ...]:
             per=_choice(fields.get("per", "ip"), here / "per", ("ip", "identity")),
             dedicated=_bool(fields.get("dedicated", False), here / "dedicated"),
             shadow=_bool(fields.get("shadow", False), here / "shadow"),
+            ipv6_prefix=_ipv6_prefix(fields.get("ipv6_prefix", prefix), here / "ipv6_prefix"),
         ))
     return tuple(out)
 
@@ -486,6 +495,13 @@ def _bool(value: Any, at: _At) -> bool:
 def _pos_int(value: Any, at: _At) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         at.fail("a positive integer", value)
+    return value
+
+
+def _ipv6_prefix(value: Any, at: _At) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
+        at.fail("an IPv6 prefix length from 1 to 128 (64: a host's /64; 128: each address)",
+                value)
     return value
 
 

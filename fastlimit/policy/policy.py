@@ -167,18 +167,19 @@ class Policy:
         def limiter(rate: Rate, bucket: str) -> Limiter:
             return Limiter(rate, self.store, name=bucket, clock=self._clock)
 
-        def bucket(name: str, rate: Any, shadow: bool, suffix: str = "") -> Bucket:
+        def bucket(name: str, rate: Any, shadow: bool, prefix: int, suffix: str = "") -> Bucket:
             return Bucket(name, f"{spec.name}/{name}{suffix}", rate, shadow or spec.shadow,
-                          limiter)
+                          limiter, prefix)
 
         identities = {kind: bucket(s.name, s.rate if isinstance(s.rate, Rate) else None,
-                                   s.shadow)
+                                   s.shadow, s.ipv6_prefix)
                       for kind, s in spec.identities.items()}
         rules: list[tuple[str, RouteRule | Usage]] = []
         for r in spec.routes:
-            rule = RouteRule(r, bucket(r.name, r.rate, r.shadow),
+            rule = RouteRule(r, bucket(r.name, r.rate, r.shadow, r.ipv6_prefix),
                              None if r.anonymous_rate is None else
-                             bucket(r.name, r.anonymous_rate, r.shadow, "#anonymous"))
+                             bucket(r.name, r.anonymous_rate, r.shadow, r.ipv6_prefix,
+                                    "#anonymous"))
             rules += [(p, rule) for p in r.patterns]
         for u in spec.usage:
             usage = Usage(u, self._concurrency.get(u.name))

@@ -18,6 +18,7 @@ from fastlimit.limiters.quota import QuotaSpec
 from fastlimit.limiters.rate import Rate
 
 __all__ = [
+    "DEFAULT_IPV6_PREFIX",
     "IDENTITY_KINDS",
     "IdentityKind",
     "IdentitySpec",
@@ -27,6 +28,10 @@ __all__ = [
     "TierSpec",
     "UsageSpec",
 ]
+
+# Per-IP limits count an IPv6 client under its /64: the block one host (a
+# home line, a VM) is given, whose 2**64 addresses are its to choose from.
+DEFAULT_IPV6_PREFIX = 64
 
 IdentityKind = Literal["api_key", "session", "token", "anonymous"]
 IDENTITY_KINDS: tuple[IdentityKind, ...] = ("api_key", "session", "token", "anonymous")
@@ -64,13 +69,16 @@ class IdentitySpec:
 
     ``rate`` is a Rate, None (unlimited) or, for ``api_key``, ``"tier"``:
     each key gets its tier's rate.  ``name`` names the limit in headers,
-    in the table and in overrides.
+    in the table and in overrides.  Where it counts per source IP (the
+    anonymous callers), an IPv6 client counts under its ``/ipv6_prefix``
+    network.
     """
 
     kind: IdentityKind
     name: str
     rate: Rate | Literal["tier"] | None
     shadow: bool = False
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,8 @@ class RouteSpec:
         dedicated: these routes do not consume the caller's identity limit
             (the tier budget); this bucket replaces it.
         shadow: compute and log, never deny.
+        ipv6_prefix: an IPv6 client counts per IP as its network of this
+            many bits (128: each address).
     """
 
     name: str
@@ -98,6 +108,7 @@ class RouteSpec:
     per: Literal["ip", "identity"] = "ip"
     dedicated: bool = False
     shadow: bool = False
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX
 
 
 UsageKind = Literal["quota", "concurrency", "cap"]
@@ -152,3 +163,4 @@ class PolicySpec:
     store: StoreSpec = field(default_factory=StoreSpec)
     shadow: bool = False
     source: str = "<dict>"
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX

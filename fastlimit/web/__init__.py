@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from fastlimit._lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from fastlimit.http._addr import ip_key as ip_key
     from fastlimit.web.gate import Outcome as Outcome
     from fastlimit.web.gate import RateLimited as RateLimited
     from fastlimit.web.gate import RouteLimit as RouteLimit
@@ -47,6 +48,7 @@ __all__ = [
     "api_key_header",
     "bearer_token",
     "first_of",
+    "ip_key",
     "session_cookie",
 ]
 
@@ -55,6 +57,7 @@ __getattr__ = lazy_attributes(__name__, {
     **dict.fromkeys(("Identify", "api_key_header", "bearer_token", "first_of", "session_cookie"),
                     "fastlimit.web.identify"),
     "TrustedProxies": "fastlimit.web.proxies",
+    "ip_key": "fastlimit.http._addr",
     "RequestView": "fastlimit.web.view",
     "wsgi": "fastlimit.web.wsgi",
     "asgi": "fastlimit.web.asgi",

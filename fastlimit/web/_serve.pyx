@@ -19,7 +19,7 @@ from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.stdint cimport uint32_t, uint64_t
 
 from fastlimit.policy._plan cimport Plan, PolicyDecision
-from fastlimit.web._addr cimport ipv4
+from fastlimit.http._addr cimport ipv4
 
 from fastlimit.errors import CapacityError
 

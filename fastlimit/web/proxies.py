@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from fastlimit.errors import ConfigurationError
-from fastlimit.web._addr import ipv4
+from fastlimit.http._addr import ipv4
 from fastlimit.web._serve import ClientAddress
 from fastlimit.web.view import RequestView, header_reader
 

@@ -1,1 +1,0 @@
-cpdef long long ipv4(str text)
