@@ -85,14 +85,14 @@ DEPLOYMENTS = {  # name: (command line for a port, extra environment, path the c
 }
 
 
-def _serve(tmp_path, table_name, argv_of, env, route="/login", mount=""):
+def _serve(tmp_path, table_name, argv_of, env, route="/login", mount="", unix_socket=None):
     (tmp_path / "apps.py").write_text(APPS)
     policy = tmp_path / "policy.toml"
     policy.write_text(_policy(table_name, route))
     port = free_port()
     environ = dict(os.environ, TEST_POLICY=str(policy), TEST_MOUNT=mount, **env)
     return Server(argv_of(port), port, env=environ, cwd=str(tmp_path),
-                  log=str(tmp_path / "server.log"))
+                  log=str(tmp_path / "server.log"), unix_socket=unix_socket)
 
 
 def _logins(port, path, count=8, headers=None):
@@ -199,3 +199,74 @@ async def _receive():
 
 async def _ignore(message):
     pass
+
+
+# -- a local proxy whose clients all share its bucket -------------------------------
+
+
+def _environ(peer, **headers):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    if peer is not None:
+        environ["REMOTE_ADDR"] = peer
+    environ.update({f"HTTP_{k.upper()}": v for k, v in headers.items()})
+    return environ
+
+
+@pytest.mark.parametrize(("peer", "header"), [(None, "x_forwarded_for"),
+                                              ("127.0.0.1", "x_forwarded_for"),
+                                              ("::1", "forwarded")])
+def test_a_local_proxy_that_is_not_trusted_is_warned_of_once(caplog, peer, header):
+    app = wsgi.RateLimitMiddleware(_app, _routes_policy("/login"))
+    with caplog.at_level(logging.WARNING, logger="fastlimit"):
+        for i in range(5):
+            _call(app, _environ(peer, **{header: f"203.0.113.{i}"}))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fastlimit"]
+    assert len(warnings) == 1, warnings
+    assert "no proxy is trusted" in warnings[0]
+    assert ("trusted_proxies=['unix']" if peer is None else f"trusted_proxies=['{peer}']") \
+        in warnings[0]
+
+
+@pytest.mark.parametrize(("peer", "trusted", "headers"), [
+    ("192.0.2.7", (), {"x_forwarded_for": "203.0.113.1"}),  # a remote client's own header
+    (None, ("unix",), {"x_forwarded_for": "203.0.113.1"}),   # the proxy is trusted
+    ("127.0.0.1", (), {}),                                   # a local client, no proxy
+])
+def test_no_proxy_warning_where_nothing_is_wrong(caplog, peer, trusted, headers):
+    app = wsgi.RateLimitMiddleware(_app, _routes_policy("/login"), trusted_proxies=trusted)
+    with caplog.at_level(logging.WARNING, logger="fastlimit"):
+        for _ in range(5):
+            _call(app, _environ(peer, **headers))
+    assert not [r for r in caplog.records if r.name == "fastlimit"]
+
+
+@pytest.mark.slow
+def test_gunicorn_on_a_unix_socket_behind_a_proxy_warns_in_its_log(tmp_path, table_name):
+    import http.client
+    import socket
+
+    sock_path = str(tmp_path / "app.sock")
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(sock_path)
+
+    def argv_of(port):
+        argv = gunicorn_argv("apps:flask_limited", port, workers=1)
+        at = argv.index("--bind")
+        return [*argv[:at + 1], f"unix:{sock_path}", *argv[at + 2:]]
+
+    server = _serve(tmp_path, table_name, argv_of, {}, unix_socket=sock_path)
+    with server:
+        statuses = []
+        for i in range(6):
+            conn = UnixConnection("localhost")
+            conn.request("POST", "/login", headers={"X-Forwarded-For": f"198.51.100.{i}"})
+            statuses.append(conn.getresponse().status)
+            conn.close()
+    # six different clients, all in the bucket "unix": what the warning is about
+    assert statuses == [200] * 5 + [429]
+    log = server.log()
+    assert log.count("no proxy is trusted") == 1, log
+    assert "trusted_proxies=['unix']" in log

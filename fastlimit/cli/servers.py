@@ -38,9 +38,11 @@ class Server:
     """
 
     def __init__(self, argv: Sequence[str], port: int, *, env: Mapping[str, str] | None = None,
-                 cwd: str | None = None, log: str | None = None) -> None:
+                 cwd: str | None = None, log: str | None = None,
+                 unix_socket: str | None = None) -> None:
         self.argv = list(argv)
         self.port = port
+        self.unix_socket = unix_socket  # listens there instead of on 127.0.0.1:port
         self.env = None if env is None else dict(env)
         self.cwd = cwd
         self.log_path = log
@@ -68,12 +70,18 @@ class Server:
                 self.proc = None
                 raise RuntimeError(f"{self.argv[0]} exited with {code}:\n{self.log()}")
             try:
+                if self.unix_socket is not None:
+                    with socket.socket(socket.AF_UNIX) as sock:
+                        sock.settimeout(0.5)
+                        sock.connect(self.unix_socket)
+                    return self
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
             except OSError:
                 time.sleep(0.05)  # polling for readiness, not timing a behaviour
         self.stop()
-        raise RuntimeError(f"{self.argv[0]} did not listen on {self.port}:\n{self.log()}")
+        where = self.unix_socket or self.port
+        raise RuntimeError(f"{self.argv[0]} did not listen on {where}:\n{self.log()}")
 
     def children(self) -> list[int]:
         """PIDs of the server's direct children (its workers)."""

@@ -319,7 +319,7 @@ cdef class _Call:
     cdef public object app
     cdef public object gate
     cdef object check, exempt, deny, names, merge
-    cdef object watch     # the gate's watch of a mount prefix, until it is done
+    cdef object watch     # the gate's look at the first requests, until it is done
     cdef str mount
     cdef type view_type
     cdef Check checker    # the gate's check when it is a Check (called in C)
@@ -327,7 +327,7 @@ cdef class _Call:
     cdef _hold(self, view_type, deny, names, merge):
         self.check = self.gate.check
         self.mount = self.gate.mount
-        self.watch = self.gate.watch_prefix
+        self.watch = self.gate.watch
         self.checker = self.check if type(self.check) is Check else None
         self.exempt = self.gate.exempt_paths
         if not issubclass(view_type, ViewFields):

@@ -81,52 +81,89 @@ def _mount(mount: str) -> str:
     return mount
 
 
-# How many requests the middleware looks at for a mount prefix its routes
-# may have been written with: a few, then the check costs nothing.
+# How many requests the middleware looks at for deployment mistakes: the
+# first few, then the look costs nothing.
 _WATCH_PREFIXED = 100
-_WATCH_PLAIN = 1000
+_WATCH_REQUESTS = 1000
+
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
-class PrefixWatch:
-    """Warns once (logger ``fastlimit``) when the application is served
-    under a prefix (``SCRIPT_NAME``, ``root_path``) and its requests match
-    no route of the policy: routes are matched on the path the application
-    routes on, so routes written with the prefix would never apply.  Called
-    with the first requests' views; False once it has seen enough."""
+class DeploymentWatch:
+    """Looks at the first requests the middleware sees for two deployment
+    mistakes that switch limits off or deny the wrong people, and warns
+    once of each (logger ``fastlimit``):
 
-    def __init__(self, policy: Policy) -> None:
+    - the application is served under a prefix (``SCRIPT_NAME``,
+      ``root_path``) and its requests match no route of the policy, while
+      the prefixed path would: routes are matched on the path the
+      application routes on, so routes written with the prefix never apply;
+    - requests come from a local proxy (a Unix socket or loopback peer)
+      with ``X-Forwarded-For`` / ``Forwarded``, and no proxy is trusted:
+      every client behind the proxy shares the proxy's per-IP bucket.
+
+    Called with the views of the first requests; False once it is done.
+    """
+
+    def __init__(self, policy: Policy, *, prefix: bool, forwarded: bool) -> None:
         self.policy = policy
         self.matches = policy._routes.matches
-        self.prefixed = self.plain = 0
+        self.prefix = prefix and len(policy._routes) > 0
+        self.forwarded = forwarded
+        self.seen = self.prefixed = 0
 
     def __call__(self, view: RequestView) -> bool:
+        self.seen += 1
+        if self.prefix:
+            self._look_for_prefix(view)
+        if self.forwarded:
+            self._look_for_proxy(view)
+        return (self.prefix or self.forwarded) and self.seen < _WATCH_REQUESTS
+
+    def _look_for_prefix(self, view: RequestView) -> None:
         raw = view.raw
         prefix = raw.get("root_path") if isinstance(view, _ASGIView) else raw.get("SCRIPT_NAME")
         if not prefix or not isinstance(prefix, str):
-            self.plain += 1
-            return self.plain < _WATCH_PLAIN
+            return
         if self.matches(view.method, view.path):
-            return False  # routes are written as the application routes: fine
-        full = prefix.rstrip("/") + view.path
+            self.prefix = False  # the routes are written as the application routes: fine
+            return
+        mount = prefix.rstrip("/")
+        full = mount + view.path
         if self.matches(view.method, full):
+            self.prefix = False
             log.warning(
                 "requests arrive under the prefix %r, and policy %r's routes are written "
                 "with it: %s %s matches a route, but fastlimit matches routes on the path "
                 "the application routes on, %r, which matches none, so those limits do not "
                 "apply. Write the routes without the prefix, or pass mount=%r to the "
-                "middleware.", prefix, self.policy.name, view.method, full, view.path,
-                prefix.rstrip("/"))
-            return False
+                "middleware.", prefix, self.policy.name, view.method, full, view.path, mount)
+            return
         self.prefixed += 1
-        if self.prefixed < _WATCH_PREFIXED:
-            return True
+        if self.prefixed >= _WATCH_PREFIXED:
+            self.prefix = False
+            log.warning(
+                "the first %d requests under the prefix %r matched no route of policy %r: "
+                "fastlimit matches routes on the path the application routes on (without "
+                "the prefix, e.g. %r). If the routes are written with the prefix, pass "
+                "mount=%r to the middleware.", self.prefixed, prefix, self.policy.name,
+                view.path, mount)
+
+    def _look_for_proxy(self, view: RequestView) -> None:
+        peer = view.peer
+        if peer is not None and not peer.startswith(_LOOPBACK):
+            return
+        sent = [name for name in ("x-forwarded-for", "forwarded") if view.header(name)]
+        if not sent:
+            return
+        self.forwarded = False
         log.warning(
-            "the first %d requests under the prefix %r matched no route of policy %r: "
-            "fastlimit matches routes on the path the application routes on (without the "
-            "prefix, e.g. %r). If the routes are written with the prefix, pass mount=%r to "
-            "the middleware.", self.prefixed, prefix, self.policy.name, view.path,
-            prefix.rstrip("/"))
-        return False
+            "requests from %s carry %s, but no proxy is trusted: every client behind that "
+            "proxy counts as %r under the per-IP limits, one bucket for all of them. Pass "
+            "trusted_proxies=[%r] (and forwarded_header=) to the middleware.",
+            "a Unix socket peer" if peer is None else f"the local peer {peer}",
+            " and ".join(sent), NO_ADDRESS if peer is None else peer,
+            "unix" if peer is None else peer)
 
 
 class Gate:
@@ -143,9 +180,6 @@ class Gate:
             raise TypeError(f"expected a fastlimit.Policy, got {type(policy).__name__}")
         self.policy = policy
         self.mount = _mount(mount)
-        # no watch when told the mount, or when no route could be missed
-        self.watch_prefix: Callable[[RequestView], bool] | None = (
-            PrefixWatch(policy) if not mount and len(policy._routes) else None)
         self.identify: Identify = identify or _anonymous
         self.proxies = (trusted_proxies if isinstance(trusted_proxies, TrustedProxies)
                         else TrustedProxies(trusted_proxies, header=forwarded_header))
@@ -157,6 +191,11 @@ class Gate:
         own = type(self.proxies).client_ip is not TrustedProxies.client_ip
         self._proxies = (None if not self.proxies.enabled else
                          self.proxies.client_ip if own else self.proxies._client)
+        watch = DeploymentWatch(policy, prefix=not mount, forwarded=not self.proxies.enabled)
+        self.watch: Callable[[RequestView], bool] | None = (
+            watch if watch.prefix or watch.forwarded else None)
+        """What the middleware calls with its first requests' views, until
+        it returns False (a :class:`DeploymentWatch`), or None."""
         if isinstance(exempt_paths, str):
             raise TypeError(f"exempt_paths must be a collection of paths, got the str "
                             f"{exempt_paths!r} (write [{exempt_paths!r}])")
