@@ -25,6 +25,13 @@ application; the difference of the two is what the middleware adds:
     valgrind ... python bench/instructions.py wsgi 2000        # and 0: / 2000
     valgrind ... python bench/instructions.py plain_wsgi 2000  # and 0: / 2000
     (asgi, plain_asgi likewise)
+
+``--path`` sends a client's pathological path instead of ``/v1/items``
+(``dotdot``: 8 KB of ``/./a/..``; ``deep``: 4,096 segments; ``slashes``:
+4,000 segments and a trailing slash), to see what normalising and routing
+it costs against the usual request:
+
+    valgrind ... python bench/instructions.py wsgi 2000 --path dotdot  # and 0: / 2000
 """
 
 import argparse
@@ -39,6 +46,10 @@ parser.add_argument("n", type=int, help="calls of allow, batches of 100k keys fo
 parser.add_argument("--build", help="a checkout to import fastlimit from")
 parser.add_argument("--keys", type=int, default=100_000, help="keys per hit_many batch")
 parser.add_argument("--capacity", type=int, default=200_000, help="table slots for hit_many")
+PATHS = {"usual": "/v1/items", "dotdot": "/./a/.." * (8192 // 7), "deep": "/a" * 4096,
+         "slashes": "/" + "x/" * 4000}
+parser.add_argument("--path", choices=list(PATHS), default="usual",
+                    help="the request path (wsgi, asgi)")
 args = parser.parse_args()
 if args.build:
     sys.path.insert(0, args.build)
@@ -66,7 +77,7 @@ def requests(what: str, n: int) -> None:
         handler = getattr(app, what)
         try:
             if what.endswith("wsgi"):
-                environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/items",
+                environ = {"REQUEST_METHOD": "GET", "PATH_INFO": PATHS[args.path],
                            "QUERY_STRING": "", "SCRIPT_NAME": "", "REMOTE_ADDR": "127.0.0.1",
                            "HTTP_HOST": "127.0.0.1", "HTTP_X_API_KEY": KEY}
                 for _ in range(200 + n):
@@ -76,7 +87,7 @@ def requests(what: str, n: int) -> None:
                     if hasattr(body, "close"):
                         body.close()
             else:
-                scope = {"type": "http", "method": "GET", "path": "/v1/items",
+                scope = {"type": "http", "method": "GET", "path": PATHS[args.path],
                          "query_string": b"", "client": ("127.0.0.1", 5000),
                          "headers": [(b"host", b"127.0.0.1"), (b"x-api-key", KEY.encode())]}
 

@@ -1,6 +1,8 @@
 """Route patterns: what matches, and paths that try to slip past a limit."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastlimit import ConfigurationError
 from fastlimit.policy.routes import RouteTable, normalize_path, parse_pattern
@@ -93,3 +95,45 @@ def test_normalize_path():
 def test_bad_patterns(pattern):
     with pytest.raises(ConfigurationError):
         parse_pattern(pattern)
+
+
+# -- normalising a client's path: what the frameworks route, at linear cost ----------
+
+
+def _reference_normalize(path):
+    """The rule, written plainly: no query, no empty or "." segments, ".."
+    applied, a leading "/" and no trailing one."""
+    path = path.split("?", 1)[0]
+    segments = []
+    for s in path.split("/"):
+        if s in ("", "."):
+            continue
+        if s == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(s)
+    return "/" + "/".join(segments)
+
+
+@given(st.text(alphabet="/.a?é\udcff", max_size=60))
+def test_normalize_path_follows_the_rule(path):
+    assert normalize_path(path) == _reference_normalize(path)
+
+
+@pytest.mark.parametrize("path", ["/./a/.." * 1170, "/a" * 4096, "/" + "x/" * 4000,
+                                  "/.." * 3000 + "/login", "/é/./" * 2000])
+def test_pathological_paths_normalize_and_route_as_frameworks_do(path):
+    assert normalize_path(path) == _reference_normalize(path)
+    table = RouteTable([("POST /login", "login"), ("GET /a/**", "tail"),
+                        ("GET /x/{id}", "param")], combine=tuple)
+    expected = {("POST", "/login"): ("login",), ("GET", "/a"): ("tail",)}
+    normalized = _reference_normalize(path)
+    for method in ("GET", "POST"):
+        found = table.match(method, path)
+        if normalized.startswith("/a/") or normalized == "/a":
+            assert found == (("tail",) if method == "GET" else ())
+        elif normalized == "/x/x":
+            assert found == (("param",) if method == "GET" else ())
+        else:
+            assert found == expected.get((method, normalized), ())

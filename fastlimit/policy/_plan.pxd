@@ -48,6 +48,8 @@ cdef class RouteIndex:
     cdef Py_ssize_t method_len[MAX_METHODS]
     cdef const char* method_data[MAX_METHODS]
     cdef bint dynamic
+    cdef int depth              # of the trie's deepest node: what a walk can reach
+    cdef Py_ssize_t longest     # the longest literal path in exact
     cdef list values
     cdef object combine, empty
 

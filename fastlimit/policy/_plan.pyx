@@ -41,6 +41,9 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_FindChar(object text, Py_UCS4 ch, Py_ssize_t start, Py_ssize_t end,
                                   int direction) except -2
     object PyUnicode_Substring(object text, Py_ssize_t start, Py_ssize_t end)
+    object PyUnicode_DecodeASCII(const char* data, Py_ssize_t size, const char* errors)
+    object PyUnicode_DecodeUTF8(const char* data, Py_ssize_t size, const char* errors)
+    object PyBytes_FromStringAndSize(const char* data, Py_ssize_t size)
 
 
 cdef enum:
@@ -153,34 +156,71 @@ cpdef str normalize_path(str path):
         >>> normalize_path("/auth//session/./login/?next=/")
         '/auth/session/login'
     """
-    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(path)
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(path), i
     cdef const char* p
-    cdef const char* slash
     if n and PyUnicode_IS_ASCII(path):
         p = PyUnicode_DATA(path)
         if p[0] == b"/" and p[n - 1] != b"/" and memchr(p, b"?", n) == NULL:
-            slash = p
-            while slash != NULL:  # never the last byte: that is not a "/"
-                if slash[1] == b"/" or slash[1] == b".":
+            # a byte loop, not memchr per segment: its call costs more than
+            # a short segment, and a client chooses how many there are
+            for i in range(n - 1):  # never the last byte: that is not a "/"
+                if p[i] == b"/" and (p[i + 1] == b"/" or p[i + 1] == b"."):
                     break
-                slash = <const char*>memchr(slash + 1, b"/", n - 1 - (slash - p))
             else:
                 return path  # the common case: nothing to do
-    cut = path.find("?")
-    if cut >= 0:
-        path = path[:cut]
-    if "//" in path or "/." in path or path[-1:] == "/" or path[:1] != "/":
-        segments = []
-        for s in path.split("/"):
-            if s == "" or s == ".":
-                continue
-            if s == "..":
-                if segments:
-                    segments.pop()
-                continue
-            segments.append(s)
-        path = "/" + "/".join(segments)
-    return path
+    return _normalized(path)
+
+
+cdef str _normalized(str path):
+    """``normalize_path``'s work, in one pass over the path's bytes (UTF-8
+    where it is not ASCII: "/", "." and "?" are single bytes there too), so
+    that a client's 8 KB of ``/./a/..`` costs what reading 8 KB costs."""
+    cdef bint ascii = PyUnicode_IS_ASCII(path)
+    cdef bytes encoded = None
+    cdef const char* p
+    cdef const char* slash
+    cdef Py_ssize_t n, i = 0, j, k, o = 0
+    cdef char* out
+    if ascii:
+        p = PyUnicode_DATA(path)
+        n = PyUnicode_GET_LENGTH(path)
+    else:
+        encoded = path.encode("utf-8", "surrogatepass")
+        p = PyBytes_AS_STRING(encoded)
+        n = PyBytes_GET_SIZE(encoded)
+    slash = <const char*>memchr(p, b"?", n)
+    if slash != NULL:
+        n = slash - p
+    buffer = PyBytes_FromStringAndSize(NULL, n + 1)
+    out = PyBytes_AS_STRING(buffer)
+    while i < n:
+        if p[i] == b"/":
+            i += 1
+            continue
+        # copy the segment after a "/" as it is read (a call of memcpy costs
+        # more than a short segment), then keep it unless it is "." or ".."
+        out[o] = b"/"
+        k = o + 1
+        j = i
+        while j < n and p[j] != b"/":
+            out[k] = p[j]
+            k += 1
+            j += 1
+        if j - i == 1 and p[i] == b".":
+            pass
+        elif j - i == 2 and p[i] == b"." and p[i + 1] == b".":
+            while o > 0 and out[o - 1] != b"/":    # each byte goes at most once
+                o -= 1
+            if o > 0:
+                o -= 1
+        else:
+            o = k
+        i = j
+    if o == 0:
+        return "/"
+    if ascii:
+        return PyUnicode_DecodeASCII(out, o, NULL)
+    return PyUnicode_DecodeUTF8(out, o, "surrogatepass")
 
 
 @cython.final
@@ -189,16 +229,19 @@ cdef class RouteIndex:
     order, combined once per set of rules matched (``combine``)."""
 
     def __init__(self, RouteNode root, dict exact, bint dynamic, list values, combine=None):
-        cdef list todo = [root]
+        cdef list todo = [(root, 0)]
         cdef list nodes = []
         cdef RouteNode node
         cdef const char* base
+        cdef int d
+        self.depth = 0
         while todo:  # a walk, not recursion: patterns may be thousands of segments deep
-            node = todo.pop()
+            node, d = todo.pop()
             nodes.append(node)
-            todo.extend(node.literal.values())
+            self.depth = max(self.depth, d)
+            todo.extend([(child, d + 1) for child in node.literal.values()])
             if node.param is not None:
-                todo.append(node.param)
+                todo.append((node.param, d + 1))
         methods = {_OTHER: None}
         for node in nodes:
             methods.update(dict.fromkeys(node.here))
@@ -222,6 +265,7 @@ cdef class RouteIndex:
         self.combine = combine
         self.exact = {path: {m: self._combined(found) for m, found in answers.items()}
                       for path, answers in exact.items()}
+        self.longest = max(map(len, self.exact), default=0)
         self.dynamic = dynamic
         self.values = values
         self.combos = {}
@@ -234,7 +278,9 @@ cdef class RouteIndex:
         """The rules of ``method path`` (combined, if the index combines)."""
         cdef dict answers
         path = normalize_path(path)
-        answers = self.exact.get(path)
+        # no literal pattern is longer: a client's 8 KB path is not hashed
+        answers = (self.exact.get(path) if PyUnicode_GET_LENGTH(path) <= self.longest
+                   else None)
         if answers is not None:
             found = answers.get(method)
             if found is None:
@@ -363,7 +409,10 @@ cdef class RouteIndex:
 
     cdef object _walk_deep(self, str method, str path):
         """The walk of a path of more segments than the fast walk holds."""
-        cdef list segments = path.split("/")  # ["", "a", "b"]
+        # ["", "a", "b"]; past the trie's depth no node is left to match a
+        # segment, so the rest stays one string: a client's 4,000 segments
+        # cost one split per level of the routes, not 4,000 strings
+        cdef list segments = path.split("/", self.depth + 1)
         cdef Py_ssize_t end = len(segments)
         cdef list hits = []
         cdef list stack = [(self.root, 1)]
