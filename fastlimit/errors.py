@@ -108,3 +108,13 @@ class RateLimited(FastLimitError):
         self.headers: list[tuple[str, str]] = outcome.headers
         self.body: bytes = outcome.body or b""
         self.content_type: str = outcome.content_type
+
+
+class PayloadTooLarge(FastLimitError, ValueError):
+    """A request body streamed past the byte cap of its route: raised by
+    the ``wsgi.input`` the middleware gives the application, which then
+    answers 413 in place of the application's response."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"the request body is larger than its cap of {cap} bytes")
+        self.cap = cap

@@ -148,6 +148,7 @@ cdef class PolicyDecision:
 
     cdef PolicyDecision _count(self, cost, bint consume)
     cdef PolicyDecision _deny(self, str kind, str by)
+    cdef Usage _byte_cap(self)
     cdef bint _take(self, slots, key, n, int64_t spread) except -1
     cdef bint holds(self)
     cdef int _binding(self)

@@ -81,6 +81,9 @@ class TierUsage: ...
 class PolicyDecision:
     """The answer to one request under a policy (see fastlimit.policy.policy)."""
 
+    def byte_cap(self) -> int | None: ...
+    def streamed_past_cap(self) -> PolicyDecision: ...
+
     allowed: bool
     kind: str | None
     @property

@@ -841,6 +841,30 @@ cdef class PolicyDecision:
                 break
         return self
 
+    cdef Usage _byte_cap(self):
+        cdef Usage u
+        cdef Usage found = None
+        smallest = None
+        for u, cap in self.caps or ():
+            if u.bytes and (smallest is None or cap < smallest):
+                found, smallest = u, cap
+        return found
+
+    def byte_cap(self):
+        """The size the request's body may not exceed (the smallest byte
+        cap of its routes), or None: what the middleware counts the body
+        against as it is read."""
+        cdef Usage u = self._byte_cap()
+        return None if u is None else dict(self.caps)[u]
+
+    def streamed_past_cap(self):
+        """Make this decision the 413 of its byte cap: the body turned out
+        larger than it while it was read."""
+        cdef Usage u = self._byte_cap()
+        if u is None:
+            raise ValueError("this decision has no byte cap")
+        return self._deny("too_large", u.name)
+
     cdef PolicyDecision _deny(self, str kind, str by):
         self.allowed = False
         self.kind = kind

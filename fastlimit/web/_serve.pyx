@@ -115,7 +115,7 @@ cdef class Check:
             straight from :class:`ViewFields` (other views by attribute).
     """
 
-    cdef object hit, identify, proxies, cost, fixed_cost, no_address, too_large
+    cdef object hit, identify, proxies, cost, fixed_cost, no_address, too_large, files
     cdef object wsgi_view, asgi_view
     cdef Header length_header
     cdef Plan plan
@@ -127,6 +127,7 @@ cdef class Check:
         self.proxies = gate._proxies
         self.cost = gate.cost
         self.fixed_cost = gate._fixed_cost
+        self.files = gate.files
         self.no_address = no_address
         self.too_large = too_large
         self.wsgi_view, self.asgi_view = view_types
@@ -144,6 +145,7 @@ cdef class Check:
                               if type(self.proxies) is ClientAddress else self.proxies(view))
         cost = self.fixed_cost if self.fixed_cost is not None else self.cost(view)
         identity = _identify(self.identify, view)
+        files = self.files(view) if self.files is not None else None
         if type(view) is self.wsgi_view or type(view) is self.asgi_view:
             # the common case (a GET) costs one look-up, in C
             length = view.content_length if self.length_header.read(view) else None
@@ -157,8 +159,9 @@ cdef class Check:
             client = view.client_ip or self.no_address
         try:
             if self.plan is not None:
-                return self.plan.decide(method, path, identity, client, cost, length, None, True)
-            return self.hit(method, path, identity, client, cost=cost, content_length=length)
+                return self.plan.decide(method, path, identity, client, cost, length, files, True)
+            return self.hit(method, path, identity, client, cost=cost, content_length=length,
+                            files=files)
         except CapacityError as e:
             return self.too_large(e)
 
@@ -360,6 +363,10 @@ cdef class WSGICall(_Call):
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         environ["fastlimit.decision"] = outcome
         cdef PolicyDecision decided = outcome if type(outcome) is PolicyDecision else None
+        if decided is not None and decided.caps is not None and decided.allowed:
+            cap = decided.byte_cap()
+            if cap is not None:  # an upload route: its body is counted as it is read
+                return self._stream_capped(environ, start_response, decided, cap)
         if decided is not None and decided.allowed and not decided.holds():
             # nothing to give back: the response goes out as the app made it
             extra = decided.text_fields()
@@ -412,6 +419,10 @@ cdef class ASGICall(_Call):
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         scope["fastlimit.decision"] = outcome
         cdef PolicyDecision decided = outcome if type(outcome) is PolicyDecision else None
+        if decided is not None and decided.caps is not None and decided.allowed:
+            cap = decided.byte_cap()
+            if cap is not None:  # an upload route: its body is counted as it is read
+                return self._stream_capped(scope, receive, send, decided, cap)
         if decided is not None and decided.allowed and not decided.holds():  # holds nothing
             extra = decided.fields(True)
             return self.app(scope, receive,

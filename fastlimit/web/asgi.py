@@ -83,6 +83,50 @@ class RateLimitMiddleware(Middleware[ASGIApp], ASGICall):
 
     __call__ = ASGICall.handle
 
+    async def _stream_capped(self, scope: Scope, receive: Receive, send: Send, decision: Any,
+                             cap: int) -> None:
+        """The request of a route with a byte cap: its body counted as the
+        application receives it; past ``cap`` the 413 is sent in place of
+        the application's response and the application is told the client
+        left (``http.disconnect``)."""
+        seen = 0
+        over = started = False
+        extra = decision.raw_headers()
+
+        async def counted() -> Message:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    over = True
+                    if not started:
+                        await send_denial(decision.streamed_past_cap(), send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if over and message.get("type", "").startswith("http.response"):
+                return  # the 413 went out instead
+            if message.get("type") == "http.response.start":
+                started = True
+                if extra:
+                    message = dict(message)
+                    message["headers"] = _merge_raw(message.get("headers", ()), extra)
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+            # the application's error at the disconnect it was told of: answered already
+        finally:
+            decision.release()
+
 
 
 

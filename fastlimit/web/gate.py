@@ -61,6 +61,7 @@ class _TooLarge:
 
 
 Cost = int | Callable[[RequestView], int]
+Files = Callable[[RequestView], "int | None"]
 
 # The per-IP key of requests with no client address (a Unix socket peer, not
 # a trusted proxy or one that sent no usable forwarding header): they share
@@ -175,7 +176,8 @@ class Gate:
     def __init__(self, policy: Policy, *, identify: Identify | None = None,
                  trusted_proxies: Iterable[str] | TrustedProxies = (),
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
-                 cost: Cost = 1, exempt_paths: Collection[str] = (), mount: str = "") -> None:
+                 cost: Cost = 1, exempt_paths: Collection[str] = (), mount: str = "",
+                 files: Files | None = None) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"expected a fastlimit.Policy, got {type(policy).__name__}")
         self.policy = policy
@@ -187,6 +189,9 @@ class Gate:
             raise TypeError(f"cost must be an int or a callable, got {cost!r}")
         self.cost = cost
         self._fixed_cost = cost if isinstance(cost, int) else None
+        if files is not None and not callable(files):
+            raise TypeError(f"files must be a callable of the request view, got {files!r}")
+        self.files = files
         # the compiled address step, unless a subclass has its own client_ip
         own = type(self.proxies).client_ip is not TrustedProxies.client_ip
         self._proxies = (None if not self.proxies.enabled else
@@ -225,11 +230,12 @@ class Middleware(Generic[App]):
     def __init__(self, app: App, policy: Policy, *, identify: Identify | None = None,
                  trusted_proxies: Iterable[str] | TrustedProxies = (),
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
-                 cost: Cost = 1, exempt_paths: Collection[str] = (), mount: str = "") -> None:
+                 cost: Cost = 1, exempt_paths: Collection[str] = (), mount: str = "",
+                 files: Files | None = None) -> None:
         self.app = app
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
                          forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths,
-                         mount=mount)
+                         mount=mount, files=files)
         self._wire(*self._wiring)  # every request's call is compiled (web/_serve.pyx)
 
     @property
@@ -261,9 +267,9 @@ class RouteLimit:
     def __init__(self, policy: Policy, *, identify: Identify | None = None,
                  trusted_proxies: Iterable[str] | TrustedProxies = (),
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
-                 cost: Cost = 1, mount: str = "") -> None:
+                 cost: Cost = 1, mount: str = "", files: Files | None = None) -> None:
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
-                         forwarded_header=forwarded_header, cost=cost, mount=mount)
+                         forwarded_header=forwarded_header, cost=cost, mount=mount, files=files)
 
     def check(self, request: Mapping[str, Any]) -> Outcome:
         """Count the request (a WSGI environ or an ASGI scope).

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from fastlimit.errors import PayloadTooLarge
 from fastlimit.web._serve import WSGICall, WSGIDenial
 from fastlimit.web.gate import RATE_HEADERS, Middleware, merge_headers
 from fastlimit.web.view import _WSGIView
@@ -58,6 +59,18 @@ class RateLimitMiddleware(Middleware[WSGIApplication], WSGICall):
             to choose, is ignored.  Without ``mount``, the first requests
             that arrive under a prefix and match no route, while the
             prefixed path would, log a warning (logger ``fastlimit``).
+        files: ``files(view) -> int | None``: how many files the request
+            carries (e.g. from a header the client sends), checked against
+            the tiers' file-count caps (``batch_files``); None: unknown.
+
+    Size caps: a request whose declared ``Content-Length`` (or ``files``)
+    is over its route's cap is answered 413 before the application runs.
+    On a route with a byte cap, the body is also counted as the
+    application reads it (``wsgi.input``; ASGI ``receive``), so a chunked
+    body of no declared size is stopped at the cap: the read raises
+    :class:`~fastlimit.errors.PayloadTooLarge`, and the application's
+    response is replaced by the 413 (unless the application had already
+    started its response: then the error ends it).
 
     A denial is answered with the policy's status (429, or 413 for a cost
     no limit admits), its headers (``Retry-After`` included) and its JSON
@@ -98,6 +111,93 @@ class RateLimitMiddleware(Middleware[WSGIApplication], WSGICall):
     """
 
     _wiring: tuple[Any, ...] = ()  # set below: what its compiled call is wired with
+
+    def _stream_capped(self, environ: dict[str, Any], start_response: Any, decision: Any,
+                       cap: int) -> Iterable[bytes]:
+        """The request of a route with a byte cap: its body counted as the
+        application reads it, and a 413 in place of the application's
+        response if it goes past ``cap``."""
+        stream = _CappedInput(environ.get("wsgi.input"), cap)
+        environ["wsgi.input"] = stream
+        extra = decision.headers
+        started = False
+
+        def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            nonlocal started
+            if stream.over:   # the application answering its read's error: replaced below
+                return lambda data: None
+            started = True
+            return start_response(status, merge_headers(headers, extra), exc_info)
+
+        try:
+            result = self.app(environ, respond)
+        except PayloadTooLarge:
+            if not stream.over or started:
+                decision.release()
+                raise
+            result = None
+        except BaseException:
+            decision.release()
+            raise
+        if stream.over and not started:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            answer: Iterable[bytes] = self._wiring[1](decision.streamed_past_cap(),
+                                                      start_response)
+            return answer
+        return _Released(result if result is not None else [], decision.release)
+
+
+# Read a body of no stated size in pieces of this many bytes: the cap is
+# checked after each, so at most this much past it is ever held.
+_CHUNK = 65536
+
+
+class _CappedInput:
+    """``wsgi.input`` that counts what is read and raises
+    :class:`PayloadTooLarge` once it is more than ``cap`` bytes."""
+
+    def __init__(self, stream: Any, cap: int) -> None:
+        self._stream = stream
+        self._cap = cap
+        self.seen = 0
+        self.over = False
+
+    def _count(self, data: bytes) -> bytes:
+        self.seen += len(data)
+        if self.seen > self._cap:
+            self.over = True
+        if self.over:
+            raise PayloadTooLarge(self._cap)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._stream is None:
+            return b""
+        if size is not None and size >= 0:
+            return self._count(self._stream.read(size))
+        parts: list[bytes] = []
+        while True:
+            part = self._count(self._stream.read(_CHUNK))
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._stream is None:
+            return b""
+        return self._count(self._stream.readline(size if size >= 0 else _CHUNK))
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(self)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
 
 
 class _Released:
