@@ -1,7 +1,7 @@
 """Stubs for the compiled core (fastlimit/_core.pyx)."""
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeAlias, final
+from typing import Any, TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,7 @@ class Decision:
     def __bool__(self) -> bool: ...
 
 def metrics_stripe_bytes(nlimiters: int) -> int: ...
+def header_cas(buffer: Any, offset: int, expected: int, value: int) -> int: ...
 
 class TableView:
     secret0: int

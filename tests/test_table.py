@@ -14,6 +14,7 @@ from fastlimit import (
     FakeClock,
     Limiter,
     Overrides,
+    Policy,
     SharedTable,
     TableError,
     TableFullError,
@@ -63,7 +64,7 @@ def test_rejects_other_layout_versions(table_name):
     with open(path_of(table_name), "r+b") as f:
         f.seek(8)
         f.write((99).to_bytes(4, "little"))
-    with pytest.raises(TableError, match="layout version 99; this fastlimit uses version 2"):
+    with pytest.raises(TableError, match="layout version 99; this fastlimit uses version 3"):
         SharedTable.attach(table_name)
 
 
@@ -255,7 +256,7 @@ def test_memory_per_key_is_at_most_24_bytes():
 
 def test_header_is_a_numpy_record(table):
     h = table.header
-    assert bytes(h["magic"]) == b"FLTABLE1" and h["version"] == 2
+    assert bytes(h["magic"]) == b"FLTABLE1" and h["version"] == 3
     assert h["capacity"] == 4096 and h["slot_size"] == 16 and h["bucket_slots"] == 8
     assert h["secret"].any(), "a random 128-bit secret"
     assert table.slots.dtype.names == ("fp", "tat")
@@ -304,14 +305,12 @@ def test_path_tables_live_where_asked(tmp_path, clock):
         SharedTable.open(path=tmp_path / "missing" / "t")
 
 
-def test_table_from_an_earlier_boot_is_cleared(tmp_path, clock, caplog):
+def test_table_from_an_earlier_boot_is_cleared(tmp_path, clock, caplog, monkeypatch):
     p = tmp_path / "rates.tbl"
     t = SharedTable.open(path=p, capacity=100)
     Limiter("1/1h", store=t, clock=clock).hit("k")
     t.close()
-    with open(p, "r+b") as f:
-        f.seek(64)  # boot_id
-        f.write(b"\x01" * 16)
+    monkeypatch.setattr(table_mod, "_boot_id", lambda: b"\x01" * 16)  # a new boot
     with caplog.at_level(logging.WARNING, logger="fastlimit"):
         again = SharedTable.open(path=p)
     assert "before the last reboot" in caplog.text
@@ -458,3 +457,105 @@ def test_many_processes_opening_at_once_get_one_table(table_name):
         p.join()
     assert len(secrets) == 1, "exactly one process created the table"
     assert SharedTable.attach(table_name).verify() == []
+
+
+# -- one clock, one namespace, a header that cannot silently change --------------------
+
+
+def test_a_table_runs_on_one_clock(table_name, clock):
+    import time
+    t = SharedTable.open(table_name, capacity=100)
+    assert t.clock is None
+    Limiter("5/1m", store=t, name="a").hit("k")  # the first limiter settles it
+    assert t.clock == "monotonic"
+    Limiter("5/1m", store=t, name="b", clock=time.monotonic_ns).hit("k")  # the same clock
+    for foreign in (time.time_ns, clock):
+        with pytest.raises(ConfigurationError, match=r"limiter 'c' runs on an injected clock, "
+                                                     r"but table .* runs on CLOCK_MONOTONIC"):
+            Limiter("5/1m", store=t, name="c", clock=foreign)
+    with pytest.raises(ConfigurationError, match="runs on CLOCK_MONOTONIC"):
+        Policy.from_dict({"identities": {"anonymous": {"rate": "5/1m"}}}, store=t, clock=clock)
+
+
+def test_a_table_of_an_injected_clock_refuses_the_monotonic_one(clock):
+    t = SharedTable.anonymous(capacity=100)
+    Limiter("5/1m", store=t, clock=clock).hit("k")
+    assert t.clock == "injected"
+    with pytest.raises(ConfigurationError, match="runs on CLOCK_MONOTONIC, but table "
+                                                 r"\(anonymous\) runs on an injected clock"):
+        Limiter("5/1m", store=t, name="other")
+
+
+def _limiter_on(name, clock_name):
+    import time
+    clock = {"wall": time.time_ns, "monotonic": None}[clock_name]
+    try:
+        Limiter("5/1m", store=SharedTable.attach(name), name="w", clock=clock).hit("k")
+    except ConfigurationError as e:
+        return str(e)
+    return "accepted"
+
+
+def test_another_process_on_a_foreign_clock_is_refused(table_name):
+    t = SharedTable.open(table_name, capacity=100)
+    Limiter("5/1m", store=t, name="a").hit("k")
+    with mp.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_limiter_on, (table_name, "monotonic")) == "accepted"
+        assert "runs on an injected clock, but table" in pool.apply(
+            _limiter_on, (table_name, "wall"))
+    assert Limiter("5/1m", store=t, name="a").peek("k").remaining == 4, "state untouched"
+
+
+def test_a_flipped_byte_of_the_header_is_refused(table_name):
+    t = SharedTable.open(table_name, capacity=100)
+    Limiter("5/1m", store=t).hit("k")
+    t.close()
+    with open(path_of(table_name), "r+b") as f:
+        f.seek(48)  # the secret
+        byte = f.read(1)
+        f.seek(48)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(TableError, match="header is corrupt .*checksum.*fastlimit rm"):
+        SharedTable.attach(table_name)
+
+
+def _unshare(*flags):
+    import shutil
+    import subprocess
+    exe = shutil.which("unshare")
+    if exe is None:
+        pytest.skip("no unshare(1) here")
+    probe = subprocess.run([exe, *flags, "--fork", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare {' '.join(flags)} is not permitted here: {probe.stderr!r}")
+    return [exe, *flags, "--fork"]
+
+
+ATTACH = """
+import sys
+from fastlimit import SharedTable, TableError
+try:
+    SharedTable.attach(sys.argv[1])
+except TableError as e:
+    print(e)
+else:
+    print("attached")
+"""
+
+
+@pytest.mark.parametrize(("flags", "namespace"), [
+    (("--pid", "--mount-proc"), "pid"),
+    (("--time", "--monotonic", "100000"), "time"),
+])
+def test_a_process_of_another_namespace_is_refused(table_name, flags, namespace):
+    import subprocess
+    import sys
+    argv = _unshare(*flags)
+    SharedTable.open(table_name, capacity=100).close()
+    out = subprocess.run([*argv, sys.executable, "-c", ATTACH, table_name],
+                         capture_output=True, text=True, timeout=60)
+    assert f"was made in {namespace} namespace {namespace}:[" in out.stdout, out
+    assert ("shareProcessNamespace" if namespace == "pid" else "one time namespace") in out.stdout
+    same = subprocess.run([sys.executable, "-c", ATTACH, table_name], capture_output=True,
+                          text=True, timeout=60)
+    assert same.stdout.strip() == "attached", same

@@ -152,3 +152,17 @@ cdef class TableView:
             raise RuntimeError("slot changed")
         fl_store_u64_sc(&s.fp, fp)
         return s - e.slots
+
+
+def header_cas(buffer, Py_ssize_t offset, int64_t expected, int64_t value):
+    """Compare-and-swap the 8-byte word at ``offset`` of ``buffer`` (a
+    table's header): set it to ``value`` if it holds ``expected``.  Returns
+    what it held (``expected`` when the swap happened).  For words that
+    processes settle once, such as the clock a table runs on."""
+    cdef unsigned char[::1] mv = buffer
+    cdef int64_t seen = expected
+    if offset < 0 or offset % 8 or offset + 8 > mv.shape[0]:
+        raise ValueError(f"offset {offset} is not an aligned word of the buffer")
+    if not fl_cas_i64(<int64_t*>(&mv[0] + offset), &seen, value):
+        return seen
+    return expected

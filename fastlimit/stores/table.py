@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,7 +36,7 @@ __all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats", "che
 log = logging.getLogger("fastlimit")
 
 MAGIC = b"FLTABLE1"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 HEADER_BYTES = 4096
 SLOT_BYTES = 16
 BUCKET_SLOTS = 8
@@ -89,18 +90,31 @@ SLOTS_OFFSET = -(-(HEADER_BYTES + METRICS_BYTES) // 4096) * 4096
 # on rare events only, and must not bounce the line that holds the layout.
 COUNTERS = ("full_events", "lock_breaks", "lock_timeouts")  # order known to _core
 COUNTERS_OFFSET = 128
+# The header's fixed fields (the first CHECKED_BYTES) carry a CRC-32: a
+# flipped byte of the secret would otherwise silently move every key.  The
+# namespaces are the creator's PID and time namespaces (inode numbers of
+# /proc/self/ns/pid and /proc/self/ns/time; 0: unknown): liveness is read in
+# /proc and times on CLOCK_MONOTONIC, so every user must share both.  The
+# clock word is settled by the first limiter (CLOCKS), after the checksum.
+CHECKED_BYTES = 112
+CLOCK_OFFSET = 112
+CLOCKS = {"monotonic": 1, "injected": 2}
+_CLOCK_TEXT = {"monotonic": "CLOCK_MONOTONIC", "injected": "an injected clock"}
 HEADER_DTYPE = np.dtype(
     {
         "names": [
             "magic", "version", "header_size", "slot_size", "bucket_slots",
             "capacity", "nbuckets", "clock_id", "flags", "secret", "boot_id",
-            "created_ns", "metrics_limiters", "metrics_stripes", *COUNTERS,
+            "created_ns", "metrics_limiters", "metrics_stripes", "pid_ns", "time_ns",
+            "clock", "checksum", *COUNTERS,
         ],
         "formats": [
             "S8", "<u4", "<u4", "<u4", "<u4", "<u8", "<u8", "<u4", "<u4",
-            ("<u8", (2,)), "S16", "<i8", "<u4", "<u4", "<u8", "<u8", "<u8",
+            ("<u8", (2,)), "S16", "<i8", "<u4", "<u4", "<u8", "<u8", "<i8", "<u4",
+            "<u8", "<u8", "<u8",
         ],
-        "offsets": [0, 8, 12, 16, 20, 24, 32, 40, 44, 48, 64, 80, 88, 92, 128, 136, 144],
+        "offsets": [0, 8, 12, 16, 20, 24, 32, 40, 44, 48, 64, 80, 88, 92, 96, 104, 112, 120,
+                    128, 136, 144],
         "itemsize": HEADER_BYTES,
     }
 )
@@ -134,6 +148,43 @@ def _boot_id() -> bytes:
         return b"\0" * 16
 
 
+def _namespace(kind: str) -> int:
+    """This process's namespace of ``kind`` ("pid", "time"), as its inode
+    number; 0 where the kernel does not tell."""
+    try:
+        return os.stat(f"/proc/self/ns/{kind}").st_ino
+    except OSError:
+        return 0
+
+
+def _checksum(raw: bytes) -> int:
+    return zlib.crc32(raw[:CHECKED_BYTES])
+
+
+def _sealed(header: np.ndarray) -> np.ndarray:
+    header["checksum"] = _checksum(header.tobytes())
+    return header
+
+
+def _check_namespaces(header: np.ndarray, path: str, kind: str) -> None:
+    """Refuse a table made in another PID namespace (its lease holders and
+    claimers would look dead here) or, for rates, another time namespace
+    (its times would be read on another CLOCK_MONOTONIC)."""
+    for ns, field, needed, remedy in (
+            ("pid", "pid_ns", True,
+             "run every process of the table in one PID namespace (Kubernetes: "
+             "shareProcessNamespace: true in the pod; docker: --pid=container:<id> or "
+             "--pid=host)"),
+            ("time", "time_ns", kind == "rates",
+             "run every process of the table in one time namespace")):
+        theirs, mine = int(header[field]), _namespace(ns)
+        if needed and theirs and mine and theirs != mine:
+            raise TableError(
+                f"table {path} was made in {ns} namespace {ns}:[{theirs}], and this process "
+                f"is in {ns}:[{mine}]: its state cannot be shared from here; {remedy}, or "
+                f"use a table of this namespace's own")
+
+
 def _check_capacity(capacity: Any) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, int):
         raise ConfigurationError(f"capacity must be an int, got {capacity!r}")
@@ -156,7 +207,10 @@ def _new_header(capacity: int, kind: Kind) -> np.ndarray:
     h["created_ns"] = time.time_ns()
     h["metrics_limiters"] = METRICS_LIMITERS
     h["metrics_stripes"] = METRICS_STRIPES
-    return h
+    h["pid_ns"] = _namespace("pid")
+    h["time_ns"] = _namespace("time")
+    h["magic"] = MAGIC
+    return _sealed(h)
 
 
 def _segment_bytes(nbuckets: int) -> int:
@@ -588,7 +642,35 @@ class SharedTable:
         # register=False: a tool looking at a limiter (fastlimit inspect)
         # must not restate its parameters in the metrics registry
         code = self._user("rates", "a Limiter", on_full)
-        return _core.Gcra(self._view, name, emission_interval_ns, burst, clock, code, register)
+        state = _core.Gcra(self._view, name, emission_interval_ns, burst, clock, code, register)
+        self._settle_clock(clock, name)  # after the checks of the limiter's parameters
+        return state
+
+    @property
+    def clock(self) -> str | None:
+        """The clock its rates run on: ``"monotonic"`` (CLOCK_MONOTONIC, read
+        in C), ``"injected"`` (a clock given to the limiters, e.g. a
+        FakeClock), or None before its first limiter."""
+        value = int(self._require(self._header)["clock"][0])
+        return next((name for name, v in CLOCKS.items() if v == value), None)
+
+    def _settle_clock(self, clock: Callable[[], int] | None, name: str) -> None:
+        """One table, one clock: the first limiter's settles it (a word set
+        once, by compare-and-swap); a limiter on another clock is refused,
+        since its times would read as far past or future to the others."""
+        if self._mm is None:
+            raise ValueError("table is closed")
+        wanted = "monotonic" if clock is None or clock is time.monotonic_ns else "injected"
+        seen = _core.header_cas(self._mm, CLOCK_OFFSET, 0, CLOCKS[wanted])
+        if seen in (0, CLOCKS[wanted]):
+            return
+        have = "injected" if wanted == "monotonic" else "monotonic"
+        raise ConfigurationError(
+            f"limiter {name!r} runs on {_CLOCK_TEXT[wanted]}, but table "
+            f"{self._path or '(anonymous)'} runs on {_CLOCK_TEXT[have]}: every limiter of a "
+            f"table must share its clock (times on another read as far past or future). "
+            f"Give the limiter clock=None here, or a table of its own for an injected clock "
+            f"(e.g. SharedTable.anonymous()); clock={clock!r}")
 
     def quota_counts(
         self, name: str, limit: int, *, on_full: OnFull | None = None, register: bool = True
@@ -707,6 +789,11 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str, kind: Kind | N
         raise TableError(
             f"table {path} has layout version {int(header['version'])}; this fastlimit "
             f"uses version {LAYOUT_VERSION}: unlink it, or use the fastlimit that made it")
+    if int(header["checksum"]) != _checksum(raw):
+        raise TableError(
+            f"table {path}'s header is corrupt (its checksum does not match): its secret or "
+            f"layout can no longer be trusted; remove it (`fastlimit rm` with its name, or "
+            f"delete the file) and let it be made again")
     layout = (int(header["header_size"]), int(header["slot_size"]), int(header["bucket_slots"]),
               int(header["metrics_limiters"]), int(header["metrics_stripes"]))
     if layout != (HEADER_BYTES, SLOT_BYTES, BUCKET_SLOTS, METRICS_LIMITERS, METRICS_STRIPES):
@@ -714,6 +801,7 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str, kind: Kind | N
     have_kind = _kind_of(int(header["clock_id"]))
     if kind is not None and kind != have_kind:
         raise TableError(f"table {path} holds {have_kind}, not {kind}")
+    _check_namespaces(header, path, have_kind)
     have = int(header["capacity"])
     if capacity is not None and capacity != have:
         raise TableError(
@@ -730,7 +818,8 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str, kind: Kind | N
         os.pwrite(fd, bytes(expected - HEADER_BYTES), HEADER_BYTES)
         fixed = header.copy()
         fixed["boot_id"] = boot
-        os.pwrite(fd, fixed.tobytes(), 0)
+        fixed["clock"] = 0  # a new boot: the next limiter settles it again
+        os.pwrite(fd, _sealed(fixed).tobytes(), 0)
     return expected
 
 
