@@ -140,3 +140,67 @@ def test_writers_forked_after_opening_still_exclude_each_other(path):
     shared.refresh()
     assert len(shared) == 100
     shared.close()
+
+
+def _bump(path):
+    gen_file = str(path) + ".gen"
+    with open(gen_file, "r+b") as f:  # as a writer would: bump the counter
+        f.seek(8)
+        (gen,) = struct.unpack("<Q", f.read(8))
+        f.seek(8)
+        f.write(struct.pack("<Q", gen + 1))
+
+
+def _plant(path, kind):
+    import os
+    path.unlink()
+    if kind == "nested":
+        path.write_text("[" * 200_000)
+    elif kind == "shape":
+        path.write_text(json.dumps({"format": "fastlimit-overrides", "version": 1,
+                                    "salt": "00", "overrides": {"x": "not an entry"}}))
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link":
+        other = path.with_name("elsewhere.json")
+        other.write_text("{}")
+        path.symlink_to(other)
+    elif kind == "binary":
+        path.write_bytes(b"\xff\xfe{" * 100)
+
+
+@pytest.mark.parametrize("kind", ["nested", "shape", "fifo", "link", "binary"])
+def test_a_hostile_file_keeps_the_last_good_state_and_is_logged_once(path, caplog, kind):
+    writer, reader = Overrides(path), Overrides(path)
+    writer.set("token", "t1", "3/1m")
+    reader.refresh()
+    _plant(path, kind)
+    _bump(path)
+    with caplog.at_level(logging.ERROR, logger="fastlimit"):
+        for _ in range(5):  # every request refreshes: the file is read once
+            reader.refresh()
+    records = [r for r in caplog.records if "cannot load overrides" in r.getMessage()]
+    assert len(records) == 1, [r.getMessage() for r in caplog.records]
+    assert reader.rate_for("token", "t1") == Rate.parse("3/1m")
+    writer.close()
+    reader.close()
+
+
+BOOT = """
+import sys
+from fastlimit import Overrides
+o = Overrides(sys.argv[1])
+print("started", len(o))
+"""
+
+
+@pytest.mark.parametrize("kind", ["nested", "fifo"])
+def test_a_worker_starts_with_a_hostile_file_in_place(path, kind):
+    import subprocess
+    import sys
+    Overrides(path).set("token", "t1", "3/1m")
+    _plant(path, kind)
+    done = subprocess.run([sys.executable, "-c", BOOT, str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip() == "started 0", done
+    assert "cannot load overrides" in done.stderr

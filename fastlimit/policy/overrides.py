@@ -195,10 +195,12 @@ class Overrides:
             self._install(salt, entries)
         except FileNotFoundError:
             self._install(self._state[0], {})
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            # A bad file must not fail every request: keep what we had.
+        except _BAD_FILE as e:
+            # A bad file must not fail every request or a worker's start:
+            # keep what we had.  It is read again only when the counter
+            # says the file changed, so this is said once per bad write.
             log.error("fastlimit: cannot load overrides from %s (%s); keeping %d earlier ones",
-                      self._path, e, len(self))
+                      self._path, _short(e), len(self))
 
     @contextmanager
     def _writing(self) -> Iterator[tuple[bytes, dict[str, dict[str, str]]]]:
@@ -221,10 +223,10 @@ class Overrides:
                     salt, entries = _read(self._path)  # the latest, not our copy
                 except FileNotFoundError:
                     salt, entries = os.urandom(16), {}
-                except (OSError, ValueError, KeyError, TypeError) as e:
+                except _BAD_FILE as e:
                     raise ConfigurationError(
                         f"{self._path}: cannot update the overrides, the file is not "
-                        f"readable as such ({e}); fix or remove it") from None
+                        f"readable as such ({_short(e)}); fix or remove it") from None
                 yield salt, entries
                 _write(self._path, salt, entries)
                 gen = self._generation.value() + 1
@@ -251,12 +253,29 @@ def _check_name(value: object, what: str) -> None:
         raise ConfigurationError(f"an override's {what} must be a non-empty str, got {value!r}")
 
 
+# What a file that is not a good overrides file raises as it is read: JSON
+# nested past the parser's recursion limit too.
+_BAD_FILE = (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
+# Far more than any dashboard writes (5,000 overrides are about 1 MB).
+MAX_FILE_BYTES = 64 << 20
+
+
+def _short(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
 def _read(path: str) -> tuple[bytes, dict[str, dict[str, str]]]:
     # Overrides set any subject's rate: like a table, read them only from a
-    # file of our own, never through a link (see stores.table.check_owner).
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    # regular file of our own, never through a link, and without blocking
+    # (a FIFO planted at the path would hold every worker at its open).
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         check_owner(fd, path)
+        size = os.fstat(fd).st_size
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"{path} is {size} bytes, more than an overrides file's "
+                             f"{MAX_FILE_BYTES}")
     except BaseException:
         os.close(fd)
         raise
