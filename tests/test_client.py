@@ -43,10 +43,12 @@ class LimitedServer:
     request is answered: 429 with that Retry-After.  ``others`` maps an
     arrival's index to requests another client of the same API makes just
     before it.  Each arrival is logged in ``arrivals`` as (time, status,
-    body), and its headers in ``answers``."""
+    body), and its headers in ``answers``.  ``fixed``, if set, is what every
+    request is answered: 200 with those headers."""
 
-    def __init__(self, clock, rate=None, fields=(), retry_after=None, others=None):
+    def __init__(self, clock, rate=None, fields=(), retry_after=None, others=None, fixed=None):
         self.clock = clock
+        self.fixed = fixed
         if rate is not None:
             r = Rate.parse(rate)
             self.t, self.burst = r.emission_interval_ns, r.limit
@@ -99,6 +101,8 @@ class LimitedServer:
         return status, headers
 
     def decide(self, now):
+        if self.fixed is not None:
+            return 200, dict(self.fixed)
         if self.retry_after is not None:
             return 429, {"Retry-After": str(self.retry_after)}
         if self.model is None:
@@ -249,13 +253,17 @@ def test_retries_stop_at_the_bound_and_return_the_429(mem, clock, serve):
 def test_a_429_asking_too_long_is_returned_and_holds_the_limiter(mem, clock, serve):
     server = serve(retry_after=600)
     lim = Limiter("30/1s", store=mem, clock=clock)
-    assert get_all(lim, server.url, 1, max_retry_after=60) == [429]
+    assert get_all(lim, server.url, 1, max_retry_after=60, max_hold=600) == [429]
     assert len(server.arrivals) == 1
     key = server.url  # the default key: the origin
     assert lim.peek(key).retry_after == 600.0, "the next request waits what the server said"
     with pytest.raises(RateLimitExceeded) as e:
         get_all(lim, server.url, 1, max_wait=10)
     assert e.value.key == key and e.value.retry_after == 600.0
+    # by default a hold is bounded by max_retry_after
+    other = Limiter("30/1s", store=mem, clock=clock, name="other")
+    assert get_all(other, server.url, 1, max_retry_after=60) == [429]
+    assert other.peek(key).retry_after == 60.0
 
 
 def test_the_async_transport_follows_the_same_headers(mem, clock, serve):
@@ -288,6 +296,22 @@ def test_the_requests_adapter_retries_and_sends_the_body_again(mem, clock, serve
     ]
 
 
+@pytest.mark.parametrize("headers", [
+    {"RateLimit": '"a";r=0;t=86400'},                         # "wait a day", on a 200
+    {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "9999999999"},  # ~2286
+    {"RateLimit-Remaining": "0", "RateLimit-Reset": "99999999"},
+])
+@pytest.mark.parametrize("max_hold", [None, 20])
+def test_one_response_holds_the_limiter_no_longer_than_max_hold(mem, clock, serve, headers,
+                                                                 max_hold):
+    server = serve(fixed=headers)
+    lim = Limiter("30/1s", store=mem, clock=clock)
+    options = {} if max_hold is None else {"max_hold": max_hold}
+    assert get_all(lim, server.url, 1, max_retry_after=60, **options) == [200]
+    bound = 60 if max_hold is None else max_hold  # the default: max_retry_after
+    assert 0 < lim.peek(server.url).retry_after <= bound
+
+
 def test_throttle_options_are_checked(mem):
     lim = Limiter("1/1s", store=mem)
     with pytest.raises(TypeError, match="limiter must be a fastlimit.Limiter"):
@@ -296,6 +320,10 @@ def test_throttle_options_are_checked(mem):
         Throttle(lim, max_retries=-1)
     with pytest.raises(ValueError, match="backoff must be a finite number of seconds >= 0"):
         Throttle(lim, backoff=float("inf"))
+    with pytest.raises(ValueError, match="max_hold must be a finite number of seconds >= 0, "
+                                         "got -1"):
+        Throttle(lim, max_hold=-1)
+    assert Throttle(lim, max_retry_after=42).max_hold == 42.0
     with pytest.raises(ValueError, match="timeout must be None or a number of seconds"):
         ThrottledTransport(lim, max_wait=-5)
 
@@ -319,6 +347,16 @@ def test_throttle_options_are_checked(mem):
     ({"Retry-After": "Tue, 14 Nov 2023 22:14:20 GMT"}, ServerLimits(None, None, 60.0)),
     ({"Retry-After": "soon", "X-RateLimit-Remaining": "many", "RateLimit": "?"},
      ServerLimits(None, None, None)),
+    # what a string holds is the string's: no t here
+    ({"RateLimit": '"x;t=9999";r=0'}, ServerLimits(0, None, None)),
+    ({"RateLimit": '"x, y;r=0;t=9999";r=4'}, ServerLimits(4, None, None)),
+    # a field that is not a structured List is ignored whole (draft -10)
+    ({"RateLimit": '"api";r=0;t=30, junk junk'}, ServerLimits(None, None, None)),
+    ({"RateLimit": '"api";r=0;t=30,'}, ServerLimits(None, None, None)),
+    ({"RateLimit": '"api";r=0;t=30;t'}, ServerLimits(0, None, None)),  # t=?1: no count
+    # items without a count of 0 or more are ignored
+    ({"RateLimit": '"a";r=-1;t=5, "b";r=1.5, "c";r=2'}, ServerLimits(2, None, None)),
+    ({"RateLimit": '"a";r="0";t=5'}, ServerLimits(None, None, None)),
 ])
 def test_reading_rate_limit_headers(headers, limits):
     # wall_now 1_700_000_000 is 2023-11-14T22:13:20Z

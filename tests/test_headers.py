@@ -199,3 +199,16 @@ def test_the_compiled_fields_are_the_rounded_up_arithmetic(after, remaining, wal
     assert legacy_fields(d, int(epoch), wall) == [
         ("X-RateLimit-Limit", "7"), ("X-RateLimit-Remaining", str(remaining)),
         ("X-RateLimit-Reset", str(-(-at // S)))]
+
+
+def test_sfv_reads_every_bare_item_and_dictionaries():
+    from decimal import Decimal
+
+    from sfv import parse_dictionary
+    assert parse_list('a;q=1.5, :aGk=:, ?0, "s\\\\\\"x";n=-7') == [
+        (Token("a"), {"q": Decimal("1.5")}), (b"hi", {}), (False, {}), ('s\\"x', {"n": -7})]
+    assert parse_dictionary("limit=9, remaining=0;x, reset") == {
+        "limit": (9, {}), "remaining": (0, {"x": True}), "reset": (True, {})}
+    for bad in ['"a";r=', "a,", "1.2345", "1.", ":not base64!:", '"é"', "a;R=1", "1234567890123456"]:
+        with pytest.raises(ValueError):
+            parse_list(bad)

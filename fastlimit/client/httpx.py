@@ -36,7 +36,7 @@ class ThrottledTransport(httpx.BaseTransport):
             ``httpx.Request``, or None for the URL's origin.
         **options: the :class:`~fastlimit.client.Throttle` options
             (``max_retries``, ``backoff``, ``max_backoff``, ``max_retry_after``,
-            ``max_wait``, ``jitter``, ``wall_clock``).
+            ``max_wait``, ``max_hold``, ``jitter``, ``wall_clock``).
 
     Example:
         >>> import fastlimit, httpx

@@ -8,13 +8,13 @@ import email.utils
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import NamedTuple
 
 from fastlimit.errors import ConfigurationError, RateLimitExceeded
+from fastlimit.http.sfv import parse_dictionary, parse_list
 from fastlimit.limiters import waiting
 from fastlimit.limiters.limiter import Key, Limiter
 
@@ -39,51 +39,39 @@ class ServerLimits(NamedTuple):
     retry_after: float | None
 
 
-_PARAM = re.compile(r";\s*([a-z]+)\s*=\s*(\d+)")
-_MEMBER = re.compile(r"^\s*([a-z]+)\s*=\s*(\d+)\s*$")
-
-
-def _items(field: str) -> list[str]:
-    """A structured-field list split at top-level commas (not inside strings)."""
-    items, start, quoted, escaped = [], 0, False, False
-    for i, c in enumerate(field):
-        if escaped:
-            escaped = False
-        elif c == "\\" and quoted:
-            escaped = True
-        elif c == '"':
-            quoted = not quoted
-        elif c == "," and not quoted:
-            items.append(field[start:i])
-            start = i + 1
-    items.append(field[start:])
-    return items
+def _count_param(value: object) -> int | None:
+    return value if type(value) is int and value >= 0 else None
 
 
 def _ratelimit_field(field: str) -> tuple[int | None, float | None]:
     """``RateLimit``: draft -10 items (``"api";r=5;t=30``, the most
-    restrictive wins) or the older dictionary (``limit=9, remaining=5, reset=30``)."""
-    items = _items(field)
-    members: dict[str, str] = {}
-    for item in items:
-        if m := _MEMBER.match(item):
-            members[m.group(1)] = m.group(2)
-    if "remaining" in members:
-        left = int(members["remaining"])
-        reset = members.get("reset")
+    restrictive wins) or the older dictionary (``limit=9, remaining=5,
+    reset=30``), read as RFC 9651 structured fields.  A field that does not
+    parse is ignored whole, and so is an item without a count ``r`` of 0 or
+    more (draft -10: such fields MUST be ignored)."""
+    try:
+        items = parse_list(field)
+    except ValueError:
+        try:
+            members = parse_dictionary(field)
+        except ValueError:
+            return None, None
+        left = _count_param(members.get("remaining", (None, {}))[0])
+        if left is None:
+            return None, None
+        reset = _count_param(members.get("reset", (None, {}))[0])
         return left, (float(reset) if reset is not None and left == 0 else None)
     least: int | None = None
     wait: float | None = None
-    for item in items:
-        params = dict(_PARAM.findall(item))
-        if "r" not in params:
+    for _, params in items:
+        r = _count_param(params.get("r"))
+        if r is None:
             continue
-        r = int(params["r"])
-        t = float(params["t"]) if "t" in params else None
+        t = _count_param(params.get("t"))
         if least is None or r < least:
-            least, wait = r, (t if r == 0 else None)
+            least, wait = r, (float(t) if r == 0 and t is not None else None)
         elif r == 0 and t is not None:
-            wait = t if wait is None else max(wait, t)
+            wait = float(t) if wait is None else max(wait, float(t))
     return least, wait
 
 
@@ -186,6 +174,10 @@ class Throttle:
         max_backoff: the largest backoff, seconds.
         max_retry_after: a server asking to wait longer than this (seconds)
             gets its 429 returned at once (the limiter still holds the key).
+        max_hold: the longest (seconds) any one response may hold the
+            limiter, and so every process sharing it: a server's "wait a
+            day" (or a broken ``X-RateLimit-Reset``) holds it this long at
+            most.  Default: ``max_retry_after``.
         max_wait: the longest a request waits for its turn (None: no bound);
             past it :class:`~fastlimit.RateLimitExceeded` is raised.
         jitter: ``jitter(a, b)`` returns a random number in ``[a, b]``
@@ -195,15 +187,17 @@ class Throttle:
 
     def __init__(self, limiter: Limiter, *, max_retries: int = 5, backoff: float = 0.5,
                  max_backoff: float = 30.0, max_retry_after: float = 300.0,
-                 max_wait: float | None = None,
+                 max_wait: float | None = None, max_hold: float | None = None,
                  jitter: Callable[[float, float], float] = random.uniform,
                  wall_clock: Callable[[], float] = time.time) -> None:
         if not isinstance(limiter, Limiter):
             raise TypeError(f"limiter must be a fastlimit.Limiter, got {limiter!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if max_hold is None:
+            max_hold = max_retry_after
         for name, value in (("backoff", backoff), ("max_backoff", max_backoff),
-                            ("max_retry_after", max_retry_after)):
+                            ("max_retry_after", max_retry_after), ("max_hold", max_hold)):
             if (isinstance(value, bool) or not isinstance(value, (int, float))
                     or not 0 <= value < math.inf):
                 raise ConfigurationError(
@@ -216,6 +210,7 @@ class Throttle:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.max_retry_after = float(max_retry_after)
+        self.max_hold = float(max_hold)
         self.max_wait = max_wait
         self.jitter = jitter
         self.wall_clock = wall_clock
@@ -243,17 +238,17 @@ class Throttle:
         limits = read_limits(headers, self.wall_clock())
         if not (status == 429 or (status == 503 and limits.retry_after is not None)):
             if limits.remaining is not None:
-                self.limiter.hold(key, limits.remaining, limits.wait or 0.0)
+                self.limiter.hold(key, limits.remaining, min(limits.wait or 0.0, self.max_hold))
             return None
         hint = limits.retry_after if limits.retry_after is not None else (limits.wait or 0.0)
         if attempt >= self.max_retries or hint > self.max_retry_after:
-            self.limiter.hold(key, 0, hint)
+            self.limiter.hold(key, 0, min(hint, self.max_hold))
             log.warning("%s answered %d (asked to wait %.3g s); giving up after %d retries",
                         key, status, hint, attempt)
             return None
         cap = min(self.max_backoff, self.backoff * 2 ** attempt)
         delay = hint + cap / 2 + self.jitter(0.0, cap / 2)
-        held = self.limiter.hold(key, 0, delay)
+        held = self.limiter.hold(key, 0, min(delay, self.max_hold)) and delay <= self.max_hold
         log.info("%s answered %d (asked to wait %.3g s): retry %d of %d in %.3g s",
                  key, status, hint, attempt + 1, self.max_retries, delay)
         return Retry(delay, held)
