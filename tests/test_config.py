@@ -216,3 +216,27 @@ def test_policy_opens_the_named_table_of_its_store(table_name, tmp_path):
         other = SharedTable.attach(table_name)
         assert other.path == policy.store.path
         other.close()
+
+
+@pytest.mark.parametrize(("text", "where", "accepted"), [
+    ("[identities.anonymous]\nrate = \"5/1m\"\n[tiers.A]\nrequests_per_minute = " + "9" * 5000,
+     "a number is too long", "fits in 19 digits"),
+    ('[identities.anonymous]\nrate = "5/1m"\n[tiers.A]\nrequests_per_minute = 2000000000',
+     "tiers.A.requests_per_minute", "between 1 and 1000000000"),
+    ('[identities.anonymous]\nrate = "5000000000/1m"', "identities.anonymous.rate",
+     "between 1 and 1000000000"),
+    ('[identities.anonymous]\nrate = "5/1m"\n[tiers.A]\nrequests_per_minute = 6\n'
+     'quotas = {x = 99999999999999999}\n[quotas.x]\nmatch = ["GET /x"]',
+     "tiers.A.quotas.x", "between 1 and"),
+    ('[identities.anonymous]\nrate = "5/1m"\n[store]\ncapacity = 99999999999999',
+     "store.capacity", "a capacity from 1 to 1000000000"),
+])
+def test_every_config_error_names_the_file_the_key_and_what_is_accepted(tmp_path, text, where,
+                                                                        accepted):
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError) as e:
+        Policy.from_file(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: "), message
+    assert where in message and accepted in message, message

@@ -74,6 +74,7 @@ from fastlimit.policy.spec import (
     TierSpec,
     UsageSpec,
 )
+from fastlimit.stores.table import MAX_CAPACITY
 
 if sys.version_info >= (3, 11):
     import tomllib as tomllib
@@ -152,6 +153,10 @@ def load_file(path: str | os.PathLike[str]) -> PolicySpec:
     except RecursionError:
         raise ConfigurationError(
             f"{source}: not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError as e:  # an integer of more digits than Python reads (4300)
+        raise ConfigurationError(
+            f"{source}: not valid TOML here: a number is too long ({e}); every number "
+            f"in a policy fits in 19 digits") from None
     base = os.path.dirname(os.path.abspath(source))
     default_name = os.path.splitext(os.path.basename(source))[0]
     return _policy(data, _At(source), base, default_name)
@@ -300,8 +305,12 @@ def _tier_fields(value: Any, at: _At) -> dict[str, Any]:
     if "requests_per_minute" in table and "rate" in table:
         (at / "rate").fail("either requests_per_minute or rate, not both", table["rate"])
     if "requests_per_minute" in table:
-        n = _int_or_unlimited(table["requests_per_minute"], at / "requests_per_minute")
-        out["rate"] = None if n is None else Rate(n, 60 * 10**9)
+        here = at / "requests_per_minute"
+        n = _int_or_unlimited(table["requests_per_minute"], here)
+        try:
+            out["rate"] = None if n is None else Rate(n, 60 * 10**9)
+        except ConfigurationError as e:
+            here.fail(f'a positive integer or "unlimited" ({e})', n)
     if "rate" in table:
         out["rate"] = _rate(table["rate"], at / "rate", unlimited=True)
     if "quotas" in table:
@@ -447,7 +456,7 @@ def _store(value: Any, at: _At, base: str) -> StoreSpec:
     quotas = table.get("quotas")
     return StoreSpec(
         table=None if name is None else _str(name, at / "table"),
-        capacity=None if capacity is None else _pos_int(capacity, at / "capacity"),
+        capacity=None if capacity is None else _capacity(capacity, at / "capacity"),
         overrides=None if overrides is None else os.path.join(
             base, _str(overrides, at / "overrides")),
         quotas=None if quotas is None else os.path.join(base, _str(quotas, at / "quotas")),
@@ -505,6 +514,12 @@ def _ipv6_prefix(value: Any, at: _At) -> int:
     return value
 
 
+def _capacity(value: Any, at: _At) -> int:
+    if _pos_int(value, at) > MAX_CAPACITY:
+        at.fail(f"a capacity from 1 to {MAX_CAPACITY} keys", value)
+    return int(value)
+
+
 def _int_or_unlimited(value: Any, at: _At) -> int | None:
     if value == "unlimited":
         return None
@@ -545,12 +560,12 @@ def _quota(value: Any, at: _At) -> QuotaSpec | None:
                 'positive integer (per month), or "unlimited"')
     if value == "unlimited":
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return QuotaSpec(value, "month")
     try:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return QuotaSpec(value, "month")
         return QuotaSpec.parse(value)
-    except ConfigurationError:
-        at.fail(expected, value)
+    except ConfigurationError as e:
+        at.fail(f"{expected} ({e})" if isinstance(value, int) else expected, value)
 
 
 def _size(value: Any, at: _At) -> int | None:
