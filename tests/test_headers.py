@@ -209,6 +209,7 @@ def test_sfv_reads_every_bare_item_and_dictionaries():
         (Token("a"), {"q": Decimal("1.5")}), (b"hi", {}), (False, {}), ('s\\"x', {"n": -7})]
     assert parse_dictionary("limit=9, remaining=0;x, reset") == {
         "limit": (9, {}), "remaining": (0, {"x": True}), "reset": (True, {})}
-    for bad in ['"a";r=', "a,", "1.2345", "1.", ":not base64!:", '"é"', "a;R=1", "1234567890123456"]:
+    for bad in ['"a";r=', "a,", "1.2345", "1.", ":not base64!:", '"é"', "a;R=1",
+                "1234567890123456"]:
         with pytest.raises(ValueError):
             parse_list(bad)
