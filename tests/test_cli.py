@@ -197,3 +197,32 @@ def test_bench_measures_and_compares(capsys):
                   "python_dict_gcra_hot_ns"):
         assert 0 < r[field] < 1e6, field
     assert r["vs_python_dict_gcra"] == r["python_dict_gcra_hot_ns"] / r["allow_hot_ns"]
+
+
+HOLD = """
+import sys
+from fastlimit import SharedTable
+t = SharedTable.attach(sys.argv[1])
+print("mapped", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_rm_refuses_a_table_other_processes_still_map(table_name, capsys):
+    import subprocess
+    import sys
+    SharedTable.open(table_name, capacity=100).close()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, table_name], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        assert main(["rm", table_name]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by process {holder.pid}" in err and "--force" in err
+        assert os.path.exists(os.path.join(table_mod.shm_dir(), f"fastlimit.{table_name}"))
+        assert main(["rm", table_name, "--force"]) == 0
+        assert not os.path.exists(os.path.join(table_mod.shm_dir(), f"fastlimit.{table_name}"))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        holder.stdout.close()

@@ -24,7 +24,7 @@ from fastlimit.limiters.limiter import Key, Limiter
 from fastlimit.limiters.rate import Rate
 from fastlimit.policy import overrides
 from fastlimit.stores.metrics import prometheus_text
-from fastlimit.stores.table import LimiterStats, SharedTable
+from fastlimit.stores.table import LimiterStats, SharedTable, mapped_by
 
 QUOTA_COUNT_BITS = QUOTA_MAX_COUNT.bit_length()
 QUOTA_COUNT_MASK = QUOTA_MAX_COUNT
@@ -172,11 +172,20 @@ def reset(name: str, key: Key, limiter: str | None = None, out: TextIO | None = 
     return 0
 
 
-def remove(name: str, out: TextIO | None = None, as_json: bool = False) -> int:
+def remove(name: str, out: TextIO | None = None, as_json: bool = False,
+           force: bool = False) -> int:
     out = out or sys.stdout
     with _open(name) as table:
-        table.unlink()
         path = table.path
+        assert path is not None  # _open opens by name or path
+        users = mapped_by(path)
+        if users and not force:
+            raise CLIError(
+                f"table {name} is in use by process{'es' if len(users) > 1 else ''} "
+                f"{', '.join(map(str, users))}: removing it now would leave them on the old "
+                f"state while new processes start a new table (the limits split in two). "
+                f"Stop them first, or pass --force")
+        table.unlink()
     assert path is not None  # _open opens by name or path
     removed = [path]
     # a policy's run-time overrides live beside its table: they go with it
@@ -240,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         u = sub.add_parser(command, help=what)
         u.add_argument("name", help=table_help)
         u.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+        u.add_argument("--force", action="store_true",
+                       help="remove it even while processes still map it")
     m = sub.add_parser("metrics", help="tables' metrics in the Prometheus text format")
     m.add_argument("names", nargs="+", metavar="name", help=table_help)
     b = sub.add_parser("bench", help="a quick benchmark of this machine (a few seconds)")
@@ -270,7 +281,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "reset":
         return reset(args.name, _key(args.key, args.int), args.limiter, as_json=args.json)
     if args.command in ("rm", "unlink"):
-        return remove(args.name, as_json=args.json)
+        return remove(args.name, as_json=args.json, force=args.force)
     if args.command == "metrics":
         tables = [_open(n) for n in args.names]
         try:

@@ -724,6 +724,32 @@ def _resolve(name: str | None, path: str | os.PathLike[str] | None) -> str:
     return os.path.join(shm_dir(), f"fastlimit.{name}")
 
 
+def mapped_by(path: str) -> list[int]:
+    """The processes (other than this one) that map the file at ``path``,
+    as far as ``/proc/<pid>/maps`` shows: a user sees their own processes
+    (root, every one)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return []
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+    inode = str(st.st_ino)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as maps:
+                for line in maps:
+                    fields = line.split(None, 5)
+                    if len(fields) >= 5 and fields[4] == inode and fields[3] == dev:
+                        found.append(int(entry))
+                        break
+        except OSError:  # gone, or not ours to read
+            continue
+    return sorted(found)
+
+
 def check_owner(fd: int, path: str) -> None:
     """Refuse a table that is not a regular file owned by this user.
 
