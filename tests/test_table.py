@@ -559,3 +559,15 @@ def test_a_process_of_another_namespace_is_refused(table_name, flags, namespace)
     same = subprocess.run([sys.executable, "-c", ATTACH, table_name], capture_output=True,
                           text=True, timeout=60)
     assert same.stdout.strip() == "attached", same
+
+
+def test_verify_reports_a_truncated_file_before_touching_it(table_name):
+    t = SharedTable.open(table_name, capacity=1000)
+    Limiter("5/1m", store=t).hit("k")
+    assert t.verify() == []
+    os.truncate(path_of(table_name), 8192)
+    [problem] = t.verify()  # reading the slots now would be a SIGBUS
+    assert "was truncated to 8192 bytes" in problem and "SIGBUS" in problem
+    t.close()
+    with pytest.raises(TableError, match="corrupt"):
+        SharedTable.attach(table_name)

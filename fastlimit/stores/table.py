@@ -574,8 +574,20 @@ class SharedTable:
         """Check the table's invariants; returns the problems found (none: []).
 
         Every committed slot must name a key (fp != 0), sit in one of its
-        key's two buckets, and be the only committed slot of that key.
+        key's two buckets, and be the only committed slot of that key; the
+        file must still be its full size (a truncated one would kill the
+        processes that touch its lost pages with SIGBUS: it is reported
+        here, before any slot is read).
         """
+        if self._path is not None and self._mm is not None:
+            try:
+                size = os.stat(self._path).st_size
+            except FileNotFoundError:
+                size = len(self._mm)  # unlinked while mapped: the mapping is whole
+            if size < len(self._mm):
+                return [f"the file {self._path} was truncated to {size} bytes of "
+                        f"{len(self._mm)}: processes that map it die with SIGBUS when they "
+                        f"touch the lost pages; stop them and remove the table"]
         slots = self.slots.copy()  # one snapshot, so the checks agree
         fp, tat = slots["fp"], slots["tat"]
         problems: list[str] = []
