@@ -7,6 +7,7 @@ redis-server on 127.0.0.1, see conftest.py), and must answer alike.
 """
 
 import json
+import logging
 import os
 import pathlib
 import uuid
@@ -322,3 +323,36 @@ def test_a_policy_on_redis_is_shared_by_every_host(redis_server, clocks, tmp_pat
         assert p.store.stats().errors == 0
         p.close()
         p.store.close()
+
+
+def test_a_full_quota_file_answers_503_limiter_full_never_quota_exceeded(
+        make_table_policy, tmp_path, caplog):
+    def tweak(data):
+        data["store"]["quotas"] = str(tmp_path / "q.tbl")
+        data["store"]["quota_capacity"] = 64
+    policy = make_table_policy(tweak)
+    quota = policy.resolve("POST", "/images/analyze", starter(), IP).checks[1].limiter
+    assert quota.store.capacity == 64, "the quota file's own capacity, not the table's"
+    statuses = []
+    with caplog.at_level(logging.ERROR, logger="fastlimit"):
+        for i in range(400):  # far more accounts than the file holds
+            d = policy.hit("POST", "/images/analyze", starter(f"acct_{i}"), IP)
+            statuses.append((d.status, json.loads(d.body)["error"]["code"]) if not d.allowed
+                            else 200)
+    full = [s for s in statuses if s != 200]
+    assert full and set(full) == {(503, "LIMITER_FULL")}, "a new account used nothing"
+    assert statuses[:64].count(200) == 64
+    denied = policy.hit("POST", "/images/analyze", starter("acct_999"), IP)
+    assert denied.retry_after == 60 and denied.headers == [("Retry-After", "60")]
+    assert policy.hit("POST", "/images/analyze", starter("acct_0"), IP).allowed, \
+        "an account already counted goes on"
+    logged = [r for r in caplog.records if "LIMITER_FULL" in r.getMessage()]
+    assert len(logged) == 1
+
+
+def test_quota_capacity_defaults_to_its_own_size(make_table_policy, tmp_path):
+    def tweak(data):
+        data["store"]["quotas"] = str(tmp_path / "q.tbl")
+    policy = make_table_policy(tweak)
+    quota = policy.resolve("POST", "/images/analyze", starter(), IP).checks[1].limiter
+    assert quota.store.capacity == 262_144

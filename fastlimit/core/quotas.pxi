@@ -132,7 +132,8 @@ cdef class QuotaCounter(_Keyed):
 
     cdef int count(self, key, int64_t tag, int64_t cost, int mode, int64_t left_ns,
                    fl_answer* out) except -1:
-        """:meth:`answer` into ``out``, for the counting loop."""
+        """:meth:`answer` into ``out``, for the counting loop: 1 when the
+        key found no slot (the table is full), else 0."""
         cdef int64_t count = 0
         cdef int r = self._step(key, tag, cost, mode, &count)
         out.limit = self.limit
@@ -141,7 +142,7 @@ cdef class QuotaCounter(_Keyed):
             out.allowed = self.on_full == ON_FULL_ALLOW
             out.remaining = self.limit - cost if out.allowed else 0
             out.retry_after_ns = 0 if out.allowed else left_ns
-            return 0
+            return 1
         out.allowed = r == R_ALLOWED
         out.remaining = self.limit - count
         out.retry_after_ns = 0 if out.allowed else left_ns

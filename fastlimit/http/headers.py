@@ -216,6 +216,11 @@ CONCURRENCY_BODY: Mapping[str, Any] = {
     "success": False,
     "error": {"code": "CONCURRENCY_LIMITED", "message": "Too many requests in flight: {limit}"},
 }
+FULL_BODY: Mapping[str, Any] = {
+    "success": False,
+    "error": {"code": "LIMITER_FULL",
+              "message": "The rate limiter has no room to count this request: {limit}"},
+}
 TOO_LARGE_BODY: Mapping[str, Any] = {
     "success": False,
     "error": {"code": "PAYLOAD_TOO_LARGE", "message": "Request exceeds the cap: {limit}"},
@@ -280,10 +285,12 @@ class DenialResponse:
 def default_responses() -> dict[str, DenialResponse]:
     """The answer to each kind of denial when the policy says nothing:
     ``rate`` (429 RATE_LIMITED), ``quota`` (429 QUOTA_EXCEEDED),
-    ``concurrency`` (429 CONCURRENCY_LIMITED) and ``too_large`` (413
-    PAYLOAD_TOO_LARGE); ``{limit}`` is the name of the limit or cap."""
+    ``concurrency`` (429 CONCURRENCY_LIMITED), ``too_large`` (413
+    PAYLOAD_TOO_LARGE) and ``full`` (503 LIMITER_FULL: a quota's state had
+    no room for the caller); ``{limit}`` is the name of the limit or cap."""
     return {
         "rate": DenialResponse(),
+        "full": DenialResponse(status=503, body=dict(FULL_BODY)),
         "quota": DenialResponse(body=dict(QUOTA_BODY)),
         "concurrency": DenialResponse(body=dict(CONCURRENCY_BODY)),
         "too_large": DenialResponse(status=413, body=dict(TOO_LARGE_BODY)),

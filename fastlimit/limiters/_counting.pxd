@@ -50,6 +50,7 @@ cdef class Hit:
     cdef readonly bint done     # answered (else: above a shadow's burst, or not reached)
     cdef bint counted           # consumed (given back if another limit denied)
     cdef readonly bint shadow_denied  # a shadow limit that would have denied
+    cdef readonly bint full     # its store had no room for the key (a full quota table)
     cdef fl_answer a
 
     cdef Decision decision(self)

@@ -271,7 +271,7 @@ cdef int count_one(Hit h, object cost, bint consume, int64_t wall_ns) except -2:
     if h.meter.gcra is not None:  # the usual one: a rate on the shared table
         h.meter.gcra.check(h.key, cost, consume, &h.a)
     else:
-        h.meter.check(h.key, cost, consume, wall_ns, &h.a)
+        h.full = h.meter.check(h.key, cost, consume, wall_ns, &h.a) == 1
     h.done = True
     if h.a.allowed:
         return -1
@@ -307,7 +307,7 @@ cdef int count(tuple hits, object cost, bint consume, int64_t wall_ns) except -2
         for i in range(n):
             h = hits[i]
             if not _over(cost, h.meter):
-                h.meter.check(h.key, cost, False, wall_ns, &h.a)
+                h.full = h.meter.check(h.key, cost, False, wall_ns, &h.a) == 1
                 h.done = True
             if not h.done or not h.a.allowed:
                 if h.shadow:
@@ -322,7 +322,7 @@ cdef int count(tuple hits, object cost, bint consume, int64_t wall_ns) except -2
             if _over(cost, h.meter):  # a shadow limit: enforced ones were refused above
                 h.shadow_denied = True
                 continue
-            h.meter.check(h.key, cost, True, wall_ns, &h.a)
+            h.full = h.meter.check(h.key, cost, True, wall_ns, &h.a) == 1
             h.done = True
             if h.a.allowed:
                 h.counted = nonzero

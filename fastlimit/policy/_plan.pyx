@@ -616,6 +616,20 @@ cdef inline object _need_ip(object client_ip, Bucket b):
     return ip_key(client_ip, b.ipv6_prefix) if type(client_ip) is str else client_ip
 
 
+# Retry-After of a request whose state found no room (503 LIMITER_FULL): room
+# comes back as the operator resizes, or at the period's end; a minute is a
+# polite wait, not a promise.
+FULL_RETRY_AFTER = 60
+cdef set _FULL_LOGGED = set()
+
+
+cdef _log_full(name):
+    if name not in _FULL_LOGGED and len(_FULL_LOGGED) < 1024:  # names come from the policy
+        _FULL_LOGGED.add(name)
+        log.error("fastlimit: %s's state is full: new keys are answered 503 LIMITER_FULL "
+                  "(size it with [store] quota_capacity)", name)
+
+
 @cython.final
 cdef class Plan:
     """The compiled decision path of one :class:`~fastlimit.Policy` (its
@@ -834,7 +848,11 @@ cdef class PolicyDecision:
         self.allowed = self.denied_at < 0
         if not self.allowed:
             h = self.hits[self.denied_at]
-            self.kind = "quota" if h.meter.kind == KIND_QUOTA else "rate"
+            if h.full:  # no room to count it: not the caller's doing, never QUOTA_EXCEEDED
+                self.kind = "full"
+                _log_full(h.name)
+            else:
+                self.kind = "quota" if h.meter.kind == KIND_QUOTA else "rate"
         for h in self.hits:
             if h.shadow_denied:
                 self.shadows = True
@@ -984,6 +1002,9 @@ cdef class PolicyDecision:
         cdef int i
         if self.kind == "too_large":
             return []
+        if self.kind == "full":  # no limit's fields: the caller used nothing
+            return [(b"retry-after", str(FULL_RETRY_AFTER).encode())] if raw else [
+                ("Retry-After", str(FULL_RETRY_AFTER))]
         i = self._binding()
         out = [] if i < 0 else self._render(i, raw)
         if self.kind == "concurrency":  # one Retry-After: the longest wait (retry_after)
@@ -1024,6 +1045,8 @@ cdef class PolicyDecision:
         cdef Window w
         if self.allowed or self.kind == "too_large":
             return None
+        if self.kind == "full":
+            return FULL_RETRY_AFTER
         i = self._binding()
         wait = None
         if i >= 0:

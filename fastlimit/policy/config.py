@@ -11,8 +11,9 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
     [policy]      name = "api"; shadow = false; ipv6_prefix = 64 (per-IP limits
                   count an IPv6 client under its /64; 128: each address)
     [store]       table = "myapp"; capacity = 100000; overrides = "overrides.json";
-                  quotas = "state/quotas.tbl"   (table and quotas: unused when the
-                  Policy is given a RedisBackend as its store)
+                  quotas = "state/quotas.tbl"; quota_capacity = 262144 ((account,
+                  quota) pairs one period can hold: accounts x quotas; table, quotas
+                  and quota_capacity: unused when the Policy is given a RedisBackend)
     [headers]     reset = "epoch" | "iso" | "delta"; legacy = true; ietf = false
     [response]    status = 429; content_type = "application/json"; body = {...}
     [identities.api_key]    rate = "tier" | "<rate>" | "unlimited"; name = "api"; shadow
@@ -35,9 +36,10 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
     [caps]              NAME = [patterns]   (requests there are checked against the
                         tier's caps.NAME: byte caps against the body size, others
                         against the number of files; over it: 413)
-    [response.quota], [response.concurrency], [response.too_large]: status, body,
-                        content_type of those denials (defaults: 429 QUOTA_EXCEEDED,
-                        429 CONCURRENCY_LIMITED, 413 PAYLOAD_TOO_LARGE)
+    [response.quota], [response.concurrency], [response.too_large], [response.full]:
+                        status, body, content_type of those denials (defaults: 429
+                        QUOTA_EXCEEDED, 429 CONCURRENCY_LIMITED, 413 PAYLOAD_TOO_LARGE,
+                        503 LIMITER_FULL: a quota's state had no room for the caller)
 
 A rate is written as :meth:`fastlimit.Rate.parse` reads it (``"5/1m"``,
 ``"100/1h"``, ``"30s"`` windows...).  Byte sizes are ``"100MB"`` (10^6) or
@@ -388,7 +390,7 @@ def _headers(value: Any, at: _At) -> HeaderStyle:
     )
 
 
-_DENIAL_KINDS = ("quota", "concurrency", "too_large")
+_DENIAL_KINDS = ("quota", "concurrency", "too_large", "full")
 
 
 def _responses(value: Any, at: _At) -> dict[str, DenialResponse]:
@@ -449,9 +451,10 @@ def _usage(
 
 
 def _store(value: Any, at: _At, base: str) -> StoreSpec:
-    table = _table(value, at, ("table", "capacity", "overrides", "quotas"))
+    table = _table(value, at, ("table", "capacity", "overrides", "quotas", "quota_capacity"))
     name = table.get("table")
     capacity = table.get("capacity")
+    quota_capacity = table.get("quota_capacity")
     overrides = table.get("overrides")
     quotas = table.get("quotas")
     return StoreSpec(
@@ -460,6 +463,8 @@ def _store(value: Any, at: _At, base: str) -> StoreSpec:
         overrides=None if overrides is None else os.path.join(
             base, _str(overrides, at / "overrides")),
         quotas=None if quotas is None else os.path.join(base, _str(quotas, at / "quotas")),
+        quota_capacity=None if quota_capacity is None else _capacity(
+            quota_capacity, at / "quota_capacity"),
     )
 
 

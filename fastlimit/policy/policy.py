@@ -51,7 +51,7 @@ from fastlimit.policy.config import load_dict, load_file
 from fastlimit.policy.identity import Identity
 from fastlimit.policy.overrides import Overrides, default_path
 from fastlimit.policy.routes import RouteTable
-from fastlimit.policy.spec import PolicySpec, TierSpec, UsageSpec
+from fastlimit.policy.spec import DEFAULT_QUOTA_CAPACITY, PolicySpec, TierSpec, UsageSpec
 from fastlimit.stores.table import SharedTable, state_dir
 
 __all__ = ["Identity", "Policy", "PolicyDecision", "Resolution"]
@@ -262,8 +262,11 @@ class Policy:
             path = self.spec.store.quotas or os.path.join(
                 state_dir(), f"{self.spec.name}-quotas.tbl")
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._quota_table = SharedTable.open(
-                path=path, capacity=self.spec.store.capacity or 65_536, kind="quotas")
+            # its own capacity (accounts x quotas), not the rate table's; a
+            # file made before keeps the size it was made with
+            capacity = (None if os.path.exists(path) else
+                        self.spec.store.quota_capacity or DEFAULT_QUOTA_CAPACITY)
+            self._quota_table = SharedTable.open(path=path, capacity=capacity, kind="quotas")
             self._owned.append(self._quota_table)
         return self._quota_table
 

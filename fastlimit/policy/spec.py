@@ -19,6 +19,7 @@ from fastlimit.limiters.rate import Rate
 
 __all__ = [
     "DEFAULT_IPV6_PREFIX",
+    "DEFAULT_QUOTA_CAPACITY",
     "IDENTITY_KINDS",
     "IdentityKind",
     "IdentitySpec",
@@ -32,6 +33,10 @@ __all__ = [
 # Per-IP limits count an IPv6 client under its /64: the block one host (a
 # home line, a VM) is given, whose 2**64 addresses are its to choose from.
 DEFAULT_IPV6_PREFIX = 64
+
+# (account, quota) pairs a policy's quota file holds per period, by default:
+# its own size, not the rate table's (6 MB at 23 bytes a pair).
+DEFAULT_QUOTA_CAPACITY = 262_144
 
 IdentityKind = Literal["api_key", "session", "token", "anonymous"]
 IDENTITY_KINDS: tuple[IdentityKind, ...] = ("api_key", "session", "token", "anonymous")
@@ -146,6 +151,7 @@ class StoreSpec:
     capacity: int | None = None
     overrides: str | None = None
     quotas: str | None = None
+    quota_capacity: int | None = None  # None: DEFAULT_QUOTA_CAPACITY
 
 
 @dataclass(frozen=True, slots=True)
