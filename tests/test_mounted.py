@@ -145,6 +145,10 @@ def _call(app, environ):
     return seen[0]
 
 
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "fastlimit"]
+
+
 def _routes_policy(route):
     return Policy.from_dict({"identities": {"anonymous": {"rate": "1000/1h"}},
                              "routes": {f"POST {route}": "5/1h"}})
@@ -157,7 +161,7 @@ def test_routes_written_with_the_prefix_warn_once(caplog):
     with caplog.at_level(logging.WARNING, logger="fastlimit"):
         statuses = [_call(app, environ) for _ in range(8)]
     assert statuses == ["200 OK"] * 8  # as configured, the route is not this path
-    warnings = [r.getMessage() for r in caplog.records if r.name == "fastlimit"]
+    warnings = _warnings(caplog)
     assert len(warnings) == 1, warnings
     assert "'/api'" in warnings[0] and "mount='/api'" in warnings[0]
 
@@ -173,7 +177,7 @@ def test_requests_under_a_prefix_that_match_no_route_warn_once(caplog):
 
     with caplog.at_level(logging.WARNING, logger="fastlimit"):
         asyncio.run(run(300))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "fastlimit"]
+    warnings = _warnings(caplog)
     assert len(warnings) == 1, warnings
     assert "matched no route" in warnings[0] and "mount='/api'" in warnings[0]
 
@@ -220,7 +224,7 @@ def test_a_local_proxy_that_is_not_trusted_is_warned_of_once(caplog, peer, heade
     with caplog.at_level(logging.WARNING, logger="fastlimit"):
         for i in range(5):
             _call(app, _environ(peer, **{header: f"203.0.113.{i}"}))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "fastlimit"]
+    warnings = _warnings(caplog)
     assert len(warnings) == 1, warnings
     assert "no proxy is trusted" in warnings[0]
     assert ("trusted_proxies=['unix']" if peer is None else f"trusted_proxies=['{peer}']") \
