@@ -312,6 +312,65 @@ def test_one_response_holds_the_limiter_no_longer_than_max_hold(mem, clock, serv
     assert 0 < lim.peek(server.url).retry_after <= bound
 
 
+def _through(client, limiter, url, **options):
+    """One GET of ``url`` through ``client``'s throttled transport: its status."""
+    if client == "requests":
+        with requests.Session() as session:
+            session.mount("http://", ThrottledAdapter(limiter, **options))
+            return session.get(f"{url}/items/0").status_code
+    if client == "httpx-async":
+        async def main():
+            async with httpx.AsyncClient(
+                    transport=AsyncThrottledTransport(limiter, **options)) as http:
+                return (await http.get(f"{url}/items/0")).status_code
+        return asyncio.run(main())
+    return get_all(limiter, url, 1, **options)[0]
+
+
+CLIENTS = ["httpx", "httpx-async", "requests"]
+PACE = 1 / 30  # a Limiter("30/1s")'s emission interval
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("answer, status, bound", [
+    ({"fixed": {"RateLimit": '"a";r=0;t=86400'}}, 200, 60),  # "wait a day", on a 200
+    ({"fixed": {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "9999999999"}}, 200, 60),
+    ({"retry_after": 99999999}, 429, 60),  # a 429 asking ~3 years
+    ({"fixed": {"RateLimit": '"a";r=0;t=86400'}}, 200, 5),  # max_hold=5
+])
+def test_every_client_bounds_a_hold_by_max_hold(mem, clock, serve, client, answer, status,
+                                                bound):
+    server = serve(**answer)
+    lim = Limiter("30/1s", store=mem, clock=clock)
+    options = {"max_retry_after": 60} if bound == 60 else {"max_retry_after": 60, "max_hold": 5}
+    assert _through(client, lim, server.url, **options) == status
+    assert 0 < lim.peek(server.url).retry_after <= bound
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("headers, held", [
+    # the t is inside the String: this item has no t, so none left and no wait
+    # but the limiter's pace (1/30 s)
+    ({"RateLimit": '"x;t=9999";r=0'}, PACE),
+    ({"RateLimit": '"x;t=9999";r=0, "y";r=0;t=7'}, 7.0),
+    # malformed fields ignored whole: nothing held
+    ({"RateLimit": '"a";r=0;t=9999, junk junk'}, None),
+    ({"RateLimit": '"a";r=0;t=9999;t'}, None),
+    ({"RateLimit": '"a";r=-1, "b";r=0;t=9999'}, None),
+    ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "-9999"}, PACE),
+    ({"X-RateLimit-Remaining": "\xb2", "X-RateLimit-Reset": "9999"}, None),
+])
+def test_every_client_reads_only_well_formed_fields(mem, clock, serve, client, headers, held):
+    server = serve(fixed=headers)
+    lim = Limiter("30/1s", store=mem, clock=clock)
+    assert _through(client, lim, server.url, max_retry_after=60, max_hold=10**6) == 200
+    after = lim.peek(server.url).retry_after
+    if held is None:  # the limiter's own pace only (burst left: not held)
+        assert after == 0.0 and lim.peek(server.url, cost=29).allowed
+    else:
+        assert after == pytest.approx(held)
+
+
 def test_throttle_options_are_checked(mem):
     lim = Limiter("1/1s", store=mem)
     with pytest.raises(TypeError, match="limiter must be a fastlimit.Limiter"):
@@ -353,10 +412,36 @@ def test_throttle_options_are_checked(mem):
     # a field that is not a structured List is ignored whole (draft -10)
     ({"RateLimit": '"api";r=0;t=30, junk junk'}, ServerLimits(None, None, None)),
     ({"RateLimit": '"api";r=0;t=30,'}, ServerLimits(None, None, None)),
-    ({"RateLimit": '"api";r=0;t=30;t'}, ServerLimits(0, None, None)),  # t=?1: no count
-    # items without a count of 0 or more are ignored
-    ({"RateLimit": '"a";r=-1;t=5, "b";r=1.5, "c";r=2'}, ServerLimits(2, None, None)),
+    # an item without a count r >= 0, or with a t that is not one, makes the
+    # field malformed: ignored whole (draft -10: it MUST be)
+    ({"RateLimit": '"api";r=0;t=30;t'}, ServerLimits(None, None, None)),  # t=?1
+    ({"RateLimit": '"a";r=-1;t=5, "c";r=2'}, ServerLimits(None, None, None)),
+    ({"RateLimit": '"b";r=1.5, "c";r=2'}, ServerLimits(None, None, None)),
     ({"RateLimit": '"a";r="0";t=5'}, ServerLimits(None, None, None)),
+    ({"RateLimit": '"a";t=5, "c";r=0;t=3'}, ServerLimits(None, None, None)),
+    ({"RateLimit": '"a";r=0;t=-3'}, ServerLimits(None, None, None)),
+    ({"RateLimit": "limit=10, remaining=0, reset=-7"}, ServerLimits(None, None, None)),
+    # draft -10's examples; unknown parameters (pk) are not an error
+    ({"RateLimit": '"default";r=50;t=30'}, ServerLimits(50, None, None)),
+    ({"RateLimit": '"problemPolicy";r=0;t=10'}, ServerLimits(0, 10.0, None)),
+    ({"RateLimit": '"default";r=1;pk=:dHJhbnNhY3Rpb24=:, "daily";r=0;t=3600'},
+     ServerLimits(0, 3600.0, None)),
+    # whitespace per RFC 9651 section 4.2: SP/HTAB around commas, SP after ';'
+    ({"RateLimit": '  "a";r=3; t=5 ,\t"b";r=0; t=7  '}, ServerLimits(0, 7.0, None)),
+    ({"RateLimit": '"a";r=3 ;t=5'}, ServerLimits(None, None, None)),  # no SP before ';'
+    # counts and seconds are ASCII digits of a sane length, else ignored (no
+    # ValueError out of int(); no "1_0", "nan", other scripts' digits)
+    ({"X-RateLimit-Remaining": b"\xb2"}, ServerLimits(None, None, None)),
+    ({"X-RateLimit-Remaining": "9" * 5000}, ServerLimits(None, None, None)),
+    ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "9" * 5000},
+     ServerLimits(0, None, None)),
+    ({"RateLimit-Remaining": "0", "RateLimit-Reset": "-4"}, ServerLimits(0, None, None)),
+    ({"RateLimit-Remaining": "-1", "RateLimit-Reset": "4"}, ServerLimits(None, None, None)),
+    ({"Retry-After": "-5"}, ServerLimits(None, None, None)),
+    ({"Retry-After": "1_0"}, ServerLimits(None, None, None)),
+    ({"Retry-After": "nan"}, ServerLimits(None, None, None)),
+    ({"Retry-After": "1e400"}, ServerLimits(None, None, None)),
+    ({"Retry-After": "Tue, 14 Nov 99999 22:14:20 GMT"}, ServerLimits(None, None, None)),
 ])
 def test_reading_rate_limit_headers(headers, limits):
     # wall_now 1_700_000_000 is 2023-11-14T22:13:20Z

@@ -20,7 +20,13 @@ says about its limits, and retries 429s:
   ``min(max_backoff, backoff x 2**attempt)`` and a random part up to the
   other half.  A server asking for more than ``max_retry_after`` seconds gets
   its 429 returned as is.  The wait holds the shared limiter, so the other
-  processes wait too.  Request bodies are read into memory so a retry can
+  processes wait too.
+- **Bounded trust:** no one response holds the limiter longer than
+  ``max_hold`` seconds (default: ``max_retry_after``, 300), whatever it
+  asks.  ``RateLimit`` is read with a strict RFC 9651 parser
+  (:mod:`fastlimit.http.sfv`) and a malformed field is ignored whole; counts
+  and seconds in the other fields are ASCII digits of at most 15, else
+  ignored.  Request bodies are read into memory so a retry can
   send them again.
 
 On a store that cannot hold keys (Redis) the client still waits and retries,

@@ -8,6 +8,7 @@ import email.utils
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -46,9 +47,10 @@ def _count_param(value: object) -> int | None:
 def _ratelimit_field(field: str) -> tuple[int | None, float | None]:
     """``RateLimit``: draft -10 items (``"api";r=5;t=30``, the most
     restrictive wins) or the older dictionary (``limit=9, remaining=5,
-    reset=30``), read as RFC 9651 structured fields.  A field that does not
-    parse is ignored whole, and so is an item without a count ``r`` of 0 or
-    more (draft -10: such fields MUST be ignored)."""
+    reset=30``), read as RFC 9651 structured fields.  A malformed field is
+    ignored whole (draft -10: it MUST be): one that does not parse, or with
+    an item whose ``r`` is missing or not an Integer >= 0, or whose ``t`` is
+    present and not an Integer >= 0."""
     try:
         items = parse_list(field)
     except ValueError:
@@ -57,17 +59,19 @@ def _ratelimit_field(field: str) -> tuple[int | None, float | None]:
         except ValueError:
             return None, None
         left = _count_param(members.get("remaining", (None, {}))[0])
+        reset: int | None = None
+        if "reset" in members and (reset := _count_param(members["reset"][0])) is None:
+            return None, None
         if left is None:
             return None, None
-        reset = _count_param(members.get("reset", (None, {}))[0])
         return left, (float(reset) if reset is not None and left == 0 else None)
     least: int | None = None
     wait: float | None = None
     for _, params in items:
         r = _count_param(params.get("r"))
-        if r is None:
-            continue
         t = _count_param(params.get("t"))
+        if r is None or ("t" in params and t is None):
+            return None, None
         if least is None or r < least:
             least, wait = r, (float(t) if r == 0 and t is not None else None)
         elif r == 0 and t is not None:
@@ -75,23 +79,26 @@ def _ratelimit_field(field: str) -> tuple[int | None, float | None]:
     return least, wait
 
 
+# delta seconds (RFC 9110: 1*DIGIT; a fraction tolerated) and counts, in ASCII
+# digits and bounded: float() and int() take "1_0", other scripts' digits and
+# "nan", and int() raises on a 5000-digit one
+_SECONDS = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?")
+_COUNT = re.compile(r"[0-9]{1,15}")
+
+
 def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
+    return float(text) if _SECONDS.fullmatch(text) else None
 
 
 def _date(text: str, wall_now: float, iso: bool) -> float | None:
     try:
         when = (datetime.fromisoformat(text.replace("Z", "+00:00")) if iso
                 else email.utils.parsedate_to_datetime(text))
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, when.timestamp() - wall_now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - wall_now)
 
 
 def _retry_after(text: str, wall_now: float) -> float | None:
@@ -117,7 +124,7 @@ def _count(text: str | None) -> int | None:
     if text is None:
         return None
     text = text.strip()
-    return int(text) if text.isdigit() else None
+    return int(text) if _COUNT.fullmatch(text) else None
 
 
 def read_limits(headers: Mapping[str, str], wall_now: float | None = None) -> ServerLimits:

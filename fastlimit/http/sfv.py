@@ -64,8 +64,12 @@ class _Reader:
             if not m:
                 raise ValueError(f"bad byte sequence in {self.text!r}")
             self.i = m.end()
+            data = m.group(1)
+            if "=" not in data:
+                # section 4.2.7: parsers SHOULD NOT fail when "=" padding is absent
+                data += "=" * (-len(data) % 4)
             try:
-                return base64.b64decode(m.group(1), validate=True)
+                return base64.b64decode(data, validate=True)
             except binascii.Error:
                 raise ValueError(f"bad byte sequence in {self.text!r}") from None
         if c == "-" or c.isdigit():
