@@ -514,3 +514,34 @@ def test_the_readme_batch_example_runs(tmp_path, monkeypatch):
     assert len(server.arrivals) == 5
     # 5/1s: five at once, and the sixth not before one interval has passed
     assert located[5][1] - start >= Rate.parse("5/1s").emission_interval_ns
+
+
+def test_the_structured_field_reader_follows_rfc_9651():
+    from decimal import Decimal
+
+    from sfv import Token, parse_dictionary, parse_list
+    # Strings hold ';', ',', '=' and escapes; Tokens may hold ':' and '/'
+    assert parse_list('"a;t=9, b", tok:en/x;q=?0, -12;d=-1.250, :aGk:;e') == [
+        ("a;t=9, b", {}), (Token("tok:en/x"), {"q": False}),
+        (-12, {"d": Decimal("-1.25")}), (b"hi", {"e": True})]
+    assert parse_list('"\\\\\\""') == [('\\"', {})]
+    assert parse_list("999999999999999, 999999999999.999") == [
+        (999999999999999, {}), (Decimal("999999999999.999"), {})]
+    assert parse_list("") == [] and parse_list("   ") == []
+    assert parse_dictionary("a=1;x, b, c=?0") == {
+        "a": (1, {"x": True}), "b": (True, {}), "c": (False, {})}
+    for bad in [
+        "\ta",              # only SP is discarded around the field (section 4.2)
+        "a ;q=1",           # no whitespace before ';'
+        "a;\tq=1",          # only SP after ';'
+        "a,,b", "a,", ",a",  # empty members
+        "a;Q=1",            # keys are lower case
+        "1234567890123456", "1234567890123.5", "1.2345", "1.", "--1",
+        '"unterminated', '"bad\\escape"', '"tab\tin"',
+        ":not base64!:", ":aGk=",
+        "(a b)",            # Inner Lists are not read: a RateLimit field has none
+        "@1700000000",      # nor Dates
+        "?2", "é",
+    ]:
+        with pytest.raises(ValueError):
+            parse_list(bad)
