@@ -226,3 +226,37 @@ def test_rm_refuses_a_table_other_processes_still_map(table_name, capsys):
         holder.stdin.close()
         holder.wait(timeout=30)
         holder.stdout.close()
+
+
+def _flip(path, at):
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+@pytest.mark.parametrize("damage", ["secret", "truncated", "version"])
+def test_rm_removes_a_table_that_no_longer_opens(table_name, capsys, damage):
+    # the errors of a broken table say to remove it with `fastlimit rm`: it must
+    SharedTable.open(table_name, capacity=100).close()
+    path = os.path.join(table_mod.shm_dir(), f"fastlimit.{table_name}")
+    if damage == "truncated":
+        os.truncate(path, 8192)
+    else:
+        _flip(path, 48 if damage == "secret" else 8)
+    assert main(["stats", table_name]) == 2
+    assert "fastlimit rm" in capsys.readouterr().err
+    assert main(["rm", table_name]) == 0
+    assert not os.path.exists(path)
+
+
+def test_rm_leaves_files_that_are_not_tables_alone(tmp_path, capsys):
+    other = tmp_path / "notes.txt"
+    other.write_text("not a table")
+    assert main(["rm", str(other)]) == 2
+    assert "not a fastlimit table" in capsys.readouterr().err and other.exists()
+    link = tmp_path / "link"
+    link.symlink_to(other)
+    assert main(["rm", str(link)]) == 2
+    assert "symbolic link" in capsys.readouterr().err and link.exists()

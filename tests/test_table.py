@@ -571,3 +571,41 @@ def test_verify_reports_a_truncated_file_before_touching_it(table_name):
     t.close()
     with pytest.raises(TableError, match="corrupt"):
         SharedTable.attach(table_name)
+
+
+def test_stats_refuse_a_truncated_file_rather_than_die(table_name):
+    t = SharedTable.open(table_name, capacity=1000)
+    Limiter("5/1m", store=t).hit("k")
+    os.truncate(path_of(table_name), 8192)
+    with pytest.raises(TableError, match=r"truncated to 8192 bytes.*SIGBUS.*fastlimit rm"):
+        t.stats()  # reading the slots would kill this process
+    os.unlink(path_of(table_name))
+    SharedTable.open(table_name, capacity=1000).close()  # a new file at the path
+    with pytest.raises(TableError, match="truncated"):
+        t.stats()  # still this table's file that is checked, not the path's
+    t.close()
+
+
+def test_a_table_can_be_made_for_one_clock(table_name, clock):
+    import time
+
+    from fastlimit import ConcurrencyLimit
+    from fastlimit import clock as clock_mod
+    t = SharedTable.create(table_name, capacity=100, clock="injected")
+    assert t.clock == "injected"
+    Limiter("5/1m", store=t, clock=clock).hit("k")
+    with pytest.raises(ConfigurationError, match="runs on CLOCK_MONOTONIC, but table"):
+        Limiter("5/1m", store=t, name="b")  # its keys would look live for years
+    with pytest.raises(TableError, match=r"runs on an injected clock, not on CLOCK_MONOTONIC"
+                                         r".*clock='injected'"):
+        SharedTable.attach(table_name, clock="monotonic")
+    assert SharedTable.attach(table_name, clock="injected").clock == "injected"
+    with pytest.raises(ConfigurationError, match="'monotonic', 'injected' or None"):
+        SharedTable.open(table_name, clock="wall")  # type: ignore[arg-type]
+    m = SharedTable.anonymous(capacity=100, clock="monotonic")
+    for same in (None, time.monotonic_ns, clock_mod.monotonic_ns):
+        Limiter("5/1m", store=m, clock=same).hit("k")
+    ConcurrencyLimit(2, m, name="c1")  # no clock: leases never read one
+    with pytest.raises(ConfigurationError, match="'c2' runs on an injected clock"):
+        ConcurrencyLimit(2, m, name="c2", clock=time.time_ns)
+    assert m.clock == "monotonic"

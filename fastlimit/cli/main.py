@@ -24,7 +24,13 @@ from fastlimit.limiters.limiter import Key, Limiter
 from fastlimit.limiters.rate import Rate
 from fastlimit.policy import overrides
 from fastlimit.stores.metrics import prometheus_text
-from fastlimit.stores.table import LimiterStats, SharedTable, mapped_by
+from fastlimit.stores.table import (
+    LimiterStats,
+    SharedTable,
+    _resolve,
+    check_removable,
+    mapped_by,
+)
 
 QUOTA_COUNT_BITS = QUOTA_MAX_COUNT.bit_length()
 QUOTA_COUNT_MASK = QUOTA_MAX_COUNT
@@ -81,6 +87,11 @@ def _open(name: str) -> SharedTable:
     if "/" in name:
         return SharedTable.attach(path=name)
     return SharedTable.attach(name)
+
+
+def _path(name: str) -> str:
+    """The file of the table ``name`` (a path when it holds a '/')."""
+    return name if "/" in name else _resolve(name, None)
 
 
 def stats(name: str, out: TextIO | None = None, as_json: bool = False) -> int:
@@ -175,18 +186,21 @@ def reset(name: str, key: Key, limiter: str | None = None, out: TextIO | None = 
 def remove(name: str, out: TextIO | None = None, as_json: bool = False,
            force: bool = False) -> int:
     out = out or sys.stdout
-    with _open(name) as table:
-        path = table.path
-        assert path is not None  # _open opens by name or path
-        users = mapped_by(path)
-        if users and not force:
-            raise CLIError(
-                f"table {name} is in use by process{'es' if len(users) > 1 else ''} "
-                f"{', '.join(map(str, users))}: removing it now would leave them on the old "
-                f"state while new processes start a new table (the limits split in two). "
-                f"Stop them first, or pass --force")
-        table.unlink()
-    assert path is not None  # _open opens by name or path
+    # Not attached: a table that no longer opens (a corrupt header, a
+    # truncated file, another namespace's) is what rm is for.
+    path = _path(name)
+    check_removable(path)
+    users = mapped_by(path)
+    if users and not force:
+        raise CLIError(
+            f"table {name} is in use by process{'es' if len(users) > 1 else ''} "
+            f"{', '.join(map(str, users))}: removing it now would leave them on the old "
+            f"state while new processes start a new table (the limits split in two). "
+            f"Stop them first, or pass --force")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
     removed = [path]
     # a policy's run-time overrides live beside its table: they go with it
     for extra in overrides.files_of(overrides.default_path(path)):

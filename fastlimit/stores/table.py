@@ -31,7 +31,7 @@ from fastlimit.stores.contract import Kind as StateKind
 from fastlimit.stores.contract import on_full_code
 
 __all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats", "check_owner",
-           "shm_dir", "state_dir"]
+           "check_removable", "mapped_by", "shm_dir", "state_dir"]
 
 log = logging.getLogger("fastlimit")
 
@@ -92,7 +92,7 @@ COUNTERS = ("full_events", "lock_breaks", "lock_timeouts")  # order known to _co
 COUNTERS_OFFSET = 128
 # The header's fixed fields (the first CHECKED_BYTES) carry a CRC-32: a
 # flipped byte of the secret would otherwise silently move every key.  The
-# namespaces are the creator's PID and time namespaces (inode numbers of
+# namespaces are the creator's PID and time namespaces (device and inode of
 # /proc/self/ns/pid and /proc/self/ns/time; 0: unknown): liveness is read in
 # /proc and times on CLOCK_MONOTONIC, so every user must share both.  The
 # clock word is settled by the first limiter (CLOCKS), after the checksum.
@@ -100,6 +100,9 @@ CHECKED_BYTES = 112
 CLOCK_OFFSET = 112
 CLOCKS = {"monotonic": 1, "injected": 2}
 _CLOCK_TEXT = {"monotonic": "CLOCK_MONOTONIC", "injected": "an injected clock"}
+Clock = Literal["monotonic", "injected"]
+# Clocks given by hand that are CLOCK_MONOTONIC itself, as the core reads it.
+_MONOTONIC = (time.monotonic_ns, _core.monotonic_ns)
 HEADER_DTYPE = np.dtype(
     {
         "names": [
@@ -149,12 +152,19 @@ def _boot_id() -> bytes:
 
 
 def _namespace(kind: str) -> int:
-    """This process's namespace of ``kind`` ("pid", "time"), as its inode
-    number; 0 where the kernel does not tell."""
+    """This process's namespace of ``kind`` ("pid", "time"): the device and
+    inode numbers of ``/proc/self/ns/<kind>`` (what tell namespaces apart),
+    as ``dev << 32 | ino``; 0 where the kernel does not tell."""
     try:
-        return os.stat(f"/proc/self/ns/{kind}").st_ino
+        st = os.stat(f"/proc/self/ns/{kind}")
     except OSError:
         return 0
+    return (st.st_dev & 0xFFFFFFFF) << 32 | (st.st_ino & 0xFFFFFFFF)
+
+
+def _namespace_text(kind: str, value: int) -> str:
+    """A namespace as ``ls -l /proc/self/ns`` shows it (with its device)."""
+    return f"{kind}:[{value & 0xFFFFFFFF}] (device {value >> 32})"
 
 
 def _checksum(raw: bytes) -> int:
@@ -180,9 +190,9 @@ def _check_namespaces(header: np.ndarray, path: str, kind: str) -> None:
         theirs, mine = int(header[field]), _namespace(ns)
         if needed and theirs and mine and theirs != mine:
             raise TableError(
-                f"table {path} was made in {ns} namespace {ns}:[{theirs}], and this process "
-                f"is in {ns}:[{mine}]: its state cannot be shared from here; {remedy}, or "
-                f"use a table of this namespace's own")
+                f"table {path} was made in {ns} namespace {_namespace_text(ns, theirs)}, and "
+                f"this process is in {_namespace_text(ns, mine)}: its state cannot be shared "
+                f"from here; {remedy}, or use a table of this namespace's own")
 
 
 def _check_capacity(capacity: Any) -> int:
@@ -324,6 +334,7 @@ class SharedTable:
         path: str | os.PathLike[str] | None = None,
         on_full: OnFull = "deny",
         kind: Kind = "rates",
+        clock: Clock | None = None,
     ) -> SharedTable:
         """Attach to the table ``name``, creating it if it does not exist.
 
@@ -341,12 +352,17 @@ class SharedTable:
             kind: ``"rates"`` (limiters and concurrency leases, on
                 CLOCK_MONOTONIC, cleared after a reboot) or ``"quotas"``
                 (calendar counts, kept across reboots).  Attaching checks it.
+            clock: the one clock every limiter of the table must run on:
+                ``"monotonic"`` (CLOCK_MONOTONIC, the default clock) or
+                ``"injected"`` (a clock given to the limiters: tests'
+                FakeClock).  None: the first limiter's settles it.  Either
+                way a limiter on the other is refused (see :attr:`clock`).
 
         Raises:
             TableError: the file is not a compatible fastlimit table, its
                 capacity differs, or there is no space for it.
         """
-        return cls._open(_resolve(name, path), capacity, "open", on_full, kind)
+        return cls._open(_resolve(name, path), capacity, "open", on_full, kind, clock)
 
     @classmethod
     def create(
@@ -357,9 +373,10 @@ class SharedTable:
         path: str | os.PathLike[str] | None = None,
         on_full: OnFull = "deny",
         kind: Kind = "rates",
+        clock: Clock | None = None,
     ) -> SharedTable:
         """Create the table ``name``; fails if it already exists."""
-        return cls._open(_resolve(name, path), capacity, "create", on_full, kind)
+        return cls._open(_resolve(name, path), capacity, "create", on_full, kind, clock)
 
     @classmethod
     def attach(
@@ -370,29 +387,35 @@ class SharedTable:
         capacity: int | None = None,
         on_full: OnFull = "deny",
         kind: Kind | None = None,
+        clock: Clock | None = None,
     ) -> SharedTable:
         """Attach to the existing table ``name``; fails if there is none
-        (or, when ``kind`` is given, if it holds another kind)."""
-        return cls._open(_resolve(name, path), capacity, "attach", on_full, kind)
+        (or, when ``kind`` or ``clock`` is given, if it holds another kind
+        or runs on another clock)."""
+        return cls._open(_resolve(name, path), capacity, "attach", on_full, kind, clock)
 
     @classmethod
     def anonymous(
-        cls, capacity: int = DEFAULT_CAPACITY, *, on_full: OnFull = "deny", kind: Kind = "rates"
+        cls, capacity: int = DEFAULT_CAPACITY, *, on_full: OnFull = "deny", kind: Kind = "rates",
+        clock: Clock | None = None,
     ) -> SharedTable:
         """A table with no name, shared with processes forked after this call."""
         capacity = _check_capacity(capacity)
         _kind_id(kind)
+        _check_clock_name(clock)
         header = _new_header(capacity, kind)
         mm = mmap.mmap(-1, _segment_bytes(int(header["nbuckets"][0])))
         mm[:HEADER_BYTES] = header.tobytes()
         mm[:len(MAGIC)] = MAGIC
-        return cls(mm, None, on_full)
+        return cls(mm, None, on_full)._pinned(clock)
 
     @classmethod
     def _open(
-        cls, path: str, capacity: int | None, mode: str, on_full: OnFull, kind: Kind | None
+        cls, path: str, capacity: int | None, mode: str, on_full: OnFull, kind: Kind | None,
+        clock: Clock | None = None,
     ) -> SharedTable:
         on_full_code(on_full)
+        _check_clock_name(clock)
         if kind is not None:
             _kind_id(kind)
         if capacity is not None:
@@ -431,7 +454,20 @@ class SharedTable:
             # mmap keeps a dup of fd, which shares the lock: release it by hand
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-        return cls(mm, path, on_full)
+        return cls(mm, path, on_full)._pinned(clock)
+
+    def _pinned(self, clock: Clock | None) -> SharedTable:
+        """This table, its clock settled to ``clock`` (if given)."""
+        if clock is None:
+            return self
+        have = self._pin_clock(clock)
+        if have is not None:
+            self.close()
+            raise TableError(
+                f"table {self._path or '(anonymous)'} runs on {_CLOCK_TEXT[have]}, not on "
+                f"{_CLOCK_TEXT[clock]}: its limiters' times are on that clock.  Open it "
+                f"with clock={have!r} (or None), or use a table of its own")
+        return self
 
     def close(self) -> None:
         """Unmap the table in this process.  Limiters on it raise afterwards;
@@ -529,7 +565,15 @@ class SharedTable:
         """Capacity, live keys, locked slots and event counters.
 
         ``now_ns`` defaults to CLOCK_MONOTONIC; pass your clock's time when
-        the limiters use an injected clock."""
+        the limiters use an injected clock.
+
+        Raises:
+            TableError: the table's file was truncated (reading its slots
+                would kill this process with SIGBUS).
+        """
+        shrunk = self._shrunk()
+        if shrunk:
+            raise TableError(shrunk)
         tat = self.slots["tat"]
         now = time.monotonic_ns() if now_ns is None else now_ns
         header = self.header
@@ -544,6 +588,24 @@ class SharedTable:
             nbytes=self.nbytes,
             limiters=self.limiter_stats(),
         )
+
+    def _shrunk(self) -> str | None:
+        """What is wrong if the mapped file is now shorter than the mapping
+        (someone truncated it): touching a lost page is a SIGBUS.  One fstat
+        of the mapped file (not the path, which may name a newer table): for
+        stats and verify, never the checks of keys."""
+        mm = self._mm
+        if mm is None or self._path is None:
+            return None
+        try:
+            size = mm.size()  # fstat of the file mmap keeps open
+        except OSError:
+            return None
+        if size >= len(mm):
+            return None
+        return (f"table {self._path} was truncated to {size} bytes of {len(mm)}: processes "
+                f"that map it die with SIGBUS when they touch the lost pages.  Stop them, "
+                f"remove it (`fastlimit rm {self.name} --force`) and let it be made again")
 
     def limiter_stats(self) -> tuple[LimiterStats, ...]:
         """Checks per limiter name, summed over every process's stripe;
@@ -579,15 +641,9 @@ class SharedTable:
         processes that touch its lost pages with SIGBUS: it is reported
         here, before any slot is read).
         """
-        if self._path is not None and self._mm is not None:
-            try:
-                size = os.stat(self._path).st_size
-            except FileNotFoundError:
-                size = len(self._mm)  # unlinked while mapped: the mapping is whole
-            if size < len(self._mm):
-                return [f"the file {self._path} was truncated to {size} bytes of "
-                        f"{len(self._mm)}: processes that map it die with SIGBUS when they "
-                        f"touch the lost pages; stop them and remove the table"]
+        shrunk = self._shrunk()
+        if shrunk:
+            return [shrunk]
         slots = self.slots.copy()  # one snapshot, so the checks agree
         fp, tat = slots["fp"], slots["tat"]
         problems: list[str] = []
@@ -672,17 +728,27 @@ class SharedTable:
         since its times would read as far past or future to the others."""
         if self._mm is None:
             raise ValueError("table is closed")
-        wanted = "monotonic" if clock is None or clock is time.monotonic_ns else "injected"
-        seen = _core.header_cas(self._mm, CLOCK_OFFSET, 0, CLOCKS[wanted])
-        if seen in (0, CLOCKS[wanted]):
+        wanted = "monotonic" if clock is None or any(clock is m for m in _MONOTONIC) \
+            else "injected"
+        have = self._pin_clock(wanted)
+        if have is None:
             return
-        have = "injected" if wanted == "monotonic" else "monotonic"
         raise ConfigurationError(
             f"limiter {name!r} runs on {_CLOCK_TEXT[wanted]}, but table "
             f"{self._path or '(anonymous)'} runs on {_CLOCK_TEXT[have]}: every limiter of a "
             f"table must share its clock (times on another read as far past or future). "
             f"Give the limiter clock=None here, or a table of its own for an injected clock "
             f"(e.g. SharedTable.anonymous()); clock={clock!r}")
+
+    def _pin_clock(self, wanted: str) -> str | None:
+        """Settle the table's clock to ``wanted`` unless it is settled;
+        None if it is now ``wanted``, else the clock it runs on."""
+        if self._mm is None:
+            raise ValueError("table is closed")
+        seen = _core.header_cas(self._mm, CLOCK_OFFSET, 0, CLOCKS[wanted])
+        if seen in (0, CLOCKS[wanted]):
+            return None
+        return "injected" if wanted == "monotonic" else "monotonic"
 
     def quota_counts(
         self, name: str, limit: int, *, on_full: OnFull | None = None, register: bool = True
@@ -694,10 +760,15 @@ class SharedTable:
     def lease_slots(self, name: str, *, on_full: OnFull | None = None,
                     clock: Callable[[], int] | None = None) -> _core.Leases:
         """Leases in flight of the concurrency limit ``name``."""
-        # No clock: on the table a lease ends with its holder's process (seen
-        # in /proc), never with time.  Stores whose leases expire use it.
+        # On the table a lease ends with its holder's process (seen in /proc),
+        # never with time (stores whose leases expire read the clock), so a
+        # limit on the default clock leaves the table's unsettled; one given
+        # a clock (for its acquire timeouts) must run on the table's.
         code = self._user("rates", "a ConcurrencyLimit", on_full)
-        return _core.Leases(self._view, name, code)
+        leases = _core.Leases(self._view, name, code)
+        if clock is not None:
+            self._settle_clock(clock, name)
+        return leases
 
     def flush(self) -> None:
         """Write the table's pages to its file now (quota tables on disk);
@@ -708,6 +779,12 @@ class SharedTable:
 
 def _attach_path(path: str, on_full: OnFull, kind: Kind = "rates") -> SharedTable:
     return SharedTable.attach(path=path, on_full=on_full, kind=kind)
+
+
+def _check_clock_name(clock: Any) -> None:
+    if clock is not None and (not isinstance(clock, str) or clock not in CLOCKS):
+        raise ConfigurationError(
+            f"a table's clock is 'monotonic', 'injected' or None, got {clock!r}")
 
 
 def _kind_id(kind: str) -> int:
@@ -760,6 +837,29 @@ def mapped_by(path: str) -> list[int]:
         except OSError:  # gone, or not ours to read
             continue
     return sorted(found)
+
+
+def check_removable(path: str) -> None:
+    """Refuse to remove ``path`` unless it is a table file of this user: a
+    regular file (not through a link), owned by this process's uid, holding
+    a table's magic (or none yet: a creation that died).  A table that no
+    longer opens (corrupt header, truncated, another layout or namespace)
+    passes: removing it is the way out."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise TableError(f"no table at {path}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise TableError(f"{path} is a symbolic link, not a table: left untouched") from None
+        raise TableError(f"cannot open table {path}: {e.strerror}") from None
+    try:
+        check_owner(fd, path)
+        magic = os.pread(fd, len(MAGIC), 0)
+    finally:
+        os.close(fd)
+    if magic not in (MAGIC, bytes(len(magic))):
+        raise TableError(f"{path} is not a fastlimit table (magic {magic!r}): left untouched")
 
 
 def check_owner(fd: int, path: str) -> None:
@@ -826,7 +926,8 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str, kind: Kind | N
     if header["version"] != LAYOUT_VERSION:
         raise TableError(
             f"table {path} has layout version {int(header['version'])}; this fastlimit "
-            f"uses version {LAYOUT_VERSION}: unlink it, or use the fastlimit that made it")
+            f"uses version {LAYOUT_VERSION}: remove it (`fastlimit rm` with its name, or "
+            f"delete the file) and let it be made again, or use the fastlimit that made it")
     if int(header["checksum"]) != _checksum(raw):
         raise TableError(
             f"table {path}'s header is corrupt (its checksum does not match): its secret or "
@@ -847,7 +948,10 @@ def _prepare(fd: int, path: str, capacity: int | None, mode: str, kind: Kind | N
             f"capacity={have} (or None), or unlink it to resize")
     expected = _segment_bytes(int(header["nbuckets"]))
     if int(header["nbuckets"]) != nbuckets_for(have) or size != expected:
-        raise TableError(f"table {path} is {size} bytes, expected {expected}: it is corrupt")
+        raise TableError(
+            f"table {path} is {size} bytes, expected {expected}: it is corrupt (truncated?); "
+            f"remove it (`fastlimit rm` with its name, or delete the file) once no process "
+            f"maps it, and let it be made again")
     boot = _boot_id()
     if have_kind == "rates" and header["boot_id"] != boot:
         # A table on disk that outlived a reboot: its times count from the old
