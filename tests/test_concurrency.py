@@ -332,3 +332,34 @@ def test_lease_ttl_is_validated(redis_server):
     for bad in (0, -1, "60", True, 10**9):
         with pytest.raises(ConfigurationError, match="lease_ttl must be"):
             redis_backend(redis_server, lease_ttl=bad)
+
+
+def _fill_with_leases(name, keys, ready):
+    lim = ConcurrencyLimit(1, SharedTable.attach(name), name="uploads")
+    for k in range(keys):
+        assert lim.try_acquire(f"k{k}")
+    ready.set()
+    while True:
+        os.sched_yield()
+
+
+def test_slots_of_a_killed_holders_leases_are_reclaimed_for_other_keys(table_name):
+    # a table of one bucket pair: 8 leases of a holder fill it
+    table = SharedTable.open(table_name, capacity=4)
+    slots = len(table.slots)
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    p = ctx.Process(target=_fill_with_leases, args=(table_name, slots, ready))
+    p.start()
+    try:
+        assert ready.wait(60)
+        lim = Limiter("5/1h", store=table, name="api")
+        assert not lim.hit("new-user").allowed, "a live holder's leases are never taken"
+        assert table.stats().full_events == 1
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+    assert [lim.hit("new-user").allowed for _ in range(6)] == [True] * 5 + [False]
+    assert table.stats().full_events == 1, "the dead holder's slots were freed, not full"
+    assert table.stats().lock_breaks >= 1
+    assert table.verify() == []

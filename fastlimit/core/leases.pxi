@@ -11,13 +11,7 @@
 # flight; a holder that dies is replaced by the next acquirer that finds the
 # key full and sees in /proc that the holder is gone.
 
-cdef extern from *:
-    """
-    #define FL_LEASE_BIT ((int64_t)0x4000000000000000LL)
-    #define FL_IS_LEASE(t) ((t) > 0 && ((t) & FL_LEASE_BIT))
-    """
-    const int64_t FL_LEASE_BIT
-    bint FL_IS_LEASE(int64_t) nogil
+# (FL_LEASE_BIT and FL_IS_LEASE are in platform.pxi, with the other words.)
 
 
 cdef inline uint64_t _lease_fp(uint64_t fp, int64_t i) noexcept nogil:

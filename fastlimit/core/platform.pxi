@@ -41,7 +41,11 @@ cdef extern from *:
     #define FL_PID_BITS 22
     #define FL_PID_MASK ((int64_t)((1LL << FL_PID_BITS) - 1))
     #define FL_START_MASK ((uint64_t)((1ULL << 40) - 1))
+    #define FL_LEASE_BIT ((int64_t)0x4000000000000000LL)
+    #define FL_IS_LEASE(t) ((t) > 0 && ((t) & FL_LEASE_BIT))
     """
+    const int64_t FL_LEASE_BIT
+    bint FL_IS_LEASE(int64_t) nogil
     const int64_t FL_FREE
     const int64_t FL_LOCK_BITS
     bint FL_IS_LOCK(int64_t) nogil

@@ -178,17 +178,25 @@ cdef int _dedupe(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, fl_slot* mine
 
 
 cdef int _break_dead_locks(Engine* e, fl_slot* b1, fl_slot* b2) noexcept nogil:
-    """Free the slots of ``b1`` and ``b2`` locked by claimers that died;
-    returns how many.  Only on the way to a full answer, so /proc is read
-    only when a lock stands between a new key and a slot."""
+    """Free the slots of ``b1`` and ``b2`` locked by claimers that died, and
+    the leases whose holders died (else a killed holder's lease slots would
+    stay taken for any other key: a capacity leak over OOM kills and
+    deploys); returns how many.  Only on the way to a full answer, so /proc
+    is read only when such a word stands between a new key and a slot."""
     cdef fl_slot* bucket = b1
-    cdef int64_t t
+    cdef int64_t t, owner
     cdef int i, freed = 0
     while True:
         for i in range(BUCKET_SLOTS):
             t = fl_load_i64(&bucket[i].tat)
-            if (FL_IS_LOCK(t) and t != _my_lock and not fl_proc_alive(
-                    <long>(t & FL_PID_MASK), (<uint64_t>t >> FL_PID_BITS) & FL_START_MASK,
+            if FL_IS_LOCK(t):
+                owner = t
+            elif FL_IS_LEASE(t):
+                owner = (t & ~FL_LEASE_BIT) | FL_LOCK_BITS  # its holder, as a lock word
+            else:
+                continue
+            if (owner != _my_lock and not fl_proc_alive(
+                    <long>(owner & FL_PID_MASK), (<uint64_t>owner >> FL_PID_BITS) & FL_START_MASK,
                     FL_START_MASK)):
                 if fl_cas_i64(&bucket[i].tat, &t, FL_FREE):
                     fl_add_u64(&e.counters[C_LOCK_BREAKS], 1)
