@@ -29,6 +29,7 @@ class Hit:
     shadow: bool
     done: bool
     shadow_denied: bool
+    full: bool
     def __init__(self, meter: Meter, key: Any, name: str, shadow: bool = False) -> None: ...
     def result(self) -> Decision | None: ...
 

@@ -21,6 +21,8 @@ class RouteNode:
     tail: dict[str, list[int]]
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...
 
+FULL_RETRY_AFTER: int
+
 def normalize_path(path: str) -> str: ...
 
 @final
