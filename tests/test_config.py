@@ -218,9 +218,23 @@ def test_policy_opens_the_named_table_of_its_store(table_name, tmp_path):
         other.close()
 
 
+ANON = '[identities.anonymous]\nrate = "5/1m"\n'
+TIER = ANON + "[tiers.A]\nrequests_per_minute = 6\n"
+LONG = "9" * 5000  # past Python's 4300 digits: tomllib raises a bare ValueError
+
+
 @pytest.mark.parametrize(("text", "where", "accepted"), [
-    ("[identities.anonymous]\nrate = \"5/1m\"\n[tiers.A]\nrequests_per_minute = " + "9" * 5000,
-     "a number is too long", "fits in 19 digits"),
+    # numbers too long for Python to read: the key they are at, and what it takes
+    (ANON + "[tiers.A]\nrequests_per_minute = " + LONG, "tiers.A.requests_per_minute",
+     'expected a positive integer or "unlimited", got \'<a number of 5000 digits>\''),
+    (ANON + "[tiers.A]\nrequests_per_minute = -1_" + LONG, "tiers.A.requests_per_minute",
+     "got '<a number of 5001 digits>'"),
+    (TIER + '[routes.x]\nmatch = ["GET /x", ' + LONG + ']\nrate = "5/1m"', "routes.x.match[1]",
+     "expected 'METHOD /path' where METHOD is an HTTP method"),
+    (TIER + "[response]\nbody = { code = " + LONG + " }", "response.body.code",
+     "expected a number of at most 19 digits, got a number of 5000 digits"),
+    (TIER + "[policy]\nipv6_prefix = 5" + LONG[:4400] + "\n[store]\ncapacity = " + LONG,
+     "policy.ipv6_prefix", "an IPv6 prefix length from 1 to 128"),
     ('[identities.anonymous]\nrate = "5/1m"\n[tiers.A]\nrequests_per_minute = 2000000000',
      "tiers.A.requests_per_minute", "between 1 and 1000000000"),
     ('[identities.anonymous]\nrate = "5000000000/1m"', "identities.anonymous.rate",
@@ -230,6 +244,19 @@ def test_policy_opens_the_named_table_of_its_store(table_name, tmp_path):
      "tiers.A.quotas.x", "between 1 and"),
     ('[identities.anonymous]\nrate = "5/1m"\n[store]\ncapacity = 99999999999999',
      "store.capacity", "a capacity from 1 to 1000000000"),
+    # values the checks let through once, then failed on (an OverflowError
+    # at every request, at the policy's start) or with no file or key
+    (TIER + "concurrency = { uploads = 9999999999999999999 }\n"
+     '[concurrency.uploads]\nmatch = ["POST /files"]', "tiers.A.concurrency.uploads",
+     'expected a whole number from 1 to 100000 (leases in flight), or "unlimited"'),
+    (TIER + "concurrency = { uploads = 5 }\n"
+     '[concurrency.uploads]\nmatch = ["POST /files"]\nretry_after = 1' + "0" * 400,
+     "concurrency.uploads.retry_after", "a whole number of seconds from 1 to 86400, got 1000"),
+    (TIER + '[store]\ntable = "../etc/app"', "store.table",
+     "table name '../etc/app' is not valid: use 1-200 letters, digits"),
+    # a long value is quoted cut short
+    (TIER + '[headers]\nreset = "' + "x" * 10_000 + '"', "headers.reset",
+     "got 'xxxxxxxx"),
 ])
 def test_every_config_error_names_the_file_the_key_and_what_is_accepted(tmp_path, text, where,
                                                                         accepted):
@@ -238,5 +265,8 @@ def test_every_config_error_names_the_file_the_key_and_what_is_accepted(tmp_path
     with pytest.raises(ConfigurationError) as e:
         Policy.from_file(path)
     message = str(e.value)
-    assert message.startswith(f"{path}: "), message
-    assert where in message and accepted in message, message
+    assert message.startswith(f"{path}: {where}: "), message
+    assert accepted in message and len(message) < 1000, message
+    if ", got " in message:
+        got = message.rsplit(", got ", 1)[-1]
+        assert message.count(f", got {got}") == 1, message  # said once

@@ -63,6 +63,7 @@ from fastlimit.http.headers import (
     default_responses,
     sf_string,
 )
+from fastlimit.limiters.concurrency import _MAX_LIMIT as MAX_CONCURRENCY
 from fastlimit.limiters.quota import Calendar, QuotaSpec
 from fastlimit.limiters.rate import Rate
 from fastlimit.policy.routes import parse_pattern
@@ -77,6 +78,7 @@ from fastlimit.policy.spec import (
     UsageSpec,
 )
 from fastlimit.stores.table import MAX_CAPACITY
+from fastlimit.stores.table import _resolve as table_path
 
 if sys.version_info >= (3, 11):
     import tomllib as tomllib
@@ -98,6 +100,7 @@ _SIZE_UNITS = {
 _RATE_HELP = "a rate like '5/1m', '100/1h' or '1000/1d'"
 _DEFAULT_NAMES = {"api_key": "api", "session": "session", "token": "token",
                   "anonymous": "anonymous"}
+_MAX_RETRY_AFTER = 86_400  # a concurrency denial's Retry-After: a day at most
 _TIER_KEYS = ("api_access", "requests_per_minute", "rate", "quotas", "concurrency", "caps")
 
 
@@ -124,8 +127,19 @@ class _At:
         return out or "(top level)"
 
     def fail(self, expected: str, value: Any = _MISSING) -> NoReturn:
-        got = "the key is missing" if value is _MISSING else f"got {value!r}"
+        got = "the key is missing" if value is _MISSING else f"got {_shown(value)}"
         raise ConfigurationError(f"{self.source}: {self}: expected {expected}, {got}")
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: an error quotes a value, not a megabyte."""
+    text = repr(value)
+    return text if len(text) <= 200 else f"{text[:100]}... ({len(text)} characters)"
+
+
+def _why(error: Exception, value: Any) -> str:
+    """A check's message for ``fail()``, less the value it got (said once)."""
+    return str(error).removesuffix(f", got {value!r}")
 
 
 def load_file(path: str | os.PathLike[str]) -> PolicySpec:
@@ -141,9 +155,11 @@ def load_file(path: str | os.PathLike[str]) -> PolicySpec:
         Rate(limit=30, period_ns=60000000000)
     """
     source = os.fspath(path)
+    text = ""
     try:
         with open(source, "rb") as f:
-            data = tomllib.load(f)
+            text = f.read().decode()
+        data = tomllib.loads(text)
     except OSError as e:
         raise ConfigurationError(f"{source}: cannot read the policy: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
@@ -155,13 +171,61 @@ def load_file(path: str | os.PathLike[str]) -> PolicySpec:
     except RecursionError:
         raise ConfigurationError(
             f"{source}: not valid TOML: arrays or tables nested too deeply") from None
-    except ValueError as e:  # an integer of more digits than Python reads (4300)
-        raise ConfigurationError(
-            f"{source}: not valid TOML here: a number is too long ({e}); every number "
-            f"in a policy fits in 19 digits") from None
+    except ValueError:  # an integer of more digits than Python reads (4300)
+        data = None
     base = os.path.dirname(os.path.abspath(source))
     default_name = os.path.splitext(os.path.basename(source))[0]
+    if data is None:
+        _number_too_long(text, _At(source), base, default_name)
     return _policy(data, _At(source), base, default_name)
+
+
+# A TOML decimal integer (not part of a float, a date or a bare key's word)
+_INTEGER_RE = re.compile(r"(?<![\w.+-])[+-]?[0-9](?:_?[0-9])*(?![\w.:])", re.ASCII)
+_TOO_LONG_RE = re.compile(r"<a number of ([0-9]+) digits>")
+
+
+def _number_too_long(text: str, at: _At, base: str, default_name: str) -> NoReturn:
+    """Fail naming the key of an integer too long for Python to read.
+
+    tomllib gives no position for it, so the file is read again with each
+    such number as a string saying how long it was: the schema then names
+    its key and what the key accepts."""
+    most = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
+
+    def mark(m: re.Match[str]) -> str:
+        digits = sum(c.isdigit() for c in m.group())
+        return f'"<a number of {digits} digits>"' if most and digits > most else m.group()
+
+    found: list[tuple[_At, str]] = []
+
+    def walk(value: Any, here: _At) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, here / k)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, here / i)
+        elif isinstance(value, str) and _TOO_LONG_RE.fullmatch(value):
+            found.append((here, value))
+
+    try:
+        data = tomllib.loads(_INTEGER_RE.sub(mark, text))
+        walk(data, at)
+    except (ValueError, RecursionError):
+        pass
+    if not found:
+        raise ConfigurationError(
+            f"{at.source}: a number is too long to read; expected numbers of at most 19 "
+            f"digits") from None
+    where, marked = found[0]
+    try:
+        _policy(data, at, base, default_name)
+    except ConfigurationError as e:
+        if str(e).startswith(f"{at.source}: {where}: "):
+            raise e from None  # what that key accepts, from the schema
+    raise ConfigurationError(f"{at.source}: {where}: expected a number of at most 19 digits, "
+                             f"got {marked[1:-1]}") from None
 
 
 def load_dict(
@@ -312,7 +376,7 @@ def _tier_fields(value: Any, at: _At) -> dict[str, Any]:
         try:
             out["rate"] = None if n is None else Rate(n, 60 * 10**9)
         except ConfigurationError as e:
-            here.fail(f'a positive integer or "unlimited" ({e})', n)
+            here.fail(f'a positive integer or "unlimited" ({_why(e, n)})', n)
     if "rate" in table:
         out["rate"] = _rate(table["rate"], at / "rate", unlimited=True)
     if "quotas" in table:
@@ -320,7 +384,7 @@ def _tier_fields(value: Any, at: _At) -> dict[str, Any]:
                          for k, v in _table(table["quotas"], at / "quotas", None).items()}
     if "concurrency" in table:
         out["concurrency"] = {
-            k: _int_or_unlimited(v, at / "concurrency" / k)
+            k: _concurrency(v, at / "concurrency" / k)
             for k, v in _table(table["concurrency"], at / "concurrency", None).items()}
     if "caps" in table:
         out["caps"] = {
@@ -364,8 +428,10 @@ def _patterns(match: Any, at: _At) -> tuple[str, ...]:
         try:
             parse_pattern(p)
         except ConfigurationError as e:
+            why = _why(e, p)
             (at / i if isinstance(match, list) else at).fail(
-                str(e).removeprefix("expected "), p)
+                why.removeprefix("expected ") if why.startswith("expected ")
+                else f"a valid pattern ({why})", p)
     return tuple(patterns)
 
 
@@ -445,7 +511,7 @@ def _usage(
                 patterns=_patterns(fields.get("match", _MISSING),
                                    here if short else here / "match"),
                 tz=tz,
-                retry_after=_pos_int(fields.get("retry_after", 1), here / "retry_after"),
+                retry_after=_retry_after(fields.get("retry_after", 1), here / "retry_after"),
             ))
     return tuple(out)
 
@@ -458,7 +524,7 @@ def _store(value: Any, at: _At, base: str) -> StoreSpec:
     overrides = table.get("overrides")
     quotas = table.get("quotas")
     return StoreSpec(
-        table=None if name is None else _str(name, at / "table"),
+        table=None if name is None else _table_name(name, at / "table"),
         capacity=None if capacity is None else _capacity(capacity, at / "capacity"),
         overrides=None if overrides is None else os.path.join(
             base, _str(overrides, at / "overrides")),
@@ -489,6 +555,15 @@ def _str(value: Any, at: _At) -> str:
     if not isinstance(value, str) or not value:
         at.fail("a non-empty string", value)
     return value
+
+
+def _table_name(value: Any, at: _At) -> str:
+    name = _str(value, at)
+    try:
+        table_path(name, None)  # the check SharedTable.open makes, at load time
+    except ConfigurationError as e:
+        raise ConfigurationError(f"{at.source}: {at}: {e}") from None
+    return name
 
 
 def _name(value: Any, at: _At) -> str:
@@ -522,6 +597,20 @@ def _ipv6_prefix(value: Any, at: _At) -> int:
 def _capacity(value: Any, at: _At) -> int:
     if _pos_int(value, at) > MAX_CAPACITY:
         at.fail(f"a capacity from 1 to {MAX_CAPACITY} keys", value)
+    return int(value)
+
+
+def _concurrency(value: Any, at: _At) -> int | None:
+    n = _int_or_unlimited(value, at)
+    if n is not None and n > MAX_CONCURRENCY:
+        at.fail(f'a whole number from 1 to {MAX_CONCURRENCY} (leases in flight), or "unlimited"',
+                n)
+    return n
+
+
+def _retry_after(value: Any, at: _At) -> int:
+    if _pos_int(value, at) > _MAX_RETRY_AFTER:
+        at.fail(f"a whole number of seconds from 1 to {_MAX_RETRY_AFTER}", value)
     return int(value)
 
 
@@ -570,7 +659,7 @@ def _quota(value: Any, at: _At) -> QuotaSpec | None:
             return QuotaSpec(value, "month")
         return QuotaSpec.parse(value)
     except ConfigurationError as e:
-        at.fail(f"{expected} ({e})" if isinstance(value, int) else expected, value)
+        at.fail(f"{expected} ({_why(e, value)})" if isinstance(value, int) else expected, value)
 
 
 def _size(value: Any, at: _At) -> int | None:
