@@ -38,7 +38,8 @@ def table_name():
     yield name
     base = os.path.join(shm_dir(), f"fastlimit.{name}")
     # the table, and the overrides a Policy keeps beside it
-    for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen"):
+    for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen",
+                 f"{base}.anonymous"):
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -74,13 +74,14 @@ def test_web_demo_serves_a_policy_exactly_and_stops_its_server(tmp_path, capsys)
     # the workers' checks, counted in the kept table and read by this process
     name = os.path.basename(table).removeprefix("fastlimit.")
     assert f"as `fastlimit stats {name}` reports them" in text
-    stats = _cli_json(capsys, "stats", name, "--json")
+    # the per-IP keys count in the table beside it
+    both = [_cli_json(capsys, "stats", n, "--json") for n in (name, f"{name}.anonymous")]
     admitted = sum(int(cells[-4]) for cells in rows.values())
     denied = sum(int(cells[-3]) for cells in rows.values())
-    assert stats["lock_timeouts"] == 0 and stats["full_events"] == 0
+    assert all(s["lock_timeouts"] == 0 and s["full_events"] == 0 for s in both)
     # each admitted request passed every limit it met, each 429 failed one
-    assert sum(x["allowed"] for x in stats["limiters"]) >= admitted > 0
-    assert sum(x["denied"] for x in stats["limiters"]) >= denied > 0
+    assert sum(x["allowed"] for s in both for x in s["limiters"]) >= admitted > 0
+    assert sum(x["denied"] for s in both for x in s["limiters"]) >= denied > 0
     assert main(["rm", name]) == 0
     assert not glob.glob(os.path.join(table_mod.shm_dir(), f"fastlimit.{name}*"))
 
@@ -174,7 +175,8 @@ def test_rm_removes_the_table_and_its_overrides(table_name, capsys):
     base = os.path.join(table_mod.shm_dir(), f"fastlimit.{table_name}")
     assert os.path.exists(base)
     r = _cli_json(capsys, "rm", table_name, "--json")
-    assert r == {"removed": [base, f"{base}.overrides.json.gen"]}  # no overrides were written
+    # no overrides were written; the per-IP keys' table goes with it
+    assert r == {"removed": [base, f"{base}.overrides.json.gen", f"{base}.anonymous"]}
     assert not glob.glob(base + "*")
     assert main(["stats", table_name]) == 2
     assert "no table at" in capsys.readouterr().err

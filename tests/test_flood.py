@@ -232,3 +232,53 @@ def test_the_secret_differs_per_table_and_stays_with_it(table_name):
     others = {bytes(SharedTable.anonymous(capacity=10).header["secret"].tobytes())
               for _ in range(50)}
     assert len(others) == 50 and bytes(16) not in others
+
+
+# -- an anonymous flood against the callers who sign in --------------------------------
+
+
+def _flood_policy(table_name, clock, capacity=1000):
+    return Policy.from_dict({
+        "store": {"table": table_name, "capacity": capacity},
+        "identities": {"session": {"rate": "100/1m"}, "api_key": {"rate": "100/1m"},
+                       "anonymous": {"rate": "5/1m"}},
+        "routes": {"POST /login": "5/1m"},
+    }, clock=clock)
+
+
+def _ip(i):
+    return str(ipaddress.IPv4Address(0x0A000000 + i))
+
+
+def test_an_anonymous_flood_never_starves_new_authenticated_callers(table_name):
+    from fastlimit import Identity
+    clock = FakeClock()
+    policy = _flood_policy(table_name, clock)
+    live = [Identity.session(f"live-{i}") for i in range(200)]
+    for who in live:
+        for _ in range(3):
+            assert policy.hit("GET", "/v1/items", who, "192.0.2.1").allowed
+    # 10x capacity of new addresses, 2 per-IP keys a request (the caller, the route),
+    # all live for the minute the clock stands still
+    for i in range(10 * 1000):
+        policy.hit("POST", "/login", None, _ip(i))
+    anonymous = policy.anonymous_store.stats()
+    assert anonymous.full_events > 0, "the flood did fill the per-IP keys' table"
+    # (within the capacity: 200 live and 500 new authenticated keys of 1000)
+    new = [Identity.session(f"new-{i}") for i in range(250)] + [
+        Identity.api_key(f"k{i}", "x", account=f"acct-{i}") for i in range(250)]
+    denied = sum(not policy.hit("GET", "/v1/items", who, _ip(99_999)).allowed for who in new)
+    assert denied <= len(new) // 100  # at most 1% (here: none)
+    assert denied == 0
+    for who in live:  # not one live authenticated key reset
+        assert dict(policy.hit("GET", "/v1/items", who, "192.0.2.1").headers)[
+            "X-RateLimit-Remaining"] == "96"
+    assert policy.store.stats().full_events == 0
+    tables = policy.tables
+    assert tables["authenticated"] is policy.store
+    assert tables["anonymous"].stats().full_events == anonymous.full_events
+    from fastlimit.stores.metrics import prometheus_text
+    text = prometheus_text(*tables.values())
+    assert f'fastlimit_table_full_events_total{{table="{table_name}"}} 0' in text
+    assert f'fastlimit_table_full_events_total{{table="{table_name}.anonymous"}} ' in text
+    policy.close()

@@ -96,7 +96,8 @@ class Deployment:
     def __exit__(self, *exc):
         self.server.stop()
         base = os.path.join(table_mod.shm_dir(), f"fastlimit.{self.table}")
-        for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen"):
+        for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen",
+                     f"{base}.anonymous"):
             if os.path.exists(path):
                 os.unlink(path)
 

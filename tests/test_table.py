@@ -474,7 +474,8 @@ def test_a_table_runs_on_one_clock(table_name, clock):
                                                      r"but table .* runs on CLOCK_MONOTONIC"):
             Limiter("5/1m", store=t, name="c", clock=foreign)
     with pytest.raises(ConfigurationError, match="runs on CLOCK_MONOTONIC"):
-        Policy.from_dict({"identities": {"anonymous": {"rate": "5/1m"}}}, store=t, clock=clock)
+        Policy.from_dict({"identities": {"session": {"rate": "9/1m"},
+                                         "anonymous": {"rate": "5/1m"}}}, store=t, clock=clock)
 
 
 def test_a_table_of_an_injected_clock_refuses_the_monotonic_one(clock):

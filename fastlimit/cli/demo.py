@@ -259,7 +259,8 @@ def _wait_until_all_answer(port: int, workers: int, timeout: float = 30.0) -> No
 
 def _cleanup(table: str) -> None:
     base = os.path.join(table_mod.shm_dir(), f"fastlimit.{table}")
-    for path in (base, *overrides.files_of(overrides.default_path(base))):
+    for path in (base, table_mod.anonymous_path(base),
+                 *overrides.files_of(overrides.default_path(base))):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -309,14 +310,17 @@ def web_demo(policy_path: str | None = None, *, workers: int = 4, max_requests: 
         finally:
             server.stop()
             try:
-                with SharedTable.attach(table) as t:
-                    stats = table_report(t)
+                reports = []
+                for name in (table, f"{table}.anonymous"):  # the per-IP keys' table too
+                    with SharedTable.attach(name) as t:
+                        reports.append((name, table_report(t)))
             finally:
                 if not keep_table:
                     _cleanup(table)
     good = report(rows, workers, out)
-    print(f"\nThe workers' checks, as `fastlimit stats {table}` reports them:", file=out)
-    print_table_report(stats, out)
+    for name, stats in reports:
+        print(f"\nThe workers' checks, as `fastlimit stats {name}` reports them:", file=out)
+        print_table_report(stats, out)
     if keep_table:
         print(f"\nStopped gunicorn (pid {pid}); the table is kept: `fastlimit stats {table}`, "
               f"then `fastlimit rm {table}`.", file=out)

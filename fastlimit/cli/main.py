@@ -28,6 +28,7 @@ from fastlimit.stores.table import (
     LimiterStats,
     SharedTable,
     _resolve,
+    anonymous_path,
     check_removable,
     mapped_by,
 )
@@ -202,8 +203,12 @@ def remove(name: str, out: TextIO | None = None, as_json: bool = False,
     except FileNotFoundError:
         pass
     removed = [path]
-    # a policy's run-time overrides live beside its table: they go with it
-    for extra in overrides.files_of(overrides.default_path(path)):
+    # a policy's run-time overrides and its per-IP keys' table live beside
+    # its table: they go with it
+    sibling = anonymous_path(path)
+    if os.path.exists(sibling) and not name.endswith(".anonymous"):
+        check_removable(sibling)
+    for extra in (*overrides.files_of(overrides.default_path(path)), sibling):
         try:
             os.unlink(extra)
             removed.append(extra)

@@ -67,6 +67,7 @@ cdef class Bucket:
     cdef readonly object rate
     cdef readonly bint shadow
     cdef readonly int ipv6_prefix    # per-IP keys of IPv6 clients: their /ipv6_prefix
+    cdef public Bucket by_ip         # where its per-IP keys count (the anonymous class's table)
     cdef object make_limiter
     cdef dict meters
     cdef Meter default

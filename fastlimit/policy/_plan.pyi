@@ -40,6 +40,7 @@ class Bucket:
     rate: Any
     shadow: bool
     ipv6_prefix: int
+    by_ip: Bucket
     def __init__(self, name: str, bucket: str, rate: Any, shadow: bool,
                  make_limiter: Callable[[Any, str], Any], ipv6_prefix: int = ...) -> None: ...
     def limiter(self, rate: Any) -> Any: ...

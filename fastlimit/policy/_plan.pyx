@@ -464,6 +464,7 @@ cdef class Bucket:
         self.rate = rate
         self.shadow = shadow
         self.ipv6_prefix = ipv6_prefix
+        self.by_ip = self
         self.make_limiter = make_limiter
         self.meters = {}
         self.default = None if rate is None else self.meter(rate)
@@ -746,7 +747,11 @@ cdef class Plan:
         b = <Bucket>self.by_kind[kind]
         if b is not None and not rs.dedicated:
             d.applied = _KIND_NAMES[kind]
-            key = subject if subject is not None else _need_ip(client_ip, b)
+            if subject is None:  # per IP: in the anonymous class's slots
+                key = _need_ip(client_ip, b)
+                b = b.by_ip
+            else:
+                key = subject
             if m is None and tier is None:
                 m, rate = b.default, b.rate
             m = self._rate_meter(b, m, rate, key)
@@ -754,7 +759,11 @@ cdef class Plan:
                 first = new_hit(m, key, b.name, b.shadow)
         for r in rs.rules:
             b = r.anonymous if kind == K_ANONYMOUS and r.anonymous is not None else r.limit
-            key = _need_ip(client_ip, b) if r.per_ip or subject is None else subject
+            if r.per_ip or subject is None:
+                key = _need_ip(client_ip, b)
+                b = b.by_ip
+            else:
+                key = subject
             h = new_hit(self._rate_meter(b, b.default, b.rate, key), key, b.name, b.shadow)
             if first is None:
                 first = h

@@ -12,8 +12,10 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
                   count an IPv6 client under its /64; 128: each address)
     [store]       table = "myapp"; capacity = 100000; overrides = "overrides.json";
                   quotas = "state/quotas.tbl"; quota_capacity = 262144 ((account,
-                  quota) pairs one period can hold: accounts x quotas; table, quotas
-                  and quota_capacity: unused when the Policy is given a RedisBackend)
+                  quota) pairs one period can hold: accounts x quotas);
+                  anonymous_capacity = 100000 (per-IP keys count in a table of their
+                  own, <table>.anonymous, this big; default: capacity) (all but
+                  overrides unused when the Policy is given a RedisBackend)
     [headers]     reset = "epoch" | "iso" | "delta"; legacy = true; ietf = false
     [response]    status = 429; content_type = "application/json"; body = {...}
     [identities.api_key]    rate = "tier" | "<rate>" | "unlimited"; name = "api"; shadow
@@ -517,10 +519,12 @@ def _usage(
 
 
 def _store(value: Any, at: _At, base: str) -> StoreSpec:
-    table = _table(value, at, ("table", "capacity", "overrides", "quotas", "quota_capacity"))
+    table = _table(value, at, ("table", "capacity", "overrides", "quotas", "quota_capacity",
+                               "anonymous_capacity"))
     name = table.get("table")
     capacity = table.get("capacity")
     quota_capacity = table.get("quota_capacity")
+    anonymous_capacity = table.get("anonymous_capacity")
     overrides = table.get("overrides")
     quotas = table.get("quotas")
     return StoreSpec(
@@ -531,6 +535,8 @@ def _store(value: Any, at: _At, base: str) -> StoreSpec:
         quotas=None if quotas is None else os.path.join(base, _str(quotas, at / "quotas")),
         quota_capacity=None if quota_capacity is None else _capacity(
             quota_capacity, at / "quota_capacity"),
+        anonymous_capacity=None if anonymous_capacity is None else _capacity(
+            anonymous_capacity, at / "anonymous_capacity"),
     )
 
 

@@ -52,7 +52,7 @@ from fastlimit.policy.identity import Identity
 from fastlimit.policy.overrides import Overrides, default_path
 from fastlimit.policy.routes import RouteTable
 from fastlimit.policy.spec import DEFAULT_QUOTA_CAPACITY, PolicySpec, TierSpec, UsageSpec
-from fastlimit.stores.table import SharedTable, state_dir
+from fastlimit.stores.table import SharedTable, anonymous_path, state_dir
 
 __all__ = ["Identity", "Policy", "PolicyDecision", "Resolution"]
 
@@ -141,6 +141,11 @@ class Policy:
                 store = SharedTable.anonymous(capacity=spec.store.capacity or 65_536)
             self._owned.append(store)
         self.store = store
+        self.anonymous_store = self._open_anonymous_store(store)
+        """Where per-IP keys count (anonymous callers, per-IP routes): a
+        table of their own beside a shared table, so a flood of new
+        addresses fills only it and never takes the slots new authenticated
+        callers need; the store itself when it has no fixed capacity (Redis)."""
         self.overrides = self._open_overrides(overrides, store)
         self._wall_clock = wall_clock or time.time_ns
         self._clock = clock
@@ -167,19 +172,35 @@ class Policy:
         def limiter(rate: Rate, bucket: str) -> Limiter:
             return Limiter(rate, self.store, name=bucket, clock=self._clock)
 
-        def bucket(name: str, rate: Any, shadow: bool, prefix: int, suffix: str = "") -> Bucket:
-            return Bucket(name, f"{spec.name}/{name}{suffix}", rate, shadow or spec.shadow,
-                          limiter, prefix)
+        def ip_limiter(rate: Rate, bucket: str) -> Limiter:
+            return Limiter(rate, self.anonymous_store, name=bucket, clock=self._clock)
+
+        separate = self.anonymous_store is not self.store
+
+        def bucket(name: str, rate: Any, shadow: bool, prefix: int, suffix: str = "", *,
+                   per_ip: bool = False, by_ip: bool = True) -> Bucket:
+            """A limit's bucket; ``per_ip``: only per-IP keys count in it;
+            ``by_ip``: some may (they count in its twin on the anonymous
+            class's table)."""
+            args = (name, f"{spec.name}/{name}{suffix}", rate, shadow or spec.shadow)
+            if per_ip and separate:
+                return Bucket(*args, ip_limiter, prefix)
+            b = Bucket(*args, limiter, prefix)
+            if by_ip and separate:
+                b.by_ip = Bucket(*args, ip_limiter, prefix)
+            return b
 
         identities = {kind: bucket(s.name, s.rate if isinstance(s.rate, Rate) else None,
-                                   s.shadow, s.ipv6_prefix)
+                                   s.shadow, s.ipv6_prefix, per_ip=kind == "anonymous",
+                                   by_ip=False)
                       for kind, s in spec.identities.items()}
         rules: list[tuple[str, RouteRule | Usage]] = []
         for r in spec.routes:
-            rule = RouteRule(r, bucket(r.name, r.rate, r.shadow, r.ipv6_prefix),
+            rule = RouteRule(r, bucket(r.name, r.rate, r.shadow, r.ipv6_prefix,
+                                       per_ip=r.per == "ip"),
                              None if r.anonymous_rate is None else
                              bucket(r.name, r.anonymous_rate, r.shadow, r.ipv6_prefix,
-                                    "#anonymous"))
+                                    "#anonymous", per_ip=True))
             rules += [(p, rule) for p in r.patterns]
         for u in spec.usage:
             usage = Usage(u, self._concurrency.get(u.name))
@@ -222,6 +243,17 @@ class Policy:
         """
         return cls(load_dict(data), **options)
 
+    def _open_anonymous_store(self, store: Any) -> Any:
+        if not isinstance(store, SharedTable) or store.kind != "rates":
+            return store  # no fixed capacity to share out (Redis; a store of your own)
+        capacity = self.spec.store.anonymous_capacity or store.capacity
+        if store.path is None:
+            table = SharedTable.anonymous(capacity)
+        else:
+            table = SharedTable.open(path=anonymous_path(store.path), capacity=capacity)
+        self._owned.append(table)
+        return table
+
     def _open_overrides(self, given: Overrides | str | os.PathLike[str] | None,
                         store: Any) -> Overrides:
         if isinstance(given, Overrides):
@@ -236,6 +268,16 @@ class Policy:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def tables(self) -> dict[str, SharedTable]:
+        """Its shared tables by the class of key they hold: ``"authenticated"``
+        (API keys, sessions, tokens, accounts) and ``"anonymous"`` (per-IP
+        keys); their ``stats().full_events`` are each class's, and
+        ``prometheus_text(*policy.tables.values())`` labels them by table.
+        Empty on a store that is not a table (Redis)."""
+        found = {"authenticated": self.store, "anonymous": self.anonymous_store}
+        return {k: t for k, t in found.items() if isinstance(t, SharedTable)}
 
     @property
     def tiers(self) -> Mapping[str, TierSpec]:

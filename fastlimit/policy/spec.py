@@ -152,6 +152,7 @@ class StoreSpec:
     overrides: str | None = None
     quotas: str | None = None
     quota_capacity: int | None = None  # None: DEFAULT_QUOTA_CAPACITY
+    anonymous_capacity: int | None = None  # per-IP keys' own table; None: as capacity
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,8 @@ from fastlimit.errors import ConfigurationError, TableError
 from fastlimit.stores.contract import Kind as StateKind
 from fastlimit.stores.contract import on_full_code
 
-__all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats", "check_owner",
+__all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats", "anonymous_path",
+           "check_owner",
            "check_removable", "mapped_by", "shm_dir", "state_dir"]
 
 log = logging.getLogger("fastlimit")
@@ -124,6 +125,13 @@ HEADER_DTYPE = np.dtype(
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 OnFull = Literal["deny", "allow", "raise"]
+def anonymous_path(path: str) -> str:
+    """The file of the table beside ``path`` where a policy's per-IP keys
+    count (the anonymous callers' class): ``<path>.anonymous``, the table
+    named ``<name>.anonymous`` for a named one."""
+    return f"{path}.anonymous"
+
+
 def shm_dir() -> str:
     """Where named tables live: ``$FASTLIMIT_SHM_DIR`` or ``/dev/shm``."""
     return os.environ.get("FASTLIMIT_SHM_DIR", "/dev/shm")
