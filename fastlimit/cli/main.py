@@ -27,10 +27,10 @@ from fastlimit.stores.metrics import prometheus_text
 from fastlimit.stores.table import (
     LimiterStats,
     SharedTable,
-    _resolve,
     anonymous_path,
     check_removable,
     mapped_by,
+    table_path,
 )
 
 QUOTA_COUNT_BITS = QUOTA_MAX_COUNT.bit_length()
@@ -92,7 +92,7 @@ def _open(name: str) -> SharedTable:
 
 def _path(name: str) -> str:
     """The file of the table ``name`` (a path when it holds a '/')."""
-    return name if "/" in name else _resolve(name, None)
+    return name if "/" in name else table_path(name)
 
 
 def stats(name: str, out: TextIO | None = None, as_json: bool = False) -> int:

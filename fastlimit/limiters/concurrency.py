@@ -14,10 +14,10 @@ from fastlimit.limiters.limiter import Key
 from fastlimit.stores.contract import LeaseSlots, Renewable, require_sync
 from fastlimit.stores.table import OnFull, SharedTable
 
-__all__ = ["ConcurrencyLimit", "Lease"]
+__all__ = ["MAX_LIMIT", "ConcurrencyLimit", "Lease"]
 
 NS = 1_000_000_000
-_MAX_LIMIT = 100_000
+MAX_LIMIT = 100_000
 
 
 class Lease:
@@ -255,9 +255,9 @@ class _Acquire:
 def _check_limit(limit: int | None) -> int | None:
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_LIMIT:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise ConfigurationError(
-            f"a concurrency limit must be an int between 1 and {_MAX_LIMIT} (or None for "
+            f"a concurrency limit must be an int between 1 and {MAX_LIMIT} (or None for "
             f"unlimited), got {limit!r}")
     return limit
 

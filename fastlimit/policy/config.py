@@ -65,7 +65,7 @@ from fastlimit.http.headers import (
     default_responses,
     sf_string,
 )
-from fastlimit.limiters.concurrency import _MAX_LIMIT as MAX_CONCURRENCY
+from fastlimit.limiters.concurrency import MAX_LIMIT as MAX_CONCURRENCY
 from fastlimit.limiters.quota import Calendar, QuotaSpec
 from fastlimit.limiters.rate import Rate
 from fastlimit.policy.routes import parse_pattern
@@ -79,8 +79,7 @@ from fastlimit.policy.spec import (
     TierSpec,
     UsageSpec,
 )
-from fastlimit.stores.table import MAX_CAPACITY
-from fastlimit.stores.table import _resolve as table_path
+from fastlimit.stores.table import MAX_CAPACITY, table_path
 
 if sys.version_info >= (3, 11):
     import tomllib as tomllib

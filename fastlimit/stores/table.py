@@ -32,7 +32,7 @@ from fastlimit.stores.contract import on_full_code
 
 __all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats", "anonymous_path",
            "check_owner",
-           "check_removable", "mapped_by", "shm_dir", "state_dir"]
+           "check_removable", "mapped_by", "shm_dir", "state_dir", "table_path"]
 
 log = logging.getLogger("fastlimit")
 
@@ -370,7 +370,7 @@ class SharedTable:
             TableError: the file is not a compatible fastlimit table, its
                 capacity differs, or there is no space for it.
         """
-        return cls._open(_resolve(name, path), capacity, "open", on_full, kind, clock)
+        return cls._open(table_path(name, path), capacity, "open", on_full, kind, clock)
 
     @classmethod
     def create(
@@ -384,7 +384,7 @@ class SharedTable:
         clock: Clock | None = None,
     ) -> SharedTable:
         """Create the table ``name``; fails if it already exists."""
-        return cls._open(_resolve(name, path), capacity, "create", on_full, kind, clock)
+        return cls._open(table_path(name, path), capacity, "create", on_full, kind, clock)
 
     @classmethod
     def attach(
@@ -400,7 +400,7 @@ class SharedTable:
         """Attach to the existing table ``name``; fails if there is none
         (or, when ``kind`` or ``clock`` is given, if it holds another kind
         or runs on another clock)."""
-        return cls._open(_resolve(name, path), capacity, "attach", on_full, kind, clock)
+        return cls._open(table_path(name, path), capacity, "attach", on_full, kind, clock)
 
     @classmethod
     def anonymous(
@@ -809,7 +809,8 @@ def _kind_of(clock_id: int) -> Kind:
     raise TableError(f"unknown table kind (clock id {clock_id})")
 
 
-def _resolve(name: str | None, path: str | os.PathLike[str] | None) -> str:
+def table_path(name: str | None, path: str | os.PathLike[str] | None = None) -> str:
+    """The file of the table ``name`` (or ``path`` itself), checking the name."""
     if path is not None:
         return os.fspath(path)
     if name is None:
