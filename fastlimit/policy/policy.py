@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from fastlimit.errors import ConfigurationError
 from fastlimit.limiters.composite import CompositeResult, LimitCheck
 from fastlimit.limiters.concurrency import ConcurrencyLimit
 from fastlimit.limiters.limiter import Limiter
@@ -261,7 +262,14 @@ class Policy:
         path = given if given is not None else self.spec.store.overrides
         if path is None and getattr(store, "path", None) is not None:
             path = default_path(store.path)
-        overrides = Overrides(path)
+        try:
+            overrides = Overrides(path)
+        except (ConfigurationError, OSError) as e:
+            if given is not None or self.spec.store.overrides is None:
+                raise
+            raise ConfigurationError(
+                f"{self.spec.source}: store.overrides: {e}; expected a file in a directory "
+                f"that exists and is this user's") from None
         self._owned.append(overrides)
         return overrides
 
