@@ -15,6 +15,7 @@ cdef struct Engine:
     fl_slot* slots
     uint64_t nbuckets
     uint64_t* counters
+    bint evict        # a new key meeting full buckets takes the live rate slot due soonest
 
 
 cdef struct fl_reg:

@@ -274,6 +274,7 @@ def test_every_config_error_names_the_file_the_key_and_what_is_accepted(tmp_path
 
 def test_an_overrides_file_in_a_missing_directory_names_the_file_and_key(tmp_path):
     path = tmp_path / "policy.toml"
-    path.write_text('[store]\noverrides = "missing/o.json"\n[identities.anonymous]\nrate = "5/1m"\n')
+    path.write_text('[store]\noverrides = "missing/o.json"\n'
+                    '[identities.anonymous]\nrate = "5/1m"\n')
     with pytest.raises(ConfigurationError, match=f"^{path}: store.overrides: .*missing/o.json"):
         Policy.from_file(path)

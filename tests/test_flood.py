@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 from servers import call_wsgi
 
-from fastlimit import FakeClock, Limiter, Policy, SharedTable, TableFullError, wsgi
+from fastlimit import (
+    ConfigurationError,
+    FakeClock,
+    Limiter,
+    Policy,
+    SharedTable,
+    TableFullError,
+    wsgi,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -281,4 +289,79 @@ def test_an_anonymous_flood_never_starves_new_authenticated_callers(table_name):
     text = prometheus_text(*tables.values())
     assert f'fastlimit_table_full_events_total{{table="{table_name}"}} 0' in text
     assert f'fastlimit_table_full_events_total{{table="{table_name}.anonymous"}} ' in text
+    policy.close()
+
+
+# -- an evicting table: the key due soonest is forgotten, never a lease ---------------
+
+
+def test_an_evicting_table_forgets_the_key_due_soonest(table_name):
+    clock = FakeClock()
+    table = SharedTable.open(table_name, capacity=4, on_full="evict")  # one bucket pair
+    slots = len(table.slots)
+    lim = Limiter("10/1h", store=table, clock=clock)
+    for k in range(slots):  # each later key is due later
+        assert lim.hit(f"k{k}").allowed
+        clock.advance(1)
+    assert lim.hit("k3").allowed  # k3 is now due later than k0
+    assert lim.hit("new").allowed, "a new key gets in"
+    assert table.stats().evictions == 1 and table.stats().full_events == 0
+    assert lim.peek("k0").remaining == 10, "k0, due soonest, was forgotten"
+    assert lim.peek("k3").remaining == 8 and lim.peek("new").remaining == 9
+    assert table.verify() == []
+
+
+def test_an_evicting_table_never_takes_a_lease(table_name):
+    from fastlimit import ConcurrencyLimit
+    table = SharedTable.open(table_name, capacity=4, on_full="evict")
+    leases = ConcurrencyLimit(1, table, name="uploads")
+    held = [leases.try_acquire(f"k{k}") for k in range(len(table.slots))]
+    assert all(held)
+    assert not Limiter("10/1m", store=table).hit("new").allowed  # nothing to evict: deny
+    assert table.stats().full_events == 1 and table.stats().evictions == 0
+    assert all(leases.in_flight(f"k{k}") == 1 for k in range(len(held)))
+
+
+def test_evict_is_for_rate_tables(tmp_path):
+    with pytest.raises(ConfigurationError, match="on_full='evict' is for tables of rates"):
+        SharedTable.open(path=tmp_path / "q.tbl", capacity=10, kind="quotas", on_full="evict")
+    with pytest.raises(ConfigurationError, match="on_full must be one of"):
+        Limiter("1/1s", on_full="evict")
+
+
+def _flood_evicting(name, start, n):
+    lim = Limiter("5/1m", store=SharedTable.attach(name, on_full="evict"))
+    for i in range(start, start + n):
+        lim.hit(i)
+
+
+def test_processes_flooding_an_evicting_table_leave_it_sound(table_name):
+    import multiprocessing as mp
+    table = SharedTable.open(table_name, capacity=500, on_full="evict")
+    ctx = mp.get_context("fork")
+    workers = [ctx.Process(target=_flood_evicting, args=(table_name, w * 50_000, 20_000))
+               for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(120)
+        assert p.exitcode == 0
+    stats = table.stats()
+    assert stats.evictions > 0 and stats.locked_slots == 0 and stats.lock_timeouts == 0
+    assert table.verify() == []
+
+
+def test_a_new_anonymous_caller_gets_in_during_a_flood_on_an_evicting_table(table_name):
+    clock = FakeClock()
+    policy = Policy.from_dict({
+        "store": {"table": table_name, "capacity": 1000, "anonymous_on_full": "evict"},
+        "identities": {"session": {"rate": "100/1m"}, "anonymous": {"rate": "5/1m"}},
+        "routes": {"POST /login": "5/1m"},
+    }, clock=clock)
+    for i in range(10 * 1000):
+        policy.hit("POST", "/login", None, _ip(i))
+    late = [policy.hit("GET", "/", None, f"198.51.100.{i}").allowed for i in range(100)]
+    assert all(late), "the flood's own keys were forgotten first"
+    assert policy.anonymous_store.stats().evictions > 0
+    assert policy.anonymous_store.verify() == []
     policy.close()

@@ -57,6 +57,7 @@ cdef class TableView:
         self.engine.slots = <fl_slot*>(base + slots_offset)
         self.engine.nbuckets = nbuckets
         self.engine.counters = <uint64_t*>(base + counters_offset)
+        self.engine.evict = False
         self.secret0 = secret0
         self.secret1 = secret1
         self.reg = <fl_reg*>(base + metrics_offset)
@@ -152,6 +153,13 @@ cdef class TableView:
             raise RuntimeError("slot changed")
         fl_store_u64_sc(&s.fp, fp)
         return s - e.slots
+
+
+def set_evict(TableView view, bint evict):
+    """Make new keys that meet full buckets in ``view``'s table take the
+    live rate slot due soonest (True) or find the table full (False): a
+    choice of this process's mapping, made by ``SharedTable``."""
+    view.engine.evict = evict
 
 
 def header_cas(buffer, Py_ssize_t offset, int64_t expected, int64_t value):

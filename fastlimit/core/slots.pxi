@@ -20,6 +20,7 @@ cdef enum:
     C_FULL = 0
     C_LOCK_BREAKS = 1
     C_LOCK_TIMEOUTS = 2
+    C_EVICTIONS = 3
     # on_full policies
     ON_FULL_DENY = 0
     ON_FULL_ALLOW = 1
@@ -206,6 +207,23 @@ cdef int _break_dead_locks(Engine* e, fl_slot* b1, fl_slot* b2) noexcept nogil:
         bucket = b2
 
 
+cdef fl_slot* _soonest(fl_slot* b1, fl_slot* b2, int64_t now) noexcept nogil:
+    """The slot of ``b1`` and ``b2`` whose live rate state ends soonest (not a
+    lease, not a claim in flight), or NULL."""
+    cdef fl_slot* bucket = b1
+    cdef fl_slot* best = NULL
+    cdef int64_t t, least = 0
+    cdef int i
+    while True:
+        for i in range(BUCKET_SLOTS):
+            t = fl_load_i64(&bucket[i].tat)
+            if t > now and not FL_IS_LEASE(t) and (best == NULL or t < least):
+                best, least = bucket + i, t
+        if bucket == b2 or b1 == b2:
+            return best
+        bucket = b2
+
+
 cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
                 int64_t value) noexcept nogil:
     """Make a free slot fp's, holding ``value``: FOUND, RETRY, R_FULL or R_TIMEOUT.
@@ -244,6 +262,7 @@ cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
     cdef int live1, live2 = BUCKET_SLOTS + 1
     cdef int64_t t, lock = _my_lock
     cdef int r
+    cdef bint evicting = False
     live1 = _vacancy(b1, now, &u1, &x1)
     if b2 != b1:
         live2 = _vacancy(b2, now, &u2, &x2)
@@ -253,12 +272,24 @@ cdef int _claim(Engine* e, uint64_t fp, fl_slot* b1, fl_slot* b2, int64_t now,
     # unused: their next hit then finds them instead of claiming again
     s = u1 if u1 != NULL else (u2 if u2 != NULL else (x1 if x1 != NULL else x2))
     if s == NULL:
-        return RETRY if _break_dead_locks(e, b1, b2) else R_FULL
+        if _break_dead_locks(e, b1, b2):
+            return RETRY
+        s = _soonest(b1, b2, now) if e.evict else NULL
+        if s == NULL:
+            return R_FULL
+        evicting = True
     t = fl_load_i64(&s.tat)
-    if not (t == FL_FREE or (t >= 0 and t <= now)):
+    if evicting:
+        # the key due soonest is forgotten: on an evicting table (per-IP
+        # keys) a flood's own buckets go first, and its newest caller gets in
+        if not (t > now and not FL_IS_LEASE(t)):
+            return RETRY
+    elif not (t == FL_FREE or (t >= 0 and t <= now)):
         return RETRY
     if not fl_cas_i64(&s.tat, &t, lock):
         return RETRY
+    if evicting:
+        fl_add_u64(&e.counters[C_EVICTIONS], 1)
     fl_store_u64_sc(&s.fp, fp)
     r = _dedupe(e, fp, b1, b2, s)
     t = lock

@@ -14,7 +14,9 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
                   quotas = "state/quotas.tbl"; quota_capacity = 262144 ((account,
                   quota) pairs one period can hold: accounts x quotas);
                   anonymous_capacity = 100000 (per-IP keys count in a table of their
-                  own, <table>.anonymous, this big; default: capacity) (all but
+                  own, <table>.anonymous, this big; default: capacity);
+                  anonymous_on_full = "deny" | "evict" (when it is full: refuse a
+                  new address, or forget the per-IP key due soonest) (all but
                   overrides unused when the Policy is given a RedisBackend)
     [headers]     reset = "epoch" | "iso" | "delta"; legacy = true; ietf = false
     [response]    status = 429; content_type = "application/json"; body = {...}
@@ -519,7 +521,7 @@ def _usage(
 
 def _store(value: Any, at: _At, base: str) -> StoreSpec:
     table = _table(value, at, ("table", "capacity", "overrides", "quotas", "quota_capacity",
-                               "anonymous_capacity"))
+                               "anonymous_capacity", "anonymous_on_full"))
     name = table.get("table")
     capacity = table.get("capacity")
     quota_capacity = table.get("quota_capacity")
@@ -536,6 +538,8 @@ def _store(value: Any, at: _At, base: str) -> StoreSpec:
             quota_capacity, at / "quota_capacity"),
         anonymous_capacity=None if anonymous_capacity is None else _capacity(
             anonymous_capacity, at / "anonymous_capacity"),
+        anonymous_on_full=_choice(table.get("anonymous_on_full", "deny"),
+                                  at / "anonymous_on_full", ("deny", "evict")),
     )
 
 

@@ -248,10 +248,14 @@ class Policy:
         if not isinstance(store, SharedTable) or store.kind != "rates":
             return store  # no fixed capacity to share out (Redis; a store of your own)
         capacity = self.spec.store.anonymous_capacity or store.capacity
+        # "evict": when it is full, the per-IP key due soonest is forgotten
+        # rather than a new caller refused (a forgotten key starts afresh)
+        on_full = self.spec.store.anonymous_on_full
         if store.path is None:
-            table = SharedTable.anonymous(capacity)
+            table = SharedTable.anonymous(capacity, on_full=on_full)
         else:
-            table = SharedTable.open(path=anonymous_path(store.path), capacity=capacity)
+            table = SharedTable.open(path=anonymous_path(store.path), capacity=capacity,
+                                     on_full=on_full)
         self._owned.append(table)
         return table
 

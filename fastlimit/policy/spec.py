@@ -153,6 +153,7 @@ class StoreSpec:
     quotas: str | None = None
     quota_capacity: int | None = None  # None: DEFAULT_QUOTA_CAPACITY
     anonymous_capacity: int | None = None  # per-IP keys' own table; None: as capacity
+    anonymous_on_full: Literal["deny", "evict"] = "deny"  # when that table is full
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,7 @@ METRICS_BYTES = METRICS_LIMITERS * REGISTRY_DTYPE.itemsize + METRICS_STRIPES * _
 SLOTS_OFFSET = -(-(HEADER_BYTES + METRICS_BYTES) // 4096) * 4096
 # The counters live on their own cache line (offset 128): processes bump them
 # on rare events only, and must not bounce the line that holds the layout.
-COUNTERS = ("full_events", "lock_breaks", "lock_timeouts")  # order known to _core
+COUNTERS = ("full_events", "lock_breaks", "lock_timeouts", "evictions")  # order known to _core
 COUNTERS_OFFSET = 128
 # The header's fixed fields (the first CHECKED_BYTES) carry a CRC-32: a
 # flipped byte of the secret would otherwise silently move every key.  The
@@ -115,16 +115,16 @@ HEADER_DTYPE = np.dtype(
         "formats": [
             "S8", "<u4", "<u4", "<u4", "<u4", "<u8", "<u8", "<u4", "<u4",
             ("<u8", (2,)), "S16", "<i8", "<u4", "<u4", "<u8", "<u8", "<i8", "<u4",
-            "<u8", "<u8", "<u8",
+            "<u8", "<u8", "<u8", "<u8",
         ],
         "offsets": [0, 8, 12, 16, 20, 24, 32, 40, 44, 48, 64, 80, 88, 92, 96, 104, 112, 120,
-                    128, 136, 144],
+                    128, 136, 144, 152],
         "itemsize": HEADER_BYTES,
     }
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
-OnFull = Literal["deny", "allow", "raise"]
+OnFull = Literal["deny", "allow", "raise", "evict"]
 def anonymous_path(path: str) -> str:
     """The file of the table beside ``path`` where a policy's per-IP keys
     count (the anonymous callers' class): ``<path>.anonymous``, the table
@@ -201,6 +201,18 @@ def _check_namespaces(header: np.ndarray, path: str, kind: str) -> None:
                 f"table {path} was made in {ns} namespace {_namespace_text(ns, theirs)}, and "
                 f"this process is in {_namespace_text(ns, mine)}: its state cannot be shared "
                 f"from here; {remedy}, or use a table of this namespace's own")
+
+
+def _table_on_full(on_full: object, kind: str) -> bool:
+    """Check a table's ``on_full``; whether it is "evict"."""
+    if on_full != "evict":
+        on_full_code(on_full)
+        return False
+    if kind != "rates":
+        raise ConfigurationError(
+            f"on_full='evict' is for tables of rates; a table of {kind} counts what callers "
+            f"used, and forgetting it would hand it back")
+    return True
 
 
 def _check_capacity(capacity: Any) -> int:
@@ -280,6 +292,7 @@ class TableStats:
     lock_breaks: int
     lock_timeouts: int
     nbytes: int
+    evictions: int = 0
     limiters: tuple[LimiterStats, ...] = ()
 
     @property
@@ -310,8 +323,11 @@ class SharedTable:
 
     def __init__(self, mm: mmap.mmap, path: str | None, on_full: OnFull = "deny") -> None:
         # Use open/create/attach/anonymous; this only wraps a mapped segment.
-        self._on_full = on_full_code(on_full)
         self._kind: Kind = _kind_of(int(np.frombuffer(mm, HEADER_DTYPE, count=1)["clock_id"][0]))
+        evict = _table_on_full(on_full, self._kind)
+        # evicting is the table's (its mapping's) choice; a limiter's own
+        # on_full answers when even that finds no slot (all leases)
+        self._on_full = on_full_code("deny" if evict else on_full)
         self._on_full_name = on_full
         self._mm: mmap.mmap | None = mm
         self._path = path
@@ -330,6 +346,8 @@ class SharedTable:
         self._view = _core.TableView(
             mm, SLOTS_OFFSET, self._nbuckets, COUNTERS_OFFSET, int(secret[0]), int(secret[1]),
             HEADER_BYTES, METRICS_LIMITERS, METRICS_STRIPES)
+        if evict:
+            _core.set_evict(self._view, True)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -356,7 +374,12 @@ class SharedTable:
                 key).  When attaching, a different capacity is an error.
             path: a file to use instead of a name (e.g. on disk).
             on_full: what a new key gets when its buckets are full of live
-                keys: ``"deny"``, ``"allow"`` or ``"raise"`` (TableFullError).
+                keys: ``"deny"``, ``"allow"`` or ``"raise"`` (TableFullError);
+                or, for a table of keys it is safer to forget than to refuse
+                (a policy's per-IP keys), ``"evict"``: the live rate key
+                due soonest in those buckets is forgotten and the new key
+                takes its slot (counted in ``stats().evictions``; leases are
+                never evicted).
             kind: ``"rates"`` (limiters and concurrency leases, on
                 CLOCK_MONOTONIC, cleared after a reboot) or ``"quotas"``
                 (calendar counts, kept across reboots).  Attaching checks it.
@@ -422,7 +445,7 @@ class SharedTable:
         cls, path: str, capacity: int | None, mode: str, on_full: OnFull, kind: Kind | None,
         clock: Clock | None = None,
     ) -> SharedTable:
-        on_full_code(on_full)
+        _table_on_full(on_full, kind or "rates")
         _check_clock_name(clock)
         if kind is not None:
             _kind_id(kind)
@@ -593,6 +616,7 @@ class SharedTable:
             full_events=int(header["full_events"]),
             lock_breaks=int(header["lock_breaks"]),
             lock_timeouts=int(header["lock_timeouts"]),
+            evictions=int(header["evictions"]),
             nbytes=self.nbytes,
             limiters=self.limiter_stats(),
         )
