@@ -129,7 +129,7 @@ def test_a_key_gets_exactly_its_limit_across_workers(deployment):
     # per request keeps a worker busy so the others take part, and a round
     # that one worker happened to serve alone is repeated with a new key.
     served_by: set[str] = set()
-    for round_ in range(4):
+    for round_ in range(12):  # the kernel may hand one worker a few rounds in a row
         replies = deployment.many(GOLD_LIMIT + 15, "/v1/items?work_ms=5",
                                   headers={"X-API-Key": f"demo-GOLD-r{round_}"})
         admitted = _admitted(replies)
