@@ -349,6 +349,9 @@ def test_processes_flooding_an_evicting_table_leave_it_sound(table_name):
     stats = table.stats()
     assert stats.evictions > 0 and stats.locked_slots == 0 and stats.lock_timeouts == 0
     assert table.verify() == []
+    from fastlimit.stores.metrics import prometheus_text
+    assert (f'fastlimit_table_evictions_total{{table="{table_name}"}} {stats.evictions}'
+            in prometheus_text(table))
 
 
 def test_a_new_anonymous_caller_gets_in_during_a_flood_on_an_evicting_table(table_name):

@@ -47,7 +47,8 @@ def families(tables: Iterable[SharedTable]) -> list[Family]:
     """The metric families of ``tables`` (labelled by :attr:`SharedTable.name`)."""
     checks: list[tuple[Labels, float]] = []
     per_table: dict[str, list[tuple[Labels, float]]] = {
-        k: [] for k in ("capacity", "live_keys", "full_events", "lock_breaks", "lock_timeouts")}
+        k: [] for k in ("capacity", "live_keys", "full_events", "evictions", "lock_breaks",
+                        "lock_timeouts")}
     for table in tables:
         s = table.stats()
         t = (("table", table.name),)
@@ -66,6 +67,9 @@ def families(tables: Iterable[SharedTable]) -> list[Family]:
         Family("fastlimit_table_full_events", "counter",
                "New keys that found no free slot (answered by on_full).",
                tuple(per_table["full_events"])),
+        Family("fastlimit_table_evictions", "counter",
+               "Live keys forgotten for a new key (tables with on_full=\"evict\").",
+               tuple(per_table["evictions"])),
         Family("fastlimit_table_lock_breaks", "counter",
                "Claims left by killed processes and reclaimed.", tuple(per_table["lock_breaks"])),
         Family("fastlimit_table_lock_timeouts", "counter",
