@@ -3,7 +3,10 @@
 import json
 import logging
 import multiprocessing as mp
+import pathlib
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -146,14 +149,29 @@ def _bump(path):
         f.write(struct.pack("<Q", gen + 1))
 
 
+SHAPES = {
+    "top-list": [],
+    "salt": {"format": "fastlimit-overrides", "version": 1, "salt": "zz", "overrides": {}},
+    "overrides-list": {"format": "fastlimit-overrides", "version": 1, "salt": "00",
+                       "overrides": []},
+    "entry": {"format": "fastlimit-overrides", "version": 1, "salt": "00",
+              "overrides": {"x": "not an entry"}},
+    "limit": {"format": "fastlimit-overrides", "version": 1, "salt": "00",
+              "overrides": {"x": {"limit": 5, "rate": "1/1m"}}},
+    "rate": {"format": "fastlimit-overrides", "version": 1, "salt": "00",
+             "overrides": {"x": {"limit": "token", "rate": "lots"}}},
+}
+NOBODY = 65534
+
+
 def _plant(path, kind):
+    """Put a bad overrides file of ``kind`` at ``path`` (replacing the good one)."""
     import os
     path.unlink()
     if kind == "nested":
-        path.write_text("[" * 200_000)
-    elif kind == "shape":
-        path.write_text(json.dumps({"format": "fastlimit-overrides", "version": 1,
-                                    "salt": "00", "overrides": {"x": "not an entry"}}))
+        path.write_text("[" * 100_000)  # json: RecursionError
+    elif kind in SHAPES:
+        path.write_text(json.dumps(SHAPES[kind]))
     elif kind == "fifo":
         os.mkfifo(path)
     elif kind == "link":
@@ -161,24 +179,64 @@ def _plant(path, kind):
         other.write_text("{}")
         path.symlink_to(other)
     elif kind == "binary":
-        path.write_bytes(b"\xff\xfe{" * 100)
+        path.write_bytes(b"\xff\xfe{" * 100)  # not UTF-8
+    elif kind == "digits":
+        path.write_text('{"format": "fastlimit-overrides", "version": ' + "9" * 5000 + "}")
+    elif kind == "huge":
+        with open(path, "wb") as f:  # sparse: costs no disk
+            f.truncate((64 << 20) + 1)
+    elif kind == "foreign":
+        path.write_text("{}")
+        os.chown(path, NOBODY, NOBODY)
+    else:
+        raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["nested", "shape", "fifo", "link", "binary"])
-def test_a_hostile_file_keeps_the_last_good_state_and_is_logged_once(path, caplog, kind):
-    writer, reader = Overrides(path), Overrides(path)
-    writer.set("token", "t1", "3/1m")
+KINDS = ["nested", *SHAPES, "fifo", "link", "binary", "digits", "huge",
+         pytest.param("foreign", marks=pytest.mark.skipif(
+             not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+             reason="chown to another user needs root"))]
+TESTS = str(pathlib.Path(__file__).resolve().parent)
+
+# Run in a child under subprocess.run(timeout=...): a FIFO opened the old
+# way would hang the test run, not fail it.
+HOSTILE = """
+import logging, pathlib, sys
+sys.path.insert(0, sys.argv[3])
+from test_overrides import _bump, _plant
+from fastlimit import Overrides, Rate
+records = []
+handler = logging.Handler()
+handler.emit = records.append
+logging.getLogger("fastlimit").addHandler(handler)
+path = pathlib.Path(sys.argv[1])
+writer, reader = Overrides(path), Overrides(path)
+writer.set("token", "t1", "3/1m")
+reader.refresh()
+_plant(path, sys.argv[2])
+_bump(path)
+for _ in range(5):  # every request refreshes: the bad file is read once
     reader.refresh()
-    _plant(path, kind)
-    _bump(path)
-    with caplog.at_level(logging.ERROR, logger="fastlimit"):
-        for _ in range(5):  # every request refreshes: the file is read once
-            reader.refresh()
-    records = [r for r in caplog.records if "cannot load overrides" in r.getMessage()]
-    assert len(records) == 1, [r.getMessage() for r in caplog.records]
-    assert reader.rate_for("token", "t1") == Rate.parse("3/1m")
-    writer.close()
-    reader.close()
+assert reader.rate_for("token", "t1") == Rate.parse("3/1m"), "the last good state"
+print(len([r for r in records if "cannot load overrides" in r.getMessage()]))
+for r in records:
+    print(r.name, r.getMessage())
+"""
+
+
+def _child(script, *args, timeout=60):
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_hostile_file_keeps_the_last_good_state_and_is_logged_once(path, kind):
+    done = _child(HOSTILE, path, kind, TESTS)
+    assert done.returncode == 0, done.stderr
+    count, *lines = done.stdout.splitlines()
+    assert count == "1", done.stdout
+    logger, message = lines[0].split(" ", 1)
+    assert logger == "fastlimit" and f"cannot load overrides from {path}" in message, lines
 
 
 BOOT = """
@@ -189,13 +247,18 @@ print("started", len(o))
 """
 
 
-@pytest.mark.parametrize("kind", ["nested", "fifo"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_worker_starts_with_a_hostile_file_in_place(path, kind):
-    import subprocess
-    import sys
     Overrides(path).set("token", "t1", "3/1m")
     _plant(path, kind)
-    done = subprocess.run([sys.executable, "-c", BOOT, str(path)], capture_output=True,
-                          text=True, timeout=60)
+    done = _child(BOOT, path)
     assert done.stdout.strip() == "started 0", done
-    assert "cannot load overrides" in done.stderr
+    assert done.stderr.count("cannot load overrides") == 1, done.stderr
+
+
+def test_a_fifo_for_the_counter_is_refused_without_hanging(path):
+    import os
+    os.mkfifo(str(path) + ".gen")
+    done = _child(BOOT, path)
+    assert done.returncode == 1
+    assert "is not a regular file" in done.stderr, done.stderr

@@ -279,8 +279,11 @@ def _read(path: str) -> tuple[bytes, dict[str, dict[str, str]]]:
     except BaseException:
         os.close(fd)
         raise
-    with open(fd, encoding="utf-8") as f:
-        data: Any = json.load(f)
+    with open(fd, "rb") as f:
+        raw = f.read(MAX_FILE_BYTES + 1)  # the file may grow after the fstat
+    if len(raw) > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is more than an overrides file's {MAX_FILE_BYTES} bytes")
+    data: Any = json.loads(raw.decode("utf-8"))
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a fastlimit overrides file")
     if data.get("version") != _VERSION:
@@ -321,10 +324,13 @@ def _write(path: str, salt: bytes, entries: dict[str, dict[str, str]]) -> None:
 
 def _open_counter(path: str) -> tuple[int, mmap.mmap]:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        # O_NONBLOCK: a FIFO planted here must not hold the worker at its open
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o600)
     except OSError as e:
         raise ConfigurationError(
-            f"cannot open the overrides counter {path}: {e.strerror}") from None
+            f"cannot open the overrides counter {path}: {e.strerror} (it must be a "
+            f"regular file of ours, not a link)") from None
     try:
         check_owner(fd, path)
         fcntl.flock(fd, fcntl.LOCK_EX)  # one process initialises a new file
