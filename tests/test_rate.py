@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from fastlimit import ConfigurationError, Rate
@@ -89,3 +91,45 @@ def test_str_is_canonical_and_round_trips():
 def test_parse_passes_rates_through():
     rate = Rate.parse("1/1s")
     assert Rate.parse(rate) is rate
+
+
+@pytest.mark.parametrize("text", ["10 PER HOUR", "10 Per Hour", "10/HOUR", "10 per HOUR"])
+def test_per_and_units_are_read_in_any_case(text):
+    assert Rate.parse(text) == Rate(10, H)
+
+
+def test_a_capital_m_is_refused_as_ambiguous():
+    with pytest.raises(ConfigurationError, match="'M' could be minutes or months"):
+        Rate.parse("5/1M")
+    assert Rate.parse("5/1m") == Rate(5, 60 * 10**9)
+
+
+def test_a_yearly_rate_is_pointed_to_something_that_exists():
+    with pytest.raises(ConfigurationError, match="'3/365d'") as caught:
+        Rate.parse("3 per year")
+    hinted = str(caught.value).split("e.g. ")[1].strip("'")
+    assert Rate.parse(hinted) == Rate(3, 365 * 86400 * 10**9)
+
+
+@pytest.mark.parametrize("text", ["10/second;1000/day", "10/second, 1000/day",
+                                  "10/second|1000/day", " 10/1s ; 1000/1d ",
+                                  ["10/1s", "1000/1d"]])
+def test_several_rates_in_one_string_or_list(text):
+    assert Rate.parse_many(text) == (Rate(10, 10**9), Rate(1000, 24 * H))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "at least one rate"),
+    (";", "at least one rate"),
+    ("10/1s;10/1s", "the same rate is given twice"),
+    ("10/1s;ten/1d", "cannot parse rate 'ten/1d'"),
+    (42, "or a list of them, got 42"),
+])
+def test_several_rates_refused_with_the_reason(text, fragment):
+    with pytest.raises(ConfigurationError, match=re.escape(fragment)):
+        Rate.parse_many(text)
+
+
+def test_one_rate_expected_says_where_several_go():
+    with pytest.raises(ConfigurationError, match="is several rates, and one is expected"):
+        Rate.parse("10/1s;1000/1d")

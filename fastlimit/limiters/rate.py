@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastlimit.clock import NS_PER_S
@@ -25,7 +26,10 @@ _CALENDAR = {"month", "months", "mo", "year", "years", "y"}
 # capped in length before int() sees them (over 4300 digits it raises a
 # ValueError about integer string conversion instead of naming the rate).
 _RATE_RE = re.compile(r"^\s*(\d{1,30})\s*(?:/|\s+per\s+)\s*(\d{1,30})?\s*([A-Za-z]+)\s*$",
-                      re.ASCII)
+                      re.ASCII | re.IGNORECASE)
+# Several rates in one string, as the limits library writes them
+# ("10/second;1000/day"): every one must pass.
+_SEPARATORS = re.compile(r"[;,|]")
 _ACCEPTED = (
     "'<limit>/<window>' or '<limit> per <window>', where <window> is a unit "
     "(s, m, h, d, w, or second, minute, hour, day, week) optionally preceded "
@@ -72,14 +76,24 @@ class Rate:
         if not isinstance(text, str):
             raise ConfigurationError(f"a rate must be a str like '100/1h', got {text!r}")
         m = _RATE_RE.match(text)
+        if m is None and _SEPARATORS.search(text):
+            raise ConfigurationError(
+                f"{text!r} is several rates, and one is expected here: a Limiter counts "
+                f"one rate (combine several with fastlimit.hit_all); route limits and "
+                f"the framework decorators take several (Rate.parse_many)")
         if m is None:
             raise ConfigurationError(f"cannot parse rate {text!r}: expected {_ACCEPTED}")
         limit_s, count_s, unit = m.groups()
+        if unit == "M":
+            raise ConfigurationError(
+                f"rate {text!r}: 'M' could be minutes or months; write 'm' or 'minute' "
+                f"for minutes, or use fastlimit.Quota(..., 'month') for a calendar month")
         unit = unit.lower()
         if unit in _CALENDAR:
             raise ConfigurationError(
-                f"rate {text!r} names a calendar period: use fastlimit.Quota for "
-                f"per-month or per-year allowances")
+                f"rate {text!r} names a calendar period: use fastlimit.Quota(limit, "
+                f"'month') for a calendar month's allowance, or a rate over days for a "
+                f"year, e.g. '{limit_s}/365d'")
         if unit not in _UNITS:
             raise ConfigurationError(
                 f"cannot parse rate {text!r}: unknown unit {unit!r}; expected {_ACCEPTED}")
@@ -90,6 +104,38 @@ class Rate:
             return cls(int(limit_s), count * _UNITS[unit] * NS_PER_S)
         except ConfigurationError as e:
             raise ConfigurationError(f"rate {text!r}: {e}") from None
+
+    @classmethod
+    def parse_many(cls, text: str | Rate | Iterable[str | Rate]) -> tuple[Rate, ...]:
+        """Parse one rate or several: ``'10/second;1000/day'`` (separated by
+        ``;``, ``,`` or ``|``, as the limits library accepts) or a list of
+        rates.  A limit with several rates admits a hit only if every one
+        of them does.
+
+        Example:
+            >>> [str(r) for r in Rate.parse_many("10/second; 1000/day")]
+            ['10/1s', '1000/1d']
+
+        Raises:
+            ConfigurationError: naming the text and the accepted forms.
+        """
+        if isinstance(text, Rate):
+            return (text,)
+        if isinstance(text, str):
+            parts: list[str | Rate] = [p for p in _SEPARATORS.split(text) if p.strip()]
+        else:
+            try:
+                parts = list(text)
+            except TypeError:
+                raise ConfigurationError(
+                    f"a rate must be a str like '100/1h' or '10/1s;1000/1d', or a list of "
+                    f"them, got {text!r}") from None
+        if not parts:
+            raise ConfigurationError(f"expected at least one rate like '100/1h', got {text!r}")
+        rates = tuple(cls.parse(p) for p in parts)
+        if len(set(rates)) != len(rates):
+            raise ConfigurationError(f"rates {text!r}: the same rate is given twice")
+        return rates
 
     @property
     def period(self) -> float:

@@ -31,7 +31,8 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
                   caps = {batch_files = 50, batch_payload_bytes = "2GB"}
     [customers.ACCOUNT]     tier = "CUSTOM"; then any tier field, overriding the tier's
     [routes]      "POST /auth/session/login" = "5/1m"
-    [routes.NAME] match = [patterns]; rate; anonymous_rate; per = "ip" | "identity";
+    [routes.NAME] match = [patterns]; rate (or several, all enforced: "10/1s;1000/1d");
+                  anonymous_rate; per = "ip" | "identity";
                   dedicated = false; shadow = false; ipv6_prefix = 64
     [quotas.NAME]       match = [patterns]; tz = "UTC"   (requests there spend the
                         tier's quotas.NAME; cost as for the rate limits)
@@ -408,17 +409,22 @@ def _routes(value: Any, at: _At, prefix: int = DEFAULT_IPV6_PREFIX) -> tuple[Rou
         patterns = _patterns(fields.get("match", name),
                              here / "match" if "match" in fields else here)
         anonymous_rate = fields.get("anonymous_rate")
-        out.append(RouteSpec(
-            name=name,
-            patterns=patterns,
-            rate=_limited_rate(fields.get("rate", _MISSING), here if short else here / "rate"),
-            anonymous_rate=None if anonymous_rate is None else _limited_rate(
-                anonymous_rate, here / "anonymous_rate"),
-            per=_choice(fields.get("per", "ip"), here / "per", ("ip", "identity")),
-            dedicated=_bool(fields.get("dedicated", False), here / "dedicated"),
-            shadow=_bool(fields.get("shadow", False), here / "shadow"),
-            ipv6_prefix=_ipv6_prefix(fields.get("ipv6_prefix", prefix), here / "ipv6_prefix"),
-        ))
+        rates = _rates(fields.get("rate", _MISSING), here if short else here / "rate")
+        for i, rate in enumerate(rates):
+            # a limit of several rates is one route per rate, all of which
+            # must pass; each later window's bucket is named by its window, so
+            # changing one rate keeps the others' state
+            out.append(RouteSpec(
+                name=name if i == 0 else f"{name}~{str(rate).split('/', 1)[1]}",
+                patterns=patterns,
+                rate=rate,
+                anonymous_rate=None if anonymous_rate is None or i > 0 else _limited_rate(
+                    anonymous_rate, here / "anonymous_rate"),
+                per=_choice(fields.get("per", "ip"), here / "per", ("ip", "identity")),
+                dedicated=_bool(fields.get("dedicated", False), here / "dedicated"),
+                shadow=_bool(fields.get("shadow", False), here / "shadow"),
+                ipv6_prefix=_ipv6_prefix(fields.get("ipv6_prefix", prefix), here / "ipv6_prefix"),
+            ))
     return tuple(out)
 
 
@@ -645,11 +651,31 @@ def _rate(value: Any, at: _At, *, unlimited: bool = False) -> Rate | None:
         return None
     if not isinstance(value, str):
         at.fail(expected, value)
+    if re.search(r"[;,|]", value):
+        at.fail(f"{expected}: one rate here (several rates in one limit are for [routes] "
+                f"and decorators)", value)
     try:
         return Rate.parse(value)
     except ConfigurationError as e:
         reason = re.split(r"[:;] expected", str(e))[0]
         at.fail(f"{expected} ({reason})", value)
+
+
+def _rates(value: Any, at: _At) -> tuple[Rate, ...]:
+    """One rate, or several that must all pass: ``"10/1s;1000/1d"`` or a list."""
+    if value is _MISSING:
+        at.fail(_RATE_HELP)
+    if not isinstance(value, (str, list)):
+        at.fail(f"{_RATE_HELP}, several separated by ';' or a list of them", value)
+    try:
+        rates = Rate.parse_many(value)
+    except ConfigurationError as e:
+        at.fail(f"{_RATE_HELP}, several separated by ';' ({_why(e, value)})", value)
+    windows = [r.period_ns for r in rates]
+    if len(set(windows)) != len(windows):
+        at.fail("rates of different windows (two rates over one window: the smaller binds)",
+                value)
+    return rates
 
 
 def _limited_rate(value: Any, at: _At) -> Rate:
