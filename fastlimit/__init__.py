@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from fastlimit.stores.redis import RedisBackend as RedisBackend
     from fastlimit.stores.table import SharedTable as SharedTable
     from fastlimit.stores.table import TableStats as TableStats
+    from fastlimit.stores.url import store_from_url as store_from_url
 
 __version__ = "0.1.0"
 
@@ -96,6 +97,7 @@ _LAZY: dict[str, str] = {
     "AsyncRedisBackend": "fastlimit.stores.redis",
     "SharedTable": "fastlimit.stores.table",
     "TableStats": "fastlimit.stores.table",
+    "store_from_url": "fastlimit.stores.url",
     # the modules of the README's recipes, after a plain `import fastlimit`
     "asgi": "fastlimit.asgi",
     "web": "fastlimit.web",

@@ -1,0 +1,136 @@
+"""Storage chosen by a URI, as the framework integrations' ``storage_uri``
+settings (and flask-limiter's users) write it.
+
+==========================================  =====================================
+``shm://NAME?capacity=100000``              the named shared table (every process
+                                            of this user on the host shares it)
+``memory://?capacity=65536``                an anonymous table: this process and
+                                            the children it forks only
+``redis://host:6379/0``, ``rediss://``,     :class:`~fastlimit.RedisBackend`
+``unix:///path/redis.sock``
+``redis+cluster://host:7000``               a Redis Cluster (redis-py's
+                                            ``RedisCluster``), seed node given
+``redis+sentinel://h1:26379,h2:26379/svc``  the master of Sentinel service
+                                            ``svc`` (``/svc/1``: database 1)
+==========================================  =====================================
+
+Redis URLs take the backend's options as query parameters: ``fail`` (open,
+closed, raise), ``prefix``, ``timeout`` and ``connect_timeout`` (seconds);
+any other parameter goes to redis-py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from fastlimit.errors import ConfigurationError
+from fastlimit.stores.table import SharedTable
+
+__all__ = ["store_from_url"]
+
+_SCHEMES = ("shm", "memory", "redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
+_BACKEND_OPTIONS = ("fail", "prefix")
+_SECONDS = ("timeout", "connect_timeout")
+
+
+def store_from_url(url: str) -> Any:
+    """The store ``url`` names (see the module's table).
+
+    Raises:
+        ConfigurationError: naming the URL and what is accepted.
+
+    Example:
+        >>> store_from_url("memory://?capacity=1000").capacity
+        1000
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"a storage URI must be a str, got {url!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"storage URI {_shown(url)}: unknown scheme {parts.scheme!r}; expected one of "
+            f"{', '.join(s + '://' for s in _SCHEMES)}")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if scheme in ("shm", "memory"):
+        return _table(url, scheme, parts.netloc + parts.path, query)
+    return _redis(url, scheme, query)
+
+
+def _table(url: str, scheme: str, name: str, query: dict[str, str]) -> SharedTable:
+    unknown = set(query) - {"capacity"}
+    if unknown:
+        raise ConfigurationError(
+            f"storage URI {url!r}: unknown parameter {sorted(unknown)[0]!r}; a table takes "
+            f"capacity=<slots>")
+    capacity = None
+    if "capacity" in query:
+        text = query["capacity"]
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigurationError(
+                f"storage URI {url!r}: capacity must be a positive integer, got {text!r}")
+        capacity = int(text)
+    if scheme == "memory":
+        if name:
+            raise ConfigurationError(
+                f"storage URI {url!r}: memory:// tables have no name (write "
+                f"shm://{name} for a table every process shares)")
+        return SharedTable.anonymous(capacity or 65_536)
+    if not name:
+        raise ConfigurationError(
+            f"storage URI {url!r}: expected shm://NAME, the shared table's name")
+    return SharedTable.open(name, capacity=capacity)
+
+
+def _redis(url: str, scheme: str, query: dict[str, str]) -> Any:
+    from fastlimit.stores.redis import RedisBackend
+
+    options: dict[str, Any] = {k: query.pop(k) for k in _BACKEND_OPTIONS if k in query}
+    for name in _SECONDS:
+        if name in query:
+            text = query.pop(name)
+            try:
+                options[name] = float(text)
+            except ValueError:
+                raise ConfigurationError(
+                    f"storage URI {_shown(url)}: {name} must be a number of seconds, "
+                    f"got {text!r}") from None
+    if scheme in ("redis", "rediss", "unix"):
+        rest = "&".join(f"{k}={v}" for k, v in query.items())
+        return RedisBackend(url.split("?", 1)[0] + ("?" + rest if rest else ""), **options)
+    from redis.cluster import RedisCluster
+    from redis.sentinel import Sentinel
+
+    timeouts = {"socket_connect_timeout": options.pop("connect_timeout", 0.5),
+                "socket_timeout": options.pop("timeout", 0.5)}
+    parts = urlsplit(url)
+    if scheme == "redis+cluster":
+        seed = f"redis://{parts.netloc}"
+        client: Any = RedisCluster.from_url(seed, **timeouts, **query)
+        return RedisBackend(client, **options)
+    hosts = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigurationError(
+                f"storage URI {_shown(url)}: expected redis+sentinel://HOST:PORT[,HOST:PORT"
+                f"...]/SERVICE[/DB], got the sentinel {item!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    service, _, db = parts.path.strip("/").partition("/")
+    if not service or (db and not db.isdigit()):
+        raise ConfigurationError(
+            f"storage URI {_shown(url)}: expected redis+sentinel://HOST:PORT/SERVICE[/DB]")
+    sentinel = Sentinel(hosts, **timeouts)  # type: ignore[no-untyped-call]
+    master = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service, db=int(db or 0), password=parts.password,
+                                 **timeouts, **query)
+    return RedisBackend(master, **options)
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return repr(url)
+    return repr(url.replace(f":{parts.password}@", ":***@", 1))
