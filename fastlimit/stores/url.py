@@ -124,7 +124,7 @@ def _redis(url: str, scheme: str, query: dict[str, str]) -> Any:
     sentinel = Sentinel(hosts, **timeouts)  # type: ignore[no-untyped-call]
     master = sentinel.master_for(  # type: ignore[no-untyped-call]
         service, db=int(db or 0), password=parts.password,
-                                 **timeouts, **query)
+        **timeouts, **query)
     return RedisBackend(master, **options)
 
 
