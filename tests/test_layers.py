@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "fastlimit"
 LAYERS = {"core": 0, "_core": 0, "errors": 0, "clock": 0, "_lazy": 0, "stores": 1,
-          "limiters": 2, "http": 3, "policy": 4, "web": 5, "client": 5, "cli": 6}
+          "limiters": 2, "http": 3, "policy": 4, "web": 5, "client": 5, "cli": 6, "frameworks": 6}
 FACES = 7  # __init__, wsgi, asgi, config, metrics, backends: they re-export
 # Conveniences of a lower layer that make an object of a higher one, imported
 # where they are called: a store's backend.limiter(...).

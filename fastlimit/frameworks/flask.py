@@ -1,0 +1,229 @@
+"""Flask: limits next to the views, as flask-limiter's users write them.
+
+::
+
+    limiter = FlaskLimiter(app)                 # or limiter.init_app(app) in a factory
+
+    @app.post("/login")
+    @limiter.limit("5/minute;20/day", deduct_when=lambda r: r.status_code == 401)
+    def login(): ...
+
+    @app.get("/healthz")
+    @limiter.exempt
+    def health(): ...
+
+    limiter.limit("100/hour", key="identity")(admin_blueprint)
+
+Configuration (``app.config``; arguments win): ``FASTLIMIT_POLICY`` (a
+policy file enforced on every request), ``FASTLIMIT_TABLE`` (the shared
+table's name; default ``flask-<app.import_name>``, so every worker of the
+app shares its limits), ``FASTLIMIT_STORAGE_URI`` (see
+:func:`fastlimit.store_from_url`; instead of a table), ``FASTLIMIT_ENABLED``
+(False: nothing is counted, as in tests), ``FASTLIMIT_HEADERS`` (the
+``[headers]`` style of the view limits: ``{"reset": "delta", "ietf": True}``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from fastlimit.errors import RateLimited
+from fastlimit.frameworks.rules import KeyKind, Rule, RuleSet, name_of, refund
+from fastlimit.policy.policy import Policy
+from fastlimit.stores.table import SharedTable
+from fastlimit.stores.url import store_from_url
+from fastlimit.web.gate import Outcome, RouteLimit
+from fastlimit.web.identify import Identify
+
+__all__ = ["FlaskLimiter"]
+
+log = logging.getLogger("fastlimit")
+F = TypeVar("F")
+_RULES = "_fastlimit_rules"
+_EXEMPT = "_fastlimit_exempt"
+_TABLE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class FlaskLimiter:
+    """Rate limits for a Flask application: a policy on every request
+    and ``@limit`` on views and blueprints, counted in one shared table.
+
+    Args:
+        app: the application (or call :meth:`init_app` later).
+        policy: a :class:`~fastlimit.Policy` enforced on every request
+            (default: ``FASTLIMIT_POLICY``, else none).
+        identify: ``identify(view) -> Identity | None``, for the policy and
+            for ``key="identity"`` limits.
+        default_limits: rates counted per IP on every request no other
+            limit of this limiter names (``["200/day", "50/hour"]``).
+        store: the store (default: ``FASTLIMIT_STORAGE_URI``, else the
+            table ``FASTLIMIT_TABLE``, else ``flask-<import name>``).
+        on_breach: called with the denying decision before the 429 is sent.
+        trusted_proxies: proxies allowed to report the client address.
+    """
+
+    def __init__(self, app: Any = None, *, policy: Policy | None = None,
+                 identify: Identify | None = None, default_limits: Iterable[str] = (),
+                 store: Any = None, on_breach: Callable[[Outcome], None] | None = None,
+                 trusted_proxies: Iterable[str] = ()) -> None:
+        self.policy = policy
+        self.identify = identify
+        self.store = store
+        self.on_breach = on_breach
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.enabled = True
+        defaults = list(default_limits)
+        self._default = Rule(defaults, name="default") if defaults else None
+        self._blueprints: dict[str, list[Rule]] = {}
+        self._rules: RuleSet | None = None
+        self._gate: RouteLimit | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Any) -> None:
+        """Read ``app.config`` and install the checks on ``app``."""
+        import flask
+
+        config = app.config
+        self.enabled = bool(config.get("FASTLIMIT_ENABLED", True))
+        if self.store is None:
+            uri = config.get("FASTLIMIT_STORAGE_URI")
+            table = config.get("FASTLIMIT_TABLE") or "flask-" + (
+                _TABLE_NAME.sub("-", app.import_name).strip(".-") or "app")
+            self.store = store_from_url(uri) if uri else SharedTable.open(table)
+        if self.policy is None and config.get("FASTLIMIT_POLICY"):
+            self.policy = Policy.from_file(config["FASTLIMIT_POLICY"], store=self.store)
+        if self.policy is not None:
+            self._gate = RouteLimit(self.policy, identify=self.identify,
+                                    trusted_proxies=self.trusted_proxies)
+        self._rules = RuleSet(self.store, identify=self.identify,
+                              headers=config.get("FASTLIMIT_HEADERS"),
+                              trusted_proxies=self.trusted_proxies)
+        self._flask = flask
+        app.before_request(self._before)
+        app.after_request(self._after)
+        app.teardown_request(self._teardown)
+
+    # -- what users write ----------------------------------------------------
+
+    def limit(self, rate: str | Iterable[str], *, key: KeyKind | Callable[[], Any] = "ip",
+              cost: int | Callable[[], int] = 1, name: str | None = None,
+              exempt_when: Callable[[], bool] | None = None,
+              deduct_when: Callable[[Any], bool] | None = None,
+              methods: Iterable[str] | None = None) -> Callable[[F], F]:
+        """A limit on a view or a blueprint: ``rate`` (several: all must
+        pass, ``"10/second;1000/day"``) counted per ``key``: ``"ip"``,
+        ``"identity"`` (as ``identify`` says; anonymous callers per IP) or
+        ``key()`` -> str (None: per IP).  Views and blueprints that give the
+        same ``name`` share one bucket per key.  ``exempt_when()`` True:
+        not counted; ``deduct_when(response)`` False: given back after the
+        response (count only failed logins); ``methods``: only these."""
+        def decorate(target: F) -> F:
+            rule = Rule(rate, key=key, cost=cost, name=name, exempt_when=exempt_when,
+                        deduct_when=deduct_when, methods=methods)
+            if hasattr(target, "before_request") and hasattr(target, "register"):
+                rule.name = rule.name or f"blueprint.{target.name}"  # type: ignore[attr-defined]
+                self._blueprints.setdefault(target.name, []).append(rule)  # type: ignore[attr-defined]
+            else:
+                rule.name = rule.name or name_of(target)  # type: ignore[arg-type]
+                rules = getattr(target, _RULES, None)
+                if rules is None:
+                    rules = []
+                    setattr(target, _RULES, rules)
+                rules.append(rule)
+            return target
+        return decorate
+
+    def exempt(self, view: F) -> F:
+        """Never count requests to ``view`` (nor the policy, nor defaults)."""
+        setattr(view, _EXEMPT, True)
+        return view
+
+    # -- the request's steps ---------------------------------------------------
+
+    def _before(self) -> Any:
+        if not self.enabled:
+            return None
+        flask = self._flask
+        request = flask.request
+        view = flask.current_app.view_functions.get(request.endpoint)
+        if view is not None and getattr(view, _EXEMPT, False):
+            return None
+        rules: list[Rule] = list(getattr(view, _RULES, ()))
+        for blueprint in request.blueprints:
+            rules += self._blueprints.get(blueprint, ())
+        if not rules and self._default is not None:
+            rules = [self._default]
+        counted: list[tuple[Outcome, Rule | None]] = []
+        flask.g._fastlimit = counted
+        environ = request.environ
+        try:
+            if self._gate is not None:
+                counted.append((self._gate.check(environ), None))
+            assert self._rules is not None
+            for rule in rules:
+                if rule.applies(request.method):
+                    assert rule.name is not None
+                    limit = self._rules.limit_of(rule, rule.name)
+                    counted.append((limit.check(environ), rule))
+        except RateLimited as denied:
+            for outcome, counted_rule in counted:  # a denial consumes nothing
+                refund(outcome, _cost(counted_rule))
+                outcome.release()
+            counted.clear()
+            return self._denial(denied.outcome)
+        return None
+
+    def _denial(self, outcome: Outcome) -> Any:
+        request = self._flask.request
+        # info, not warning: a flood of 429s must not flood the warning log
+        log.info("rate limited: %s %s from %s (%s)", request.method, request.path,
+                    request.remote_addr, getattr(outcome, "limit", None))
+        if self.on_breach is not None:
+            self.on_breach(outcome)
+        response = self._flask.make_response(outcome.body or b"", outcome.status or 429)
+        response.headers["Content-Type"] = outcome.content_type
+        for name, value in outcome.headers:
+            response.headers[name] = value
+        return response
+
+    def _after(self, response: Any) -> Any:
+        counted: list[tuple[Outcome, Rule | None]] = getattr(self._flask.g, "_fastlimit", [])
+        for outcome, rule in counted:
+            if rule is not None and rule.deduct_when is not None and not rule.deduct_when(
+                    response):
+                refund(outcome, _cost(rule))
+        shown = _binding(counted)
+        if shown is not None:
+            for name, value in shown.headers:
+                response.headers.setdefault(name, value)
+        return response
+
+    def _teardown(self, error: BaseException | None) -> None:
+        for outcome, _ in getattr(self._flask.g, "_fastlimit", ()):
+            outcome.release()
+        self._flask.g._fastlimit = []
+
+
+def _cost(rule: Rule | None) -> int:
+    """What the request counted under ``rule`` (the policy's: 1)."""
+    if rule is None:
+        return 1
+    cost = rule.cost
+    return cost if isinstance(cost, int) else int(cost())
+
+
+def _binding(counted: list[tuple[Outcome, Rule | None]]) -> Outcome | None:
+    """The decision whose headers the response carries: the one with the
+    least remaining (the limit the client meets first)."""
+    best, least = None, None
+    for outcome, _ in counted:
+        decision = getattr(outcome, "decision", None)
+        if decision is None:
+            continue
+        if least is None or decision.remaining < least:
+            best, least = outcome, decision.remaining
+    return best

@@ -1,0 +1,192 @@
+"""fastlimit.flask.FlaskLimiter: limits next to the views, as flask-limiter
+users write them; in process (Flask's test client) and under gunicorn -w 4."""
+
+import json
+import os
+import textwrap
+
+import pytest
+
+flask = pytest.importorskip("flask")
+
+from fastlimit import ConfigurationError, Identity  # noqa: E402
+from fastlimit.cli.servers import Server, free_port, gunicorn_argv, request  # noqa: E402
+from fastlimit.flask import FlaskLimiter  # noqa: E402
+
+
+def make_app(table_name, **config):
+    app = flask.Flask("fltest")
+    app.config.update(FASTLIMIT_TABLE=table_name, **config)
+    breaches = []
+    limiter = FlaskLimiter(identify=lambda v: (Identity.session(v.header("x-user"))
+                                               if v.header("x-user") else None),
+                           default_limits=["3/hour"], on_breach=breaches.append)
+
+    @app.post("/login")
+    @limiter.limit("2/minute;3/day", deduct_when=lambda r: r.status_code == 401)
+    def login():
+        ok = flask.request.headers.get("x-password") == "right"
+        return ("welcome", 200) if ok else ("wrong", 401)
+
+    @app.get("/a")
+    @limiter.limit("2/hour", name="shared", key="identity")
+    def a():
+        return "a"
+
+    @app.get("/b")
+    @limiter.limit("2/hour", name="shared", key="identity")
+    def b():
+        return "b"
+
+    @app.get("/free")
+    @limiter.exempt
+    def free():
+        return "free"
+
+    @app.get("/plain")
+    def plain():
+        return "plain"
+
+    @app.get("/byhdr")
+    @limiter.limit("1/hour", key=lambda: flask.request.headers.get("x-tenant"))
+    def byhdr():
+        return "t"
+
+    @app.get("/admin-only")
+    @limiter.limit("1/hour", exempt_when=lambda: flask.request.headers.get("x-admin") == "1")
+    def admin():
+        return "x"
+
+    bp = flask.Blueprint("bp", __name__, url_prefix="/bp")
+
+    @bp.get("/one")
+    def one():
+        return "1"
+
+    @bp.get("/two")
+    def two():
+        return "2"
+
+    limiter.limit("2/hour")(bp)
+    app.register_blueprint(bp)
+    limiter.init_app(app)
+    return app, limiter, breaches
+
+
+@pytest.fixture
+def client(table_name):
+    app, limiter, breaches = make_app(table_name)
+    yield app.test_client(), breaches
+    limiter.store.close()
+
+
+def statuses(client, method, path, n, **headers):
+    return [client.open(path, method=method, headers=headers).status_code for _ in range(n)]
+
+
+def test_deduct_when_counts_only_failed_logins(client):
+    c, _ = client
+    assert statuses(c, "POST", "/login", 5, x_password="right") == [200] * 5
+    assert statuses(c, "POST", "/login", 3) == [401, 401, 429]
+
+
+def test_a_429_has_the_body_headers_and_on_breach(client):
+    c, breaches = client
+    statuses(c, "GET", "/plain", 3)
+    denied = c.get("/plain")
+    assert denied.status_code == 429
+    assert json.loads(denied.data)["error"]["code"] == "RATE_LIMITED"
+    assert denied.headers["Retry-After"] == "1200"
+    assert len(breaches) == 1
+
+
+def test_headers_on_every_response(client):
+    c, _ = client
+    reply = c.get("/plain")
+    assert reply.headers["X-RateLimit-Limit"] == "3"
+    assert reply.headers["X-RateLimit-Remaining"] == "2"
+
+
+def test_a_named_limit_is_shared_and_counted_per_identity(client):
+    c, _ = client
+    assert [c.get(p, headers={"x-user": "u1"}).status_code for p in ("/a", "/b", "/a")] == [
+        200, 200, 429]
+    assert c.get("/b", headers={"x-user": "u2"}).status_code == 200
+
+
+def test_exempt_views_are_never_counted(client):
+    c, _ = client
+    assert statuses(c, "GET", "/free", 10) == [200] * 10
+
+
+def test_key_callable_and_exempt_when(client):
+    c, _ = client
+    assert statuses(c, "GET", "/byhdr", 2, x_tenant="t1") == [200, 429]
+    assert statuses(c, "GET", "/byhdr", 1, x_tenant="t2") == [200]
+    assert statuses(c, "GET", "/admin-only", 3, x_admin="1") == [200] * 3
+    assert statuses(c, "GET", "/admin-only", 2) == [200, 429]
+
+
+def test_a_blueprint_limit_covers_its_views(client):
+    c, _ = client
+    assert [c.get(p).status_code for p in ("/bp/one", "/bp/two", "/bp/one")] == [200, 200, 429]
+
+
+def test_disabled_counts_nothing(table_name):
+    app, limiter, _ = make_app(table_name, FASTLIMIT_ENABLED=False)
+    assert statuses(app.test_client(), "GET", "/plain", 10) == [200] * 10
+    limiter.store.close()
+
+
+def test_one_name_with_two_rates_is_refused(table_name):
+    app = flask.Flask("fltest2")
+    app.testing = True  # the error reaches the test, not a 500
+    app.config["FASTLIMIT_TABLE"] = table_name
+    limiter = FlaskLimiter(app)
+    app.get("/x")(limiter.limit("1/hour", name="n")(lambda: "x"))
+    app.get("/y", endpoint="y")(limiter.limit("2/hour", name="n")(lambda: "y"))
+    c = app.test_client()
+    assert c.get("/x").status_code == 200
+    with pytest.raises(ConfigurationError, match="limit 'n' is given as 1/1h and as 2/1h"):
+        c.get("/y")
+    limiter.store.close()
+
+
+def test_a_key_callable_returning_a_non_str_is_named(table_name):
+    app = flask.Flask("fltest3")
+    app.testing = True
+    app.config["FASTLIMIT_TABLE"] = table_name
+    limiter = FlaskLimiter(app)
+    app.get("/x")(limiter.limit("1/hour", key=lambda: 42)(lambda: "x"))
+    with pytest.raises(ConfigurationError, match="returned 42; it must return a non-empty str"):
+        app.test_client().get("/x")
+    limiter.store.close()
+
+
+APP = textwrap.dedent("""
+    import os, flask
+    from fastlimit.flask import FlaskLimiter
+    app = flask.Flask("served")
+    app.config["FASTLIMIT_TABLE"] = os.environ["TEST_TABLE"]
+    limiter = FlaskLimiter(app)
+
+    @app.post("/login")
+    @limiter.limit("5/hour;7/day")
+    def login():
+        return "ok"
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worker", ["sync", "gthread"])
+def test_exact_across_four_gunicorn_workers(tmp_path, table_name, worker):
+    (tmp_path / "flapp.py").write_text(APP)
+    port = free_port()
+    env = dict(os.environ, TEST_TABLE=table_name)
+    options = ["--worker-class", worker] + (["--threads", "4"] if worker == "gthread" else [])
+    with Server(gunicorn_argv("flapp:app", port, workers=4, options=options), port, env=env,
+                cwd=str(tmp_path), log=str(tmp_path / "server.log")) as server:
+        server.wait_for_children(4)
+        replies = [request(port, "POST", "/login") for _ in range(12)]
+    assert [r.status for r in replies] == [200] * 5 + [429] * 7, server.log()
+    assert replies[0].headers["x-ratelimit-limit"] == "5"
