@@ -1,2 +1,2 @@
-"""The framework integrations: Flask (:mod:`.flask`), and the limits next
-to views they share (:mod:`.rules`)."""
+"""The framework integrations: Flask (:mod:`.flask`), Starlette and FastAPI
+(:mod:`.starlette`), and the limits next to views they share (:mod:`.rules`)."""

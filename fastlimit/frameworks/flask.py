@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from fastlimit.errors import RateLimited
-from fastlimit.frameworks.rules import KeyKind, Rule, RuleSet, name_of, refund
+from fastlimit.frameworks.rules import Counted, KeyKind, Rule, RuleSet, name_of, release
 from fastlimit.policy.policy import Policy
 from fastlimit.stores.table import SharedTable
 from fastlimit.stores.url import store_from_url
@@ -157,23 +157,12 @@ class FlaskLimiter:
             rules += self._blueprints.get(blueprint, ())
         if not rules and self._default is not None:
             rules = [self._default]
-        counted: list[tuple[Outcome, Rule | None]] = []
+        counted: Counted = []
         flask.g._fastlimit = counted
-        environ = request.environ
+        assert self._rules is not None
         try:
-            if self._gate is not None:
-                counted.append((self._gate.check(environ), None))
-            assert self._rules is not None
-            for rule in rules:
-                if rule.applies(request.method):
-                    assert rule.name is not None
-                    limit = self._rules.limit_of(rule, rule.name)
-                    counted.append((limit.check(environ), rule))
+            self._rules.count(request.environ, request.method, self._gate, rules, counted)
         except RateLimited as denied:
-            for outcome, counted_rule in counted:  # a denial consumes nothing
-                refund(outcome, _cost(counted_rule))
-                outcome.release()
-            counted.clear()
             return self._denial(denied.outcome)
         return None
 
@@ -191,39 +180,14 @@ class FlaskLimiter:
         return response
 
     def _after(self, response: Any) -> Any:
-        counted: list[tuple[Outcome, Rule | None]] = getattr(self._flask.g, "_fastlimit", [])
-        for outcome, rule in counted:
-            if rule is not None and rule.deduct_when is not None and not rule.deduct_when(
-                    response):
-                refund(outcome, _cost(rule))
-        shown = _binding(counted)
+        counted: Counted = getattr(self._flask.g, "_fastlimit", [])
+        assert self._rules is not None
+        shown = self._rules.settle(counted, response) if counted else None
         if shown is not None:
             for name, value in shown.headers:
                 response.headers.setdefault(name, value)
         return response
 
     def _teardown(self, error: BaseException | None) -> None:
-        for outcome, _ in getattr(self._flask.g, "_fastlimit", ()):
-            outcome.release()
-        self._flask.g._fastlimit = []
+        release(getattr(self._flask.g, "_fastlimit", []))
 
-
-def _cost(rule: Rule | None) -> int:
-    """What the request counted under ``rule`` (the policy's: 1)."""
-    if rule is None:
-        return 1
-    cost = rule.cost
-    return cost if isinstance(cost, int) else int(cost())
-
-
-def _binding(counted: list[tuple[Outcome, Rule | None]]) -> Outcome | None:
-    """The decision whose headers the response carries: the one with the
-    least remaining (the limit the client meets first)."""
-    best, least = None, None
-    for outcome, _ in counted:
-        decision = getattr(outcome, "decision", None)
-        if decision is None:
-            continue
-        if least is None or decision.remaining < least:
-            best, least = outcome, decision.remaining
-    return best

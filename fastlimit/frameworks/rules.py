@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from fastlimit.errors import ConfigurationError
+from fastlimit.errors import ConfigurationError, RateLimited
 from fastlimit.limiters.rate import Rate
 from fastlimit.policy.identity import Identity
 from fastlimit.policy.overrides import Overrides
@@ -24,7 +24,7 @@ from fastlimit.web.gate import Outcome, RouteLimit
 from fastlimit.web.identify import Identify
 from fastlimit.web.view import RequestView
 
-__all__ = ["KeyKind", "Rule", "RuleSet", "refund"]
+__all__ = ["Counted", "KeyKind", "Rule", "RuleSet", "binding", "refund", "release"]
 
 log = logging.getLogger("fastlimit")
 
@@ -38,6 +38,37 @@ def refund(outcome: Outcome, cost: int) -> None:
     for check in getattr(outcome, "checks", ()):
         if not check.shadow:
             check.limiter.refund(check.key, cost)
+
+
+def cost_of(rule: Rule | None, args: tuple[Any, ...]) -> int:
+    """What the request counted under ``rule`` (a policy's: 1)."""
+    if rule is None:
+        return 1
+    cost = rule.cost
+    return cost if isinstance(cost, int) else int(cost(*args))
+
+
+# What one request counted: each allowed decision, with the view rule it
+# came from (None: the application's policy).
+Counted = list[tuple[Outcome, "Rule | None"]]
+
+
+def binding(counted: Counted) -> Outcome | None:
+    """The decision whose headers the response carries: the one with the
+    least remaining (the limit the client meets first)."""
+    best, least = None, None
+    for outcome, _ in counted:
+        decision = getattr(outcome, "decision", None)
+        if decision is not None and (least is None or decision.remaining < least):
+            best, least = outcome, decision.remaining
+    return best
+
+
+def release(counted: Counted) -> None:
+    """Release what the decisions hold (leases), once the response is sent."""
+    for outcome, _ in counted:
+        outcome.release()
+    counted.clear()
 
 
 def name_of(view: Callable[..., Any]) -> str:
@@ -63,6 +94,7 @@ class Rule:
             raise ConfigurationError(f"cost must be an int >= 1 or a callable, got {cost!r}")
         self.cost = cost
         self.name = name
+        self.named_by_caller = False  # a default name, from where limit() was called
         for what, f in (("exempt_when", exempt_when), ("deduct_when", deduct_when)):
             if f is not None and not callable(f):
                 raise ConfigurationError(f"{what} must be a callable or None, got {f!r}")
@@ -152,6 +184,39 @@ class RuleSet:
                     f"int >= 0")
             return value
         return counted
+
+    def count(self, request: Mapping[str, Any], method: str, gate: RouteLimit | None,
+              rules: Iterable[Rule], counted: Counted) -> None:
+        """Count ``request`` (a WSGI environ or an ASGI scope) under the
+        application's policy (``gate``) and every rule that applies, into
+        ``counted``: all or nothing.
+
+        Raises:
+            RateLimited: one denied; what the others counted is given back.
+        """
+        try:
+            if gate is not None:
+                counted.append((gate.check(request), None))
+            for rule in rules:
+                if rule.applies(method):
+                    assert rule.name is not None
+                    counted.append((self.limit_of(rule, rule.name).check(request), rule))
+        except RateLimited:
+            args = self.key_args()
+            for outcome, counted_rule in counted:  # a denial consumes nothing
+                refund(outcome, cost_of(counted_rule, args))
+            release(counted)
+            raise
+
+    def settle(self, counted: Counted, response: Any) -> Outcome | None:
+        """After the response: give back what ``deduct_when(response)`` says
+        should not count; the decision whose headers the response carries."""
+        args = self.key_args()
+        for outcome, given in counted:
+            if given is not None and given.deduct_when is not None and not given.deduct_when(
+                    response):
+                refund(outcome, cost_of(given, args))
+        return binding(counted)
 
     def close(self) -> None:
         for policy in self._policies:

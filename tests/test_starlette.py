@@ -1,0 +1,160 @@
+"""fastlimit.starlette.StarletteLimiter: FastAPI dependencies, Starlette
+decorators, websocket messages; in process and under uvicorn --workers 4."""
+
+import json
+import os
+import sys
+import textwrap
+import warnings
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+
+from fastapi import APIRouter, Depends, FastAPI, WebSocket  # noqa: E402
+
+with warnings.catch_warnings():  # newer Starlette asks for httpx2; httpx still works
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+from fastlimit import SharedTable  # noqa: E402
+from fastlimit.cli.servers import Server, free_port, request  # noqa: E402
+from fastlimit.starlette import StarletteLimiter  # noqa: E402
+
+
+@pytest.fixture
+def limiter(table_name):
+    breaches = []
+    lim = StarletteLimiter(store=SharedTable.open(table_name, capacity=4096),
+                           on_breach=breaches.append)
+    lim.breaches = breaches
+    yield lim
+    lim.store.close()
+
+
+def fastapi_app(limiter):
+    app = FastAPI()
+    limiter.install(app)
+
+    @app.post("/login", dependencies=[Depends(limiter.limit(
+        "2/minute;3/day", deduct_when=lambda r: r.status_code == 401))])
+    async def login(password: str = ""):
+        if password != "right":
+            from fastapi.responses import JSONResponse
+            return JSONResponse({"ok": False}, status_code=401)
+        return {"ok": True}
+
+    router = APIRouter(prefix="/admin",
+                       dependencies=[Depends(limiter.limit("2/hour", name="admin"))])
+
+    @router.get("/one")
+    async def one():
+        return "1"
+
+    @router.get("/two")
+    async def two():
+        return "2"
+
+    app.include_router(router)
+
+    @app.get("/by-tenant", dependencies=[Depends(limiter.limit(
+        "1/hour", key=lambda request: request.headers.get("x-tenant")))])
+    async def by_tenant():
+        return "t"
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket):
+        await websocket.accept()
+        async for _text in websocket.iter_text():
+            decision = await limiter.hit_message(websocket, "3/minute", name="chat")
+            await websocket.send_text("ok" if decision.allowed
+                                      else f"slow down {decision.retry_after}")
+    return app
+
+
+def test_deduct_when_counts_only_failed_logins(limiter):
+    c = TestClient(fastapi_app(limiter))
+    assert [c.post("/login?password=right").status_code for _ in range(4)] == [200] * 4
+    assert [c.post("/login").status_code for _ in range(3)] == [401, 401, 429]
+    denied = c.post("/login")
+    assert json.loads(denied.content)["error"]["code"] == "RATE_LIMITED"
+    assert int(denied.headers["retry-after"]) >= 1
+    assert len(limiter.breaches) == 2
+
+
+def test_a_router_limit_covers_its_routes_with_headers(limiter):
+    c = TestClient(fastapi_app(limiter))
+    first = c.get("/admin/one")
+    assert first.headers["x-ratelimit-limit"] == "2"
+    assert first.headers["x-ratelimit-remaining"] == "1"
+    assert [c.get(p).status_code for p in ("/admin/two", "/admin/one")] == [200, 429]
+
+
+def test_a_key_callable_gets_the_request(limiter):
+    c = TestClient(fastapi_app(limiter))
+    assert [c.get("/by-tenant", headers={"x-tenant": "a"}).status_code
+            for _ in range(2)] == [200, 429]
+    assert c.get("/by-tenant", headers={"x-tenant": "b"}).status_code == 200
+
+
+def test_websocket_messages_share_one_bucket_across_connections(limiter):
+    c = TestClient(fastapi_app(limiter))
+    replies = []
+    for _ in range(2):
+        with c.websocket_connect("/ws") as ws:
+            for _ in range(3):
+                ws.send_text("hi")
+                replies.append(ws.receive_text())
+    assert replies[:3] == ["ok"] * 3
+    assert replies[3:] == ["slow down 20"] * 3
+
+
+def test_a_starlette_endpoint_decorated(limiter):
+    @limiter.limit("1/hour")
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/hello", hello)])
+    limiter.install(app)
+    c = TestClient(app)
+    assert [c.get("/hello").status_code for _ in range(2)] == [200, 429]
+
+
+def test_disabled_counts_nothing(table_name):
+    lim = StarletteLimiter(store=SharedTable.open(table_name, capacity=4096), enabled=False)
+    c = TestClient(fastapi_app(lim))
+    assert [c.get("/admin/one").status_code for _ in range(5)] == [200] * 5
+    lim.store.close()
+
+
+APP = textwrap.dedent("""
+    import os
+    from fastapi import Depends, FastAPI
+    from fastlimit import SharedTable
+    from fastlimit.starlette import StarletteLimiter
+    limiter = StarletteLimiter(store=SharedTable.open(os.environ["TEST_TABLE"]))
+    app = FastAPI()
+    limiter.install(app)
+
+    @app.post("/login", dependencies=[Depends(limiter.limit("5/hour;7/day", name="login"))])
+    async def login():
+        return "ok"
+""")
+
+
+@pytest.mark.slow
+def test_exact_across_four_uvicorn_workers(tmp_path, table_name):
+    (tmp_path / "faapp.py").write_text(APP)
+    port = free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "uvicorn")
+    argv = [exe, "faapp:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "4",
+            "--no-access-log"]
+    with Server(argv, port, env=dict(os.environ, TEST_TABLE=table_name), cwd=str(tmp_path),
+                log=str(tmp_path / "server.log")) as server:
+        server.wait_for_children(4)
+        replies = [request(port, "POST", "/login") for _ in range(12)]
+    assert [r.status for r in replies] == [200] * 5 + [429] * 7, server.log()
+    assert replies[0].headers["x-ratelimit-limit"] == "5"
