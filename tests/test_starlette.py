@@ -158,3 +158,12 @@ def test_exact_across_four_uvicorn_workers(tmp_path, table_name):
         replies = [request(port, "POST", "/login") for _ in range(12)]
     assert [r.status for r in replies] == [200] * 5 + [429] * 7, server.log()
     assert replies[0].headers["x-ratelimit-limit"] == "5"
+
+
+def test_the_default_table_is_named_after_the_application_module():
+    lim = StarletteLimiter()
+    try:
+        assert lim.store.name == "starlette-test_starlette"
+    finally:
+        lim.store.unlink()
+        lim.store.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -49,6 +50,7 @@ __all__ = ["StarletteLimiter"]
 log = logging.getLogger("fastlimit")
 _REQUEST: contextvars.ContextVar[HTTPConnection] = contextvars.ContextVar("fastlimit_request")
 _COUNTED = "fastlimit.counted"
+_TABLE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class StarletteLimiter:
@@ -62,7 +64,8 @@ class StarletteLimiter:
         default_limits: rates counted per IP on every HTTP request, by
             :meth:`install`'s middleware (before routing: on every route).
         store: the store of the view limits (default: the policy's, else
-            the named table ``starlette``, shared by every worker).
+            the named table ``starlette-<module>``, after the module that
+            makes the limiter: shared by every worker of the application).
         on_breach: called with the denying decision before the 429 is sent.
         trusted_proxies: proxies allowed to report the client address.
         enabled: False: nothing is counted (tests).
@@ -73,8 +76,13 @@ class StarletteLimiter:
                  on_breach: Callable[[Outcome], None] | None = None,
                  trusted_proxies: Iterable[str] = (), enabled: bool = True) -> None:
         self.policy = policy
-        self.store = store if store is not None else (
-            policy.store if policy is not None else SharedTable.open("starlette"))
+        if store is None and policy is not None:
+            store = policy.store
+        if store is None:  # one table per application module, shared by its workers
+            module = str(sys._getframe(1).f_globals.get("__name__", "app"))
+            store = SharedTable.open("starlette-" + (_TABLE_NAME.sub("-", module).strip(".-")
+                                                     or "app"))
+        self.store = store
         self.on_breach = on_breach
         self.enabled = enabled
         defaults = list(default_limits)
