@@ -1,0 +1,104 @@
+"""fastlimit.django: the middleware, the @ratelimit decorator and the system
+check, in a real Django project served by gunicorn -w 4."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("django")
+
+from fastlimit.cli.servers import Server, free_port, gunicorn_argv, request  # noqa: E402
+
+PROJECT = textwrap.dedent('''
+    import os
+    from django.http import HttpResponse
+    from django.urls import path
+    from fastlimit.django import ratelimit
+
+    SECRET_KEY = "test"
+    DEBUG = False
+    ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+    ROOT_URLCONF = __name__
+    MIDDLEWARE = ["fastlimit.django.RateLimitMiddleware"]
+    FASTLIMIT = {"TABLE": os.environ["TEST_TABLE"], "POLICY": os.environ["TEST_POLICY"]}
+    if os.environ.get("TEST_BAD"):
+        FASTLIMIT = {"TABLE": "t", "STORAGE_URI": os.environ["TEST_BAD"]}
+
+    @ratelimit("5/hour;7/day", name="login")
+    def login(request):
+        return HttpResponse("ok")
+
+    @ratelimit("1/hour", key="header:x-tenant", block=False)
+    def soft(request):
+        return HttpResponse("limited" if request.limited else "fresh")
+
+    def plain(request):
+        return HttpResponse("plain")
+
+    urlpatterns = [path("login", login), path("soft", soft), path("plain", plain)]
+
+    from django.core.wsgi import get_wsgi_application
+    application = get_wsgi_application()
+''')
+
+POLICY = textwrap.dedent('''
+    [identities.anonymous]
+    rate = "3/1h"
+    [routes.views]          # the decorators limit these, not the 3/1h
+    match = ["* /login", "* /soft"]
+    rate = "1000/1h"
+    dedicated = true
+''')
+
+
+@pytest.fixture
+def project(tmp_path, table_name):
+    (tmp_path / "djapp.py").write_text(PROJECT)
+    (tmp_path / "policy.toml").write_text(POLICY)
+    env = dict(os.environ, TEST_TABLE=table_name, TEST_POLICY=str(tmp_path / "policy.toml"),
+               DJANGO_SETTINGS_MODULE="djapp", PYTHONPATH=str(tmp_path))
+    return tmp_path, env
+
+
+@pytest.mark.slow
+def test_exact_across_four_gunicorn_workers(project):
+    tmp_path, env = project
+    port = free_port()
+    with Server(gunicorn_argv("djapp:application", port, workers=4), port, env=env,
+                cwd=str(tmp_path), log=str(tmp_path / "server.log")) as server:
+        server.wait_for_children(4)
+        logins = [request(port, "POST", "/login") for _ in range(9)]
+        plain = [request(port, "GET", "/plain") for _ in range(4)]
+        soft = [request(port, "GET", "/soft", headers={"x-tenant": t}).body
+                for t in ("a", "a", "b")]
+    # the decorator's 5/hour binds before the policy's 1000/1h on /login
+    assert [r.status for r in logins] == [200] * 5 + [429] * 4, server.log()
+    assert logins[0].headers["x-ratelimit-limit"] == "5"
+    assert json.loads(logins[5].body)["error"]["code"] == "RATE_LIMITED"
+    # the policy: 3/1h per IP on every other path
+    assert [r.status for r in plain] == [200] * 3 + [429], server.log()
+    assert soft == [b"fresh", b"limited", b"fresh"]
+
+
+def test_a_bad_setting_is_a_system_check_error(project):
+    tmp_path, env = project
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); "
+         "from django.core.management import call_command; call_command('check')"],
+        env=dict(env, TEST_BAD="memory://"), cwd=str(tmp_path), capture_output=True, text=True,
+        timeout=120)
+    assert done.returncode != 0
+    assert "fastlimit.E001" in done.stderr and "memory:// is per process" in done.stderr
+
+
+def test_good_settings_pass_the_check(project):
+    tmp_path, env = project
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); "
+         "from django.core.management import call_command; call_command('check')"],
+        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
