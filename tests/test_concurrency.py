@@ -19,6 +19,7 @@ from fastlimit import (
     ConcurrencyLimitExceeded,
     ConfigurationError,
     FakeClock,
+    HeaderStyle,
     Limiter,
     RedisBackend,
     SharedTable,
@@ -363,3 +364,18 @@ def test_slots_of_a_killed_holders_leases_are_reclaimed_for_other_keys(table_nam
     assert table.stats().full_events == 1, "the dead holder's slots were freed, not full"
     assert table.stats().lock_breaks >= 1
     assert table.verify() == []
+
+
+def test_a_denial_renders_the_limits_own_numbers(store):
+    uploads = ConcurrencyLimit(2, store, name="uploads", retry_after=2.5)
+    held = [uploads.try_acquire("acct") for _ in range(2)]
+    assert all(held) and uploads.try_acquire("acct") is None
+    style = HeaderStyle(reset="delta", ietf=True)
+    assert style.render_concurrency(name=uploads.name, limit=uploads.limit,
+                                    retry_after=uploads.retry_after, wall_now_ns=0) == [
+        ("X-RateLimit-Limit", "2"), ("X-RateLimit-Remaining", "0"),
+        ("X-RateLimit-Reset", "3"),
+        ("RateLimit-Policy", '"uploads";q=2;qu="concurrent-requests"'),
+        ("RateLimit", '"uploads";r=0;t=3'), ("Retry-After", "3")]
+    for lease in held:
+        lease.release()

@@ -18,6 +18,7 @@ from fastlimit import (
     ConfigurationError,
     Decision,
     FakeClock,
+    HeaderStyle,
     Limiter,
     Quota,
     QuotaSpec,
@@ -25,6 +26,7 @@ from fastlimit import (
     SharedTable,
     TableError,
 )
+from fastlimit.limiters.quota import CalendarWindow
 
 NS = 10**9
 
@@ -287,3 +289,54 @@ def test_a_lagging_host_counts_in_the_newer_period(backend, redis_server):
     assert a.usage("acct").used == b.usage("acct").used == 2
     assert r.pttl(key) >= pttl - 1000, "B's shorter May expiry did not replace June's"
     assert a.allow("acct") and not a.allow("acct") and not b.allow("acct"), "3 in June, exactly"
+
+
+class SteppingClock:
+    """A wall clock that moves on by ``step`` ns at every read (a busy
+    machine between two reads), counting its reads."""
+
+    def __init__(self, ns, step):
+        self.ns = ns
+        self.step = step
+        self.reads = 0
+
+    def __call__(self):
+        self.reads += 1
+        now = self.ns
+        self.ns += self.step
+        return now
+
+
+@pytest.mark.parametrize("reset, expected", [
+    ("epoch", str(at("2026-06-01T00:00:00") // NS)),
+    ("iso", "2026-06-01T00:00:00.000Z"),
+    ("delta", "1"),
+])
+def test_decide_reads_the_wall_clock_once_at_the_boundary(where, reset, expected):
+    june = at("2026-06-01T00:00:00")
+    clock = SteppingClock(june - 1, NS)  # May's last ns; each later read a second on
+    q = Quota("3/month", clock=clock, **where.kw)
+    style = HeaderStyle(reset=reset, ietf=True)
+    r = q.decide("acct")
+    assert clock.reads == 1
+    assert r.wall_ns == june - 1
+    assert r.decision == Decision(True, 3, 2, 1)
+    assert r.window == CalendarWindow(31 * 86400 * NS)  # May's, the period it counted in
+    assert style.render(r.decision, name="ai", rate=r.window, wall_now_ns=r.wall_ns) == [
+        ("X-RateLimit-Limit", "3"), ("X-RateLimit-Remaining", "2"),
+        ("X-RateLimit-Reset", expected),
+        ("RateLimit-Policy", '"ai";q=3;w=2678400'), ("RateLimit", '"ai";r=2;t=1')]
+    # the next reading is in June: a fresh count, June's window, July's reset
+    r = q.decide("acct", consume=False)
+    assert r.decision == Decision(True, 3, 3, 30 * 86400 * NS - NS + 1)
+    assert r.window == CalendarWindow(30 * 86400 * NS)
+    assert q.usage("acct").used == 0, "a peek counts nothing"
+    assert q.window(june - 1) == CalendarWindow(31 * 86400 * NS)
+
+
+def test_decide_checks_cost_like_hit(where):
+    q = Quota("2/day", clock=FakeClock(at("2026-06-01T12:00:00")), **where.kw)
+    assert q.decide("k", 2).decision.remaining == 0
+    assert not q.decide("k").decision.allowed
+    with pytest.raises(CapacityError, match="the quota of 2 per day"):
+        q.decide("k", 3)

@@ -22,5 +22,10 @@ cdef class Fields:
     cdef dict items   # limit name -> its structured-field String
 
     cdef object _item(self, name)
+    cdef str policy_item(self, name, const fl_answer* d, const Window* w)
+    cdef str lease_item(self, name, int64_t leases)
     cdef list fields(self, const fl_answer* d, name, const Window* w, int64_t wall_now_ns,
-                     bint raw)
+                     bint raw, str policies=*)
+    cdef list concurrency(self, name, int64_t leases, int64_t retry_s, int64_t wall_now_ns,
+                          bint raw, str policies=*)
+    cdef list unlimited(self, int64_t wall_now_ns, bint raw, str policies=*)

@@ -33,6 +33,10 @@ cdef extern from "<time.h>" nogil:
 
 
 cdef int64_t NS = 1_000_000_000
+# X-RateLimit-Limit and -Remaining of a request no limit applies to: the
+# largest signed 32-bit integer, which every client's int parses
+cdef int64_t UNLIMITED = 2_147_483_647
+UNLIMITED_FIELD = UNLIMITED
 
 RESET_CODES = {"delta": RESET_DELTA, "epoch": RESET_EPOCH, "iso": RESET_ISO}
 
@@ -236,10 +240,28 @@ cdef class Fields:
         cdef Window w = window_of(window)
         return self.fields(&a, name, &w, wall_now_ns, False)
 
+    cdef str policy_item(self, name, const fl_answer* d, const Window* w):
+        """The RateLimit-Policy item of one rate or quota: ``"api";q=30;w=60``."""
+        cdef int64_t span
+        # w is the span the quota q refills over: the period when the
+        # burst is the rate's limit, burst x T otherwise; whole seconds
+        if w.calendar:
+            span = _ceil_s(w.period_ns)
+        else:  # in Python ints: limit x period may exceed 64 bits
+            span = -(-(<object>d.limit * <object>w.period_ns) // (<object>w.limit * NS))
+        return f"{self._item(name)};q={d.limit};w={span if span > 1 else 1}"
+
+    cdef str lease_item(self, name, int64_t leases):
+        """The RateLimit-Policy item of a concurrency limit: no window, its
+        unit the draft's ``concurrent-requests``."""
+        return f'{self._item(name)};q={leases};qu="concurrent-requests"'
+
     cdef list fields(self, const fl_answer* d, name, const Window* w, int64_t wall_now_ns,
-                     bint raw):
+                     bint raw, str policies=None):
+        """The fields of one limit's answer; ``policies``: the whole
+        RateLimit-Policy list when more than this limit applies."""
         cdef list out = []
-        cdef int64_t span, t
+        cdef int64_t t
         if self.legacy:
             out.append((b"x-ratelimit-limit" if raw else "X-RateLimit-Limit",
                         _decimal(d.limit, raw)))
@@ -248,16 +270,9 @@ cdef class Fields:
             out.append((b"x-ratelimit-reset" if raw else "X-RateLimit-Reset",
                         _reset(d.reset_after_ns, self.reset, wall_now_ns, raw)))
         if self.ietf:
-            item = self._item(name)
-            # w is the span the quota q refills over: the period when the
-            # burst is the rate's limit, burst x T otherwise; whole seconds
-            if w.calendar:
-                span = _ceil_s(w.period_ns)
-            else:  # in Python ints: limit x period may exceed 64 bits
-                span = -(-(<object>d.limit * <object>w.period_ns) // (<object>w.limit * NS))
+            policy = policies if policies is not None else self.policy_item(name, d, w)
             t = _ceil_s(window_next_unit(d, w))
-            policy = f"{item};q={d.limit};w={span if span > 1 else 1}"
-            state = f"{item};r={d.remaining};t={t}"
+            state = f"{self._item(name)};r={d.remaining};t={t}"
             out.append((b"ratelimit-policy", policy.encode()) if raw else
                        ("RateLimit-Policy", policy))
             out.append((b"ratelimit", state.encode()) if raw else ("RateLimit", state))
@@ -265,6 +280,55 @@ cdef class Fields:
             out.append((b"retry-after" if raw else "Retry-After",
                         _decimal(retry_seconds(d, w), raw)))
         return out
+
+    cdef list concurrency(self, name, int64_t leases, int64_t retry_s, int64_t wall_now_ns,
+                          bint raw, str policies=None):
+        """The fields of a concurrency limit's denial: its own numbers (all
+        ``leases`` held, none left), more in ``retry_s`` as far as anyone
+        can tell: the Reset, ``t`` and Retry-After all say it."""
+        cdef list out = []
+        if self.legacy:
+            out.append((b"x-ratelimit-limit" if raw else "X-RateLimit-Limit",
+                        _decimal(leases, raw)))
+            out.append((b"x-ratelimit-remaining" if raw else "X-RateLimit-Remaining",
+                        _decimal(0, raw)))
+            out.append((b"x-ratelimit-reset" if raw else "X-RateLimit-Reset",
+                        _reset(retry_s * NS, self.reset, wall_now_ns, raw)))
+        if self.ietf:
+            policy = policies if policies is not None else self.lease_item(name, leases)
+            state = f"{self._item(name)};r=0;t={retry_s}"
+            out.append((b"ratelimit-policy", policy.encode()) if raw else
+                       ("RateLimit-Policy", policy))
+            out.append((b"ratelimit", state.encode()) if raw else ("RateLimit", state))
+        out.append((b"retry-after" if raw else "Retry-After", _decimal(retry_s, raw)))
+        return out
+
+    cdef list unlimited(self, int64_t wall_now_ns, bint raw, str policies=None):
+        """The fields of a request no rate or quota applies to (an
+        unlimited tier): legacy fields saying UNLIMITED of UNLIMITED left,
+        replenished now, so that a client reading them as numbers (seed
+        000's sample does) carries on; ``policies``: the concurrency limits
+        that still apply, if any (there is no RateLimit item to send)."""
+        cdef list out = []
+        if self.legacy:
+            out.append((b"x-ratelimit-limit" if raw else "X-RateLimit-Limit",
+                        _decimal(UNLIMITED, raw)))
+            out.append((b"x-ratelimit-remaining" if raw else "X-RateLimit-Remaining",
+                        _decimal(UNLIMITED, raw)))
+            out.append((b"x-ratelimit-reset" if raw else "X-RateLimit-Reset",
+                        _reset(0, self.reset, wall_now_ns, raw)))
+        if self.ietf and policies is not None:
+            out.append((b"ratelimit-policy", policies.encode()) if raw else
+                       ("RateLimit-Policy", policies))
+        return out
+
+    def render_concurrency(self, name, int64_t leases, int64_t retry_s, int64_t wall_now_ns):
+        """What ``HeaderStyle.render_concurrency`` returns (text pairs)."""
+        return self.concurrency(name, leases, retry_s, wall_now_ns, False)
+
+    def render_unlimited(self, int64_t wall_now_ns):
+        """What ``HeaderStyle.render_unlimited`` returns (text pairs)."""
+        return self.unlimited(wall_now_ns, False)
 
 
 def legacy_fields(Decision decision, int reset_format, int64_t wall_now_ns, tuple limit=None):

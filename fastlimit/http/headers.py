@@ -11,11 +11,18 @@ Two header families, either or both:
 
 Every denial carries ``Retry-After``: whole seconds, rounded up, at least 1,
 and never earlier than ``t``.
+
+A request no limit applies to (an unlimited tier) still gets the legacy
+fields, with :data:`UNLIMITED` as its limit and remaining: a client that
+reads a missing ``X-RateLimit-Remaining`` as 0 would otherwise back off.
+A concurrency limit's denial describes that limit: all its leases held,
+none left, ``qu="concurrent-requests"`` in ``RateLimit-Policy``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,6 +38,7 @@ __all__ = [
     "DEFAULT_BODY",
     "DenialResponse",
     "HeaderStyle",
+    "UNLIMITED",
     "default_responses",
     "ResetFormat",
     "format_reset",
@@ -48,6 +56,10 @@ DEFAULT_BODY: Mapping[str, Any] = {
     "error": {"code": "RATE_LIMITED", "message": "Too many requests"},
 }
 
+
+#: ``X-RateLimit-Limit`` and ``-Remaining`` of a request no limit applies to:
+#: the largest signed 32-bit integer, which any client parses as a number
+UNLIMITED: int = compiled.UNLIMITED_FIELD
 
 _FIELDS = {fmt: compiled.Fields(fmt, True, False) for fmt in RESET_FORMATS}
 
@@ -181,9 +193,57 @@ class HeaderStyle:
             name: the limit's name, for the IETF fields.
             rate: the limit's rate, or a quota's CalendarWindow (for ``w``
                 and ``t``).
-            wall_now_ns: Unix time in ns, for epoch and ISO resets.
+            wall_now_ns: Unix time in ns, for epoch and ISO resets: the
+                reading the decision was made at (for a quota,
+                ``Quota.decide(...).wall_ns``), so that the reset is the
+                period's end exactly, not a second past it.
         """
         found: list[tuple[str, str]] = self._fields.render(decision, name, rate, wall_now_ns)
+        return found
+
+    def render_concurrency(self, *, name: str, limit: int, retry_after: float,
+                           wall_now_ns: int) -> list[tuple[str, str]]:
+        """The headers of a concurrency limit's denial: ``limit`` leases,
+        none left, more expected in ``retry_after`` seconds (rounded up, at
+        least 1), which ``X-RateLimit-Reset``, ``t`` and ``Retry-After`` say.
+
+        Example:
+            >>> style = HeaderStyle(reset="delta", ietf=True)
+            >>> for name, value in style.render_concurrency(
+            ...         name="uploads", limit=20, retry_after=4.2, wall_now_ns=0):
+            ...     print(f"{name}: {value}")
+            X-RateLimit-Limit: 20
+            X-RateLimit-Remaining: 0
+            X-RateLimit-Reset: 5
+            RateLimit-Policy: "uploads";q=20;qu="concurrent-requests"
+            RateLimit: "uploads";r=0;t=5
+            Retry-After: 5
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be an int >= 1 (leases), got {limit!r}")
+        if not isinstance(retry_after, (int, float)) or not retry_after >= 0 or math.isinf(
+                retry_after):
+            raise ConfigurationError(
+                f"retry_after must be a finite number of seconds >= 0, got {retry_after!r}")
+        wait = max(1, math.ceil(retry_after))
+        found: list[tuple[str, str]] = self._fields.render_concurrency(
+            name, limit, wait, wall_now_ns)
+        return found
+
+    def render_unlimited(self, *, wall_now_ns: int) -> list[tuple[str, str]]:
+        """The headers of a request no limit applies to: legacy fields of
+        :data:`UNLIMITED` limit and remaining, reset now; no IETF field
+        (there is no policy to describe).
+
+        Example:
+            >>> style = HeaderStyle(reset="epoch", ietf=True)
+            >>> for name, value in style.render_unlimited(wall_now_ns=1_775_397_600 * 10**9):
+            ...     print(f"{name}: {value}")
+            X-RateLimit-Limit: 2147483647
+            X-RateLimit-Remaining: 2147483647
+            X-RateLimit-Reset: 1775397600
+        """
+        found: list[tuple[str, str]] = self._fields.render_unlimited(wall_now_ns)
         return found
 
 

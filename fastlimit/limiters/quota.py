@@ -23,8 +23,8 @@ from fastlimit.limiters.rate import Rate
 from fastlimit.stores.contract import QuotaCounts, require_sync
 from fastlimit.stores.table import OnFull, SharedTable, state_dir
 
-__all__ = ["Calendar", "CalendarWindow", "Quota", "QuotaBase", "QuotaSpec", "Usage", "Window",
-           "state_dir"]
+__all__ = ["Calendar", "CalendarWindow", "Quota", "QuotaBase", "QuotaReading", "QuotaSpec",
+           "Usage", "Window", "state_dir"]
 
 Unit = Literal["day", "week", "month"]
 NS = 1_000_000_000
@@ -82,6 +82,19 @@ class CalendarWindow(NamedTuple):
 
 Window = Rate | CalendarWindow
 """What rate-limit headers describe a limit over: its rate, or a quota's period."""
+
+
+class QuotaReading(NamedTuple):
+    """A quota's answer and the one wall-clock reading it was made at
+    (:meth:`Quota.decide`): what headers need, from one ``clock()`` call.
+
+    A second reading for the headers' "now" would put the reset past the
+    period's end by the time between the two reads (rounded up: a second
+    past the month), or, across a boundary, describe the next period."""
+
+    decision: Decision
+    window: CalendarWindow  # the period the decision was counted in
+    wall_ns: int            # pass it to HeaderStyle.render as wall_now_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +162,11 @@ class QuotaBase:
         """The most one hit can cost (as for a Limiter): the limit."""
         return self.spec.limit
 
-    def window(self) -> CalendarWindow:
-        """The current period's length, which rate-limit headers use as
-        their window (``w``) in place of a rate."""
-        _, start, end = self.calendar.period(self.clock())
+    def window(self, now_ns: int | None = None) -> CalendarWindow:
+        """The length of the period holding ``now_ns`` (default: the
+        clock's now), which rate-limit headers use as their window (``w``)
+        in place of a rate."""
+        _, start, end = self.calendar.period(self.clock() if now_ns is None else now_ns)
         return CalendarWindow(end - start)
 
     @property
@@ -265,6 +279,29 @@ class Quota(QuotaBase):
     def peek(self, key: Key, cost: int = 1) -> Decision:
         """The Decision a hit of ``cost`` would get, counting nothing."""
         return self._meter.peek(key, cost)
+
+    def decide(self, key: Key, cost: int = 1, *, consume: bool = True) -> QuotaReading:
+        """:meth:`hit` (or :meth:`peek`, ``consume=False``) at one reading of
+        the clock, returned with the period's window: render headers from
+        these and the reset is the period's end exactly.
+
+        Example:
+            >>> import tempfile, os
+            >>> from fastlimit import HeaderStyle
+            >>> june = 1_780_272_000 * 10**9  # 2026-06-01T00:00:00Z
+            >>> q = Quota("3/month", path=os.path.join(tempfile.mkdtemp(), "q.tbl"),
+            ...           clock=lambda: june - 1)
+            >>> r = q.decide("acct-1")
+            >>> HeaderStyle(reset="iso").render(r.decision, name=q.name, rate=r.window,
+            ...                                 wall_now_ns=r.wall_ns)[2]
+            ('X-RateLimit-Reset', '2026-06-01T00:00:00.000Z')
+        """
+        now = self.clock()
+        # a meter reading this one time, not the quota's clock: its answer
+        # and the window below are of the same instant
+        meter = Meter.of_quota(self, self._counter, self.calendar, lambda: now, self._what)
+        decision = meter.hit(key, cost) if consume else meter.peek(key, cost)
+        return QuotaReading(decision, self.window(now), now)
 
     def refund(self, key: Key, cost: int = 1) -> bool:
         """Give back ``cost`` counted in the current period (never below 0)."""

@@ -617,6 +617,38 @@ cdef inline object _need_ip(object client_ip, Bucket b):
     return ip_key(client_ip, b.ipv6_prefix) if type(client_ip) is str else client_ip
 
 
+cdef str _policies(PolicyDecision d):
+    """The RateLimit-Policy list: every enforced rate and quota the request
+    is subject to, in the order they are counted, then its concurrency
+    limits.  Draft-10 wants the field to stay the same over a caller's
+    responses, so it lists them all whichever one binds (RateLimit and the
+    legacy fields describe the binding one).  None when nothing applies."""
+    cdef Fields f = d.plan.fields
+    cdef Hit h
+    cdef Usage u
+    cdef Window w
+    cdef list items = []
+    for h in d.hits:
+        if h.done and not h.shadow:
+            h.meter.window_at(d.wall_ns, &w)
+            items.append(f.policy_item(h.name, &h.a, &w))
+    if d.leases is not None:
+        for u, n in d.leases:
+            items.append(f.lease_item(u.name, n))
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else ", ".join(items)
+
+
+cdef int64_t _leases_of(PolicyDecision d, name) except -1:
+    """How many leases the concurrency limit ``name`` allows the caller."""
+    cdef Usage u
+    for u, n in d.leases or ():
+        if u.name == name:
+            return n
+    raise ValueError(f"no concurrency limit {name!r} applies to this request")
+
+
 # Retry-After of a request whose state found no room (503 LIMITER_FULL): room
 # comes back as the operator resizes, or at the period's end; a minute is a
 # polite wait, not a promise.
@@ -1007,21 +1039,27 @@ cdef class PolicyDecision:
 
     cdef list fields(self, bint raw):
         """The rate-limit header fields (raw: as ASGI bytes)."""
-        cdef list out
+        cdef Fields f = self.plan.fields
+        cdef Hit h
+        cdef Window w
         cdef int i
         if self.kind == "too_large":
             return []
         if self.kind == "full":  # no limit's fields: the caller used nothing
             return [(b"retry-after", str(FULL_RETRY_AFTER).encode())] if raw else [
                 ("Retry-After", str(FULL_RETRY_AFTER))]
+        policies = _policies(self) if f.ietf else None
+        if self.kind == "concurrency":  # its own numbers, not another limit's
+            return f.concurrency(self.denied_by, _leases_of(self, self.denied_by),
+                                 self.retry_after, self.wall_ns, raw, policies)
+        if not self.hits:  # no rate or quota applies: say so in numbers clients parse
+            return f.unlimited(self.wall_ns, raw, policies)
         i = self._binding()
-        out = [] if i < 0 else self._render(i, raw)
-        if self.kind == "concurrency":  # one Retry-After: the longest wait (retry_after)
-            name = b"retry-after" if raw else "Retry-After"
-            out = [field for field in out if field[0] != name]
-            out.append((name, str(self.retry_after).encode()) if raw
-                       else (name, str(self.retry_after)))
-        return out
+        if i < 0:  # shadow limits only: a dry run shows the client nothing
+            return []
+        h = self.hits[i]
+        h.meter.window_at(self.wall_ns, &w)
+        return f.fields(&h.a, h.name, &w, self.wall_ns, raw, policies)
 
     cdef list _render(self, int i, bint raw):
         cdef Hit h = self.hits[i]
@@ -1031,8 +1069,13 @@ cdef class PolicyDecision:
 
     @property
     def headers(self):
-        """Rate-limit headers to send, each once; empty when no enforced
-        limit applied (e.g. an unlimited tier) and on a 413."""
+        """Rate-limit headers to send, each once: the legacy and ``RateLimit``
+        fields of the most restrictive limit, ``RateLimit-Policy`` listing
+        every limit that applies.  A request no rate or quota applies to
+        (an unlimited tier) gets ``X-RateLimit-Limit`` and ``-Remaining`` of
+        ``UNLIMITED`` (2147483647); a concurrency denial the concurrency
+        limit's own numbers.  Empty on a 413 and when only shadow limits
+        applied."""
         return self.text_fields()
 
     def raw_headers(self):
