@@ -7,7 +7,7 @@ that would switch limits off.
     MIDDLEWARE = [..., "fastlimit.django.RateLimitMiddleware"]
     FASTLIMIT = {"POLICY": BASE_DIR / "policy.toml", "TABLE": "myapp"}
 
-    from fastlimit.django import ratelimit
+    # views.py: from fastlimit.django import ratelimit
 
     @ratelimit("5/minute", key="ip")
     def login(request): ...
