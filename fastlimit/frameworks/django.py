@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastlimit.errors import ConfigurationError, RateLimited
-from fastlimit.frameworks.rules import Counted, Rule, RuleSet, release
+from fastlimit.frameworks.rules import Counted, Rule, RuleSet, app_table, release
 from fastlimit.policy.policy import Policy
 from fastlimit.stores.table import SharedTable
 from fastlimit.stores.url import store_from_url
@@ -41,7 +40,6 @@ __all__ = ["RateLimitMiddleware", "check_settings", "ratelimit"]
 
 log = logging.getLogger("fastlimit")
 _KEYS = frozenset({"POLICY", "TABLE", "STORAGE_URI", "ENABLED", "HEADERS"})
-_TABLE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _COUNTED = "fastlimit_counted"
 
 
@@ -73,8 +71,7 @@ class _State:
         self.enabled = bool(config.get("ENABLED", True))
         uri = config.get("STORAGE_URI")
         module = str(getattr(settings, "SETTINGS_MODULE", None) or "app")
-        table = config.get("TABLE") or "django-" + (
-            _TABLE_NAME.sub("-", module).strip(".-") or "app")
+        table = config.get("TABLE") or app_table("django", module)
         self.store: Any = store_from_url(uri) if uri else SharedTable.open(table)
         path = config.get("POLICY")
         self.gate = None if not path else RouteLimit(Policy.from_file(path, store=self.store))

@@ -26,12 +26,19 @@ app shares its limits), ``FASTLIMIT_STORAGE_URI`` (see
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from fastlimit.errors import RateLimited
-from fastlimit.frameworks.rules import Counted, KeyKind, Rule, RuleSet, name_of, release
+from fastlimit.frameworks.rules import (
+    Counted,
+    KeyKind,
+    Rule,
+    RuleSet,
+    app_table,
+    name_of,
+    release,
+)
 from fastlimit.policy.policy import Policy
 from fastlimit.stores.table import SharedTable
 from fastlimit.stores.url import store_from_url
@@ -44,7 +51,6 @@ log = logging.getLogger("fastlimit")
 F = TypeVar("F")
 _RULES = "_fastlimit_rules"
 _EXEMPT = "_fastlimit_exempt"
-_TABLE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class FlaskLimiter:
@@ -91,8 +97,7 @@ class FlaskLimiter:
         self.enabled = bool(config.get("FASTLIMIT_ENABLED", True))
         if self.store is None:
             uri = config.get("FASTLIMIT_STORAGE_URI")
-            table = config.get("FASTLIMIT_TABLE") or "flask-" + (
-                _TABLE_NAME.sub("-", app.import_name).strip(".-") or "app")
+            table = config.get("FASTLIMIT_TABLE") or app_table("flask", app.import_name)
             self.store = store_from_url(uri) if uri else SharedTable.open(table)
         if self.policy is None and config.get("FASTLIMIT_POLICY"):
             self.policy = Policy.from_file(config["FASTLIMIT_POLICY"], store=self.store)

@@ -24,7 +24,8 @@ from fastlimit.web.gate import Outcome, RouteLimit
 from fastlimit.web.identify import Identify
 from fastlimit.web.view import RequestView
 
-__all__ = ["Counted", "KeyKind", "Rule", "RuleSet", "binding", "refund", "release"]
+__all__ = ["Counted", "KeyKind", "Rule", "RuleSet", "app_table", "binding", "refund",
+           "release"]
 
 log = logging.getLogger("fastlimit")
 
@@ -69,6 +70,13 @@ def release(counted: Counted) -> None:
     for outcome, _ in counted:
         outcome.release()
     counted.clear()
+
+
+def app_table(framework: str, app: str) -> str:
+    """The shared table an integration opens when none is configured: one
+    per application (``flask-<import name>``), so all its workers share
+    limits and two applications never share a table by accident."""
+    return f"{framework}-{_NAME.sub('-', app).strip('.-') or 'app'}"
 
 
 def name_of(view: Callable[..., Any]) -> str:

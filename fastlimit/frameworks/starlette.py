@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -39,7 +38,15 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from fastlimit.errors import RateLimited
-from fastlimit.frameworks.rules import Counted, KeyKind, Rule, RuleSet, name_of, release
+from fastlimit.frameworks.rules import (
+    Counted,
+    KeyKind,
+    Rule,
+    RuleSet,
+    app_table,
+    name_of,
+    release,
+)
 from fastlimit.policy.policy import Policy
 from fastlimit.stores.table import SharedTable
 from fastlimit.web.gate import Outcome, RouteLimit
@@ -50,7 +57,6 @@ __all__ = ["StarletteLimiter"]
 log = logging.getLogger("fastlimit")
 _REQUEST: contextvars.ContextVar[HTTPConnection] = contextvars.ContextVar("fastlimit_request")
 _COUNTED = "fastlimit.counted"
-_TABLE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class StarletteLimiter:
@@ -80,8 +86,7 @@ class StarletteLimiter:
             store = policy.store
         if store is None:  # one table per application module, shared by its workers
             module = str(sys._getframe(1).f_globals.get("__name__", "app"))
-            store = SharedTable.open("starlette-" + (_TABLE_NAME.sub("-", module).strip(".-")
-                                                     or "app"))
+            store = SharedTable.open(app_table("starlette", module))
         self.store = store
         self.on_breach = on_breach
         self.enabled = enabled
