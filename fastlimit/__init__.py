@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from fastlimit._core import Decision as Decision
     from fastlimit.clock import FakeClock as FakeClock
     from fastlimit.errors import BackendError as BackendError
+    from fastlimit.errors import CallbackError as CallbackError
     from fastlimit.errors import CapacityError as CapacityError
     from fastlimit.errors import ConcurrencyLimitExceeded as ConcurrencyLimitExceeded
     from fastlimit.errors import ConfigurationError as ConfigurationError
@@ -71,8 +72,9 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_ERRORS = ("BackendError", "CapacityError", "ConcurrencyLimitExceeded", "ConfigurationError",
-           "FastLimitError", "RateLimitExceeded", "RateLimited", "TableError", "TableFullError")
+_ERRORS = ("BackendError", "CallbackError", "CapacityError", "ConcurrencyLimitExceeded",
+           "ConfigurationError", "FastLimitError", "RateLimitExceeded", "RateLimited",
+           "TableError", "TableFullError")
 _LAZY: dict[str, str] = {
     **dict.fromkeys(_ERRORS, "fastlimit.errors"),
     "Decision": "fastlimit._core",

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendError",
+    "CallbackError",
     "CapacityError",
     "ConcurrencyLimitExceeded",
     "ConfigurationError",
@@ -27,6 +28,37 @@ class FastLimitError(Exception):
 
 class ConfigurationError(FastLimitError, ValueError):
     """A rate, limit, policy or option is malformed or out of range."""
+
+
+class CallbackError(ConfigurationError):
+    """A callable the application gave fastlimit (``identify``, a
+    credential ``lookup``, a key or cost function) returned what it must
+    not, or named a tier the policy does not have.
+
+    The middlewares and integrations answer such a request 500 and log the
+    error once per distinct mistake (``mistake``), not once per request.
+
+    Attributes:
+        mistake: what tells this mistake from others (the callback's role,
+            the callable, and the kind of value returned); never the
+            request's data.
+    """
+
+    def __init__(self, message: str, mistake: object) -> None:
+        super().__init__(message)
+        self.mistake = mistake
+
+    @classmethod
+    def returned(cls, role: str, function: object, value: object,
+                 expected: str) -> CallbackError:
+        """``role`` (e.g. ``"identify"``) ``function`` returned ``value``
+        where it must return ``expected``."""
+        name = getattr(function, "__qualname__", None) or repr(function)
+        shown = repr(value)
+        if len(shown) > 120:  # a database row: its type and start say enough
+            shown = shown[:117] + "..."
+        return cls(f"{role} {name} returned {shown}; it must return {expected}",
+                   (role, name, type(value).__name__))
 
 
 class CapacityError(FastLimitError, ValueError):

@@ -7,7 +7,7 @@ import pytest
 
 import fastlimit
 from fastlimit.examples.memory_store import MemoryStore
-from fastlimit.stores.table import shm_dir
+from fastlimit.stores.table import beside, shm_dir
 
 # Where tables live while the tests run: tmpfs, as in production.
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -37,9 +37,8 @@ def table_name():
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
     base = os.path.join(shm_dir(), f"fastlimit.{name}")
-    # the table, and the overrides a Policy keeps beside it
-    for path in (base, f"{base}.overrides.json", f"{base}.overrides.json.gen",
-                 f"{base}.anonymous"):
+    # the table, and what policies keep beside it
+    for path in (base, *beside(base)):
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -176,7 +176,7 @@ def test_rm_removes_the_table_and_its_overrides(table_name, capsys):
     assert os.path.exists(base)
     r = _cli_json(capsys, "rm", table_name, "--json")
     # no overrides were written; the per-IP keys' table goes with it
-    assert r == {"removed": [base, f"{base}.overrides.json.gen", f"{base}.anonymous"]}
+    assert r == {"removed": [base, f"{base}.anonymous", f"{base}.p.overrides.json.gen"]}
     assert not glob.glob(base + "*")
     assert main(["stats", table_name]) == 2
     assert "no table at" in capsys.readouterr().err

@@ -212,7 +212,8 @@ def test_policy_opens_the_named_table_of_its_store(table_name, tmp_path):
                     '[identities.token]\nrate = "1/1h"\n')
     with Policy.from_file(path) as policy:
         assert policy.store.capacity == 1024
-        assert policy.overrides.path == f"{policy.store.path}.overrides.json"
+        # one overrides file per (table, policy); the policy is named after its file
+        assert policy.overrides.path == f"{policy.store.path}.p.overrides.json"
         other = SharedTable.attach(table_name)
         assert other.path == policy.store.path
         other.close()

@@ -102,3 +102,18 @@ def test_good_settings_pass_the_check(project):
          "from django.core.management import call_command; call_command('check')"],
         env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_policy_without_an_anonymous_rule_is_a_system_check_warning(project):
+    tmp_path, env = project
+    (tmp_path / "policy.toml").write_text('[identities.token]\nrate = "100/1h"\n')
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); "
+         "from django.core.management import call_command; call_command('check')"],
+        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    # a warning: Django's check still passes, and says what to add
+    assert done.returncode == 0, done.stderr
+    out = done.stdout + done.stderr
+    assert "fastlimit.W002" in out, out
+    assert "no [identities.anonymous] rule" in out
+    assert 'rate = "unlimited" to say so' in out

@@ -2,6 +2,7 @@
 users write them; in process (Flask's test client) and under gunicorn -w 4."""
 
 import json
+import logging
 import os
 import textwrap
 
@@ -152,14 +153,23 @@ def test_one_name_with_two_rates_is_refused(table_name):
     limiter.store.close()
 
 
-def test_a_key_callable_returning_a_non_str_is_named(table_name):
+def test_a_key_callable_returning_a_non_str_is_named(table_name, caplog):
     app = flask.Flask("fltest3")
     app.testing = True
     app.config["FASTLIMIT_TABLE"] = table_name
     limiter = FlaskLimiter(app)
     app.get("/x")(limiter.limit("1/hour", key=lambda: 42)(lambda: "x"))
-    with pytest.raises(ConfigurationError, match="returned 42; it must return a non-empty str"):
-        app.test_client().get("/x")
+    client = app.test_client()
+    with caplog.at_level(logging.ERROR, logger="fastlimit"):
+        answers = [client.get("/x") for _ in range(3)]
+    # every such request is answered 500, without a traceback each time:
+    # the mistake is logged once, naming the callable and what it returned
+    assert [r.status_code for r in answers] == [500, 500, 500]
+    assert answers[0].json["error"]["code"] == "INTERNAL_ERROR"
+    logged = [r for r in caplog.records if "returned 42" in r.getMessage()]
+    assert len(logged) == 1
+    assert "the key callable" in logged[0].getMessage()
+    assert "it must return a non-empty str" in logged[0].getMessage()
     limiter.store.close()
 
 

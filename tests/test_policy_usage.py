@@ -242,10 +242,43 @@ def test_quotas_persist_in_the_quota_file(make_table_policy, tmp_path):
     assert quota.store.path == str(path) and quota.usage("acct_1").used == 1
 
 
-def test_default_quota_file_is_named_after_the_policy(make_table_policy, tmp_path):
-    policy = make_table_policy()
+def test_default_quota_file_is_named_after_the_table_and_the_policy(make_table_policy,
+                                                                   table_name, tmp_path):
+    table = SharedTable.open(table_name, capacity=4096)
+    policy = make_table_policy(table=table)
     quota = policy.resolve("POST", "/images/analyze", starter(), IP).checks[1].limiter
-    assert quota.store.path == str(tmp_path / "state" / "scopix-quotas.tbl")
+    # one file per (table, policy): another table's policy of the same name
+    # counts apart
+    assert quota.store.path == str(tmp_path / "state" / f"fastlimit.{table_name}.scopix.quotas.tbl")
+    other = make_table_policy(table=SharedTable.anonymous(4096))
+    assert other.resolve("POST", "/images/analyze", starter(), IP).checks[1].limiter.store.path \
+        is None  # a table of the process's own: its quotas count in memory beside it
+    table.close()
+
+
+def test_a_quota_file_of_before_0_2_is_kept_with_a_warning(make_table_policy, table_name,
+                                                           tmp_path, caplog):
+    legacy = tmp_path / "state" / "scopix-quotas.tbl"
+    legacy.parent.mkdir(exist_ok=True)
+    SharedTable.open(path=str(legacy), capacity=1024, kind="quotas").close()
+    table = SharedTable.open(table_name, capacity=4096)
+    with caplog.at_level(logging.WARNING, logger="fastlimit"):
+        policy = make_table_policy(table=table)
+    quota = policy.resolve("POST", "/images/analyze", starter(), IP).checks[1].limiter
+    assert quota.store.path == str(legacy), "this month's counts are not lost on upgrade"
+    assert any("written before 0.2" in r.getMessage() for r in caplog.records)
+    table.close()
+
+
+def test_an_unwritable_quota_directory_fails_at_start_up(make_table_policy, table_name,
+                                                         tmp_path, monkeypatch):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the state directory should be")
+    monkeypatch.setenv("FASTLIMIT_STATE_DIR", str(blocked / "state"))
+    table = SharedTable.open(table_name, capacity=4096)
+    with pytest.raises(ConfigurationError, match=r"the quota file .*cannot open .*blocked/state"):
+        make_table_policy(table=table)
+    table.close()
 
 
 def test_custom_denial_responses(make_policy):

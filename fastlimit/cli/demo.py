@@ -27,7 +27,6 @@ from fastlimit.cli.report import print_table_report, table_report
 from fastlimit.cli.servers import Reply, Server, free_port, gunicorn_argv, request
 from fastlimit.clock import FakeClock
 from fastlimit.limiters.rate import NS_PER_S
-from fastlimit.policy import overrides
 from fastlimit.policy.config import load_file
 from fastlimit.policy.overrides import Overrides
 from fastlimit.policy.policy import Policy
@@ -259,8 +258,7 @@ def _wait_until_all_answer(port: int, workers: int, timeout: float = 30.0) -> No
 
 def _cleanup(table: str) -> None:
     base = os.path.join(table_mod.shm_dir(), f"fastlimit.{table}")
-    for path in (base, table_mod.anonymous_path(base),
-                 *overrides.files_of(overrides.default_path(base))):
+    for path in (base, *table_mod.beside(base)):
         try:
             os.unlink(path)
         except FileNotFoundError:

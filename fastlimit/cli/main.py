@@ -22,12 +22,12 @@ from fastlimit.cli.report import _rate_text, print_table_report, table_report
 from fastlimit.errors import ConfigurationError, TableError
 from fastlimit.limiters.limiter import Key, Limiter
 from fastlimit.limiters.rate import Rate
-from fastlimit.policy import overrides
 from fastlimit.stores.metrics import prometheus_text
 from fastlimit.stores.table import (
     LimiterStats,
     SharedTable,
     anonymous_path,
+    beside,
     check_removable,
     mapped_by,
     table_path,
@@ -198,17 +198,18 @@ def remove(name: str, out: TextIO | None = None, as_json: bool = False,
             f"{', '.join(map(str, users))}: removing it now would leave them on the old "
             f"state while new processes start a new table (the limits split in two). "
             f"Stop them first, or pass --force")
+    # the policies' run-time overrides and their per-IP keys' table live
+    # beside the table: they go with it
+    extras = beside(path)
+    sibling = anonymous_path(path)
+    if sibling in extras and not name.endswith(".anonymous"):
+        check_removable(sibling)
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
     removed = [path]
-    # a policy's run-time overrides and its per-IP keys' table live beside
-    # its table: they go with it
-    sibling = anonymous_path(path)
-    if os.path.exists(sibling) and not name.endswith(".anonymous"):
-        check_removable(sibling)
-    for extra in (*overrides.files_of(overrides.default_path(path)), sibling):
+    for extra in extras:
         try:
             os.unlink(extra)
             removed.append(extra)

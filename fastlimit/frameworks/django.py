@@ -198,9 +198,12 @@ def _key_function(key: str | Callable[[Any], Any]) -> Any:
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """Django's system check of ``settings.FASTLIMIT`` (``fastlimit.E001``)."""
-    from django.core.checks import Error
+    """Django's system check of ``settings.FASTLIMIT``: ``fastlimit.E001``
+    for what cannot work, ``fastlimit.W002`` for a policy with no rule for
+    callers without a credential (they would meet no identity limit)."""
+    from django.core.checks import Error, Warning
 
+    found: list[Any] = []
     try:
         config = _settings()
         if config.get("STORAGE_URI"):
@@ -215,11 +218,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     "would have its own limits; use shm://NAME or a Redis URL")
         if config.get("POLICY"):
             from fastlimit.policy.config import load_file
-            load_file(config["POLICY"])
+            spec = load_file(config["POLICY"])
+            if "anonymous" not in spec.identities:
+                found.append(Warning(
+                    f"{spec.source}: no [identities.anonymous] rule: callers without a "
+                    f"credential (or with one that fails) meet no identity limit",
+                    id="fastlimit.W002",
+                    hint='Add [identities.anonymous] with a rate, or rate = "unlimited" to '
+                         'say so.'))
     except (ConfigurationError, OSError) as e:
         return [Error(str(e), id="fastlimit.E001",
                       hint="See fastlimit.django for the settings.FASTLIMIT keys.")]
-    return []
+    return found
 
 
 def _register() -> None:

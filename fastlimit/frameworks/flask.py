@@ -173,11 +173,12 @@ class FlaskLimiter:
 
     def _denial(self, outcome: Outcome) -> Any:
         request = self._flask.request
-        # info, not warning: a flood of 429s must not flood the warning log
-        log.info("rate limited: %s %s from %s (%s)", request.method, request.path,
-                    request.remote_addr, getattr(outcome, "limit", None))
-        if self.on_breach is not None:
-            self.on_breach(outcome)
+        if outcome.status != 500:  # a 500 (a callback's mistake) is logged where it is met
+            # info, not warning: a flood of 429s must not flood the warning log
+            log.info("rate limited: %s %s from %s (%s)", request.method, request.path,
+                     request.remote_addr, getattr(outcome, "limit", None))
+            if self.on_breach is not None:
+                self.on_breach(outcome)
         response = self._flask.make_response(outcome.body or b"", outcome.status or 429)
         response.headers["Content-Type"] = outcome.content_type
         for name, value in outcome.headers:

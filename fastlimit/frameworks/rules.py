@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from fastlimit.errors import ConfigurationError, RateLimited
+from fastlimit.errors import CallbackError, ConfigurationError, RateLimited
 from fastlimit.limiters.rate import Rate
 from fastlimit.policy.identity import Identity
 from fastlimit.policy.overrides import Overrides
@@ -173,9 +173,9 @@ class RuleSet:
             if value is None:
                 return None  # per IP
             if not isinstance(value, str) or not value:
-                raise ConfigurationError(
-                    f"the key callable {key!r} returned {value!r}; it must return a "
-                    f"non-empty str, or None to count the caller by IP")
+                raise CallbackError.returned(
+                    "the key callable", key, value,
+                    "a non-empty str, or None to count the caller by IP")
             return Identity.token(value)
         return by_key
 
@@ -187,9 +187,7 @@ class RuleSet:
         def counted(view: RequestView) -> int:
             value = cost(*args())
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(
-                    f"the cost callable {cost!r} returned {value!r}; it must return an "
-                    f"int >= 0")
+                raise CallbackError.returned("the cost callable", cost, value, "an int >= 0")
             return value
         return counted
 

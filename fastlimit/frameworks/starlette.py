@@ -159,10 +159,11 @@ class StarletteLimiter:
     async def _answer(self, request: Request, error: Exception) -> Response:
         assert isinstance(error, RateLimited)
         outcome = error.outcome
-        log.info("rate limited: %s %s (%s)", request.method, request.url.path,
-                 getattr(outcome, "limit", None))
-        if self.on_breach is not None:
-            self.on_breach(outcome)
+        if outcome.status != 500:  # a 500 (a callback's mistake) is logged where it is met
+            log.info("rate limited: %s %s (%s)", request.method, request.url.path,
+                     getattr(outcome, "limit", None))
+            if self.on_breach is not None:
+                self.on_breach(outcome)
         return Response(outcome.body or b"", outcome.status or 429,
                         headers=dict(outcome.headers), media_type=outcome.content_type)
 

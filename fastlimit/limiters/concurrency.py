@@ -13,6 +13,7 @@ from fastlimit.errors import ConcurrencyLimitExceeded, ConfigurationError
 from fastlimit.limiters.limiter import Key
 from fastlimit.stores.contract import LeaseSlots, Renewable, require_sync
 from fastlimit.stores.table import OnFull, SharedTable
+from fastlimit.stores.workers import table_of_its_own
 
 __all__ = ["MAX_LIMIT", "ConcurrencyLimit", "Lease"]
 
@@ -143,7 +144,7 @@ class ConcurrencyLimit:
         self.limit = _check_limit(limit)
         self.name = name
         self.retry_after = retry_after
-        self.store = SharedTable.anonymous() if store is None else store
+        self.store = table_of_its_own(f"ConcurrencyLimit {name!r}") if store is None else store
         require_sync(self.store, "ConcurrencyLimit needs a RedisBackend (sync): its acquire is "
                                  "one short round trip, and `async with limit.acquire(key)` "
                                  "works with it in asyncio code")

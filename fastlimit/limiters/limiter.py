@@ -15,7 +15,8 @@ from fastlimit.limiters._counting import Meter
 from fastlimit.limiters.progress import WaitLog, WaitReporter, make_reporter
 from fastlimit.limiters.rate import Rate
 from fastlimit.stores.contract import Bookable, Holdable, RateState, require_sync
-from fastlimit.stores.table import OnFull, SharedTable
+from fastlimit.stores.table import OnFull
+from fastlimit.stores.workers import table_of_its_own
 
 __all__ = ["Key", "Limiter"]
 
@@ -74,7 +75,7 @@ class Limiter:
         self.clock = clock
         self.on_full = on_full
         self.progress = make_reporter(progress)
-        self.store = SharedTable.anonymous() if store is None else store
+        self.store = table_of_its_own(f"Limiter {name!r}") if store is None else store
         require_sync(self.store, "Limiter's methods are synchronous: on an asyncio store use "
                                  "backend.limiter(...) or fastlimit.limiters.aio.AsyncLimiter, "
                                  "whose methods are coroutines")

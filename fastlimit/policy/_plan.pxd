@@ -123,6 +123,7 @@ cdef class Plan:
     cdef int64_t spread
     cdef Bucket api
     cdef tuple by_kind    # the identity buckets, by kind code
+    cdef int told         # bit per kind code: the policy was told it has no rule
     cdef bint api_tiers
 
     cdef int _watch(self) except -1

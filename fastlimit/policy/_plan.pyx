@@ -34,6 +34,8 @@ from fastlimit.limiters._counting cimport KIND_QUOTA, Hit, Meter, count, new_hit
 import logging
 import math
 
+from fastlimit.errors import CallbackError
+
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
@@ -721,8 +723,13 @@ cdef class Plan:
         tier = identity[2]
         found = self.tiers.get(tier if _given(tier) else "")
         if found is None:
-            raise ValueError(f"unknown tier {identity[2]!r}; this policy has: "
-                             f"{', '.join(self.tiers)}")
+            # the application's identify (or its lookup) said so: a
+            # tier added upstream before the policy, a misread token
+            raise CallbackError(
+                f"unknown tier {tier!r}: an API key's identity names a tier policy "
+                f"{self.policy.name!r} does not have (it has: {', '.join(self.tiers)}); "
+                f"identify (or its lookup) must give one of those, or add the tier to "
+                f"[tiers]", ("tier", tier if type(tier) is str else type(tier).__name__))
         return found
 
     cdef PolicyDecision _resolve(self, method, path, identity, client_ip):
@@ -777,6 +784,9 @@ cdef class Plan:
         d.rejected_ = rejected
         d.tier_ = None if tier is None else tier.spec
         b = <Bucket>self.by_kind[kind]
+        if b is None and not (self.told >> kind) & 1:
+            self.told |= 1 << kind
+            self.policy._unruled(_KIND_NAMES[kind])
         if b is not None and not rs.dedicated:
             d.applied = _KIND_NAMES[kind]
             if subject is None:  # per IP: in the anonymous class's slots

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from fastlimit.errors import ConfigurationError
@@ -52,8 +52,20 @@ from fastlimit.policy.config import load_dict, load_file
 from fastlimit.policy.identity import Identity
 from fastlimit.policy.overrides import Overrides, default_path
 from fastlimit.policy.routes import RouteTable
-from fastlimit.policy.spec import DEFAULT_QUOTA_CAPACITY, PolicySpec, TierSpec, UsageSpec
-from fastlimit.stores.table import SharedTable, anonymous_path, state_dir
+from fastlimit.policy.spec import (
+    DEFAULT_QUOTA_CAPACITY,
+    IDENTITY_KINDS,
+    PolicySpec,
+    TierSpec,
+    UsageSpec,
+)
+from fastlimit.stores.table import (
+    SharedTable,
+    anonymous_path,
+    overrides_path,
+    quotas_path,
+    state_dir,
+)
 
 __all__ = ["Identity", "Policy", "PolicyDecision", "Resolution"]
 
@@ -135,11 +147,17 @@ class Policy:
     ) -> None:
         self.spec = spec
         self._owned: list[Any] = []
+        self._told: set[str] = set()  # the identity kinds it warned of having no rule for
+        self.made_in: int | None = None
+        """The process that made this policy's table of its own (no ``[store]
+        table``, no ``store=``), which only it and its forked children share;
+        None when the table is named or given."""
         if store is None:
             if spec.store.table is not None:
                 store = SharedTable.open(spec.store.table, capacity=spec.store.capacity)
             else:
                 store = SharedTable.anonymous(capacity=spec.store.capacity or 65_536)
+                self.made_in = os.getpid()
             self._owned.append(store)
         self.store = store
         self.anonymous_store = self._open_anonymous_store(store)
@@ -154,6 +172,12 @@ class Policy:
         """Shadow denials seen by this process, by limit name."""
         self._quotas: dict[tuple[str, QuotaSpec], Quota] = {}
         self._quota_table: SharedTable | None = None
+        if any(u.kind == "quota" for u in spec.usage):
+            try:
+                self._quota_store()  # a directory it cannot write fails now, not at a request
+            except BaseException:
+                self.close()
+                raise
         self._concurrency = {
             u.name: ConcurrencyLimit(None, store, name=f"{spec.name}/{u.name}",
                                      retry_after=float(u.retry_after), clock=clock)
@@ -265,7 +289,14 @@ class Policy:
             return given
         path = given if given is not None else self.spec.store.overrides
         if path is None and getattr(store, "path", None) is not None:
-            path = default_path(store.path)
+            path = overrides_path(store.path, self.spec.name)
+            legacy = default_path(store.path)  # before 0.2: one file for every policy
+            if not os.path.exists(path) and os.path.exists(legacy):
+                log.warning("fastlimit: policy %r keeps using the overrides at %s, written "
+                            "before 0.2 and shared by every policy on its table; move it "
+                            "to %s (its own) or set [store] overrides", self.spec.name,
+                            legacy, path)
+                path = legacy
         try:
             overrides = Overrides(path)
         except (ConfigurationError, OSError) as e:
@@ -313,16 +344,92 @@ class Policy:
         if "quota" in self.store.kinds:
             return self.store
         if self._quota_table is None:
-            path = self.spec.store.quotas or os.path.join(
-                state_dir(), f"{self.spec.name}-quotas.tbl")
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            # its own capacity (accounts x quotas), not the rate table's; a
-            # file made before keeps the size it was made with
-            capacity = (None if os.path.exists(path) else
-                        self.spec.store.quota_capacity or DEFAULT_QUOTA_CAPACITY)
-            self._quota_table = SharedTable.open(path=path, capacity=capacity, kind="quotas")
+            self._quota_table = self._open_quota_table()
             self._owned.append(self._quota_table)
         return self._quota_table
+
+    def _open_quota_table(self) -> SharedTable:
+        spec = self.spec
+        # its own capacity (accounts x quotas), not the rate table's
+        capacity = spec.store.quota_capacity or DEFAULT_QUOTA_CAPACITY
+        path = spec.store.quotas or quotas_path(getattr(self.store, "path", None), spec.name)
+        if path is None:  # a table of this process's: its quotas count beside it, in memory
+            return SharedTable.anonymous(capacity, kind="quotas")
+        legacy = os.path.join(state_dir(), f"{spec.name}-quotas.tbl")  # before 0.2
+        if spec.store.quotas is None and not os.path.exists(path) and os.path.exists(legacy):
+            log.warning("fastlimit: policy %r keeps counting quotas in %s, written before "
+                        "0.2 and shared by every policy named %r on any table; move it to "
+                        "%s (its table's) or set [store] quotas", spec.name, legacy,
+                        spec.name, path)
+            path = legacy
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            # a file made before keeps the size it was made with
+            return SharedTable.open(path=path, capacity=None if os.path.exists(path)
+                                    else capacity, kind="quotas")
+        except OSError as e:
+            where = ("store.quotas" if spec.store.quotas else
+                     "the quota file (set [store] quotas, or $FASTLIMIT_STATE_DIR)")
+            raise ConfigurationError(
+                f"{spec.source}: {where}: cannot open {path}: {e.strerror or e}; expected a "
+                f"file in a directory this user can write") from None
+
+    def reset(self) -> None:
+        """Forget every count: its tables' rate and quota state (every key
+        in them, including another policy's that shares them), and the
+        shadow denials seen.  Overrides are configuration and stay; leases
+        in flight stay until their requests end.  For tests and for starting
+        over; see :meth:`SharedTable.clear`.
+
+        Raises:
+            ConfigurationError: the store is not a shared table (on Redis,
+                delete the keys under the backend's prefix).
+
+        Example:
+            >>> policy = Policy.from_dict({"identities": {"anonymous": {"rate": "1/1h"}}})
+            >>> policy.hit("GET", "/", client_ip="10.0.0.1").allowed
+            True
+            >>> policy.hit("GET", "/", client_ip="10.0.0.1").allowed
+            False
+            >>> policy.reset()
+            >>> policy.hit("GET", "/", client_ip="10.0.0.1").allowed
+            True
+        """
+        tables = list(self.tables.values())
+        if not tables:
+            raise ConfigurationError(
+                f"policy {self.name!r} counts in {type(self.store).__name__}, not a shared "
+                f"table: reset() cannot clear it (on Redis, delete the keys under the "
+                f"backend's prefix)")
+        if any(u.kind == "quota" for u in self.spec.usage) and "quota" not in self.store.kinds:
+            tables.append(self._quota_store())
+        for table in tables:
+            table.clear()
+        self.shadow_denials.clear()
+
+    def missing_identities(self, kinds: Iterable[str] = IDENTITY_KINDS) -> tuple[str, ...]:
+        """The identity kinds of ``kinds`` the policy has no rule for: their
+        callers are not limited by any identity limit (only by route limits).
+        ``rate = "unlimited"`` is a rule: it says so on purpose.
+
+        Example:
+            >>> policy = Policy.from_dict({"identities": {"token": {"rate": "100/1h"}}})
+            >>> policy.missing_identities(["anonymous", "token"])
+            ('anonymous',)
+        """
+        return tuple(k for k in kinds if k not in self.spec.identities)
+
+    def _unruled(self, kind: str, why: str = "") -> None:
+        """Warn, once per kind, that ``kind`` callers meet no identity limit."""
+        if kind in self._told:
+            return
+        self._told.add(kind)
+        who = ("callers without a credential (or with one that fails)"
+               if kind == "anonymous" else f"{kind} callers")
+        log.warning(
+            "fastlimit: policy %r (%s) has no [identities.%s] rule, so %s%s are limited by "
+            "no identity limit. Add [identities.%s] with a rate, or rate = \"unlimited\" to "
+            "say so.", self.name, self.spec.source, kind, who, why, kind)
 
     def close(self) -> None:
         """Release the table and overrides this policy opened itself."""

@@ -145,7 +145,7 @@ class UsageSpec:
 class StoreSpec:
     """Where state lives: a named shared table (None: an anonymous one,
     shared only with forked children), the overrides file (None: kept in
-    the process) and the quota file (None: ``state_dir()/<policy>-quotas.tbl``)."""
+    the process) and the quota file (None: beside its table, ``stores.table.quotas_path``)."""
 
     table: str | None = None
     capacity: int | None = None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
+import hashlib
 import logging
 import mmap
 import os
@@ -31,8 +33,8 @@ from fastlimit.stores.contract import Kind as StateKind
 from fastlimit.stores.contract import on_full_code
 
 __all__ = ["DEFAULT_CAPACITY", "LimiterStats", "SharedTable", "TableStats", "anonymous_path",
-           "check_owner",
-           "check_removable", "mapped_by", "shm_dir", "state_dir", "table_path"]
+           "beside", "check_owner", "check_removable", "mapped_by", "overrides_path",
+           "quotas_path", "shm_dir", "state_dir", "table_path"]
 
 log = logging.getLogger("fastlimit")
 
@@ -130,6 +132,41 @@ def anonymous_path(path: str) -> str:
     count (the anonymous callers' class): ``<path>.anonymous``, the table
     named ``<name>.anonymous`` for a named one."""
     return f"{path}.anonymous"
+
+
+def overrides_path(path: str, policy: str) -> str:
+    """Where policy ``policy`` on the table at ``path`` keeps its run-time
+    overrides by default: ``<path>.<policy>.overrides.json``, one file per
+    (table, policy), so two policies never share one by accident."""
+    return f"{path}.{_file_part(policy)}.overrides.json"
+
+
+def quotas_path(path: str | None, policy: str) -> str | None:
+    """Where policy ``policy`` on the table at ``path`` counts its quotas by
+    default: ``state_dir()/<table>.<policy>.quotas.tbl`` (on disk, kept
+    across reboots), one file per (table, policy); None for a table with
+    no file (its quotas count in memory, as its rates do)."""
+    if path is None:
+        return None
+    name = os.path.basename(path)
+    if os.path.dirname(os.path.abspath(path)) != os.path.abspath(shm_dir()):
+        # a table of the same name elsewhere is another table
+        name += "-" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:10]
+    return os.path.join(state_dir(), f"{name}.{_file_part(policy)}.quotas.tbl")
+
+
+def beside(path: str) -> list[str]:
+    """The files policies keep beside the table at ``path`` that exist: its
+    per-IP twin (:func:`anonymous_path`) and every policy's overrides (the
+    snapshot, its counter and journal).  They go when the table goes."""
+    found = [p for p in (anonymous_path(path),) if os.path.exists(p)]
+    found += sorted(glob.glob(f"{glob.escape(path)}.*overrides.json*"))
+    return found
+
+
+def _file_part(name: str) -> str:
+    """``name`` (a policy name: printable ASCII) as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
 
 
 def shm_dir() -> str:
@@ -514,13 +551,43 @@ class SharedTable:
         self._mm = None
 
     def unlink(self) -> None:
-        """Remove the table's file.  Processes that have it mapped keep using
-        it; the next :meth:`open` of the name makes a new, empty table."""
+        """Remove the table's file and what policies keep beside it (its
+        per-IP twin and their overrides, :func:`beside`): a new table of the
+        name inherits nothing.  Processes that have them mapped keep using
+        them; the next :meth:`open` of the name makes a new, empty table."""
         if self._path is not None:
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
+            for path in (self._path, *beside(self._path)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def clear(self) -> int:
+        """Forget every key's state (GCRA times, quota counts): each key
+        starts afresh.  Concurrency leases in flight are kept (their holders
+        give them back).  A check that runs in another process while the
+        table is cleared may keep what it writes.  Returns how many keys were
+        forgotten.
+
+        Example:
+            >>> from fastlimit import Limiter
+            >>> table = SharedTable.anonymous(capacity=100)
+            >>> limiter = Limiter("1/1h", table)
+            >>> limiter.hit("k").allowed, limiter.hit("k").allowed
+            (True, False)
+            >>> table.clear(), limiter.hit("k").allowed
+            (1, True)
+        """
+        slots = self.slots
+        tat = slots["tat"]
+        # a key's (fingerprints are never 0, as in a slot never used) and
+        # neither top bit: a time or a count (freed slots have bit 63 set,
+        # leases bit 62, claims in flight both)
+        held = (tat & _LOCK_BITS) == 0
+        held &= slots["fp"] != 0
+        n = int(np.count_nonzero(held))
+        tat[held] = _FREE
+        return n
 
     def __enter__(self) -> SharedTable:
         return self

@@ -21,7 +21,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from fastlimit.policy._plan cimport Plan, PolicyDecision
 from fastlimit.http._addr cimport ipv4
 
-from fastlimit.errors import CapacityError
+from fastlimit.errors import CallbackError, CapacityError, ConfigurationError
 
 
 cdef extern from "Python.h":
@@ -106,7 +106,9 @@ cdef class Check:
     (from trusted proxies), the cost, the identity, then the policy's
     ``hit``: its compiled decision path called in C, unless the policy
     overrides ``hit`` (then its own method is called).  A cost no limit can
-    admit is answered 413 (``too_large(error)``).
+    admit is answered 413 (``too_large(error)``); a callback's mistake (or
+    another :class:`~fastlimit.ConfigurationError` met while deciding) is
+    answered by ``misconfigured(error)`` (a 500, logged once per mistake).
 
     Args:
         gate: the :class:`fastlimit.web.gate.Gate` to take the parts from.
@@ -116,11 +118,13 @@ cdef class Check:
     """
 
     cdef object hit, identify, proxies, cost, fixed_cost, no_address, too_large, files
+    cdef object misconfigured, identity_type
     cdef object wsgi_view, asgi_view
     cdef Header length_header
     cdef Plan plan
 
-    def __init__(self, gate, Plan plan, *, no_address, too_large, view_types):
+    def __init__(self, gate, Plan plan, *, no_address, too_large, misconfigured,
+                 identity_type, view_types):
         self.hit = gate.policy.hit
         self.plan = plan
         self.identify = gate.identify
@@ -130,6 +134,8 @@ cdef class Check:
         self.files = gate.files
         self.no_address = no_address
         self.too_large = too_large
+        self.misconfigured = misconfigured
+        self.identity_type = identity_type
         self.wsgi_view, self.asgi_view = view_types
         self.length_header = Header("content-length", "CONTENT_LENGTH", b"content-length",
                                     *view_types)
@@ -140,12 +146,34 @@ cdef class Check:
         return self._check(view)
 
     cdef object _check(self, view):
+        try:
+            return self._decide(view)
+        except ConfigurationError as e:
+            return self.misconfigured(e)
+
+    cdef object _decide(self, view):
         if self.proxies is not None:
             view.client_ip = ((<ClientAddress>self.proxies).find(view)
                               if type(self.proxies) is ClientAddress else self.proxies(view))
-        cost = self.fixed_cost if self.fixed_cost is not None else self.cost(view)
+        if self.fixed_cost is not None:
+            cost = self.fixed_cost
+        else:
+            cost = self.cost(view)
+            if type(cost) is not int or cost < 0:
+                raise CallbackError.returned("cost", self.cost, cost, "an int >= 0")
         identity = _identify(self.identify, view)
-        files = self.files(view) if self.files is not None else None
+        if identity is not None and type(identity) is not self.identity_type and not \
+                isinstance(identity, self.identity_type):
+            raise CallbackError.returned(
+                "identify", self.identify, identity,
+                "a fastlimit.Identity, or None for a caller without a credential")
+        if self.files is None:
+            files = None
+        else:
+            files = self.files(view)
+            if files is not None and (type(files) is not int or files < 0):
+                raise CallbackError.returned("files", self.files, files,
+                                             "an int >= 0, or None")
         if type(view) is self.wsgi_view or type(view) is self.asgi_view:
             # the common case (a GET) costs one look-up, in C
             length = view.content_length if self.length_header.read(view) else None
@@ -326,8 +354,10 @@ cdef class _Call:
     cdef str mount
     cdef type view_type
     cdef Check checker    # the gate's check when it is a Check (called in C)
+    cdef bint disabled    # enabled=False: every request passes, uncounted
 
     cdef _hold(self, view_type, deny, names, merge):
+        self.disabled = not self.gate.enabled
         self.check = self.gate.check
         self.mount = self.gate.mount
         self.watch = self.gate.watch
@@ -355,6 +385,8 @@ cdef class WSGICall(_Call):
         self.released = released
 
     def __call__(self, environ, start_response):
+        if self.disabled:
+            return self.app(environ, start_response)
         view = wsgi_view(_blank(self.view_type), environ, self.mount)
         if self.watch is not None and not self.watch(view):
             self.watch = None
@@ -409,7 +441,7 @@ cdef class ASGICall(_Call):
         """The awaitable that answers the request: the application's own
         coroutine when the decision holds nothing (no frame of ours in
         between), else one that gives back what it holds at the end."""
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self.disabled:
             return self.app(scope, receive, send)
         view = asgi_view(_blank(self.view_type), scope, self.mount)
         if self.watch is not None and not self.watch(view):
@@ -586,6 +618,12 @@ cdef class HeaderIdentity:
     def __call__(self, view):
         return self._find(view)
 
+    @property
+    def kinds(self):
+        """The identity kinds it gives (besides None, and the invalid
+        identity, which counts as anonymous)."""
+        return frozenset({("api_key", "token", "session")[self.kind]})
+
     cdef object _find(self, view):
         value = self.header.read(view)
         if not value:
@@ -594,6 +632,13 @@ cdef class HeaderIdentity:
             found = self.lookup(value)
             if found is None:
                 return self.invalid
+            if type(found) is not tuple or len(<tuple>found) != 2 or not (
+                    found[0] is None or type(found[0]) is str) or not (
+                    found[1] is None or type(found[1]) is str):
+                raise CallbackError.returned(
+                    "the lookup of api_key_header", self.lookup, found,
+                    "a (tier, account) tuple of str (account may be None) for a valid "
+                    "key, else None")
         elif self.kind == C_TOKEN:
             scheme, _, value = value.strip().partition(" ")
             if scheme.lower() != "bearer":
@@ -602,6 +647,8 @@ cdef class HeaderIdentity:
             found = self.lookup(value) if value else None
             if not found:
                 return self.invalid
+            if type(found) is not str:
+                found = _not_subject("the lookup of bearer_token", self.lookup, found)
         else:
             value = cookie_value(value, self.cookie)
             if not value:
@@ -609,6 +656,8 @@ cdef class HeaderIdentity:
             found = self.lookup(value)
             if not found:
                 return self.invalid
+            if type(found) is not str:
+                found = _not_subject("the lookup of session_cookie", self.lookup, found)
         # A new Identity each time, nothing remembered per credential: the
         # next request sees what lookup answers then, and a flood of keys
         # costs what one key does.
@@ -617,6 +666,16 @@ cdef class HeaderIdentity:
             return self.make(self.identity_type, ("api_key", value, tier, account))
         return self.make(self.identity_type, (
             "token" if self.kind == C_TOKEN else "session", found, None, None))
+
+
+cdef _not_subject(role, lookup, found):
+    """A token's or session's lookup must name its subject; an int id is
+    taken as its text, anything else (True from a membership test, which
+    would put every caller in one bucket; a row) is a mistake."""
+    if type(found) is int:
+        return str(found)
+    raise CallbackError.returned(role, lookup, found,
+                                 "the subject (a str, e.g. the user or token id), else None")
 
 
 cdef class FirstOf:
@@ -630,6 +689,18 @@ cdef class FirstOf:
 
     def __call__(self, view):
         return self._first(view)
+
+    @property
+    def kinds(self):
+        """The identity kinds its identifiers give, when all of them say
+        (None: one is a callable of the application's)."""
+        found = set()
+        for each in self.identifiers:
+            kinds = getattr(each, "kinds", None)
+            if kinds is None:
+                return None
+            found |= kinds
+        return frozenset(found)
 
     cdef object _first(self, view):
         for each in self.identifiers:

@@ -5,11 +5,14 @@ inside chosen routes."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from fastlimit.errors import CapacityError, RateLimited
+from fastlimit.errors import CapacityError, ConfigurationError, RateLimited
+from fastlimit.policy.identity import Identity
 from fastlimit.policy.policy import Policy
+from fastlimit.stores.workers import warn_if_split
 from fastlimit.web._serve import Check, denial_headers
 from fastlimit.web.identify import Identify, _anonymous
 from fastlimit.web.proxies import ForwardedHeader, TrustedProxies
@@ -58,6 +61,46 @@ class _TooLarge:
 
     def release(self) -> None:
         pass
+
+
+class _Misconfigured:
+    """A request the application's configuration could not decide (a
+    callback returned what it must not): 500, the details in the log only."""
+
+    allowed = False
+    status = 500
+    content_type = "application/json"
+    body = (b'{"success":false,"error":{"code":"INTERNAL_ERROR",'
+            b'"message":"The rate limiter is misconfigured"}}')
+    holding = False
+
+    def __init__(self, error: ConfigurationError) -> None:
+        self.error = error
+        self.headers: list[tuple[str, str]] = []
+
+    def release(self) -> None:
+        pass
+
+
+class _Passed:
+    """A request let through uncounted (``enabled=False``)."""
+
+    allowed = True
+    status = None
+    content_type = "application/json"
+    body = None
+    holding = False
+    headers: list[tuple[str, str]] = []
+
+    def release(self) -> None:
+        pass
+
+
+_PASSED = _Passed()
+
+# How many distinct mistakes a gate logs: a mistake's key may carry a value
+# from a request (an unknown tier), so the set it remembers is bounded.
+_MAX_MISTAKES = 256
 
 
 Cost = int | Callable[[RequestView], int]
@@ -111,10 +154,23 @@ class DeploymentWatch:
         self.matches = policy._routes.matches
         self.prefix = prefix and len(policy._routes) > 0
         self.forwarded = forwarded
+        # a table made after the fork: this worker's alone (looked at once
+        # the server's workers are all up, at the first request)
+        self.split = policy.made_in is not None
         self.seen = self.prefixed = 0
+
+    @property
+    def watching(self) -> bool:
+        return self.prefix or self.forwarded or self.split
 
     def __call__(self, view: RequestView) -> bool:
         self.seen += 1
+        if self.split:
+            self.split = False
+            if self.policy.made_in == os.getpid():
+                warn_if_split(f"policy {self.policy.name!r} (no [store] table)",
+                              "Name a table shared by every worker: [store] table = "
+                              "\"myapp\" in the policy, or store=SharedTable.open(\"myapp\").")
         if self.prefix:
             self._look_for_prefix(view)
         if self.forwarded:
@@ -177,12 +233,25 @@ class Gate:
                  trusted_proxies: Iterable[str] | TrustedProxies = (),
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
                  cost: Cost = 1, exempt_paths: Collection[str] = (), mount: str = "",
-                 files: Files | None = None) -> None:
+                 files: Files | None = None, enabled: bool = True) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"expected a fastlimit.Policy, got {type(policy).__name__}")
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be True or False, got {enabled!r}")
         self.policy = policy
+        self.enabled = enabled
         self.mount = _mount(mount)
+        if identify is not None and not callable(identify):
+            raise TypeError(f"identify must be a callable of the request view, got "
+                            f"{identify!r}")
         self.identify: Identify = identify or _anonymous
+        # The kinds of identity the application gives that the policy has
+        # no rule for meet no identity limit: said now for the ones known
+        # (every request may come without a credential), at the first such
+        # request for the others (an identify of the application's).
+        given = getattr(identify, "kinds", None) or frozenset()
+        for kind in policy.missing_identities(("anonymous", *sorted(given))):
+            policy._unruled(kind, "" if kind == "anonymous" else " (identify gives them)")
         self.proxies = (trusted_proxies if isinstance(trusted_proxies, TrustedProxies)
                         else TrustedProxies(trusted_proxies, header=forwarded_header))
         if isinstance(cost, bool) or not (isinstance(cost, int) or callable(cost)):
@@ -197,8 +266,7 @@ class Gate:
         self._proxies = (None if not self.proxies.enabled else
                          self.proxies.client_ip if own else self.proxies._client)
         watch = DeploymentWatch(policy, prefix=not mount, forwarded=not self.proxies.enabled)
-        self.watch: Callable[[RequestView], bool] | None = (
-            watch if watch.prefix or watch.forwarded else None)
+        self.watch: Callable[[RequestView], bool] | None = watch if watch.watching else None
         """What the middleware calls with its first requests' views, until
         it returns False (a :class:`DeploymentWatch`), or None."""
         if isinstance(exempt_paths, str):
@@ -208,11 +276,24 @@ class Gate:
         # The policy's compiled decision path, called in C, unless the policy
         # is of a class with its own hit: then that is called.
         plan = policy._plan if policy.hit == policy._plan.hit else None
+        self._mistakes: set[object] = set()
         self.check: Callable[[RequestView], Outcome] = Check(
             self, plan, no_address=NO_ADDRESS, too_large=_TooLarge,
+            misconfigured=self.misconfigured, identity_type=Identity,
             view_types=(_WSGIView, _ASGIView))
         """Count a request (a :class:`RequestView`) under the policy: the
         middlewares' per-request step, compiled (:mod:`fastlimit.web._serve`)."""
+
+
+    def misconfigured(self, error: ConfigurationError) -> Outcome:
+        """The answer to a request a callback's mistake left undecided: 500,
+        logged once per distinct mistake (logger ``fastlimit``)."""
+        mistake = getattr(error, "mistake", None) or str(error)
+        if mistake not in self._mistakes and len(self._mistakes) < _MAX_MISTAKES:
+            self._mistakes.add(mistake)
+            log.error("fastlimit: %s. Requests that meet this are answered 500 (logged "
+                      "once).", error, exc_info=error)
+        return _Misconfigured(error)
 
 
 class Middleware(Generic[App]):
@@ -231,11 +312,11 @@ class Middleware(Generic[App]):
                  trusted_proxies: Iterable[str] | TrustedProxies = (),
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
                  cost: Cost = 1, exempt_paths: Collection[str] = (), mount: str = "",
-                 files: Files | None = None) -> None:
+                 files: Files | None = None, enabled: bool = True) -> None:
         self.app = app
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
                          forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths,
-                         mount=mount, files=files)
+                         mount=mount, files=files, enabled=enabled)
         self._wire(*self._wiring)  # every request's call is compiled (web/_serve.pyx)
 
     @property
@@ -267,9 +348,11 @@ class RouteLimit:
     def __init__(self, policy: Policy, *, identify: Identify | None = None,
                  trusted_proxies: Iterable[str] | TrustedProxies = (),
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
-                 cost: Cost = 1, mount: str = "", files: Files | None = None) -> None:
+                 cost: Cost = 1, mount: str = "", files: Files | None = None,
+                 enabled: bool = True) -> None:
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
-                         forwarded_header=forwarded_header, cost=cost, mount=mount, files=files)
+                         forwarded_header=forwarded_header, cost=cost, mount=mount, files=files,
+                         enabled=enabled)
 
     def check(self, request: Mapping[str, Any]) -> Outcome:
         """Count the request (a WSGI environ or an ASGI scope).
@@ -281,6 +364,8 @@ class RouteLimit:
         Raises:
             RateLimited: denied (nothing to release).
         """
+        if not self.gate.enabled:
+            return _PASSED
         mount = self.gate.mount
         view = (RequestView.from_scope(request, mount) if "type" in request
                 else RequestView.from_environ(request, mount))

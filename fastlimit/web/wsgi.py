@@ -62,6 +62,17 @@ class RateLimitMiddleware(Middleware[WSGIApplication], WSGICall):
         files: ``files(view) -> int | None``: how many files the request
             carries (e.g. from a header the client sends), checked against
             the tiers' file-count caps (``batch_files``); None: unknown.
+        enabled: False: every request passes uncounted and without the
+            rate-limit headers (tests; a switch from the environment).
+
+    Callbacks: ``identify`` must return an :class:`~fastlimit.Identity` or
+    None, a credential lookup what its helper says, ``cost`` an int >= 0,
+    and an API key's tier must be one of the policy's.  A request that
+    meets such a mistake is answered 500 and the
+    :class:`~fastlimit.CallbackError` naming the callback, what it returned
+    and what it must return is logged once per distinct mistake.  Identity
+    kinds the policy has no rule for are logged once as well (at
+    construction for the kinds known then, always ``anonymous``).
 
     Size caps: a request whose declared ``Content-Length`` (or ``files``)
     is over its route's cap is answered 413 before the application runs.
