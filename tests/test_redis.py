@@ -557,6 +557,12 @@ def test_async_quota_gives_the_same_decisions(redis_server, tmp_path):
             sync = Quota("4/month", store=RedisBackend(redis_server.url, prefix=b.prefix),
                          name="ai", clock=wall)
             assert sync.usage("k").used == 4, "the same keys as a sync Quota"
+            # one clock reading for the answer, the window and the headers' now
+            july = JUNE_1_2024 + 30 * 86_400 * 10**9
+            wall.set(july - 1)
+            reading = await q.decide("k2")
+            assert reading == table.decide("k2") and reading.wall_ns == july - 1
+            assert reading.decision.reset_after_ns == 1, "the period ends 1 ns later"
             with pytest.raises(CapacityError):
                 await q.hit("k", 5)
             assert b.stats().errors == 0

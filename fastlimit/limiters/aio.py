@@ -19,7 +19,7 @@ from fastlimit._core import Decision
 from fastlimit.core.results import QuotaMode, Step
 from fastlimit.errors import ConfigurationError
 from fastlimit.limiters.limiter import Key, configuration_errors, limiter_params
-from fastlimit.limiters.quota import QuotaBase, QuotaSpec, Usage
+from fastlimit.limiters.quota import QuotaBase, QuotaReading, QuotaSpec, Usage
 from fastlimit.limiters.rate import NS_PER_S, Rate
 from fastlimit.stores.contract import AsyncQuotaCounts, AsyncRateState, AsyncStore, OnFullName
 
@@ -144,6 +144,18 @@ class AsyncQuota(QuotaBase):
         """The Decision a hit of ``cost`` would get, counting nothing."""
         return await self._answer(key, cost, QuotaMode.PEEK)
 
+    async def decide(self, key: Key, cost: int = 1, *, consume: bool = True) -> QuotaReading:
+        """:meth:`hit` (or :meth:`peek`, ``consume=False``) at one reading of
+        the clock, with the period's window: :meth:`Quota.decide` as a
+        coroutine (headers rendered from it reset at the period's end
+        exactly)."""
+        now = self.clock()
+        if consume and self._check_cost(cost):
+            decision = await self._answer(key, cost, QuotaMode.CONSUME, now)
+        else:  # as hit(key, 0) does: what a hit of 1 would get
+            decision = await self._answer(key, cost or 1, QuotaMode.PEEK, now)
+        return QuotaReading(decision, self.window(now), now)
+
     async def refund(self, key: Key, cost: int = 1) -> bool:
         """Give back ``cost`` counted in the current period (never below 0)."""
         self._check_cost(cost)
@@ -161,7 +173,9 @@ class AsyncQuota(QuotaBase):
         """Forget ``key``'s count."""
         await self._counter.reset(key)
 
-    async def _answer(self, key: Key, cost: int, mode: int) -> Decision:
+    async def _answer(self, key: Key, cost: int, mode: int, now: int | None = None) -> Decision:
         cost = self._check_cost(cost)
-        tag, _, left = self._now()
-        return await self._counter.answer(key, tag, cost, mode, left)
+        if now is None:
+            now = self.clock()
+        tag, _, end = self.calendar.period(now)
+        return await self._counter.answer(key, tag, cost, mode, end - now)
