@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import NamedTuple
 
 import pytest
@@ -269,6 +270,26 @@ def test_exempt_paths_are_not_counted(serve):
         r = client(path="/healthz")
         assert r.status == 200 and r.header("X-RateLimit-Limit") is None
     assert client().header("X-RateLimit-Remaining") == "1"
+
+
+def test_exempt_prefixes_cover_the_paths_under_them_and_no_others(serve):
+    client = serve(exempt_paths=["/healthz", "/static/**"])
+    for path in ("/static", "/static/app.js", "/static//img/a.png", "/healthz"):
+        r = client(path=path)
+        assert r.status == 200 and r.header("X-RateLimit-Limit") is None, path
+    # a respelled path leaves the prefix once normalised: it counts
+    assert client(path="/static/../login").header("X-RateLimit-Remaining") == "1"
+    assert client(path="/staticfiles").header("X-RateLimit-Remaining") == "0"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("/healthz", "must be a collection of paths, got the str '/healthz'"),
+    (["/static/*"], "expected an exact path ('/healthz') or a prefix ending in '/**'"),
+    (["healthz"], "expected a path starting with '/'"),
+])
+def test_exempt_paths_that_cannot_work_are_refused(serve, bad, message):
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        serve(exempt_paths=bad)
 
 
 def test_the_decision_is_handed_to_the_application(serve):

@@ -349,7 +349,7 @@ cdef class _Call:
 
     cdef public object app
     cdef public object gate
-    cdef object check, exempt, deny, names, merge
+    cdef object check, exempt, exempt_under, deny, names, merge
     cdef object watch     # the gate's look at the first requests, until it is done
     cdef str mount
     cdef type view_type
@@ -363,6 +363,7 @@ cdef class _Call:
         self.watch = self.gate.watch
         self.checker = self.check if type(self.check) is Check else None
         self.exempt = self.gate.exempt_paths
+        self.exempt_under = self.gate.exempt_under
         if not issubclass(view_type, ViewFields):
             raise TypeError(f"view_type must subclass ViewFields, got {view_type!r}")
         self.view_type = view_type
@@ -390,7 +391,8 @@ cdef class WSGICall(_Call):
         view = wsgi_view(_blank(self.view_type), environ, self.mount)
         if self.watch is not None and not self.watch(view):
             self.watch = None
-        if self.exempt and view.path in self.exempt:
+        if self.exempt and view.path in self.exempt or (
+                self.exempt_under is not None and self.exempt_under(view.path)):
             return self.app(environ, start_response)
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         environ["fastlimit.decision"] = outcome
@@ -446,7 +448,8 @@ cdef class ASGICall(_Call):
         view = asgi_view(_blank(self.view_type), scope, self.mount)
         if self.watch is not None and not self.watch(view):
             self.watch = None
-        if self.exempt and view.path in self.exempt:
+        if self.exempt and view.path in self.exempt or (
+                self.exempt_under is not None and self.exempt_under(view.path)):
             return self.app(scope, receive, send)
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         scope["fastlimit.decision"] = outcome

@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from fastlimit.errors import CapacityError, ConfigurationError, RateLimited
+from fastlimit.policy._plan import normalize_path
 from fastlimit.policy.identity import Identity
 from fastlimit.policy.policy import Policy
 from fastlimit.stores.workers import warn_if_split
@@ -114,6 +115,26 @@ NO_ADDRESS = "unix"
 # The names a rate-limit header can have: the application's own win.
 RATE_HEADERS = frozenset({"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
                           "ratelimit", "ratelimit-policy", "retry-after"})
+
+
+def _exemptions(paths: Collection[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """``exempt_paths`` as exact paths and prefixes (``"/static/**"``)."""
+    if isinstance(paths, str):
+        raise TypeError(f"exempt_paths must be a collection of paths, got the str "
+                        f"{paths!r} (write [{paths!r}])")
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    for path in paths:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"exempt path {path!r}: expected a path starting with '/'")
+        if path.endswith("/**"):
+            prefixes.append(normalize_path(path[:-3] or "/").rstrip("/"))
+        elif "*" in path or "{" in path:
+            raise ValueError(f"exempt path {path!r}: expected an exact path ('/healthz') "
+                             f"or a prefix ending in '/**' ('/static/**')")
+        else:
+            exact.add(path)
+    return frozenset(exact), tuple(p or "/" for p in prefixes)
 
 
 def _mount(mount: str) -> str:
@@ -269,10 +290,11 @@ class Gate:
         self.watch: Callable[[RequestView], bool] | None = watch if watch.watching else None
         """What the middleware calls with its first requests' views, until
         it returns False (a :class:`DeploymentWatch`), or None."""
-        if isinstance(exempt_paths, str):
-            raise TypeError(f"exempt_paths must be a collection of paths, got the str "
-                            f"{exempt_paths!r} (write [{exempt_paths!r}])")
-        self.exempt_paths = frozenset(exempt_paths)
+        self.exempt_paths, self.exempt_prefixes = _exemptions(exempt_paths)
+        self.exempt_under: Callable[[str], bool] | None = (
+            self._under if self.exempt_prefixes else None)
+        """What the middleware asks of a path not exempt by name: whether it
+        is under an exempt prefix (None: there is none)."""
         # The policy's compiled decision path, called in C, unless the policy
         # is of a class with its own hit: then that is called.
         plan = policy._plan if policy.hit == policy._plan.hit else None
@@ -284,6 +306,12 @@ class Gate:
         """Count a request (a :class:`RequestView`) under the policy: the
         middlewares' per-request step, compiled (:mod:`fastlimit.web._serve`)."""
 
+
+    def _under(self, path: str) -> bool:
+        # normalised first: "/static/../login" is /login, and counts
+        path = normalize_path(path)
+        return any(path == p or path.startswith(p + "/") or p == "/"
+                   for p in self.exempt_prefixes)
 
     def misconfigured(self, error: ConfigurationError) -> Outcome:
         """The answer to a request a callback's mistake left undecided: 500,

@@ -49,7 +49,9 @@ class RateLimitMiddleware(Middleware[WSGIApplication], WSGICall):
             client address; by default the socket peer is the client.
         forwarded_header: ``"x-forwarded-for"`` or ``"forwarded"``.
         cost: what a request costs, or ``cost(view) -> int``.
-        exempt_paths: paths never counted (health checks).
+        exempt_paths: paths never counted: exact (``"/healthz"``), or every
+            path under a prefix (``"/static/**"``: ``/static`` and below,
+            matched on the normalised path, so ``/static/../login`` is not).
         mount: a prefix to put before the path the application routes on
             (``PATH_INFO``; for ASGI, ``path`` less ``root_path``) before
             matching ``[routes]`` and ``exempt_paths``, for routes written
