@@ -388,6 +388,16 @@ def test_a_policy_without_a_table_in_sibling_workers_is_named_at_the_first_reque
                                    "process only" in m], logs
 
 
+def test_a_route_limit_on_a_table_of_its_worker_is_named_too():
+    data = {"policy": {"name": "rl"}, "identities": {"anonymous": {"rate": "5/1m"}}}
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/login", "REMOTE_ADDR": "10.0.0.1"}
+
+    def worker():
+        RouteLimit(Policy.from_dict(data)).check(environ)
+    for logs in _in_sibling_workers(worker):
+        assert [m for m in logs if "policy 'rl' (no [store] table)" in m], logs
+
+
 def test_a_policy_made_before_the_fork_is_shared_and_not_named():
     shared = wsgi.RateLimitMiddleware(hello, Policy.from_dict(
         {"policy": {"name": "pre"}, "identities": {"anonymous": {"rate": "3/1h"}}}))

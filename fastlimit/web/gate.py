@@ -381,6 +381,7 @@ class RouteLimit:
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
                          forwarded_header=forwarded_header, cost=cost, mount=mount, files=files,
                          enabled=enabled)
+        self._watch = self.gate.watch  # the first requests' look for deployment mistakes
 
     def check(self, request: Mapping[str, Any]) -> Outcome:
         """Count the request (a WSGI environ or an ASGI scope).
@@ -397,6 +398,8 @@ class RouteLimit:
         mount = self.gate.mount
         view = (RequestView.from_scope(request, mount) if "type" in request
                 else RequestView.from_environ(request, mount))
+        if self._watch is not None and not self._watch(view):
+            self._watch = None
         outcome = self.gate.check(view)
         if not outcome.allowed:
             outcome.release()
