@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from fastlimit.errors import CapacityError, ConfigurationError, RateLimited
+from fastlimit.errors import ConfigurationError, RateLimited
 from fastlimit.policy._plan import normalize_path
 from fastlimit.policy.identity import Identity
 from fastlimit.policy.policy import Policy
@@ -45,42 +45,39 @@ class Outcome(Protocol):
     def release(self) -> None: ...
 
 
-class _TooLarge:
-    """A request whose cost exceeds a limit's burst can never pass: 413."""
+class _Refusal:
+    """A request answered without a decision of the policy's: its status and
+    JSON body, no rate-limit fields, nothing held."""
 
     allowed = False
-    status = 413
+    status: int
+    body: bytes
     content_type = "application/json"
+    holding = False
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.headers: list[tuple[str, str]] = []
+
+    def release(self) -> None:
+        pass
+
+
+class _TooLarge(_Refusal):
+    """A request whose cost exceeds a limit's burst can never pass: 413."""
+
+    status = 413
     body = (b'{"success":false,"error":{"code":"PAYLOAD_TOO_LARGE",'
             b'"message":"Request exceeds the rate limit\'s capacity"}}')
 
-    holding = False
 
-    def __init__(self, error: CapacityError) -> None:
-        self.error = error
-        self.headers: list[tuple[str, str]] = []
-
-    def release(self) -> None:
-        pass
-
-
-class _Misconfigured:
+class _Misconfigured(_Refusal):
     """A request the application's configuration could not decide (a
     callback returned what it must not): 500, the details in the log only."""
 
-    allowed = False
     status = 500
-    content_type = "application/json"
     body = (b'{"success":false,"error":{"code":"INTERNAL_ERROR",'
             b'"message":"The rate limiter is misconfigured"}}')
-    holding = False
-
-    def __init__(self, error: ConfigurationError) -> None:
-        self.error = error
-        self.headers: list[tuple[str, str]] = []
-
-    def release(self) -> None:
-        pass
 
 
 class _Passed:
