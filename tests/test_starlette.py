@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from fastlimit import SharedTable  # noqa: E402
-from fastlimit.cli.servers import Server, free_port, request  # noqa: E402
+from fastlimit.cli.servers import Server, free_port, gunicorn_argv, request  # noqa: E402
 from fastlimit.starlette import StarletteLimiter  # noqa: E402
 
 
@@ -158,6 +158,30 @@ def test_exact_across_four_uvicorn_workers(tmp_path, table_name):
         replies = [request(port, "POST", "/login") for _ in range(12)]
     assert [r.status for r in replies] == [200] * 5 + [429] * 7, server.log()
     assert replies[0].headers["x-ratelimit-limit"] == "5"
+
+
+@pytest.mark.slow
+def test_exact_across_four_gunicorn_uvicorn_workers(tmp_path, table_name):
+    pytest.importorskip("uvicorn_worker")
+    (tmp_path / "faapp.py").write_text(APP)
+    port = free_port()
+    argv = gunicorn_argv("faapp:app", port, workers=4,
+                         options=["-k", "uvicorn_worker.UvicornWorker"])
+    with Server(argv, port, env=dict(os.environ, TEST_TABLE=table_name), cwd=str(tmp_path),
+                log=str(tmp_path / "server.log")) as server:
+        server.wait_for_children(4)
+        replies = [request(port, "POST", "/login") for _ in range(15)]  # 3 x the 5/hour
+    assert [r.status for r in replies] == [200] * 5 + [429] * 10, server.log()
+    # one count for all four workers: each answer sees the ones before it
+    assert [r.headers["x-ratelimit-remaining"] for r in replies] == ["4", "3", "2", "1"] + [
+        "0"] * 11
+    assert {r.headers["x-ratelimit-limit"] for r in replies} == {"5"}
+    assert "retry-after" not in replies[4].headers
+    denied = replies[5]
+    assert json.loads(denied.body) == {
+        "success": False, "error": {"code": "RATE_LIMITED", "message": "Too many requests"}}
+    assert denied.headers["content-type"] == "application/json"
+    assert 1 <= int(denied.headers["retry-after"]) <= 720  # a real server: the real clock
 
 
 def test_the_default_table_is_named_after_the_application_module():
