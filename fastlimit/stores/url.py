@@ -14,9 +14,12 @@ settings (and flask-limiter's users) write it.
                                             ``svc`` (``/svc/1``: database 1)
 ==========================================  =====================================
 
-Redis URLs take the backend's options as query parameters: ``fail`` (open,
-closed, raise), ``prefix``, ``timeout`` and ``connect_timeout`` (seconds);
-any other parameter goes to redis-py.
+Redis URLs are read by :meth:`RedisBackend.from_url <fastlimit.RedisBackend.from_url>`
+(:mod:`fastlimit.stores.redis.topology`): they take the backend's options as
+query parameters, ``fail`` (open, closed, raise), ``prefix``, and in seconds
+``timeout``, ``connect_timeout``, ``retry_interval``, ``log_interval`` and
+``lease_ttl``; any other parameter goes to redis-py.  A plain URL to a
+cluster node is followed as a cluster; one to a replica is refused.
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ from fastlimit.stores.table import SharedTable
 __all__ = ["store_from_url"]
 
 _SCHEMES = ("shm", "memory", "redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
-_BACKEND_OPTIONS = ("fail", "prefix")
-_SECONDS = ("timeout", "connect_timeout")
 
 
 def store_from_url(url: str) -> Any:
@@ -50,12 +51,12 @@ def store_from_url(url: str) -> Any:
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise ConfigurationError(
-            f"storage URI {_shown(url)}: unknown scheme {parts.scheme!r}; expected one of "
+            f"storage URI {shown(url)}: unknown scheme {parts.scheme!r}; expected one of "
             f"{', '.join(s + '://' for s in _SCHEMES)}")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     if scheme in ("shm", "memory"):
         return _table(url, scheme, parts.netloc + parts.path, query)
-    return _redis(url, scheme, query)
+    return _redis(url)
 
 
 def _table(url: str, scheme: str, name: str, query: dict[str, str]) -> SharedTable:
@@ -83,52 +84,14 @@ def _table(url: str, scheme: str, name: str, query: dict[str, str]) -> SharedTab
     return SharedTable.open(name, capacity=capacity)
 
 
-def _redis(url: str, scheme: str, query: dict[str, str]) -> Any:
+def _redis(url: str) -> Any:
+    # one parser for every Redis URL: the backend's (stores.redis.topology)
     from fastlimit.stores.redis import RedisBackend
 
-    options: dict[str, Any] = {k: query.pop(k) for k in _BACKEND_OPTIONS if k in query}
-    for name in _SECONDS:
-        if name in query:
-            text = query.pop(name)
-            try:
-                options[name] = float(text)
-            except ValueError:
-                raise ConfigurationError(
-                    f"storage URI {_shown(url)}: {name} must be a number of seconds, "
-                    f"got {text!r}") from None
-    if scheme in ("redis", "rediss", "unix"):
-        rest = "&".join(f"{k}={v}" for k, v in query.items())
-        return RedisBackend(url.split("?", 1)[0] + ("?" + rest if rest else ""), **options)
-    from redis.cluster import RedisCluster
-    from redis.sentinel import Sentinel
-
-    timeouts = {"socket_connect_timeout": options.pop("connect_timeout", 0.5),
-                "socket_timeout": options.pop("timeout", 0.5)}
-    parts = urlsplit(url)
-    if scheme == "redis+cluster":
-        seed = f"redis://{parts.netloc}"
-        client: Any = RedisCluster.from_url(seed, **timeouts, **query)
-        return RedisBackend(client, **options)
-    hosts = []
-    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigurationError(
-                f"storage URI {_shown(url)}: expected redis+sentinel://HOST:PORT[,HOST:PORT"
-                f"...]/SERVICE[/DB], got the sentinel {item!r}")
-        hosts.append((host.strip("[]"), int(port)))
-    service, _, db = parts.path.strip("/").partition("/")
-    if not service or (db and not db.isdigit()):
-        raise ConfigurationError(
-            f"storage URI {_shown(url)}: expected redis+sentinel://HOST:PORT/SERVICE[/DB]")
-    sentinel = Sentinel(hosts, **timeouts)  # type: ignore[no-untyped-call]
-    master = sentinel.master_for(  # type: ignore[no-untyped-call]
-        service, db=int(db or 0), password=parts.password,
-        **timeouts, **query)
-    return RedisBackend(master, **options)
+    return RedisBackend.from_url(url)
 
 
-def _shown(url: str) -> str:
+def shown(url: str) -> str:
     """The URL without its password, for messages."""
     parts = urlsplit(url)
     if parts.password is None:

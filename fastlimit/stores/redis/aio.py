@@ -107,8 +107,10 @@ class AsyncRedisBackend(BackendBase):
     _cluster_type = redis.asyncio.cluster.RedisCluster
 
     def _from_url(self, url: str, options: dict[str, Any]) -> Any:
+        from fastlimit.stores.redis.topology import connect
+
         options.setdefault("retry", redis.asyncio.retry.Retry(NoBackoff(), 0))
-        return redis.asyncio.Redis.from_url(url, **options)
+        return connect(url, options, asyncio=True)
 
     @property
     def client(self) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:

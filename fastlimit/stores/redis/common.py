@@ -231,6 +231,9 @@ class Keyspace:
             self.raise_if_loud(f)
 
 
+_Backend = TypeVar("_Backend", bound="BackendBase")
+
+
 class BackendBase:
     """Options, counters, logging and the failure state shared by the sync
     and async backends."""
@@ -313,6 +316,36 @@ class BackendBase:
         self._client = client
         self._cluster = isinstance(client, self._cluster_type)
         self._scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
+
+    @classmethod
+    def from_url(cls: type[_Backend], url: str, **options: Any) -> _Backend:
+        """The backend for ``url``, with its options read from the URL's
+        query as well as given here (see :mod:`.topology`).
+
+        ``redis://``, ``rediss://`` and ``unix://`` name one server (a
+        cluster node's URL is followed as a cluster's seed, a replica's is
+        refused); ``redis+cluster://h1:7000,h2:7001`` a Redis Cluster;
+        ``redis+sentinel://h1:26379,h2:26379/service[/db]`` the master of a
+        Sentinel service, followed through failovers.
+
+        Raises:
+            ConfigurationError: a URL that does not read, an option given
+                both in the URL and here, or a URL that points at the wrong
+                kind of Redis (naming the URL to write).
+
+        Example:
+            >>> url = "redis+cluster://10.0.0.5:7000,10.0.0.6:7000?fail=closed"
+            >>> RedisBackend.from_url(url)  # doctest: +SKIP
+            <RedisBackend redis+cluster://10.0.0.5:7000 prefix='fastlimit' fail='closed'>
+        """
+        from fastlimit.stores.redis.topology import split_options
+
+        url, found = split_options(url)
+        twice = sorted(set(found) & set(options))
+        if twice:
+            raise ConfigurationError(
+                f"{twice[0]} is given both in the URL and as a keyword: give it once")
+        return cls(url, **found, **options)
 
     def _from_url(self, url: str, options: dict[str, Any]) -> Any:
         raise NotImplementedError

@@ -173,8 +173,10 @@ class RedisBackend(BackendBase):
     _cluster_type = redis.cluster.RedisCluster
 
     def _from_url(self, url: str, options: dict[str, Any]) -> Any:
+        from fastlimit.stores.redis.topology import connect
+
         options.setdefault("retry", redis.retry.Retry(NoBackoff(), 0))
-        return redis.Redis.from_url(url, **options)
+        return connect(url, options, asyncio=False)
 
     @property
     def client(self) -> redis.Redis | redis.cluster.RedisCluster:

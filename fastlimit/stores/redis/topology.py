@@ -1,0 +1,487 @@
+"""Which Redis a URL names, and whether it is the kind of Redis the URL says.
+
+One parser for every Redis URL fastlimit reads: :meth:`RedisBackend.from_url
+<fastlimit.RedisBackend.from_url>`, ``RedisBackend(url)``, the asyncio twins
+and :func:`fastlimit.store_from_url`.
+
+========================================  =======================================
+``redis://h:6379/0``, ``rediss://``,      one server (``redis.Redis``)
+``unix:///run/redis.sock``
+``redis+cluster://h1:7000,h2:7001``       a Redis Cluster, from these seed nodes
+``redis+sentinel://h1:26379,h2:26379/s``  the master of Sentinel service ``s``
+                                          (``/s/1``: its database 1), followed
+                                          through failovers
+========================================  =======================================
+
+A URL's password goes to the server (for Sentinel: to the master; the
+sentinels' own are ``sentinel_username`` / ``sentinel_password`` query
+parameters).  ``from_url`` also reads the backend's options from the query
+(:data:`BACKEND_OPTIONS`); other parameters go to redis-py, typed by its
+own URL rules.
+
+Before a client is made, one short-lived connection asks the server what it
+is (``INFO server`` and ``INFO replication`` in one round trip), because a
+wrong kind of Redis does not fail at once: it fails every write later, which
+the failure policy would answer (``fail="open"``: every check allowed).
+
+* a plain URL to a **cluster node** (``redis_mode:cluster``, or a ``MOVED``
+  reply where INFO is not permitted) is followed: the node becomes the seed
+  of a ``RedisCluster``, with a warning naming ``redis+cluster://``;
+* a plain URL to a **replica** (``role:slave``) is refused, naming its
+  master and ``redis+sentinel://``; a Sentinel URL always reaches the master;
+* a plain URL to a **Sentinel**, a cluster URL to a server without cluster
+  mode, or a Sentinel URL to something else or for a service no sentinel
+  knows, is refused naming the URL to write instead.
+
+A server that does not answer within the backend's timeouts is not checked:
+the backend is made as before and its failure policy answers until Redis
+does.  Clients passed in ready-made (``redis.Redis``, ``RedisCluster``,
+``Sentinel.master_for(...)``) are used as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.backoff
+import redis.cluster
+import redis.retry
+import redis.sentinel
+from redis.connection import parse_url
+from redis.exceptions import ConnectionError, RedisClusterException, ResponseError, TimeoutError
+
+from fastlimit.errors import BackendError, ConfigurationError
+from fastlimit.stores.url import shown
+
+__all__ = ["BACKEND_OPTIONS", "SCHEMES", "RedisURL", "address_of", "connect", "parse",
+           "split_options"]
+
+log = logging.getLogger("fastlimit")
+
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {text!r}") from None
+
+
+# The backend's options a URL's query may carry (from_url and store_from_url
+# read them), with how each is read from text.
+BACKEND_OPTIONS: dict[str, Callable[[str, str], Any]] = {
+    "fail": lambda _, text: text,
+    "prefix": lambda _, text: text,
+    "timeout": _seconds,
+    "connect_timeout": _seconds,
+    "retry_interval": _seconds,
+    "log_interval": _seconds,
+    "lease_ttl": _seconds,
+}
+# query parameters for the sentinels themselves, not the master
+_SENTINEL_AUTH = {"sentinel_username": "username", "sentinel_password": "password"}
+# an unanswered probe: construction goes on, the failure policy answers
+_UNANSWERED = (ConnectionError, TimeoutError, OSError)
+# slots 0, 8192 and 16383: no node of a cluster of several primaries serves all
+_SPREAD_KEYS = ("fastlimit-probe{3560}", "fastlimit-probe{4}", "fastlimit-probe{5}")
+
+
+@dataclass(frozen=True)
+class RedisURL:
+    """A Redis URL, parsed.
+
+    Attributes:
+        scheme: one of :data:`SCHEMES`, lower case.
+        url: the URL as given, without the backend's options.
+        nodes: ``(host, port)`` of the server, of each cluster seed or of
+            each sentinel (empty for ``unix://``).
+        service: the Sentinel service, or None.
+        db: the database number.
+        query: the other query parameters, as text (redis-py's).
+    """
+
+    scheme: str
+    url: str
+    nodes: tuple[tuple[str, int], ...]
+    service: str | None = None
+    db: int = 0
+    query: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def shown(self) -> str:
+        """The URL for messages: quoted, its password masked."""
+        return shown(self.url)
+
+
+def split_options(url: str) -> tuple[str, dict[str, Any]]:
+    """``url`` without the backend's options in its query, and those options.
+
+    Raises:
+        ConfigurationError: a URL that is not a str, or an option that does
+            not read (``timeout=soon``).
+
+    Example:
+        >>> split_options("redis://h:6379/0?fail=closed&timeout=2&health_check_interval=5")
+        ('redis://h:6379/0?health_check_interval=5', {'fail': 'closed', 'timeout': 2.0})
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"a Redis URL must be a str, got {url!r}")
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, {}
+    options: dict[str, Any] = {}
+    rest: list[tuple[str, str]] = []
+    for name, text in parse_qsl(query, keep_blank_values=True):
+        read = BACKEND_OPTIONS.get(name)
+        if read is None:
+            rest.append((name, text))
+            continue
+        try:
+            options[name] = read(name, text)
+        except ValueError as e:
+            raise ConfigurationError(f"Redis URL {shown(url)}: {e}") from None
+    return base + ("?" + urlencode(rest) if rest else ""), options
+
+
+def parse(url: str) -> RedisURL:
+    """Read ``url`` (see the module's table).
+
+    Raises:
+        ConfigurationError: naming the URL (its password masked) and what is
+            accepted.
+
+    Example:
+        >>> parse("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/cache/1").nodes
+        (('10.0.0.1', 26379), ('10.0.0.2', 26379))
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"a Redis URL must be a str, got {url!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"Redis URL {shown(url)}: unknown scheme {parts.scheme!r}; expected one of "
+            f"{', '.join(s + '://' for s in SCHEMES)}")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    mine = sorted(set(query) & set(BACKEND_OPTIONS))
+    if mine:
+        raise ConfigurationError(
+            f"Redis URL {shown(url)}: {mine[0]}= is an option of the backend, read from a "
+            f"URL by RedisBackend.from_url(url) and store_from_url(url); the constructor "
+            f"takes it as a keyword (RedisBackend(url, {mine[0]}=...))")
+    if scheme == "unix":
+        return RedisURL(scheme, url, (), query=query)
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    if scheme in ("redis", "rediss"):
+        nodes: tuple[tuple[str, int], ...] = ((parts.hostname or "localhost", _port(parts)),)
+        return RedisURL(scheme, url, nodes, db=_db(url, parts.path.strip("/") or "0"),
+                        query=query)
+    what = "redis+cluster://HOST:PORT[,HOST:PORT...]" if scheme == "redis+cluster" else (
+        "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
+    found = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            kind = "node" if scheme == "redis+cluster" else "sentinel"
+            raise ConfigurationError(
+                f"Redis URL {shown(url)}: expected {what}, got the {kind} {item!r}")
+        found.append((host.strip("[]"), int(port)))
+    if scheme == "redis+cluster":
+        if parts.path.strip("/") not in ("", "0"):
+            raise ConfigurationError(
+                f"Redis URL {shown(url)}: a Redis Cluster has only database 0")
+        return RedisURL(scheme, url, tuple(found), query=query)
+    service, _, db = parts.path.strip("/").partition("/")
+    if not service or (db and not db.isdigit()):
+        raise ConfigurationError(
+            f"Redis URL {shown(url)}: expected redis+sentinel://HOST:PORT/SERVICE[/DB]")
+    return RedisURL(scheme, url, tuple(found), service=service, db=int(db or 0), query=query)
+
+
+def address_of(url: str) -> str:
+    """Where a URL points, for messages (never with credentials): the first
+    node of a cluster or sentinel URL.
+
+    Example:
+        >>> address_of("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/cache")
+        'redis+sentinel://10.0.0.1:26379/cache'
+    """
+    parts = urlsplit(url)
+    first = parts.netloc.rsplit("@", 1)[-1].split(",")[0]
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    if parts.scheme == "redis+sentinel":
+        return f"redis+sentinel://{first}/{parts.path.strip('/').split('/')[0]}"
+    return f"{parts.scheme}://{first}"
+
+
+def connect(url: str, options: dict[str, Any], *, asyncio: bool) -> Any:
+    """A redis-py client for ``url`` (sync, or redis.asyncio's), made with
+    connection ``options`` (timeouts, ``retry``, redis-py's own), once the
+    server is known to be what the URL says (see the module docstring).
+
+    Raises:
+        ConfigurationError: a URL that does not read, or points at the wrong
+            kind of Redis.
+        BackendError: a cluster none of whose seeds answers (redis-py's sync
+            cluster client cannot be made without one).
+    """
+    target = parse(url)
+    if target.scheme == "redis+sentinel":
+        return _sentinel(target, options, asyncio)
+    if target.scheme == "redis+cluster":
+        first = _probe_seeds(target, options)
+        if first is not None and first["mode"] != "cluster":
+            raise ConfigurationError(_not_a_cluster(target, first))
+        return _cluster(target, options, asyncio)
+    found = _probe(target, options)
+    if found is None:
+        return _single(url, options, asyncio)
+    if found["mode"] == "sentinel":
+        host, port = target.nodes[0]
+        raise ConfigurationError(
+            f"Redis URL {target.shown} points at a Sentinel, not a Redis server: write "
+            f"redis+sentinel://{host}:{port}/SERVICE for the master of a service it "
+            f"monitors")
+    if found["mode"] == "cluster":
+        return _follow_cluster(target, options, asyncio)
+    if found["role"] == "slave":
+        master = f"{found['master_host']}:{found['master_port']}"
+        raise ConfigurationError(
+            f"Redis URL {target.shown} points at a replica (INFO replication: role:slave, "
+            f"master {master}), which refuses every write (READONLY): point it at the "
+            f"primary (redis://{master}), or at your Sentinels "
+            f"(redis+sentinel://SENTINEL:26379/SERVICE) to follow the primary through "
+            f"failovers")
+    return _single(url, options, asyncio)
+
+
+# -- building clients ---------------------------------------------------------------
+
+
+def _single(url: str, options: dict[str, Any], asyncio: bool) -> Any:
+    if asyncio:
+        return redis.asyncio.Redis.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _seed_url(target: RedisURL, host: str, port: int, scheme: str = "redis") -> str:
+    parts = urlsplit(target.url)
+    auth = parts.netloc.rpartition("@")[0]
+    query = urlencode(target.query)
+    return f"{scheme}://{auth + '@' if auth else ''}{_bracket(host)}:{port}/0" + (
+        "?" + query if query else "")
+
+
+def _cluster(target: RedisURL, options: dict[str, Any], asyncio: bool,
+             scheme: str = "redis") -> Any:
+    (host, port), *rest = target.nodes
+    seed = _seed_url(target, host, port, scheme)
+    if asyncio:
+        anodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in rest]
+        return redis.asyncio.cluster.RedisCluster.from_url(seed, startup_nodes=anodes,
+                                                           **options)
+    nodes = [redis.cluster.ClusterNode(h, p) for h, p in rest]  # type: ignore[no-untyped-call]
+    try:
+        return redis.cluster.RedisCluster.from_url(seed, startup_nodes=nodes, **options)
+    except RedisClusterException as e:
+        raise BackendError(
+            f"Redis Cluster at {address_of(target.url)}: no seed node answered ({e}); "
+            f"redis-py's cluster client needs one to start") from e
+
+
+def _follow_cluster(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
+    host, port = target.nodes[0]
+    if target.db != 0:
+        raise ConfigurationError(
+            f"Redis URL {target.shown} points at a Redis Cluster node, and a cluster has only "
+            f"database 0: write redis+cluster://{_bracket(host)}:{port}")
+    log.warning(
+        "fastlimit: Redis URL %s points at a Redis Cluster node; using it as the seed of a "
+        "cluster client (write redis+cluster://%s:%d to say so)", target.shown,
+        _bracket(host), port)
+    return _cluster(target, options, asyncio, target.scheme)
+
+
+def _sentinel(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
+    assert target.service is not None
+    query = dict(target.query)
+    auth = {key: query.pop(name) for name, key in _SENTINEL_AUTH.items() if name in query}
+    kwargs = _typed(target, query)
+    kwargs.pop("db", None)  # the URL's path names it
+    parts = urlsplit(target.url)
+    for key, value in (("username", parts.username), ("password", parts.password)):
+        if value:
+            kwargs[key] = value
+    # the sentinels get the backend's timeouts and no retries, as the master
+    to_sentinels = {k: v for k, v in options.items()
+                    if k.startswith("socket_") or k == "retry"}
+    to_sentinels.update(auth)
+    _check_service(target, to_sentinels)
+    master = {**options, **kwargs}
+    sentinel: Any
+    if asyncio:
+        sentinel = redis.asyncio.sentinel.Sentinel(list(target.nodes),  # type: ignore[no-untyped-call]
+                                                   sentinel_kwargs=to_sentinels)
+    else:
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes), sentinel_kwargs=to_sentinels)
+    return sentinel.master_for(target.service, db=target.db, **master)
+
+
+def _typed(target: RedisURL, query: dict[str, str]) -> dict[str, Any]:
+    """redis-py's options from a query, typed as redis-py types a URL's."""
+    try:
+        kwargs: dict[str, Any] = parse_url("redis://localhost/?" + urlencode(query))  # type: ignore[no-untyped-call]
+    except ValueError as e:
+        raise ConfigurationError(f"Redis URL {target.shown}: {e}") from None
+    kwargs.pop("host", None)
+    return kwargs
+
+
+# -- asking the server what it is ------------------------------------------------------
+
+
+def _probe_client(host: str, port: int, options: dict[str, Any],
+                  **extra: Any) -> redis.Redis:
+    return redis.Redis(
+        host=host, port=port, socket_timeout=options.get("socket_timeout"),
+        socket_connect_timeout=options.get("socket_connect_timeout"),
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), **extra)
+
+
+def _probe(target: RedisURL, options: dict[str, Any]) -> dict[str, Any] | None:
+    """What the server of a plain URL is: ``mode`` (standalone, cluster,
+    sentinel), ``role`` and its master, or None if it did not answer."""
+    keep = {k: v for k, v in options.items()
+            if k not in ("retry", "connection_class", "connection_pool")}
+    try:
+        client = redis.Redis.from_url(target.url, **keep)
+        try:
+            return _ask(client, target.shown)
+        finally:
+            client.close()
+    except (TypeError, ValueError):  # options only the asyncio client takes
+        return None
+
+
+def _probe_seeds(target: RedisURL, options: dict[str, Any]) -> dict[str, Any] | None:
+    parts = urlsplit(target.url)
+    auth = {k: v for k, v in (("username", parts.username), ("password", parts.password)) if v}
+    for host, port in target.nodes:
+        with _probe_client(host, port, options, **auth) as client:
+            found = _ask(client, target.shown)
+        if found is not None:
+            found["node"] = f"{_bracket(host)}:{port}"
+            return found
+    return None
+
+
+def _ask(client: redis.Redis, shown_url: str) -> dict[str, Any] | None:
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("INFO", "server")  # type: ignore[no-untyped-call]
+    pipe.execute_command("INFO", "replication")  # type: ignore[no-untyped-call]
+    try:
+        server, replication = pipe.execute(raise_on_error=False)
+    except _UNANSWERED as e:
+        log.info("fastlimit: Redis URL %s did not answer at construction (%s); not checked "
+                 "for a cluster node or a replica", shown_url, e)
+        return None
+    if isinstance(server, ResponseError):  # INFO refused (an ACL): MOVED still tells
+        return {"mode": _moved(client), "role": "master"}
+    if isinstance(server, Exception):
+        return None
+    found: dict[str, Any] = {"mode": _text(server.get("redis_mode", "standalone")),
+                             "role": "master"}
+    if isinstance(replication, dict):
+        found["role"] = _text(replication.get("role", "master"))
+        found["master_host"] = _text(replication.get("master_host", "?"))
+        found["master_port"] = replication.get("master_port", "?")
+    return found
+
+
+def _moved(client: redis.Redis) -> str:
+    pipe = client.pipeline(transaction=False)
+    for key in _SPREAD_KEYS:
+        pipe.exists(key)
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except _UNANSWERED:
+        return "standalone"
+    moved = any(isinstance(r, ResponseError) and str(r).startswith("MOVED") for r in replies)
+    return "cluster" if moved else "standalone"
+
+
+def _check_service(target: RedisURL, to_sentinels: dict[str, Any]) -> None:
+    """Refuse a Sentinel URL whose sentinels answer but do not know its
+    service, or that are no sentinels."""
+    known: set[str] = set()
+    answered = False
+    extra = {k: v for k, v in to_sentinels.items() if k in ("username", "password")}
+    for host, port in target.nodes:
+        with _probe_client(host, port, to_sentinels, **extra) as client:
+            try:
+                if client.sentinel_get_master_addr_by_name(target.service):
+                    return
+                masters = client.sentinel_masters()
+            except _UNANSWERED:
+                continue
+            except ResponseError as e:
+                node = f"{_bracket(host)}:{port}"
+                raise ConfigurationError(
+                    f"Redis URL {target.shown}: {node} is not a Sentinel (it answered "
+                    f"SENTINEL with: {e}): write redis://{node}/DB for a Redis server, or "
+                    f"redis+cluster://{node} for a cluster") from None
+        answered = True
+        known.update(_text(name) for name in masters)
+    if answered:
+        raise ConfigurationError(
+            f"Redis URL {target.shown}: no Sentinel knows the service {target.service!r} "
+            f"(they monitor: {', '.join(sorted(known)) or 'none'})")
+    log.info("fastlimit: no Sentinel of %s answered at construction; the master of %r is "
+             "looked up at the first call", target.shown, target.service)
+
+
+def _not_a_cluster(target: RedisURL, found: dict[str, Any]) -> str:
+    node = found["node"]
+    if found["mode"] == "sentinel":
+        return (f"Redis URL {target.shown}: {node} is a Sentinel, not a cluster node: write "
+                f"redis+sentinel://{node}/SERVICE")
+    return (f"Redis URL {target.shown}: {node} is not a Redis Cluster node (redis_mode:"
+            f"{found['mode']}): write redis://{node}/0 for one server")
+
+
+# -- small readers ------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _port(parts: Any) -> int:
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(
+            f"Redis URL {shown(parts.geturl())}: the port is not a number") from None
+    return 6379 if port is None else int(port)
+
+
+def _db(url: str, text: str) -> int:
+    if not text.isdigit():
+        raise ConfigurationError(
+            f"Redis URL {shown(url)}: the database must be a number (/0, /1...), got {text!r}")
+    return int(text)
