@@ -32,9 +32,17 @@ whether the hit passes; :mod:`fastlimit.core.gcra` turns that into
 * **Failures.** Connect and command timeouts; when Redis is down or slow a
   check fails ``"open"`` (allowed), ``"closed"`` (denied) or ``"raise"``
   (:class:`~fastlimit.BackendError`), logs a rate-limited warning and counts
-  it in :meth:`RedisBackend.stats`.  After a failure the backend skips Redis
-  for ``retry_interval`` seconds, so a dead server costs one timeout per
-  interval, not one per request.
+  it in :meth:`RedisBackend.stats`, per kind.  A connection error or a
+  timeout on a node that answered its last call is tried once more on a
+  fresh connection; if that fails too, the node (the server, or one
+  cluster node) is marked down for ``retry_interval`` seconds, doubling
+  with each failure in a row up to ``max_retry_interval``: a dead server
+  costs one attempt per interval, not one per request, and a dead cluster
+  primary fails only its own slots.  Error replies are answers, not a node
+  down: OOM, READONLY, MOVED/ASK (a plain client on a cluster node) and
+  others are counted by kind and answered by the failure policy; NOSCRIPT
+  loads the script.  A pool made from a URL blocks for a free connection
+  (up to ``timeout``) instead of failing when every one is in use.
 * **Two tiers.** With ``deny_cache=`` a :class:`~fastlimit.SharedTable`, a
   key Redis denied is answered locally, by every process on the host, until
   a hit could pass again: no round trip while a client hammers a limit.

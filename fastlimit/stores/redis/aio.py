@@ -18,12 +18,15 @@ from fastlimit.stores.redis.common import (
     Failure,
     Key,
     NoBackoff,
+    NoScriptError,
     Plan,
     RedisError,
     RunsAsync,
     T,
+    failure_kind,
     on_full_of,
     redis,
+    retry_safe,
 )
 from fastlimit.stores.redis.plans import (
     HIT_ALL_DOC,
@@ -169,15 +172,67 @@ class AsyncRedisBackend(BackendBase):
             return result
 
     async def _eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
-        skipped = self._skip()
+        node = self._node_of(keys)
+        skipped = self._skip(node)
         if skipped is not None:
             raise skipped
         try:
-            reply = await self._scripts[script](keys=keys, args=args)
+            reply = await self._call(script, keys, args)
         except (RedisError, OSError) as e:
-            raise self._failure(e) from e
-        self._success()
+            kind = failure_kind(e)
+            if not (retry_safe(script, args, kind) and self._retries(node, kind)):
+                raise self._failure(e, node) from e
+            await self._fresh()
+            try:
+                reply = await self._call(script, keys, args)
+            except (RedisError, OSError) as e2:
+                raise self._failure(e2, node) from e2
+        self._success(node)
+        if self._first_success():
+            await self._check_memory_policy()
         return [int(x) for x in reply.split()]
+
+    async def _call(self, script: str, keys: list[bytes], args: list[bytes]) -> Any:
+        s = self._scripts[script]
+        try:
+            return await self._client.evalsha(s.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a new or flushed server: load it
+            self._count("noscript")
+            if self._cluster:
+                # EVAL caches it where the keys are (SCRIPT LOAD would go to
+                # every primary, a dead one too)
+                return await self._client.eval(s.script, len(keys), *keys, *args)
+            await self._client.script_load(s.script)
+            return await self._client.evalsha(s.sha, len(keys), *keys, *args)
+
+    async def _fresh(self) -> None:
+        """Drop the pool's idle connections (see RedisBackend._fresh)."""
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is not None:
+            try:
+                await pool.disconnect(inuse_connections=False)
+            except Exception:  # noqa: BLE001 - the retry tells
+                pass
+
+    def _bounded_pool(self, client: Any) -> Any:
+        if type(client) is not redis.asyncio.Redis or type(client.connection_pool) is not \
+                redis.asyncio.ConnectionPool:
+            return client  # a cluster or Sentinel client manages its own pools
+        pool = client.connection_pool
+        # (nothing to close: an asyncio pool connects on its first command)
+        bounded = redis.asyncio.BlockingConnectionPool(
+            max_connections=pool.max_connections, timeout=self.timeout,
+            connection_class=pool.connection_class, **pool.connection_kwargs)
+        out = redis.asyncio.Redis(connection_pool=bounded)
+        out.auto_close_connection_pool = True
+        return out
+
+    async def _check_memory_policy(self) -> None:
+        try:
+            reply = await self._client.config_get("maxmemory-policy")
+        except (RedisError, OSError):  # CONFIG disabled or renamed: nothing to say
+            return
+        self._memory_policy(reply)
 
     async def hit_all(self, checks: Iterable[Check]) -> list[Decision | None]:
         return await self._run(hit_all(self, checks, AsyncRedisGcra))
@@ -191,7 +246,7 @@ class AsyncRedisBackend(BackendBase):
         except (RedisError, OSError) as e:
             self._failure(e)
             return False
-        self._success()
+        self._success(None)
         return True
 
     async def aclose(self) -> None:

@@ -1,6 +1,6 @@
 """What the sync and asyncio Redis backends share: options, the failure
-state (counters, rate-limited warnings, the marked-down period) and the
-script calls' arguments.  The operations themselves are sans-I/O plans
+state (counters per kind of failure, rate-limited warnings, the nodes
+marked down) and the script calls' arguments.  The operations themselves are sans-I/O plans
 (:mod:`.plans`) that each backend drives with its client."""
 
 from __future__ import annotations
@@ -24,24 +24,37 @@ try:  # redis-py, for every module of the backend
     import redis.retry
     from redis.backoff import NoBackoff
     from redis.crc import key_slot
-    from redis.exceptions import RedisError
+    from redis.exceptions import (
+        AskError,
+        ClusterDownError,
+        MaxConnectionsError,
+        NoScriptError,
+        OutOfMemoryError,
+        ReadOnlyError,
+        RedisError,
+        ResponseError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "fastlimit's Redis backend needs redis-py: pip install 'fastlimit[redis]'") from e
 
 from fastlimit.clock import NS_PER_S
+from fastlimit.core.results import QuotaMode
 from fastlimit.errors import BackendError, ConfigurationError
 from fastlimit.stores.contract import Kind as StateKind
 from fastlimit.stores.contract import key_identity, on_full_code
 from fastlimit.stores.table import SharedTable
 
 __all__ = ["DEFAULT_LEASE_TTL", "SCRIPTS", "BackendBase", "Fail", "Failure", "Keyspace",
-           "NoBackoff", "RedisError", "RedisStats", "key_slot", "on_full_of", "redis"]
+           "NoBackoff", "NoScriptError", "RedisError", "RedisStats", "failure_kind", "key_slot",
+           "on_full_of", "redis", "retry_safe"]
 
 log = logging.getLogger("fastlimit")
 
 Key = str | bytes | int
-Fail = Literal["open", "closed", "raise"]
+Fail = Literal["open", "closed", "raise", "local"]
 HashTag = Callable[[str, Key], str | bytes]
 T = TypeVar("T")
 # A script call: the script's name (a key of SCRIPTS), its keys, its args.
@@ -82,8 +95,12 @@ _KINDS: dict[str, bytes] = {"rate": b"", "quota": b"quota", "concurrency": b"lea
 _ALL_KINDS: frozenset[StateKind] = frozenset({"rate", "quota", "concurrency"})
 # A Limiter's on_full, when given, overrides the backend's policy for it:
 # "the store cannot answer" is what both mean.
-FAIL_OF_ON_FULL: dict[str, Fail] = {"allow": "open", "deny": "closed", "raise": "raise"}
-ON_FULL_OF_FAIL: dict[str, str] = {"open": "allow", "closed": "deny", "raise": "raise"}
+# "local" is the Redis backends' own: a limiter given on_full="local" (as
+# backend.limiter(fail="local") does) is answered by the local table.
+FAIL_OF_ON_FULL: dict[str, Fail] = {"allow": "open", "deny": "closed", "raise": "raise",
+                                    "local": "local"}
+ON_FULL_OF_FAIL: dict[str, str] = {"open": "allow", "closed": "deny", "raise": "raise",
+                                   "local": "local"}
 
 
 def on_full_of(fail: Fail | None) -> Any:
@@ -94,6 +111,8 @@ def on_full_of(fail: Fail | None) -> Any:
 
 # Seconds a concurrency lease counts without a renew (RedisBackend(lease_ttl=)).
 DEFAULT_LEASE_TTL = 60.0
+# quota.lua's mode argument for a refund
+_QUOTA_REFUND = b"%d" % QuotaMode.REFUND
 # Keys per script call in hit_many: one call blocks the server while it runs.
 _CHUNK = 1000
 
@@ -104,15 +123,34 @@ class RedisStats:
 
     Attributes:
         calls: script calls Redis answered.
-        errors: script calls that failed (timeout, connection, error reply).
-        skipped: script calls not attempted because Redis was marked down
-            (within ``retry_interval`` of a failure).
+        errors: script calls that failed, whatever the kind (the kinds
+            below count them again, one each).
+        skipped: script calls not attempted because their node was marked
+            down (within its backoff after a failure).
         failed_open: checks allowed by the failure policy.
         failed_closed: checks denied by the failure policy.
         raised: BackendErrors raised (``fail="raise"``).
         cache_hits: checks denied by the local deny cache, with no round trip.
-        down: whether the last call failed.
+        down: whether a node's last call failed (a node Redis must answer
+            again before it is tried without backoff).
         last_error: the last failure, as text.
+        connection_errors: calls that failed to connect or lost their
+            connection (the node is marked down).
+        timeouts: calls that timed out (the node is marked down).
+        retries: calls tried again on a fresh connection after a connection
+            error, a timeout or a READONLY reply.
+        pool_timeouts: calls that found no free connection in the pool
+            within ``timeout`` (the node is not marked down: it is busy
+            here, not down).
+        oom: calls Redis refused for want of memory (OOM, its
+            ``maxmemory``); answered by the failure policy, node not down.
+        readonly: READONLY replies (the URL reaches a replica).
+        moved: MOVED/ASK replies on a client that is not a cluster client
+            (a configuration error: the URL reaches a Redis Cluster node).
+        noscript: scripts Redis did not have (NOSCRIPT), loaded again.
+        response_errors: other error replies.
+        failed_local: checks answered by the local table (``fail="local"``).
+        down_nodes: the nodes (``host:port``) whose last call failed.
     """
 
     calls: int
@@ -124,6 +162,77 @@ class RedisStats:
     cache_hits: int
     down: bool
     last_error: str | None
+    connection_errors: int = 0
+    timeouts: int = 0
+    retries: int = 0
+    pool_timeouts: int = 0
+    oom: int = 0
+    readonly: int = 0
+    moved: int = 0
+    noscript: int = 0
+    response_errors: int = 0
+    failed_local: int = 0
+    down_nodes: tuple[str, ...] = ()
+
+
+# The kinds of failure (RedisStats fields).  Only a node that cannot be
+# reached or does not answer in time is marked down; an error reply is an
+# answer.
+_DOWN_KINDS = frozenset({"connection_errors", "timeouts"})
+_KIND_FIELDS = ("connection_errors", "timeouts", "retries", "pool_timeouts", "oom", "readonly",
+                "moved", "noscript", "response_errors", "failed_local")
+# what the warning says of a failure of each kind that is not the node being down
+_ADVICE = {
+    "pool_timeouts": "no connection of the pool was free within the timeout: this process has "
+                     "more checks in flight than max_connections",
+    "oom": "Redis is out of memory (maxmemory reached under noeviction): writes fail until keys "
+           "expire; give it more memory or a Redis of fastlimit's own (see the README's Sizing)",
+    "readonly": "it is a read-only replica: point the URL at the primary, or use "
+                "redis+sentinel://",
+    "moved": "it is a Redis Cluster node and this client is not a cluster client: use a "
+             "redis+cluster:// URL or a RedisCluster client",
+}
+
+
+def retry_safe(script: str, args: Sequence[bytes], kind: str) -> bool:
+    """Whether a call may go again after a failure of ``kind``.  A call that
+    timed out may have run: again, a hit counts twice (the safe side: it
+    denies sooner), but a refund would give back twice, so it does not."""
+    if kind != "timeouts":
+        return True
+    return not ((script == "gcra" and args[:1] == [b"refund"])
+                or (script == "quota" and args[:1] == [_QUOTA_REFUND]))
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The RedisStats field that counts a failure ``exc`` of a call."""
+    if isinstance(exc, MaxConnectionsError) or (
+            isinstance(exc, RedisConnectionError) and "No connection available" in str(exc)):
+        return "pool_timeouts"
+    if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+        return "timeouts"
+    if isinstance(exc, OutOfMemoryError):
+        return "oom"
+    if isinstance(exc, ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, AskError):  # MovedError is one
+        return "moved"
+    if isinstance(exc, ClusterDownError):  # the node cannot serve its slots
+        return "connection_errors"
+    if isinstance(exc, ResponseError):
+        return "response_errors"
+    return "connection_errors"  # ConnectionError (LOADING too), OSError, protocol errors
+
+
+class _Node:
+    """The failure state of one node (one server, or one cluster node)."""
+
+    __slots__ = ("down_until", "failures", "last_error")
+
+    def __init__(self) -> None:
+        self.failures = 0  # consecutive, of the kinds that mark a node down
+        self.down_until = 0.0
+        self.last_error: str | None = None
 
 
 class Failure(Exception):
@@ -141,7 +250,8 @@ def split_ns(ns: int) -> tuple[int, int]:
 
 def check_fail(fail: Any) -> Fail:
     if fail not in _FAILS:
-        raise ConfigurationError(f"fail must be one of 'open', 'closed', 'raise', got {fail!r}")
+        raise ConfigurationError(
+            f"fail must be one of {', '.join(map(repr, _FAILS))}, got {fail!r}")
     result: Fail = fail
     return result
 
@@ -258,6 +368,7 @@ class BackendBase:
         deny_cache: SharedTable | None = None,
         hash_tag: HashTag | None = None,
         retry_interval: float = 1.0,
+        max_retry_interval: float = 30.0,
         log_interval: float = 10.0,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         **redis_options: Any,
@@ -271,7 +382,9 @@ class BackendBase:
                 f"deny_cache must be a SharedTable or None, got {deny_cache!r}")
         if hash_tag is not None and not callable(hash_tag):
             raise ConfigurationError(f"hash_tag must be callable or None, got {hash_tag!r}")
-        for what, value in (("retry_interval", retry_interval), ("log_interval", log_interval)):
+        for what, value in (("retry_interval", retry_interval),
+                            ("max_retry_interval", max_retry_interval),
+                            ("log_interval", log_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigurationError(f"{what} must be a number of seconds >= 0, got {value!r}")
         if (isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float))
@@ -283,28 +396,33 @@ class BackendBase:
         self._deny_table = deny_cache
         self._hash_tag = hash_tag
         self._retry_interval = float(retry_interval)
+        self._max_retry_interval = max(float(max_retry_interval), self._retry_interval)
         self._log_interval = float(log_interval)
         self._url = url_or_client if isinstance(url_or_client, str) else None
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(
             ("calls", "errors", "skipped", "failed_open", "failed_closed", "raised",
-             "cache_hits"), 0)
-        self._down = False
-        self._down_until = 0.0
+             "cache_hits", *_KIND_FIELDS), 0)
+        # Failure domains: each node (a server, or a cluster node) is marked
+        # down on its own, so a dead cluster primary fails only its slots.
+        self._nodes: dict[str, _Node] = {}
         self._last_error: str | None = None
         self._next_log = 0.0
         self._unlogged = 0
+        self._memory_checked = False
+        self.maxmemory_policy: str | None = None
         self._options = dict(
             prefix=prefix, fail=fail, connect_timeout=connect_timeout, timeout=timeout,
             deny_cache=deny_cache, hash_tag=hash_tag, retry_interval=retry_interval,
-            log_interval=log_interval, lease_ttl=lease_ttl, **redis_options)
+            max_retry_interval=max_retry_interval, log_interval=log_interval,
+            lease_ttl=lease_ttl, **redis_options)
         if isinstance(url_or_client, str):
             # No retries inside redis-py: a failure must reach the policy
             # after one timeout, not after several with backoff between.
             options: dict[str, Any] = dict(
                 socket_connect_timeout=self.connect_timeout, socket_timeout=self.timeout)
             options.update(redis_options)
-            client = self._from_url(url_or_client, options)
+            client = self._bounded_pool(self._from_url(url_or_client, options))
         elif isinstance(url_or_client, self._client_types):
             if redis_options:
                 raise ConfigurationError("redis options go with a URL, not with a client")
@@ -350,6 +468,12 @@ class BackendBase:
     def _from_url(self, url: str, options: dict[str, Any]) -> Any:
         raise NotImplementedError
 
+    def _bounded_pool(self, client: Any) -> Any:
+        """``client`` on a blocking pool (a client made from a URL): a check
+        that finds every connection in use waits for one, for up to
+        ``timeout``, rather than failing at once."""
+        raise NotImplementedError
+
     @property
     def kinds(self) -> frozenset[StateKind]:
         """Redis holds every kind of state: rates, quotas and leases."""
@@ -375,7 +499,9 @@ class BackendBase:
     def stats(self) -> RedisStats:
         """This process's counters: calls, failures, policy answers, cache hits."""
         with self._lock:
-            return RedisStats(**self._counts, down=self._down, last_error=self._last_error)
+            down = tuple(sorted(n for n, st in self._nodes.items() if st.failures))
+            return RedisStats(**self._counts, down=bool(down), last_error=self._last_error,
+                              down_nodes=down)
 
     @property
     def deny_cache(self) -> SharedTable | None:
@@ -404,23 +530,55 @@ class BackendBase:
         with self._lock:
             self._counts[what] += n
 
-    def _skip(self) -> Failure | None:
-        """The failure to answer at once while Redis is marked down, or None."""
-        if not self._down or time.monotonic() >= self._down_until:
+    def _node_of(self, keys: Sequence[bytes]) -> str:
+        """The node a call on ``keys`` goes to, as ``host:port``: the
+        server, or on a cluster the node that holds the first key's slot."""
+        if not self._cluster or not keys:
+            return self.address
+        try:
+            node = self._client.get_node_from_key(keys[0])
+        except Exception:  # noqa: BLE001 - e.g. a cluster client not yet initialised
+            return self.address
+        return self.address if node is None else str(node.name)
+
+    def _skip(self, node: str) -> Failure | None:
+        """The failure to answer at once while ``node`` is marked down, or None."""
+        state = self._nodes.get(node)
+        if state is None or not state.failures or time.monotonic() >= state.down_until:
             return None
         with self._lock:
             self._counts["skipped"] += 1
             self._unlogged += 1
-        return Failure(f"Redis at {self.address} is marked down after {self._last_error}", None)
+        return Failure(f"Redis at {node} is marked down after {state.last_error}", None)
 
-    def _failure(self, exc: BaseException) -> Failure:
+    def _retries(self, node: str, kind: str) -> bool:
+        """Whether a call that failed with ``kind`` goes again on a fresh
+        connection: once, and only on a node that answered its last call (a
+        node known to be down costs one attempt per backoff, not two)."""
+        if kind not in _DOWN_KINDS and kind != "readonly":
+            return False
+        state = self._nodes.get(node)
+        if state is not None and state.failures:
+            return False
+        self._count("retries")
+        return True
+
+    def _failure(self, exc: BaseException, node: str | None = None) -> Failure:
+        node = self.address if node is None else node
+        kind = failure_kind(exc)
         now = time.monotonic()
         text = f"{type(exc).__name__}: {exc}"
         with self._lock:
             self._counts["errors"] += 1
+            self._counts[kind] += 1
             self._last_error = text
-            self._down = True
-            self._down_until = now + self._retry_interval
+            if kind in _DOWN_KINDS:
+                state = self._nodes.setdefault(node, _Node())
+                state.failures += 1
+                state.last_error = text
+                # backoff: the interval doubles with each failure in a row
+                backoff = self._retry_interval * 2.0 ** min(state.failures - 1, 30)
+                state.down_until = now + min(backoff, self._max_retry_interval)
             emit = now >= self._next_log
             if emit:
                 unlogged, self._unlogged = self._unlogged, 0
@@ -429,21 +587,58 @@ class BackendBase:
                 self._unlogged += 1
         if emit:
             more = f"; {unlogged} more failures since the last warning" if unlogged else ""
+            advice = f": {_ADVICE[kind]}" if kind in _ADVICE else ""
             log.warning(
-                "fastlimit: Redis at %s failed (%s); checks answer by their failure policy "
-                "(backend default fail=%r)%s", self.address, text, self.fail, more)
-        return Failure(f"Redis at {self.address} failed: {text}", exc)
+                "fastlimit: Redis at %s failed (%s)%s; checks answer by their failure policy "
+                "(backend default fail=%r)%s", node, text, advice, self.fail, more)
+        return Failure(f"Redis at {node} failed: {text}", exc)
 
-    def _success(self) -> None:
+    def _success(self, node: str | None = None) -> None:
+        """A call to ``node`` was answered; None: Redis as a whole (a ping),
+        which ends every node's marked-down period."""
         with self._lock:
             self._counts["calls"] += 1
-            if not self._down:
+            if node is None:
+                revived = [n for n, st in self._nodes.items() if st.failures]
+            else:
+                state = self._nodes.get(node)
+                revived = [node] if state is not None and state.failures else []
+            if not revived:
                 return
-            self._down = False
+            for n in revived:
+                self._nodes[n].failures = 0
             unlogged, self._unlogged = self._unlogged, 0
             self._next_log = 0.0
         log.warning("fastlimit: Redis at %s answers again (%d failures since the last warning)",
-                    self.address, unlogged)
+                    ", ".join(revived), unlogged)
+
+    def _first_success(self) -> bool:
+        # a plain read first: the lock is for the one call that checks
+        return not self._memory_checked and self._memory_policy_checked()
+
+    def _memory_policy_checked(self) -> bool:
+        """True the first time only (then the caller asks Redis its
+        maxmemory-policy)."""
+        with self._lock:
+            first, self._memory_checked = not self._memory_checked, True
+        return first
+
+    def _memory_policy(self, reply: Any) -> None:
+        """Warn once if Redis may evict fastlimit's keys (CONFIG GET's reply)."""
+        policy = reply.get("maxmemory-policy", reply.get(b"maxmemory-policy")) \
+            if isinstance(reply, dict) else None
+        if isinstance(policy, bytes):
+            policy = policy.decode("ascii", "replace")
+        if not isinstance(policy, str):
+            return
+        self.maxmemory_policy = policy
+        if policy != "noeviction":
+            log.warning(
+                "fastlimit: Redis at %s has maxmemory-policy %s: when it reaches maxmemory it "
+                "evicts keys, and a limit whose key is evicted starts again from zero (every "
+                "fastlimit key has a TTL, so volatile-* policies evict them first). Give "
+                "fastlimit a Redis with maxmemory-policy noeviction, or one of its own "
+                "(see the README's Sizing).", self.address, policy)
 
     # -- building calls --------------------------------------------------------------
 

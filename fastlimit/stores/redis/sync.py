@@ -17,12 +17,15 @@ from fastlimit.stores.redis.common import (
     Failure,
     Key,
     NoBackoff,
+    NoScriptError,
     Plan,
     RedisError,
     Runs,
     T,
+    failure_kind,
     on_full_of,
     redis,
+    retry_safe,
 )
 from fastlimit.stores.redis.plans import (
     HIT_ALL_DOC,
@@ -153,13 +156,22 @@ class RedisBackend(BackendBase):
             per Redis deployment.
         hash_tag: ``f(limiter_name, key) -> str``: the Redis Cluster hash tag
             of a key (default: the key itself).
-        retry_interval: after a failure, seconds during which checks answer
-            by the failure policy without trying Redis.
+        retry_interval: after a node fails to connect or to answer in time,
+            seconds during which checks of its keys answer by the failure
+            policy without trying it (one server: every key; a cluster: that
+            node's slots only).  It doubles with each failure in a row, up to
+            ``max_retry_interval``; a call the node answers, or :meth:`ping`,
+            ends it.  Error replies (OOM, READONLY, MOVED...) do not mark a
+            node down: each call tries again.
+        max_retry_interval: the longest marked-down period (default 30 s).
         log_interval: at most one failure warning per this many seconds.
         lease_ttl: seconds a ConcurrencyLimit's lease counts after its
             acquire or last :meth:`~fastlimit.Lease.renew` (default 60): a
             holder that dies frees its lease within this time.
-        **redis_options: more options for ``redis.Redis.from_url``.
+        **redis_options: more options for ``redis.Redis.from_url``, e.g.
+            ``max_connections`` (default 100).  A client made from a
+            ``redis://`` URL uses a blocking pool: a check that finds every
+            connection in use waits for one, up to ``timeout``.
 
     Example:
         >>> backend = RedisBackend("redis://127.0.0.1:6379/0", fail="closed")  # doctest: +SKIP
@@ -228,15 +240,69 @@ class RedisBackend(BackendBase):
             return result
 
     def _eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
-        skipped = self._skip()
+        node = self._node_of(keys)
+        skipped = self._skip(node)
         if skipped is not None:
             raise skipped
         try:
-            reply = self._scripts[script](keys=keys, args=args)
+            reply = self._call(script, keys, args)
         except (RedisError, OSError) as e:
-            raise self._failure(e) from e
-        self._success()
+            kind = failure_kind(e)
+            if not (retry_safe(script, args, kind) and self._retries(node, kind)):
+                raise self._failure(e, node) from e
+            self._fresh()
+            try:
+                reply = self._call(script, keys, args)
+            except (RedisError, OSError) as e2:
+                raise self._failure(e2, node) from e2
+        self._success(node)
+        if self._first_success():
+            self._check_memory_policy()
         return [int(x) for x in reply.split()]
+
+    def _call(self, script: str, keys: list[bytes], args: list[bytes]) -> Any:
+        s = self._scripts[script]
+        try:
+            return self._client.evalsha(s.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a new or flushed server: load it
+            self._count("noscript")
+            if self._cluster:
+                # EVAL caches it where the keys are (SCRIPT LOAD would go to
+                # every primary, a dead one too)
+                return self._client.eval(s.script, len(keys), *keys, *args)
+            self._client.script_load(s.script)
+            return self._client.evalsha(s.sha, len(keys), *keys, *args)
+
+    def _fresh(self) -> None:
+        """Drop the pool's idle connections, which a restarted server or a
+        failover left dead: the next call connects anew (resolving the
+        host again; a Sentinel pool asks for the primary again)."""
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is not None:
+            try:
+                pool.disconnect(inuse_connections=False)
+            except Exception:  # noqa: BLE001 - the retry tells
+                pass
+
+    def _bounded_pool(self, client: Any) -> Any:
+        if type(client) is not redis.Redis or type(client.connection_pool) is not \
+                redis.ConnectionPool:
+            return client  # a cluster or Sentinel client manages its own pools
+        pool = client.connection_pool
+        bounded = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            max_connections=pool.max_connections, timeout=self.timeout,
+            connection_class=pool.connection_class, **pool.connection_kwargs)
+        pool.disconnect()
+        out = redis.Redis(connection_pool=bounded)
+        out.auto_close_connection_pool = True
+        return out
+
+    def _check_memory_policy(self) -> None:
+        try:
+            reply = self._client.config_get("maxmemory-policy")
+        except (RedisError, OSError):  # CONFIG disabled or renamed: nothing to say
+            return
+        self._memory_policy(reply)
 
     def hit_all(self, checks: Iterable[Check]) -> list[Decision | None]:
         return self._run(hit_all(self, checks, RedisGcra))
@@ -251,14 +317,14 @@ class RedisBackend(BackendBase):
         """
 
     def ping(self) -> bool:
-        """Ask Redis now, even within ``retry_interval`` of a failure: True if
-        it answers (which ends the marked-down period), False if not."""
+        """Ask Redis now, even while a node is marked down: True if it
+        answers (which ends every node's marked-down period), False if not."""
         try:
             self._client.ping()
         except (RedisError, OSError) as e:
             self._failure(e)
             return False
-        self._success()
+        self._success(None)
         return True
 
     def close(self) -> None:

@@ -1,0 +1,345 @@
+"""How the Redis backend fails: per node, per kind, small (issue 17).
+
+Real redis-server processes on 127.0.0.1 (conftest.py), stopped, killed,
+paused and restarted by PID; a three-primary cluster of this module's own
+for the failure domains.  Counts are exact; the only waits are timeouts
+under test, kept short.
+"""
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+from conftest import _start_server
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from fastlimit import Decision, FakeClock, Limiter, RedisBackend
+from fastlimit.stores.redis import AsyncRedisBackend
+
+S = 10**9
+FAST = dict(timeout=10, connect_timeout=10)  # no spurious timeouts on a loaded machine
+FAST_CLIENT = dict(socket_timeout=10, socket_connect_timeout=10)
+
+
+def prefix():
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+# -- a transient error: one retry on a fresh connection --------------------------------
+
+
+def test_a_restarted_server_is_answered_on_a_fresh_connection(own_redis_server, clock):
+    """The pool's connections died with the server; the next check is
+    answered on a new one (which loads the script the new server lacks)
+    instead of failing and marking Redis down."""
+    b = RedisBackend(own_redis_server.url, fail="closed", retry_interval=3600, **FAST)
+    lim = Limiter("5/10s", store=b, name="r", clock=clock)
+    assert lim.allow("k")
+    own_redis_server.stop(signal.SIGKILL)
+    own_redis_server.start()
+    assert lim.hit("k") == Decision(True, 5, 4, 2 * S, 0), "a new, empty server"
+    st = b.stats()
+    # NOSCRIPT twice: each server's first call loads the script
+    assert (st.calls, st.errors, st.noscript, st.skipped) == (2, 0, 2, 0)
+    assert not st.down and own_redis_server.commands("evalsha") == 1
+
+
+def test_a_dead_server_costs_one_retry_then_its_backoff(own_redis_server, clock):
+    b = RedisBackend(own_redis_server.url, fail="closed", retry_interval=3600, **FAST)
+    lim = Limiter("5/10s", store=b, name="d", clock=clock)
+    assert lim.allow("k")
+    own_redis_server.stop(signal.SIGKILL)
+    for _ in range(5):
+        assert not lim.allow("k")
+    st = b.stats()
+    assert (st.errors, st.connection_errors, st.retries, st.skipped, st.failed_closed) == (
+        1, 1, 1, 4, 5)
+    assert st.down and st.down_nodes == (b.address,)
+
+
+def test_a_hung_server_times_out_once_per_backoff(own_redis_server, clock):
+    b = RedisBackend(own_redis_server.url, fail="closed", timeout=0.2, retry_interval=3600)
+    lim = Limiter("5/10s", store=b, name="h", clock=clock)
+    assert lim.allow("k")
+    own_redis_server.pause()
+    try:
+        assert not lim.allow("k")  # timed out, retried, timed out again
+        assert not lim.allow("k")  # skipped: marked down
+    finally:
+        own_redis_server.resume()
+    st = b.stats()
+    assert (st.errors, st.timeouts, st.retries, st.skipped) == (1, 1, 1, 1)
+    assert b.ping() and not b.stats().down
+    assert lim.allow("k2")
+
+
+def test_a_refund_that_timed_out_is_not_sent_again(own_redis_server, clock):
+    """It may have run: again, it would give back twice."""
+    b = RedisBackend(own_redis_server.url, fail="open", timeout=0.2, retry_interval=0)
+    lim = Limiter("5/10s", store=b, name="rf", clock=clock)
+    assert lim.allow("k")
+    own_redis_server.pause()
+    try:
+        assert not lim.refund("k")
+    finally:
+        own_redis_server.resume()
+    st = b.stats()
+    assert (st.errors, st.timeouts, st.retries) == (1, 1, 0)
+
+
+# -- the connection pool: wait, bounded, never fail open --------------------------------
+
+
+def test_threads_beyond_the_pool_wait_for_a_connection(redis_server):
+    b = RedisBackend(redis_server.url, prefix=prefix(), max_connections=2, **FAST)
+    lim = Limiter("50/1h", store=b, name="pool", clock=FakeClock())
+    admitted = []
+    start = threading.Barrier(16)
+
+    def run():
+        start.wait()
+        admitted.append(sum(lim.allow("k") for _ in range(20)))
+
+    threads = [threading.Thread(target=run) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    st = b.stats()
+    assert sum(admitted) == 50 and st.calls == 320
+    assert (st.errors, st.failed_open) == (0, 0)
+    assert len(b.client.connection_pool._connections) <= 2
+
+
+def test_coroutines_beyond_the_pool_wait_for_a_connection(redis_server):
+    async def main():
+        b = AsyncRedisBackend(redis_server.url, prefix=prefix(), max_connections=4, **FAST)
+        lim = b.limiter("80/1h", name="apool", clock=FakeClock())
+
+        async def run():
+            return sum([await lim.allow("k") for _ in range(5)])
+
+        admitted = sum(await asyncio.gather(*(run() for _ in range(150))))
+        await b.aclose()
+        return admitted, b.stats()
+
+    admitted, st = asyncio.run(main())
+    assert admitted == 80 and st.calls == 750
+    assert (st.errors, st.failed_open) == (0, 0)
+
+
+def test_a_pool_wait_is_bounded_by_the_timeout_and_is_not_down(own_redis_server, clock):
+    b = RedisBackend(own_redis_server.url, fail="closed", timeout=0.2, retry_interval=3600,
+                     max_connections=1)
+    lim = Limiter("5/10s", store=b, name="pw", clock=clock)
+    held = b.client.connection_pool.get_connection()
+    try:
+        assert not lim.allow("k"), "no connection within the timeout: the failure policy"
+    finally:
+        b.client.connection_pool.release(held)
+    st = b.stats()
+    assert (st.errors, st.pool_timeouts, st.retries, st.down) == (1, 1, 0, False)
+    assert lim.allow("k"), "the server was never down: tried at once"
+
+
+# -- error replies are answers, not a server down ---------------------------------------
+
+
+def _fill(server):
+    """A server past its maxmemory under noeviction: every write fails OOM."""
+    with server.client() as c:
+        c.config_set("maxmemory-policy", "noeviction")
+        c.config_set("maxmemory", 1)
+
+
+def test_out_of_memory_is_counted_and_answered_by_the_policy(own_redis_server, clock, caplog):
+    b = RedisBackend(own_redis_server.url, fail="closed", retry_interval=3600, **FAST)
+    lim = Limiter("5/10s", store=b, name="oom", clock=clock)
+    _fill(own_redis_server)
+    with caplog.at_level(logging.WARNING, logger="fastlimit"):
+        assert lim.hit("k") == Decision(False, 5, 0, 0, 2 * S)
+        assert not lim.allow("k")
+    st = b.stats()
+    assert (st.errors, st.oom, st.retries, st.skipped, st.failed_closed) == (2, 2, 0, 0, 2)
+    assert not st.down, "Redis answered: it is not down"
+    [warning] = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert "out of memory" in warning and "noeviction" in warning
+    with own_redis_server.client() as c:
+        c.config_set("maxmemory", 0)
+    assert lim.allow("k"), "tried again at once"
+
+
+def test_a_replica_is_named_as_such(own_redis_server, tmp_path_factory, clock, caplog):
+    replica = _start_server(tmp_path_factory, "--replicaof", "127.0.0.1",
+                            str(own_redis_server.port))
+    try:
+        # (a replica's URL is refused at construction: a client reaches one)
+        b = RedisBackend(replica.client(**FAST_CLIENT), fail="closed", retry_interval=3600)
+        lim = Limiter("5/10s", store=b, name="ro", clock=clock)
+        with caplog.at_level(logging.WARNING, logger="fastlimit"):
+            assert not lim.allow("k")
+            assert not lim.allow("k")
+        st = b.stats()
+        # each READONLY is retried once on a fresh connection (after a
+        # failover behind a DNS name, it reaches the new primary); the node
+        # answered, so it is not marked down
+        assert (st.errors, st.readonly, st.retries, st.skipped, st.down) == (2, 2, 2, 0, False)
+        assert "read-only replica" in caplog.text
+    finally:
+        replica.stop()
+
+
+# -- eviction: warned of at the first call ------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl", "noeviction"])
+def test_an_evicting_redis_is_warned_of_once(tmp_path_factory, clock, caplog, policy):
+    server = _start_server(tmp_path_factory, "--maxmemory-policy", policy)
+    try:
+        b = RedisBackend(server.url, **FAST)
+        lim = Limiter("5/10s", store=b, name="ev", clock=clock)
+        with caplog.at_level(logging.WARNING, logger="fastlimit"):
+            for _ in range(3):
+                assert lim.allow("k")
+        warnings = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+        assert b.maxmemory_policy == policy
+        if policy == "noeviction":
+            assert warnings == []
+        else:
+            [w] = warnings
+            assert policy in w and "starts again from zero" in w
+        b.close()
+    finally:
+        server.stop()
+
+
+def test_a_redis_without_config_is_not_an_error(tmp_path_factory, clock, caplog):
+    server = _start_server(tmp_path_factory, "--rename-command", "CONFIG", "")
+    try:
+        b = RedisBackend(server.url, **FAST)
+        with caplog.at_level(logging.WARNING, logger="fastlimit"):
+            assert Limiter("5/10s", store=b, name="nc", clock=clock).allow("k")
+        assert b.maxmemory_policy is None and caplog.records == []
+        assert b.stats().errors == 0
+        b.close()
+    finally:
+        server.stop()
+
+
+def test_async_backend_warns_of_eviction_and_counts_oom(tmp_path_factory, clock, caplog):
+    server = _start_server(tmp_path_factory, "--maxmemory-policy", "allkeys-lfu")
+
+    async def main():
+        b = AsyncRedisBackend(server.url, fail="closed", retry_interval=3600, **FAST)
+        lim = b.limiter("5/10s", name="aev", clock=clock)
+        assert await lim.allow("k")
+        _fill(server)
+        assert not await lim.allow("k")
+        await b.aclose()
+        return b
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="fastlimit"):
+            b = asyncio.run(main())
+    finally:
+        server.stop()
+    st = b.stats()
+    assert b.maxmemory_policy == "allkeys-lfu" and "allkeys-lfu" in caplog.text
+    assert (st.calls, st.errors, st.oom, st.down) == (1, 1, 1, False)
+
+
+# -- failure domains: a three-primary cluster, one primary killed --------------------------
+
+
+@pytest.fixture
+def cluster3(tmp_path_factory):
+    """Three primaries (no replicas), slots split in thirds, met by CLUSTER MEET."""
+    servers = [_start_server(tmp_path_factory, "--cluster-enabled", "yes",
+                             "--cluster-config-file", "nodes.conf",
+                             "--cluster-node-timeout", "60000") for _ in range(3)]
+    try:
+        ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
+        for server, (lo, hi) in zip(servers, ranges, strict=True):
+            with server.client() as c:
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        with servers[0].client() as c:
+            for other in servers[1:]:
+                c.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port)
+        deadline = time.monotonic() + 30
+        for server in servers:
+            with server.client() as c:
+                while True:
+                    info = c.execute_command("CLUSTER", "INFO")
+                    slots = c.execute_command("CLUSTER", "SLOTS")
+                    if b"cluster_state:ok" in info and len(slots) == 3:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the three-node cluster did not come up")
+                    time.sleep(0.01)
+        yield servers
+    finally:
+        for server in servers:
+            if server.proc is not None:
+                server.resume()
+            server.stop()
+
+
+def _cluster_backend(servers, **kw):
+    client = redis.cluster.RedisCluster(
+        host="127.0.0.1", port=servers[0].port, retry=Retry(NoBackoff(), 0),
+        socket_timeout=2, socket_connect_timeout=2)
+    return RedisBackend(client, **kw)
+
+
+def _keys_by_node(b, servers, n=3):
+    """``n`` keys per node: {port: [key, ...]}."""
+    by_port = {s.port: [] for s in servers}
+    i = 0
+    while any(len(v) < n for v in by_port.values()):
+        key = f"user:{i}"
+        node = b.client.get_node_from_key(b.redis_key("c", key))
+        if len(by_port[node.port]) < n:
+            by_port[node.port].append(key)
+        i += 1
+    return by_port
+
+
+def test_a_dead_primary_fails_only_its_own_keys(cluster3, clock):
+    b = _cluster_backend(cluster3, fail="closed", retry_interval=3600, prefix=prefix())
+    lim = Limiter("4/1h", store=b, name="c", clock=clock)
+    by_port = _keys_by_node(b, cluster3)
+    dead = cluster3[2]
+    dead.stop(signal.SIGKILL)
+    for port, keys in by_port.items():
+        for key in keys:
+            allowed = [lim.allow(key) for _ in range(6)]
+            if port == dead.port:
+                assert allowed == [False] * 6, "its failure policy: closed"
+            else:
+                assert allowed == [True] * 4 + [False] * 2, "exact, as if nothing happened"
+    st = b.stats()
+    assert st.down_nodes == (f"127.0.0.1:{dead.port}",)
+    # the dead node's first call failed (retried once), the rest were skipped
+    assert (st.connection_errors, st.retries, st.skipped, st.failed_closed) == (1, 1, 17, 18)
+    assert st.calls == 36
+
+
+def test_a_plain_client_on_a_cluster_node_counts_moved(cluster3, clock, caplog):
+    b = RedisBackend(cluster3[0].client(**FAST_CLIENT), fail="closed", retry_interval=3600,
+                     prefix=prefix())
+    lim = Limiter("4/1h", store=b, name="c", clock=clock)
+    by_port = _keys_by_node(_cluster_backend(cluster3, prefix=b.prefix), cluster3, 1)
+    with caplog.at_level(logging.WARNING, logger="fastlimit"):
+        assert lim.allow(by_port[cluster3[0].port][0]), "its own slot: answered"
+        assert not lim.allow(by_port[cluster3[1].port][0])
+        assert not lim.allow(by_port[cluster3[2].port][0])
+    st = b.stats()
+    assert (st.calls, st.errors, st.moved, st.retries, st.skipped, st.down) == (
+        1, 2, 2, 0, 0, False)
+    assert "redis+cluster://" in caplog.text
