@@ -10,8 +10,10 @@ import pytest
 
 flask = pytest.importorskip("flask")
 
+from servers import WORK_S, WORKER_HEADER, all_workers_up, from_workers  # noqa: E402
+
 from fastlimit import ConfigurationError, Identity  # noqa: E402
-from fastlimit.cli.servers import Server, free_port, gunicorn_argv, request  # noqa: E402
+from fastlimit.cli.servers import Server, free_port, gunicorn_argv  # noqa: E402
 from fastlimit.flask import FlaskLimiter  # noqa: E402
 
 
@@ -173,8 +175,8 @@ def test_a_key_callable_returning_a_non_str_is_named(table_name, caplog):
     limiter.store.close()
 
 
-APP = textwrap.dedent("""
-    import os, flask
+APP = textwrap.dedent(f"""
+    import os, time, flask
     from fastlimit.flask import FlaskLimiter
     app = flask.Flask("served")
     app.config["FASTLIMIT_TABLE"] = os.environ["TEST_TABLE"]
@@ -183,7 +185,18 @@ APP = textwrap.dedent("""
     @app.post("/login")
     @limiter.limit("5/hour;7/day")
     def login():
+        time.sleep({WORK_S})  # busy: the next requests go to other workers
         return "ok"
+
+    @app.get("/healthz")
+    def healthz():
+        time.sleep({WORK_S})
+        return "ok"
+
+    @app.after_request
+    def worker(response):
+        response.headers["{WORKER_HEADER}"] = str(os.getpid())
+        return response
 """)
 
 
@@ -197,6 +210,11 @@ def test_exact_across_four_gunicorn_workers(tmp_path, table_name, worker):
     with Server(gunicorn_argv("flapp:app", port, workers=4, options=options), port, env=env,
                 cwd=str(tmp_path), log=str(tmp_path / "server.log")) as server:
         server.wait_for_children(4)
-        replies = [request(port, "POST", "/login") for _ in range(12)]
-    assert [r.status for r in replies] == [200] * 5 + [429] * 7, server.log()
-    assert replies[0].headers["x-ratelimit-limit"] == "5"
+        all_workers_up(port, 4)
+        replies, workers = from_workers(port, "POST", "/login", 12)
+    assert len(workers) >= 2, "several workers answered"
+    assert sorted(r.status for r in replies) == [200] * 5 + [429] * 7, server.log()
+    assert {r.headers["x-ratelimit-limit"] for r in replies if r.status == 200} == {"5"}
+    # one count for all the workers: each allowed answer saw the ones before it
+    assert sorted(r.headers["x-ratelimit-remaining"] for r in replies if r.status == 200) == [
+        "0", "1", "2", "3", "4"]

@@ -12,6 +12,7 @@ import logging
 import os
 
 import pytest
+from servers import WORK_S, WORKER_HEADER, all_workers_up, from_workers
 
 from fastlimit import (
     CallbackError,
@@ -25,7 +26,7 @@ from fastlimit import (
     asgi,
     wsgi,
 )
-from fastlimit.cli.servers import Server, free_port, gunicorn_argv, request
+from fastlimit.cli.servers import Server, free_port, gunicorn_argv
 from fastlimit.web import RouteLimit, api_key_header, bearer_token, session_cookie
 
 POLICY = {"policy": {"name": "app"},
@@ -413,19 +414,22 @@ def test_a_single_process_is_not_warned(caplog):
     assert not logged(caplog, "process only")
 
 
-SPLIT_APP = """
-import logging
+SPLIT_APP = f"""
+import logging, os, time
 from fastlimit import Policy, wsgi
 logging.basicConfig(level=logging.WARNING)
 
 
 def hello(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
+    time.sleep({WORK_S})  # busy: the next requests go to the other worker
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("{WORKER_HEADER}", str(os.getpid()))])
     return [b"hi"]
 
 
 app = wsgi.RateLimitMiddleware(hello, Policy.from_dict(
-    {"policy": {"name": "split"}, "identities": {"anonymous": {"rate": "100/1h"}}}))
+    {{"policy": {{"name": "split"}}, "identities": {{"anonymous": {{"rate": "100/1h"}}}}}}),
+    exempt_paths={{"/healthz"}})
 """
 
 
@@ -439,8 +443,10 @@ def test_gunicorn_workers_with_a_table_each_are_warned_of(tmp_path, preload):
     with Server(gunicorn_argv("splitapp:app", port, workers=2, options=options), port,
                 cwd=str(tmp_path), log=str(log)) as server:
         server.wait_for_children(2)
-        replies = [request(port, "GET", "/") for _ in range(20)]
+        all_workers_up(port, 2)
+        replies, workers = from_workers(port, "GET", "/", 20, concurrency=4)
         remaining = {r.headers["x-ratelimit-remaining"] for r in replies}
+    assert len(workers) == 2, "both workers answered"
     warned = "policy 'split' (no [store] table) counts in a table of this process only"
     if preload:
         # made in the arbiter before the fork: one table every worker shares

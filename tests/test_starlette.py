@@ -16,12 +16,13 @@ from fastapi import APIRouter, Depends, FastAPI, WebSocket  # noqa: E402
 with warnings.catch_warnings():  # newer Starlette asks for httpx2; httpx still works
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
+from servers import WORK_S, WORKER_HEADER, all_workers_up, from_workers  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from fastlimit import SharedTable  # noqa: E402
-from fastlimit.cli.servers import Server, free_port, gunicorn_argv, request  # noqa: E402
+from fastlimit.cli.servers import Server, free_port, gunicorn_argv  # noqa: E402
 from fastlimit.starlette import StarletteLimiter  # noqa: E402
 
 
@@ -130,17 +131,30 @@ def test_disabled_counts_nothing(table_name):
     lim.store.close()
 
 
-APP = textwrap.dedent("""
-    import os
-    from fastapi import Depends, FastAPI
+APP = textwrap.dedent(f"""
+    import os, time
+    from fastapi import Depends, FastAPI, Response
     from fastlimit import SharedTable
     from fastlimit.starlette import StarletteLimiter
     limiter = StarletteLimiter(store=SharedTable.open(os.environ["TEST_TABLE"]))
     app = FastAPI()
     limiter.install(app)
 
+    @app.middleware("http")
+    async def worker(request, call_next):
+        response = await call_next(request)
+        response.headers["{WORKER_HEADER}"] = str(os.getpid())
+        return response
+
     @app.post("/login", dependencies=[Depends(limiter.limit("5/hour;7/day", name="login"))])
     async def login():
+        # the worker's loop is blocked: the next connections go to other workers
+        time.sleep({WORK_S})
+        return "ok"
+
+    @app.get("/healthz")
+    async def healthz():
+        time.sleep({WORK_S})
         return "ok"
 """)
 
@@ -155,9 +169,11 @@ def test_exact_across_four_uvicorn_workers(tmp_path, table_name):
     with Server(argv, port, env=dict(os.environ, TEST_TABLE=table_name), cwd=str(tmp_path),
                 log=str(tmp_path / "server.log")) as server:
         server.wait_for_children(4)
-        replies = [request(port, "POST", "/login") for _ in range(12)]
-    assert [r.status for r in replies] == [200] * 5 + [429] * 7, server.log()
-    assert replies[0].headers["x-ratelimit-limit"] == "5"
+        all_workers_up(port, 4)
+        replies, workers = from_workers(port, "POST", "/login", 12)
+    assert len(workers) >= 2, "several workers answered"
+    assert sorted(r.status for r in replies) == [200] * 5 + [429] * 7, server.log()
+    assert {r.headers["x-ratelimit-limit"] for r in replies if r.status == 200} == {"5"}
 
 
 @pytest.mark.slow
@@ -170,14 +186,16 @@ def test_exact_across_four_gunicorn_uvicorn_workers(tmp_path, table_name):
     with Server(argv, port, env=dict(os.environ, TEST_TABLE=table_name), cwd=str(tmp_path),
                 log=str(tmp_path / "server.log")) as server:
         server.wait_for_children(4)
-        replies = [request(port, "POST", "/login") for _ in range(15)]  # 3 x the 5/hour
-    assert [r.status for r in replies] == [200] * 5 + [429] * 10, server.log()
+        all_workers_up(port, 4)
+        replies, workers = from_workers(port, "POST", "/login", 15)  # 3 x the 5/hour
+    assert len(workers) >= 2, "several workers answered"
+    assert sorted(r.status for r in replies) == [200] * 5 + [429] * 10, server.log()
     # one count for all four workers: each answer sees the ones before it
-    assert [r.headers["x-ratelimit-remaining"] for r in replies] == ["4", "3", "2", "1"] + [
-        "0"] * 11
+    assert sorted(r.headers["x-ratelimit-remaining"] for r in replies) == [
+        "0"] * 11 + ["1", "2", "3", "4"]
     assert {r.headers["x-ratelimit-limit"] for r in replies} == {"5"}
-    assert "retry-after" not in replies[4].headers
-    denied = replies[5]
+    assert not any("retry-after" in r.headers for r in replies if r.status == 200)
+    denied = next(r for r in replies if r.status == 429)
     assert json.loads(denied.body) == {
         "success": False, "error": {"code": "RATE_LIMITED", "message": "Too many requests"}}
     assert denied.headers["content-type"] == "application/json"
