@@ -25,6 +25,7 @@ app shares its limits), ``FASTLIMIT_STORAGE_URI`` (see
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -63,8 +64,10 @@ class FlaskLimiter:
             (default: ``FASTLIMIT_POLICY``, else none).
         identify: ``identify(view) -> Identity | None``, for the policy and
             for ``key="identity"`` limits.
-        default_limits: rates counted per IP on every request no other
-            limit of this limiter names (``["200/day", "50/hour"]``).
+        default_limits: rates counted per IP on every route no other limit
+            of this limiter names (``["200/day", "50/hour"]``), each route
+            (endpoint) a budget of its own, as flask-limiter counts them;
+            one budget across routes is a policy (``policy=``).
         store: the store (default: ``FASTLIMIT_STORAGE_URI``, else the
             table ``FASTLIMIT_TABLE``, else ``flask-<import name>``).
         on_breach: called with the denying decision before the 429 is sent.
@@ -83,6 +86,7 @@ class FlaskLimiter:
         self.enabled = True
         defaults = list(default_limits)
         self._default = Rule(defaults, name="default") if defaults else None
+        self._defaults: dict[str | None, Rule] = {}  # per endpoint: the app's routes
         self._blueprints: dict[str, list[Rule]] = {}
         self._rules: RuleSet | None = None
         self._gate: RouteLimit | None = None
@@ -161,7 +165,7 @@ class FlaskLimiter:
         for blueprint in request.blueprints:
             rules += self._blueprints.get(blueprint, ())
         if not rules and self._default is not None:
-            rules = [self._default]
+            rules = [self._default_of(request.endpoint)]
         counted: Counted = []
         flask.g._fastlimit = counted
         assert self._rules is not None
@@ -170,6 +174,18 @@ class FlaskLimiter:
         except RateLimited as denied:
             return self._denial(denied.outcome)
         return None
+
+    def _default_of(self, endpoint: str | None) -> Rule:
+        """The default limits' rule of ``endpoint``: a bucket of its own (the
+        endpoints are the application's, a bounded set; unrouted requests,
+        a 404 whatever their path, share one)."""
+        rule = self._defaults.get(endpoint)
+        if rule is None:
+            assert self._default is not None
+            rule = copy.copy(self._default)
+            rule.name = f"default.{endpoint or '-'}"
+            self._defaults[endpoint] = rule
+        return rule
 
     def _denial(self, outcome: Outcome) -> Any:
         request = self._flask.request
