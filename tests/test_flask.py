@@ -12,7 +12,7 @@ flask = pytest.importorskip("flask")
 
 from servers import WORK_S, WORKER_HEADER, all_workers_up, from_workers  # noqa: E402
 
-from fastlimit import ConfigurationError, Identity  # noqa: E402
+from fastlimit import ConfigurationError, FakeClock, Identity  # noqa: E402
 from fastlimit.cli.servers import Server, free_port, gunicorn_argv  # noqa: E402
 from fastlimit.flask import FlaskLimiter  # noqa: E402
 
@@ -218,3 +218,17 @@ def test_exact_across_four_gunicorn_workers(tmp_path, table_name, worker):
     # one count for all the workers: each allowed answer saw the ones before it
     assert sorted(r.headers["x-ratelimit-remaining"] for r in replies if r.status == 200) == [
         "0", "1", "2", "3", "4"]
+
+
+def test_a_fake_clock_drives_the_view_limits(table_name):
+    clock = FakeClock()
+    app = flask.Flask("fltest-clock")
+    app.config["FASTLIMIT_TABLE"] = table_name
+    limiter = FlaskLimiter(app, clock=clock)
+    app.get("/x")(limiter.limit("2/hour")(lambda: "x"))
+    client = app.test_client()
+    assert [client.get("/x").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.get("/x").headers["Retry-After"] == "1800"
+    clock.advance(1800)  # half an hour: one more
+    assert [client.get("/x").status_code for _ in range(2)] == [200, 429]
+    limiter.store.close()

@@ -21,7 +21,7 @@ from starlette.applications import Starlette  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from fastlimit import SharedTable  # noqa: E402
+from fastlimit import FakeClock, SharedTable  # noqa: E402
 from fastlimit.cli.servers import Server, free_port, gunicorn_argv  # noqa: E402
 from fastlimit.starlette import StarletteLimiter  # noqa: E402
 
@@ -209,3 +209,20 @@ def test_the_default_table_is_named_after_the_application_module():
     finally:
         lim.store.unlink()
         lim.store.close()
+
+
+def test_a_fake_clock_drives_the_view_limits(table_name):
+    clock = FakeClock()
+    lim = StarletteLimiter(store=SharedTable.open(table_name, capacity=4096), clock=clock)
+
+    @lim.limit("2/hour")
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/hello", hello)])
+    lim.install(app)
+    c = TestClient(app)
+    assert [c.get("/hello").status_code for _ in range(3)] == [200, 200, 429]
+    clock.advance(1800)  # half an hour: one more
+    assert [c.get("/hello").status_code for _ in range(2)] == [200, 429]
+    lim.store.close()

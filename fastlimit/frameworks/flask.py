@@ -72,13 +72,18 @@ class FlaskLimiter:
             table ``FASTLIMIT_TABLE``, else ``flask-<import name>``).
         on_breach: called with the denying decision before the 429 is sent.
         trusted_proxies: proxies allowed to report the client address.
+        clock: the view limits' (and a ``FASTLIMIT_POLICY``'s) monotonic
+            int-ns clock; tests: a :class:`~fastlimit.FakeClock` (on a
+            table of their own: a table keeps the clock it was first used on).
     """
 
     def __init__(self, app: Any = None, *, policy: Policy | None = None,
                  identify: Identify | None = None, default_limits: Iterable[str] = (),
                  store: Any = None, on_breach: Callable[[Outcome], None] | None = None,
-                 trusted_proxies: Iterable[str] = ()) -> None:
+                 trusted_proxies: Iterable[str] = (),
+                 clock: Callable[[], int] | None = None) -> None:
         self.policy = policy
+        self.clock = clock
         self.identify = identify
         self.store = store
         self.on_breach = on_breach
@@ -104,13 +109,14 @@ class FlaskLimiter:
             table = config.get("FASTLIMIT_TABLE") or app_table("flask", app.import_name)
             self.store = store_from_url(uri) if uri else SharedTable.open(table)
         if self.policy is None and config.get("FASTLIMIT_POLICY"):
-            self.policy = Policy.from_file(config["FASTLIMIT_POLICY"], store=self.store)
+            self.policy = Policy.from_file(config["FASTLIMIT_POLICY"], store=self.store,
+                                           clock=self.clock)
         if self.policy is not None:
             self._gate = RouteLimit(self.policy, identify=self.identify,
                                     trusted_proxies=self.trusted_proxies)
         self._rules = RuleSet(self.store, identify=self.identify,
                               headers=config.get("FASTLIMIT_HEADERS"),
-                              trusted_proxies=self.trusted_proxies)
+                              trusted_proxies=self.trusted_proxies, clock=self.clock)
         self._flask = flask
         app.before_request(self._before)
         app.after_request(self._after)

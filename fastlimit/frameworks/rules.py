@@ -126,8 +126,10 @@ class RuleSet:
     def __init__(self, store: Any, *, identify: Identify | None,
                  key_args: Callable[[], tuple[Any, ...]] = tuple,
                  headers: Mapping[str, Any] | None = None,
-                 trusted_proxies: Iterable[str] = ()) -> None:
+                 trusted_proxies: Iterable[str] = (),
+                 clock: Callable[[], int] | None = None) -> None:
         self.store = store
+        self.clock = clock
         self.identify = identify
         self.key_args = key_args
         self.headers = dict(headers or {})
@@ -154,7 +156,7 @@ class RuleSet:
             "routes": {name: {"match": "* /**", "rate": [str(r) for r in rule.rates],
                               "per": per, "dedicated": True}},
             "headers": self.headers,
-        }, store=self.store, overrides=self.overrides)
+        }, store=self.store, overrides=self.overrides, clock=self.clock)
         self._policies.append(policy)
         made = RouteLimit(policy, identify=self._identify(rule),
                           trusted_proxies=self.trusted_proxies, cost=self._cost(rule))

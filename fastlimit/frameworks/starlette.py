@@ -75,12 +75,16 @@ class StarletteLimiter:
         on_breach: called with the denying decision before the 429 is sent.
         trusted_proxies: proxies allowed to report the client address.
         enabled: False: nothing is counted (tests).
+        clock: the view limits' monotonic int-ns clock; tests: a
+            :class:`~fastlimit.FakeClock` (on a table of their own: a table
+            keeps the clock it was first used on).
     """
 
     def __init__(self, policy: Policy | None = None, *, identify: Identify | None = None,
                  default_limits: Iterable[str] = (), store: Any = None,
                  on_breach: Callable[[Outcome], None] | None = None,
-                 trusted_proxies: Iterable[str] = (), enabled: bool = True) -> None:
+                 trusted_proxies: Iterable[str] = (), enabled: bool = True,
+                 clock: Callable[[], int] | None = None) -> None:
         self.policy = policy
         if store is None and policy is not None:
             store = policy.store
@@ -96,7 +100,7 @@ class StarletteLimiter:
             policy, identify=identify, trusted_proxies=trusted_proxies)
         self._rules = RuleSet(self.store, identify=identify,
                               key_args=lambda: (_REQUEST.get(),),
-                              trusted_proxies=trusted_proxies)
+                              trusted_proxies=trusted_proxies, clock=clock)
         self._message_rules: dict[tuple[Any, ...], Rule] = {}
 
     def limit(self, rate: str | Iterable[str], *,
