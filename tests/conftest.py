@@ -255,3 +255,48 @@ def redis_cluster(tmp_path_factory):
             time.sleep(0.01)
     yield server
     server.stop()
+
+
+# -- real topologies: a 3-primary Redis Cluster, Sentinel (tests/redis_topologies.py) ---
+
+@pytest.fixture(scope="session")
+def redis_cluster3(tmp_path_factory):
+    """A Redis Cluster of 3 primaries (no replicas) on 127.0.0.1, made by
+    ``redis-cli --cluster create``; see redis_topologies.Cluster.  Shared:
+    tests must not stop its nodes."""
+    import redis_topologies
+
+    _redis_binary()
+    cluster = redis_topologies.start_cluster(
+        lambda *extra: _start_server(tmp_path_factory, *extra), _free_port)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory):
+    """A primary, its replica and one sentinel watching them; see
+    redis_topologies.SentinelSetup (``url``, ``failover()``, ``replica_url()``).
+    A failover swaps the roles; the setup stays whole for the next test."""
+    import redis_topologies
+
+    setup = redis_topologies.start_sentinel(
+        lambda *extra: _start_server(tmp_path_factory, *extra), _free_port, _redis_binary(),
+        tmp_path_factory.mktemp("sentinel"))
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture
+def own_redis_cluster3(tmp_path_factory):
+    """A 3-primary Redis Cluster of the test's own, whose nodes it may stop,
+    kill or pause (``cluster.nodes[i]``, RedisServer objects); a stopped
+    node goes unnoticed by the others for 60 s (--cluster-node-timeout)."""
+    import redis_topologies
+
+    _redis_binary()
+    cluster = redis_topologies.start_cluster(
+        lambda *extra: _start_server(tmp_path_factory, *extra), _free_port,
+        node_timeout_ms=60000)
+    yield cluster
+    cluster.stop()

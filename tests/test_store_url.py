@@ -1,8 +1,6 @@
 """Storage by URI: fastlimit.store_from_url, the integrations' storage_uri."""
 
 import re
-import subprocess
-import time
 
 import pytest
 
@@ -64,39 +62,9 @@ def test_redis_cluster_url(redis_cluster):
     assert [lim.allow("k") for _ in range(2)] == [True, False]
 
 
-@pytest.fixture
-def sentinel(redis_server, tmp_path):
-    """A real redis-sentinel on 127.0.0.1 watching ``redis_server`` as ``svc``."""
-    from conftest import _free_port
-
-    port = _free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-                    f"sentinel monitor svc 127.0.0.1 {redis_server.port} 1\n")
-    proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
-    deadline = time.monotonic() + 20
-    try:
-        while True:  # until it knows the master
-            try:
-                if client.execute_command("SENTINEL", "get-master-addr-by-name", "svc"):
-                    break
-            except redis.ConnectionError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "sentinel did not start"
-            time.sleep(0.02)
-        yield port
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
-
-
-def test_redis_sentinel_url_finds_the_master(sentinel):
-    store = store_from_url(f"redis+sentinel://127.0.0.1:{sentinel}/svc?prefix=urls")
+def test_redis_sentinel_url_finds_the_master(redis_sentinel):
+    # the session's Sentinel setup (conftest.py, tests/redis_topologies.py)
+    store = store_from_url(redis_sentinel.url + "?prefix=urls")
     lim = Limiter("1/1h", store=store, name="u")
     assert [lim.allow("k") for _ in range(2)] == [True, False]
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
-from urllib.parse import urlsplit
 
 try:  # redis-py, for every module of the backend
     import redis
@@ -512,11 +511,10 @@ class BackendBase:
     def address(self) -> str:
         """Where Redis is, for messages (never with credentials)."""
         if self._url is not None:
-            parts = urlsplit(self._url)
-            where = parts.hostname or parts.path or "?"
-            if parts.port:
-                where = f"{where}:{parts.port}"
-            return f"{parts.scheme}://{where}"
+            # a cluster or Sentinel URL names several hosts: its first one
+            from fastlimit.stores.redis.topology import address_of
+
+            return address_of(self._url)
         kw = getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {})
         if "path" in kw:
             return f"unix://{kw['path']}"

@@ -330,12 +330,33 @@ def _sentinel(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
     master = {**options, **kwargs}
     sentinel: Any
     if asyncio:
-        sentinel = redis.asyncio.sentinel.Sentinel(list(target.nodes),  # type: ignore[no-untyped-call]
-                                                   sentinel_kwargs=to_sentinels)
-    else:
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(target.nodes), sentinel_kwargs=to_sentinels)
-    return sentinel.master_for(target.service, db=target.db, **master)
+        return sentinel.master_for(target.service, redis_class=_AsyncSentinelMaster,
+                                   db=target.db, **master)
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(target.nodes), sentinel_kwargs=to_sentinels)
+    return sentinel.master_for(target.service, redis_class=_SentinelMaster, db=target.db,
+                               **master)
+
+
+# The master's client of a Sentinel URL also closes the clients it asks the
+# sentinels with (redis-py leaves them open, to be found by the collector).
+
+class _SentinelMaster(redis.Redis):
+    def close(self) -> None:
+        super().close()
+        pool: Any = self.connection_pool  # a SentinelConnectionPool
+        for client in pool.sentinel_manager.sentinels:
+            client.close()
+
+
+class _AsyncSentinelMaster(redis.asyncio.Redis):
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool: Any = self.connection_pool
+        for client in pool.sentinel_manager.sentinels:
+            await client.aclose()
 
 
 def _typed(target: RedisURL, query: dict[str, str]) -> dict[str, Any]:
@@ -392,6 +413,10 @@ def _ask(client: redis.Redis, shown_url: str) -> dict[str, Any] | None:
     pipe.execute_command("INFO", "replication")  # type: ignore[no-untyped-call]
     try:
         server, replication = pipe.execute(raise_on_error=False)
+    except ResponseError as e:  # from the connection's set-up: SELECT, AUTH
+        if "cluster mode" in str(e):  # "SELECT is not allowed in cluster mode"
+            return {"mode": "cluster", "role": "master"}
+        raise
     except _UNANSWERED as e:
         log.info("fastlimit: Redis URL %s did not answer at construction (%s); not checked "
                  "for a cluster node or a replica", shown_url, e)

@@ -1,0 +1,294 @@
+"""Real Redis topologies on 127.0.0.1 for the tests: a Redis Cluster of
+several primaries and a Sentinel-watched primary with its replica.
+
+conftest.py makes them session fixtures (``redis_cluster3``,
+``redis_sentinel``) from its ``RedisServer``; every process is started on a
+free port and stopped by its PID.  Waits poll the servers' own state
+(CLUSTER INFO, INFO replication, SENTINEL replies) with a deadline: how long
+a step takes is never assumed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.crc import key_slot
+
+HOST = "127.0.0.1"
+SLOTS = 16384
+
+
+def wait_for(what: str, ready: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """``ready()``'s first true value, polled until ``timeout`` (then an error
+    naming ``what``).  Connection errors count as not ready yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = ready()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not ready after {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# -- Redis Cluster -------------------------------------------------------------------------
+
+
+class Cluster:
+    """``len(nodes)`` primaries sharing the 16384 slots, no replicas.
+
+    ``url`` is the ``redis+cluster://`` URL naming every node; ``node_url(i)``
+    the plain ``redis://`` URL of one node (which fastlimit follows as a
+    cluster seed)."""
+
+    def __init__(self, nodes: list[Any]) -> None:
+        self.nodes = nodes
+        self.how = ""  # redis-cli --cluster create, or CLUSTER ADDSLOTSRANGE + MEET
+        self._owners: list[tuple[int, int, int]] = []  # (first slot, last slot, node)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+
+    def node_url(self, i: int, db: int = 0) -> str:
+        return f"redis://{HOST}:{self.nodes[i].port}/{db}"
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host=HOST, port=self.nodes[0].port)
+
+    def primary_of(self, key: bytes | str) -> int:
+        """The index of the node serving ``key``'s slot (as the cluster
+        said when first asked: tests do not move slots)."""
+        if not self._owners:
+            with self.nodes[0].client() as c:
+                for first, last, (_, port, *_) in (
+                        (r[0], r[1], r[2]) for r in c.execute_command("CLUSTER", "SLOTS")):
+                    i = next(i for i, n in enumerate(self.nodes) if n.port == int(port))
+                    self._owners.append((int(first), int(last), i))
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        return next(i for first, last, i in self._owners if first <= slot <= last)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            if n.proc is not None:
+                n.resume()  # a paused server cannot act on SIGTERM
+            n.stop()
+
+
+def start_cluster(start_server: Callable[..., Any], free_port: Callable[[], int],
+                  primaries: int = 3, node_timeout_ms: int = 15000) -> Cluster:
+    """A cluster of ``primaries`` redis-server processes made one cluster by
+    ``redis-cli --cluster create`` (or, without redis-cli, by assigning the
+    slots and CLUSTER MEET), once every node says ``cluster_state:ok`` and
+    knows every primary.  ``node_timeout_ms``: how long a stopped node goes
+    unnoticed (after it, the cluster refuses every slot: no replicas)."""
+    nodes = []
+    try:
+        for _ in range(primaries):
+            # the bus port is set too: port + 10000 may be taken or past 65535
+            nodes.append(start_server("--cluster-enabled", "yes", "--cluster-config-file",
+                                      "nodes.conf", "--cluster-port", str(free_port()),
+                                      "--cluster-node-timeout", str(node_timeout_ms)))
+        cluster = Cluster(nodes)
+        cli = shutil.which("redis-cli")
+        made = False
+        if cli is not None:
+            done = subprocess.run(
+                [cli, "--cluster", "create", *(f"{HOST}:{n.port}" for n in nodes),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True, timeout=60)
+            made = done.returncode == 0
+            cluster.how = "redis-cli --cluster create"
+        if not made:
+            _assign_and_meet(nodes)
+            cluster.how = "CLUSTER ADDSLOTSRANGE + CLUSTER MEET"
+        for n in nodes:
+            with n.client(socket_timeout=2) as c:
+                wait_for(f"cluster node {n.port}", lambda c=c: _joined(c, primaries))
+        return cluster
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+
+
+def _assign_and_meet(nodes: list[Any]) -> None:
+    share = SLOTS // len(nodes)
+    for i, n in enumerate(nodes):
+        last = SLOTS - 1 if i == len(nodes) - 1 else (i + 1) * share - 1
+        with n.client() as c:
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * share, last)
+    with nodes[0].client() as c:
+        for n in nodes[1:]:
+            with n.client() as other:
+                bus = other.config_get("cluster-port")["cluster-port"]
+            c.execute_command("CLUSTER", "MEET", HOST, n.port, bus)
+
+
+def _joined(client: redis.Redis, primaries: int) -> bool:
+    info = client.execute_command("CLUSTER", "INFO")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    if "cluster_state:ok" not in text:
+        return False
+    nodes = client.execute_command("CLUSTER", "NODES")
+    lines = (nodes.decode() if isinstance(nodes, bytes) else str(nodes)).splitlines()
+    # <id> <ip:port@bus> <flags> ...: one line per node this one knows
+    return sum("master" in line.split()[2].split(",") for line in lines) == primaries
+
+
+# -- Sentinel ----------------------------------------------------------------------------
+
+
+class SentinelSetup:
+    """A primary, its replica and ``len(sentinel_ports)`` sentinels watching
+    them as ``service``.  ``failover()`` forces a switch (SENTINEL FAILOVER)
+    and returns once the topology is whole again with the roles swapped."""
+
+    def __init__(self, servers: list[Any], sentinels: list[subprocess.Popen[bytes]],
+                 sentinel_ports: list[int], service: str) -> None:
+        self.servers = servers
+        self.sentinels = sentinels
+        self.sentinel_ports = sentinel_ports
+        self.service = service
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{HOST}:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def sentinel(self) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.sentinel_ports[0], socket_timeout=2)
+
+    def master_port(self) -> int:
+        with self.sentinel() as s:
+            addr = s.sentinel_get_master_addr_by_name(self.service)
+        return int(addr[1])
+
+    def master(self) -> Any:
+        port = self.master_port()
+        return next(s for s in self.servers if s.port == port)
+
+    def replica(self) -> Any:
+        port = self.master_port()
+        return next(s for s in self.servers if s.port != port)
+
+    def replica_url(self) -> str:
+        return f"redis://{HOST}:{self.replica().port}/0"
+
+    def failover(self, demote_old: bool = True) -> tuple[int, int]:
+        """Force a failover; returns (old master port, new master port).
+
+        With ``demote_old`` the old master is made the new one's replica as
+        soon as the sentinels have switched, which is what they do
+        themselves some 8-20 s later (they wait before reconfiguring an
+        instance that still says it is a master); until then clients still
+        connected to it write there, and those writes are lost."""
+        old = self.master()
+        new = self.replica()
+        with old.client() as c:
+            c.execute_command("WAIT", 1, 5000)  # the replica has every write
+        with self.sentinel() as s:
+            s.execute_command("SENTINEL", "FAILOVER", self.service)
+        wait_for("the sentinels' switch", lambda: self.master_port() == new.port)
+        with new.client() as c:
+            wait_for("the promoted replica", lambda: c.info("replication")["role"] == "master")
+        if demote_old:
+            with old.client() as c:
+                c.execute_command("REPLICAOF", HOST, new.port)
+        with old.client() as c:
+            wait_for("the old master as replica", lambda: _linked(c))
+        self.wait_replica_known()
+        return old.port, new.port
+
+    def wait_replica_known(self) -> None:
+        """Until every sentinel lists the current replica as healthy (a
+        failover needs one)."""
+        port = self.replica().port
+        for p in self.sentinel_ports:
+            with redis.Redis(host=HOST, port=p, socket_timeout=2) as s:
+                wait_for("the sentinels' view of the replica",
+                         lambda s=s: any(int(r["port"]) == port
+                                         and r.get("master-link-status") == "ok"
+                                         and "s_down" not in str(r.get("flags", ""))
+                                         for r in s.sentinel_slaves(self.service)))
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            _stop(proc)
+        for server in self.servers:
+            if server.proc is not None:
+                server.resume()
+            server.stop()
+
+
+def _linked(client: redis.Redis) -> bool:
+    info = client.info("replication")
+    return bool(info["role"] == "slave" and info.get("master_link_status") == "up")
+
+
+def start_sentinel(start_server: Callable[..., Any], free_port: Callable[[], int],
+                   binary: str, directory: Path, sentinels: int = 1,
+                   service: str = "fastlimit-svc") -> SentinelSetup:
+    """A primary, a replica in sync with it, then ``sentinels`` sentinels
+    (quorum 1: SENTINEL FAILOVER needs no agreement), once each knows the
+    master and lists the replica."""
+    started: list[Any] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        # a full sync waits repl-diskless-sync-delay (5 s) for more replicas
+        quick = ("--repl-diskless-sync-delay", "0")
+        primary = start_server(*quick)
+        started.append(primary)
+        replica = start_server(*quick, "--replicaof", HOST, str(primary.port))
+        started.append(replica)
+        with replica.client() as c:
+            wait_for("the replica's sync", lambda: _linked(c))
+        ports = []
+        for i in range(sentinels):
+            port = free_port()
+            conf = directory / f"sentinel-{i}.conf"
+            conf.write_text(
+                f"port {port}\nbind {HOST}\ndir {directory}\n"
+                f"sentinel monitor {service} {HOST} {primary.port} 1\n"
+                f"sentinel down-after-milliseconds {service} 2000\n"
+                f"sentinel failover-timeout {service} 10000\n")
+            procs.append(subprocess.Popen([binary, str(conf), "--sentinel"],
+                                          stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.STDOUT))
+            ports.append(port)
+        setup = SentinelSetup([primary, replica], procs, ports, service)
+        for port, proc in zip(ports, procs, strict=True):
+            def knows(port: int = port, proc: subprocess.Popen[bytes] = proc) -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis-sentinel exited with {proc.returncode}")
+                with redis.Redis(host=HOST, port=port, socket_timeout=2) as s:
+                    return bool(s.sentinel_get_master_addr_by_name(service))
+            wait_for(f"sentinel {port}", knows)
+        setup.wait_replica_known()
+        return setup
+    except BaseException:
+        for proc in procs:
+            _stop(proc)
+        for server in started:
+            server.stop()
+        raise

@@ -1,0 +1,382 @@
+"""Redis Cluster and Sentinel by URL, against real topologies on 127.0.0.1
+(tests/redis_topologies.py): what each URL makes, the wrong kinds of Redis
+refused or followed at construction with the URL to write, 4 processes as
+4 hosts admitting exactly a global limit, and a forced Sentinel failover
+mid-run."""
+
+import asyncio
+import logging
+import multiprocessing as mp
+import re
+import time
+import uuid
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
+
+from fastlimit import (
+    AsyncRedisBackend,
+    ConfigurationError,
+    Limiter,
+    RedisBackend,
+    store_from_url,
+)
+
+
+def _name():
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def _keys_on_every_node(cluster, name, backend):
+    """One user key per primary: a limiter's key whose slot each node serves."""
+    found = {}
+    for i in range(1000):
+        key = f"user:{i}"
+        found.setdefault(cluster.primary_of(backend.redis_key(name, key)), key)
+        if len(found) == len(cluster.nodes):
+            return list(found.values())
+    raise AssertionError("no key for some node")
+
+
+def _exact(backend, cluster=None):
+    """A limit of 3 on a key per node (or one key): 3 pass, the 4th is denied."""
+    name = _name()
+    lim = Limiter("3/1d", store=backend, name=name)
+    keys = _keys_on_every_node(cluster, name, backend) if cluster else ["k"]
+    for key in keys:
+        assert [lim.allow(key) for _ in range(4)] == [True, True, True, False]
+    assert backend.stats().errors == 0
+
+
+# -- options in URLs (parsing only: no server is asked) -----------------------------------
+
+
+def test_an_option_given_twice_is_refused():
+    with pytest.raises(ConfigurationError,
+                       match="fail is given both in the URL and as a keyword: give it once"):
+        RedisBackend.from_url("redis://127.0.0.1:1/0?fail=closed", fail="open")
+
+
+def test_the_constructor_names_from_url_for_options_in_a_url():
+    with pytest.raises(ConfigurationError, match=re.escape(
+            "fail= is an option of the backend, read from a URL by "
+            "RedisBackend.from_url(url) and store_from_url(url); the constructor takes it "
+            "as a keyword (RedisBackend(url, fail=...))")):
+        RedisBackend("redis://127.0.0.1:1/0?fail=closed")
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("redis+cluster://127.0.0.1:7000,h2/", "expected redis+cluster://HOST:PORT[,HOST:PORT...], "
+                                           "got the node 'h2'"),
+    ("redis+cluster://127.0.0.1:7000/2", "a Redis Cluster has only database 0"),
+    ("redis+sentinel://127.0.0.1:26379/svc/x", "expected redis+sentinel://HOST:PORT/SERVICE"),
+    ("redis://127.0.0.1:1/zero", "the database must be a number (/0, /1...), got 'zero'"),
+    ("memcached://127.0.0.1:1", "unknown scheme 'memcached'; expected one of redis://"),
+    ("redis://127.0.0.1:1/0?lease_ttl=long", "lease_ttl must be a number of seconds"),
+])
+def test_a_bad_url_is_named_with_what_is_accepted(url, fragment):
+    for make in (RedisBackend.from_url, AsyncRedisBackend.from_url):
+        with pytest.raises(ConfigurationError, match=re.escape(fragment)):
+            make(url)
+
+
+def test_a_server_that_does_not_answer_is_not_checked():
+    # the failure policy answers until it does, as before
+    backend = RedisBackend.from_url("redis://127.0.0.1:1/0?fail=closed&connect_timeout=0.2")
+    assert not Limiter("5/1s", store=backend, name="x").allow("k")
+    assert backend.stats().failed_closed == 1
+
+
+# -- Redis Cluster ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_cluster_url_makes_a_cluster_client(redis_cluster3):
+    backend = RedisBackend.from_url(redis_cluster3.url + "?prefix=" + _name())
+    assert isinstance(backend.client, redis.cluster.RedisCluster)
+    _exact(backend, redis_cluster3)
+    backend.close()
+
+
+@pytest.mark.slow
+def test_a_plain_url_to_a_cluster_node_is_followed(redis_cluster3, caplog):
+    port = redis_cluster3.nodes[1].port
+    with caplog.at_level(logging.WARNING, logger="fastlimit"):
+        backend = RedisBackend(redis_cluster3.node_url(1), prefix=_name())
+    assert isinstance(backend.client, redis.cluster.RedisCluster)
+    assert (f"points at a Redis Cluster node; using it as the seed of a cluster client "
+            f"(write redis+cluster://127.0.0.1:{port} to say so)") in caplog.text
+    _exact(backend, redis_cluster3)  # every node's keys, not only the seed's
+
+
+@pytest.mark.slow
+def test_a_cluster_node_with_a_database_is_refused(redis_cluster3):
+    port = redis_cluster3.nodes[0].port
+    with pytest.raises(ConfigurationError, match=re.escape(
+            f"points at a Redis Cluster node, and a cluster has only database 0: write "
+            f"redis+cluster://127.0.0.1:{port}")):
+        RedisBackend(redis_cluster3.node_url(0, db=3))
+
+
+@pytest.mark.slow
+def test_a_cluster_url_to_one_server_is_refused(redis_server):
+    with pytest.raises(ConfigurationError, match=re.escape(
+            f"127.0.0.1:{redis_server.port} is not a Redis Cluster node (redis_mode:standalone)"
+            f": write redis://127.0.0.1:{redis_server.port}/0 for one server")):
+        RedisBackend.from_url(f"redis+cluster://127.0.0.1:{redis_server.port}")
+
+
+# -- Sentinel ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sentinel_url_reaches_the_master(redis_sentinel):
+    backend = RedisBackend.from_url(redis_sentinel.url + "?prefix=" + _name())
+    name = _name()
+    lim = Limiter("2/1d", store=backend, name=name)
+    assert [lim.allow("k") for _ in range(3)] == [True, True, False]
+    with redis_sentinel.master().client() as master:
+        assert master.exists(backend.redis_key(name, "k"))
+    backend.close()
+
+
+@pytest.mark.slow
+def test_a_replica_is_refused_with_its_master_named(redis_sentinel):
+    url = redis_sentinel.replica_url()
+    master = redis_sentinel.master_port()
+    expected = re.escape(
+        f"points at a replica (INFO replication: role:slave, master 127.0.0.1:{master}), which "
+        f"refuses every write (READONLY): point it at the primary (redis://127.0.0.1:{master}), "
+        f"or at your Sentinels (redis+sentinel://SENTINEL:26379/SERVICE) to follow the primary "
+        f"through failovers")
+    for make in (RedisBackend, RedisBackend.from_url, AsyncRedisBackend, store_from_url):
+        with pytest.raises(ConfigurationError, match=expected):
+            make(url)
+
+
+@pytest.mark.slow
+def test_a_sentinel_given_as_a_server_is_refused(redis_sentinel):
+    port = redis_sentinel.sentinel_ports[0]
+    with pytest.raises(ConfigurationError, match=re.escape(
+            f"points at a Sentinel, not a Redis server: write "
+            f"redis+sentinel://127.0.0.1:{port}/SERVICE")):
+        RedisBackend(f"redis://127.0.0.1:{port}/0")
+
+
+@pytest.mark.slow
+def test_an_unknown_service_is_refused_with_the_known_ones(redis_sentinel):
+    port = redis_sentinel.sentinel_ports[0]
+    with pytest.raises(ConfigurationError, match=re.escape(
+            f"no Sentinel knows the service 'nope' (they monitor: {redis_sentinel.service})")):
+        RedisBackend.from_url(f"redis+sentinel://127.0.0.1:{port}/nope")
+
+
+@pytest.mark.slow
+def test_a_sentinel_url_to_a_server_is_refused(redis_server):
+    port = redis_server.port
+    with pytest.raises(ConfigurationError, match=re.escape(
+            f"127.0.0.1:{port} is not a Sentinel (it answered SENTINEL with: ")):
+        RedisBackend.from_url(f"redis+sentinel://127.0.0.1:{port}/svc")
+
+
+# -- asyncio, and clients made by the caller -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_asyncio_backend_takes_the_same_urls(redis_cluster3, redis_sentinel):
+    async def check(url, client_type):
+        backend = AsyncRedisBackend.from_url(url, prefix=_name())
+        assert isinstance(backend.client, client_type)
+        lim = backend.limiter("3/1d", name=_name())
+        # one call first: redis-py's asyncio cluster client, used concurrently
+        # before it has initialised, raises AttributeError (issue 17)
+        first = await lim.allow("k")
+        rest = await asyncio.gather(*(lim.allow("k") for _ in range(9)))
+        assert [first, *rest].count(True) == 3
+        await backend.aclose()
+
+    async def main():
+        await check(redis_cluster3.url, redis.asyncio.cluster.RedisCluster)
+        await check(redis_cluster3.node_url(2), redis.asyncio.cluster.RedisCluster)
+        await check(redis_sentinel.url, redis.asyncio.Redis)
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_ready_made_clients(redis_cluster3, redis_sentinel):
+    port = redis_cluster3.nodes[0].port
+    hosts = [("127.0.0.1", p) for p in redis_sentinel.sentinel_ports]
+    cluster = redis.cluster.RedisCluster(host="127.0.0.1", port=port)
+    _exact(RedisBackend(cluster, prefix=_name()), redis_cluster3)
+    master = redis.sentinel.Sentinel(hosts).master_for(redis_sentinel.service)
+    _exact(RedisBackend(master, prefix=_name()))
+    cluster.close()
+    master.close()
+
+    async def main():
+        sentinel = redis.asyncio.sentinel.Sentinel(hosts)
+        for client in (redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=port),
+                       sentinel.master_for(redis_sentinel.service)):
+            lim = AsyncRedisBackend(client, prefix=_name()).limiter("2/1d", name="x")
+            assert [await lim.allow("k") for _ in range(3)] == [True, True, False]
+            await client.aclose()
+        for client in sentinel.sentinels:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+# -- 4 processes as 4 hosts ---------------------------------------------------------------
+
+
+def _host(url, name, hits, barrier, results):
+    backend = RedisBackend.from_url(url)  # each host its own backend, from its URL
+    lim = Limiter("300/1d", store=backend, name=name)
+    barrier.wait()
+    admitted = sum(lim.allow("hot") for _ in range(hits))
+    stats = backend.stats()
+    results.put((admitted, stats.errors, stats.failed_open + stats.failed_closed))
+
+
+def _four_hosts(target, args=()):
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, barrier, results)) for a in args]
+    for p in procs:
+        p.start()
+    try:
+        out = [results.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["cluster", "cluster node URLs", "sentinel"])
+def test_four_hosts_admit_exactly_the_global_limit(topology, request):
+    name = _name()
+    if topology == "sentinel":
+        urls = [request.getfixturevalue("redis_sentinel").url] * 4
+    else:
+        cluster = request.getfixturevalue("redis_cluster3")
+        # plain URLs, each host another node's: every one followed as a cluster
+        urls = ([cluster.url] * 4 if topology == "cluster"
+                else [cluster.node_url(i % 3) for i in range(4)])
+    out = _four_hosts(_host, [(url, name, 150) for url in urls])
+    assert sum(n for n, _, _ in out) == 300, out
+    assert all(errors == 0 and by_policy == 0 for _, errors, by_policy in out), out
+
+
+def _host_through_failover(url, name, i, barrier, switched, results):
+    # the exhausted key's backend denies on failure, the flowing key's allows
+    spent_b = RedisBackend.from_url(url + "?fail=closed")
+    flow_b = RedisBackend.from_url(url + "?fail=open")
+    spent = Limiter("40/1d", store=spent_b, name=name + "-spent")
+    flow = Limiter("100/1s", store=flow_b, name=name + "-flow")
+    barrier.wait()
+    healthy = sum(spent.allow("hot") for _ in range(20))
+    barrier.wait()  # the parent fails over now
+    spent_admitted = flow_admitted = checks = 0
+    while not switched.is_set():
+        spent_admitted += spent.allow("hot")
+        flow_admitted += flow.allow("hot")
+        checks += 1
+    # after the switch: until Redis itself answers both again, not the policy
+    deadline = time.monotonic() + 30
+    answered = {id(spent_b): False, id(flow_b): False}
+    while not all(answered.values()) and time.monotonic() < deadline:
+        for lim, backend in ((spent, spent_b), (flow, flow_b)):
+            before = backend.stats()
+            allowed = lim.allow("hot")
+            after = backend.stats()
+            by_redis = after.calls > before.calls and after.errors == before.errors
+            answered[id(backend)] |= by_redis
+            if lim is spent:
+                spent_admitted += allowed
+            else:
+                flow_admitted += allowed
+            checks += 1
+    fresh = Limiter("3/1d", store=spent_b, name=name + "-after")
+    errors = spent_b.stats().errors
+    pattern = [fresh.allow(f"host-{i}") for _ in range(4)]
+    pattern_by_redis = spent_b.stats().errors == errors
+    stats = [spent_b.stats(), flow_b.stats()]
+    results.put({
+        "healthy": healthy, "spent": spent_admitted, "flow": flow_admitted, "checks": checks,
+        "recovered": all(answered.values()), "pattern": pattern,
+        "pattern_by_redis": pattern_by_redis,
+        "errors": sum(s.errors for s in stats), "skipped": sum(s.skipped for s in stats),
+        "failed_open": sum(s.failed_open for s in stats),
+        "failed_closed": sum(s.failed_closed for s in stats),
+        "last_error": stats[1].last_error or stats[0].last_error,
+    })
+
+
+@pytest.mark.slow
+def test_four_hosts_through_a_sentinel_failover(redis_sentinel, record_property):
+    """A forced failover while 4 hosts check: the exhausted key stays denied
+    (its backend's failure policy is closed), every host's backend reaches
+    the new master on its own, and what the flowing key admitted during the
+    switch is reported."""
+    name = _name()
+    ctx = mp.get_context("spawn")
+    barrier, switched, results = ctx.Barrier(5), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_host_through_failover,
+                         args=(redis_sentinel.url, name, i, barrier, switched, results))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(timeout=120)  # every host has made its backends
+        barrier.wait(timeout=120)  # the healthy phase is over
+        started = time.monotonic()
+        old, new = redis_sentinel.failover()
+        switch_s = time.monotonic() - started
+        switched.set()
+        out = [results.get(timeout=120) for _ in procs]
+    finally:
+        switched.set()
+        for p in procs:
+            p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert sum(r["healthy"] for r in out) == 40, out
+    assert sum(r["spent"] for r in out) == 0, out
+    assert all(r["recovered"] for r in out), out
+    assert all(r["pattern"] == [True, True, True, False] and r["pattern_by_redis"]
+               for r in out), out
+    with redis_sentinel.master().client() as master:
+        assert redis_sentinel.master().port == new
+        keys = [RedisBackend.from_url(redis_sentinel.url).redis_key(name + "-after", f"host-{i}")
+                for i in range(4)]
+        assert master.exists(*keys) == 4  # written on the new master
+    report = (f"sentinel failover {old}->{new} in {switch_s:.2f} s: flow key (100/1s, "
+              f"fail=open) admitted {sum(r['flow'] for r in out)} in "
+              f"{sum(r['checks'] for r in out)} checks; answered by the failure policy: "
+              f"{sum(r['failed_open'] for r in out)} open, "
+              f"{sum(r['failed_closed'] for r in out)} closed; "
+              f"{sum(r['errors'] for r in out)} errors, {sum(r['skipped'] for r in out)} "
+              f"skipped; last error: {out[0]['last_error']}")
+    record_property("failover", report)
+    print(report)
+
+
+@pytest.mark.slow
+def test_a_cluster_of_the_tests_own_may_lose_a_node(own_redis_cluster3):
+    cluster = own_redis_cluster3
+    backend = RedisBackend.from_url(cluster.url + "?fail=closed&prefix=" + _name())
+    name = _name()
+    lim = Limiter("5/1d", store=backend, name=name)
+    keys = _keys_on_every_node(cluster, name, backend)
+    assert all(lim.allow(k) for k in keys)
+    cluster.nodes[cluster.primary_of(backend.redis_key(name, keys[0]))].stop()
+    assert not lim.allow(keys[0])  # its node is gone: the failure policy (closed)
+    assert lim.allow(keys[1]) and lim.allow(keys[2])  # the others still answer
+    backend.close()
