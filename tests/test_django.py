@@ -34,6 +34,8 @@ PROJECT = textwrap.dedent('''
             return response
         return middleware
     FASTLIMIT = {"TABLE": os.environ["TEST_TABLE"], "POLICY": os.environ["TEST_POLICY"]}
+    if os.environ.get("TEST_PROXIES"):
+        FASTLIMIT["TRUSTED_PROXIES"] = os.environ["TEST_PROXIES"].split(",")
     if os.environ.get("TEST_BAD"):
         FASTLIMIT = {"TABLE": "t", "STORAGE_URI": os.environ["TEST_BAD"]}
 
@@ -135,3 +137,19 @@ def test_a_policy_without_an_anonymous_rule_is_a_system_check_warning(project):
     assert "fastlimit.W002" in out, out
     assert "no [identities.anonymous] rule" in out
     assert 'rate = "unlimited" to say so' in out
+
+
+@pytest.mark.slow
+def test_trusted_proxies_tell_the_clients_behind_them_apart(project):
+    tmp_path, env = project
+    port = free_port()
+    with Server(gunicorn_argv("djapp:application", port, workers=2), port,
+                env=dict(env, TEST_PROXIES="127.0.0.1"), cwd=str(tmp_path),
+                log=str(tmp_path / "server.log")) as server:
+        server.wait_for_children(2)
+        first = [request(port, "GET", "/plain", headers={"x-forwarded-for": "10.0.0.1"})
+                 for _ in range(4)]
+        other = request(port, "GET", "/plain", headers={"x-forwarded-for": "10.0.0.2"})
+    # the policy's 3/1h per IP, per client behind the proxy
+    assert [r.status for r in first] == [200, 200, 200, 429], server.log()
+    assert other.status == 200 and other.headers["x-ratelimit-remaining"] == "2"

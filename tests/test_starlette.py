@@ -226,3 +226,24 @@ def test_a_fake_clock_drives_the_view_limits(table_name):
     clock.advance(1800)  # half an hour: one more
     assert [c.get("/hello").status_code for _ in range(2)] == [200, 429]
     lim.store.close()
+
+
+def test_exempt_paths_and_the_view_limits_header_style(table_name):
+    lim = StarletteLimiter(store=SharedTable.open(table_name, capacity=4096),
+                           default_limits=["1/hour"], exempt_paths=["/healthz", "/static/**"],
+                           headers={"reset": "delta", "ietf": True})
+
+    async def ok(request):
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/healthz", ok), Route("/static/{name}", ok),
+                            Route("/login", ok)])
+    lim.install(app)
+    c = TestClient(app)
+    assert [c.get("/healthz").status_code for _ in range(3)] == [200] * 3
+    assert [c.get("/static/app.js").status_code for _ in range(3)] == [200] * 3
+    first = c.get("/login")
+    assert first.status_code == 200 and first.headers["x-ratelimit-reset"] == "3600"
+    assert "ratelimit-policy" in first.headers, "the style asked for: IETF fields too"
+    assert c.get("/static/../login").status_code == 429, "a respelled path is not exempt"
+    lim.store.close()

@@ -17,8 +17,10 @@ middleware enforces on every request), ``TABLE`` (the shared table; default
 ``django-<settings module>``, so every worker shares it), ``STORAGE_URI``
 (see :func:`fastlimit.store_from_url`; instead of a table), ``ENABLED``
 (False: nothing is counted), ``HEADERS`` (the ``[headers]`` style of the
-decorators' limits).  ``python manage.py check`` reports a bad setting as
-``fastlimit.E001``.
+decorators' limits), ``TRUSTED_PROXIES`` (the proxies allowed to report the
+client address in ``X-Forwarded-For``; default none: the socket peer is the
+client).  ``python manage.py check`` reports a bad setting as
+``fastlimit.E001``, a policy without an anonymous rule as ``fastlimit.W002``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from fastlimit.web.gate import Outcome, RouteLimit
 __all__ = ["RateLimitMiddleware", "check_settings", "ratelimit"]
 
 log = logging.getLogger("fastlimit")
-_KEYS = frozenset({"POLICY", "TABLE", "STORAGE_URI", "ENABLED", "HEADERS"})
+_KEYS = frozenset({"POLICY", "TABLE", "STORAGE_URI", "ENABLED", "HEADERS", "TRUSTED_PROXIES"})
 _COUNTED = "fastlimit_counted"
 
 
@@ -74,9 +76,14 @@ class _State:
         table = config.get("TABLE") or app_table("django", module)
         self.store: Any = store_from_url(uri) if uri else SharedTable.open(table)
         path = config.get("POLICY")
-        self.gate = None if not path else RouteLimit(Policy.from_file(path, store=self.store))
+        proxies = config.get("TRUSTED_PROXIES", ())
+        if isinstance(proxies, str):
+            raise ConfigurationError(f"settings.FASTLIMIT TRUSTED_PROXIES: expected a list of "
+                                     f"addresses or networks, got the str {proxies!r}")
+        self.gate = None if not path else RouteLimit(Policy.from_file(path, store=self.store),
+                                                     trusted_proxies=proxies)
         self.rules = RuleSet(self.store, identify=None, key_args=_current_request,
-                             headers=config.get("HEADERS"))
+                             headers=config.get("HEADERS"), trusted_proxies=proxies)
 
     @classmethod
     def get(cls) -> _State:

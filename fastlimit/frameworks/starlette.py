@@ -31,7 +31,7 @@ import contextvars
 import functools
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
@@ -49,8 +49,9 @@ from fastlimit.frameworks.rules import (
 )
 from fastlimit.policy.policy import Policy
 from fastlimit.stores.table import SharedTable
-from fastlimit.web.gate import Outcome, RouteLimit
+from fastlimit.web.gate import Exemptions, Outcome, RouteLimit
 from fastlimit.web.identify import Identify
+from fastlimit.web.view import RequestView
 
 __all__ = ["StarletteLimiter"]
 
@@ -75,6 +76,11 @@ class StarletteLimiter:
         on_breach: called with the denying decision before the 429 is sent.
         trusted_proxies: proxies allowed to report the client address.
         enabled: False: nothing is counted (tests).
+        exempt_paths: paths :meth:`install`'s middleware never counts (the
+            policy, the default limits): exact (``"/healthz"``) or a prefix
+            (``"/static/**"``); a route's own limits still count.
+        headers: the ``[headers]`` style of the view limits' fields
+            (``{"reset": "delta"}``), as a policy's.
         clock: the view limits' monotonic int-ns clock; tests: a
             :class:`~fastlimit.FakeClock` (on a table of their own: a table
             keeps the clock it was first used on).
@@ -84,8 +90,10 @@ class StarletteLimiter:
                  default_limits: Iterable[str] = (), store: Any = None,
                  on_breach: Callable[[Outcome], None] | None = None,
                  trusted_proxies: Iterable[str] = (), enabled: bool = True,
+                 exempt_paths: Collection[str] = (), headers: Mapping[str, Any] | None = None,
                  clock: Callable[[], int] | None = None) -> None:
         self.policy = policy
+        self.exempt = Exemptions(exempt_paths)
         if store is None and policy is not None:
             store = policy.store
         if store is None:  # one table per application module, shared by its workers
@@ -99,7 +107,7 @@ class StarletteLimiter:
         self._gate = None if policy is None else RouteLimit(
             policy, identify=identify, trusted_proxies=trusted_proxies)
         self._rules = RuleSet(self.store, identify=identify,
-                              key_args=lambda: (_REQUEST.get(),),
+                              key_args=lambda: (_REQUEST.get(),), headers=headers,
                               trusted_proxies=trusted_proxies, clock=clock)
         self._message_rules: dict[tuple[Any, ...], Rule] = {}
 
@@ -205,7 +213,8 @@ class _Middleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         limiter = self.limiter
-        if scope["type"] != "http" or not limiter.enabled:
+        if scope["type"] != "http" or not limiter.enabled or (
+                limiter.exempt and limiter.exempt.covers(RequestView.from_scope(scope).path)):
             await self.app(scope, receive, send)
             return
         counted: Counted = scope.setdefault(_COUNTED, [])

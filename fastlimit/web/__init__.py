@@ -27,6 +27,7 @@ from fastlimit._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from fastlimit.http._addr import ip_key as ip_key
+    from fastlimit.web.gate import Exemptions as Exemptions
     from fastlimit.web.gate import Outcome as Outcome
     from fastlimit.web.gate import RateLimited as RateLimited
     from fastlimit.web.gate import RouteLimit as RouteLimit
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from fastlimit.web.view import RequestView as RequestView
 
 __all__ = [
+    "Exemptions",
     "Identify",
     "Outcome",
     "RateLimited",
@@ -53,7 +55,8 @@ __all__ = [
 ]
 
 __getattr__ = lazy_attributes(__name__, {
-    **dict.fromkeys(("Outcome", "RateLimited", "RouteLimit"), "fastlimit.web.gate"),
+    **dict.fromkeys(("Exemptions", "Outcome", "RateLimited", "RouteLimit"),
+                    "fastlimit.web.gate"),
     **dict.fromkeys(("Identify", "api_key_header", "bearer_token", "first_of", "session_cookie"),
                     "fastlimit.web.identify"),
     "TrustedProxies": "fastlimit.web.proxies",

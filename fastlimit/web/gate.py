@@ -19,8 +19,8 @@ from fastlimit.web.identify import Identify, _anonymous
 from fastlimit.web.proxies import ForwardedHeader, TrustedProxies
 from fastlimit.web.view import RequestView, _ASGIView, _WSGIView
 
-__all__ = ["Gate", "Middleware", "Outcome", "RateLimited", "RouteLimit", "denial_headers",
-           "merge_headers"]
+__all__ = ["Exemptions", "Gate", "Middleware", "Outcome", "RateLimited", "RouteLimit",
+           "denial_headers", "merge_headers"]
 
 App = TypeVar("App")
 
@@ -114,24 +114,52 @@ RATE_HEADERS = frozenset({"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratel
                           "ratelimit", "ratelimit-policy", "retry-after"})
 
 
-def _exemptions(paths: Collection[str]) -> tuple[frozenset[str], tuple[str, ...]]:
-    """``exempt_paths`` as exact paths and prefixes (``"/static/**"``)."""
-    if isinstance(paths, str):
-        raise TypeError(f"exempt_paths must be a collection of paths, got the str "
-                        f"{paths!r} (write [{paths!r}])")
-    exact: set[str] = set()
-    prefixes: list[str] = []
-    for path in paths:
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"exempt path {path!r}: expected a path starting with '/'")
-        if path.endswith("/**"):
-            prefixes.append(normalize_path(path[:-3] or "/").rstrip("/"))
-        elif "*" in path or "{" in path:
-            raise ValueError(f"exempt path {path!r}: expected an exact path ('/healthz') "
-                             f"or a prefix ending in '/**' ('/static/**')")
-        else:
-            exact.add(path)
-    return frozenset(exact), tuple(p or "/" for p in prefixes)
+class Exemptions:
+    """Paths never counted: exact ones (``"/healthz"``) and prefixes
+    (``"/static/**"``: ``/static`` and every path below it, matched on the
+    normalised path, so ``/static/../login`` is not under it).
+
+    Raises:
+        TypeError, ValueError: a str where a collection belongs, or a path
+            that cannot work (naming it and the forms accepted).
+
+    Example:
+        >>> exempt = Exemptions(["/healthz", "/static/**"])
+        >>> [exempt.covers(p) for p in ("/healthz", "/static/a.js", "/static/../login")]
+        [True, True, False]
+    """
+
+    def __init__(self, paths: Collection[str] = ()) -> None:
+        if isinstance(paths, str):
+            raise TypeError(f"exempt_paths must be a collection of paths, got the str "
+                            f"{paths!r} (write [{paths!r}])")
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        for path in paths:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(f"exempt path {path!r}: expected a path starting with '/'")
+            if path.endswith("/**"):
+                prefixes.append(normalize_path(path[:-3] or "/").rstrip("/") or "/")
+            elif "*" in path or "{" in path:
+                raise ValueError(f"exempt path {path!r}: expected an exact path ('/healthz') "
+                                 f"or a prefix ending in '/**' ('/static/**')")
+            else:
+                exact.add(path)
+        self.exact = frozenset(exact)
+        self.prefixes = tuple(prefixes)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.prefixes)
+
+    def covers(self, path: str) -> bool:
+        """Whether ``path`` (as routed) is exempt."""
+        return path in self.exact or (bool(self.prefixes) and self.under(path))
+
+    def under(self, path: str) -> bool:
+        """Whether ``path`` is under one of the prefixes."""
+        # normalised first: "/static/../login" is /login, and counts
+        path = normalize_path(path)
+        return any(p == "/" or path == p or path.startswith(p + "/") for p in self.prefixes)
 
 
 def _mount(mount: str) -> str:
@@ -287,9 +315,10 @@ class Gate:
         self.watch: Callable[[RequestView], bool] | None = watch if watch.watching else None
         """What the middleware calls with its first requests' views, until
         it returns False (a :class:`DeploymentWatch`), or None."""
-        self.exempt_paths, self.exempt_prefixes = _exemptions(exempt_paths)
+        exempt = Exemptions(exempt_paths)
+        self.exempt_paths = exempt.exact
         self.exempt_under: Callable[[str], bool] | None = (
-            self._under if self.exempt_prefixes else None)
+            exempt.under if exempt.prefixes else None)
         """What the middleware asks of a path not exempt by name: whether it
         is under an exempt prefix (None: there is none)."""
         # The policy's compiled decision path, called in C, unless the policy
@@ -303,12 +332,6 @@ class Gate:
         """Count a request (a :class:`RequestView`) under the policy: the
         middlewares' per-request step, compiled (:mod:`fastlimit.web._serve`)."""
 
-
-    def _under(self, path: str) -> bool:
-        # normalised first: "/static/../login" is /login, and counts
-        path = normalize_path(path)
-        return any(path == p or path.startswith(p + "/") or p == "/"
-                   for p in self.exempt_prefixes)
 
     def misconfigured(self, error: ConfigurationError) -> Outcome:
         """The answer to a request a callback's mistake left undecided: 500,
