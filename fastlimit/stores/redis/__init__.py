@@ -43,6 +43,20 @@ whether the hit passes; :mod:`fastlimit.core.gcra` turns that into
   others are counted by kind and answered by the failure policy; NOSCRIPT
   loads the script.  A pool made from a URL blocks for a free connection
   (up to ``timeout``) instead of failing when every one is in use.
+* **Topologies.** ``RedisBackend.from_url(url)`` (and ``RedisBackend(url)``,
+  the asyncio twins, :func:`~fastlimit.store_from_url`) take ``redis://``,
+  ``rediss://``, ``unix://``, ``redis+cluster://h1:p1,h2:p2`` (a Redis
+  Cluster from these seeds) and ``redis+sentinel://h:p[,h:p]/service[/db]``
+  (the master of a Sentinel service, followed through failovers)::
+
+      RedisBackend.from_url("redis+cluster://10.0.0.5:7000,10.0.0.6:7000?fail=closed")
+      RedisBackend.from_url("redis+sentinel://10.0.0.8:26379/limits?prefix=api")
+
+  At construction one round trip (``INFO``) asks the server what it is: a
+  plain URL to a cluster node is followed as a cluster, one to a replica
+  is refused, as are other mismatches, each naming the URL to write (see
+  :mod:`.topology`).  Ready-made redis-py clients (``Redis``,
+  ``RedisCluster``, ``Sentinel(...).master_for(name)``) are used as given.
 * **Two tiers.** With ``deny_cache=`` a :class:`~fastlimit.SharedTable`, a
   key Redis denied is answered locally, by every process on the host, until
   a hit could pass again: no round trip while a client hammers a limit.
@@ -63,7 +77,8 @@ own script (``quota.lua``, ``leases.lua``) and the same failure policy:
 
 The parts: :mod:`.common` (options, failure state, keys), :mod:`.plans`
 (every operation, sans I/O), :mod:`.sync` and :mod:`.aio` (the two
-backends, which drive the plans with redis-py's clients), ``lua/``.  It
+backends, which drive the plans with redis-py's clients), :mod:`.topology`
+(URLs and what they point at), ``lua/``.  It
 needs redis-py (``pip install 'fastlimit[redis]'``).
 """
 
