@@ -7,6 +7,7 @@ mid-run."""
 import asyncio
 import logging
 import multiprocessing as mp
+import pickle
 import re
 import time
 import uuid
@@ -99,8 +100,15 @@ def test_a_server_that_does_not_answer_is_not_checked():
 def test_a_cluster_url_makes_a_cluster_client(redis_cluster3):
     backend = RedisBackend.from_url(redis_cluster3.url + "?prefix=" + _name())
     assert isinstance(backend.client, redis.cluster.RedisCluster)
+    first = redis_cluster3.nodes[0].port
+    assert repr(backend).startswith(f"<RedisBackend redis+cluster://127.0.0.1:{first} ")
     _exact(backend, redis_cluster3)
+    again = pickle.loads(pickle.dumps(backend))  # as a worker process receives it
+    assert isinstance(again.client, redis.cluster.RedisCluster)
+    assert again.prefix == backend.prefix
+    _exact(again, redis_cluster3)
     backend.close()
+    again.close()
 
 
 @pytest.mark.slow
@@ -317,6 +325,9 @@ def _host_through_failover(url, name, i, barrier, switched, results):
         "failed_open": sum(s.failed_open for s in stats),
         "failed_closed": sum(s.failed_closed for s in stats),
         "last_error": stats[1].last_error or stats[0].last_error,
+        # per kind, where the backend counts them (RedisStats' newer fields)
+        "kinds": {k: sum(getattr(s, k, 0) for s in stats)
+                  for k in ("retries", "connection_errors", "timeouts", "readonly")},
     })
 
 
@@ -357,13 +368,14 @@ def test_four_hosts_through_a_sentinel_failover(redis_sentinel, record_property)
         keys = [RedisBackend.from_url(redis_sentinel.url).redis_key(name + "-after", f"host-{i}")
                 for i in range(4)]
         assert master.exists(*keys) == 4  # written on the new master
+    kinds = {k: sum(r["kinds"][k] for r in out) for k in out[0]["kinds"]}
     report = (f"sentinel failover {old}->{new} in {switch_s:.2f} s: flow key (100/1s, "
               f"fail=open) admitted {sum(r['flow'] for r in out)} in "
               f"{sum(r['checks'] for r in out)} checks; answered by the failure policy: "
               f"{sum(r['failed_open'] for r in out)} open, "
               f"{sum(r['failed_closed'] for r in out)} closed; "
               f"{sum(r['errors'] for r in out)} errors, {sum(r['skipped'] for r in out)} "
-              f"skipped; last error: {out[0]['last_error']}")
+              f"skipped; by kind {kinds}; last error: {out[0]['last_error']}")
     record_property("failover", report)
     print(report)
 

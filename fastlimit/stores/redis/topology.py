@@ -33,6 +33,8 @@ the failure policy would answer (``fail="open"``: every check allowed).
   mode, or a Sentinel URL to something else or for a service no sentinel
   knows, is refused naming the URL to write instead.
 
+The asyncio backend asks with a sync connection too (construction is not a
+coroutine), so making one blocks its loop for that round trip, once.
 A server that does not answer within the backend's timeouts is not checked:
 the backend is made as before and its failure policy answers until Redis
 does.  Clients passed in ready-made (``redis.Redis``, ``RedisCluster``,
