@@ -8,6 +8,7 @@ under test, kept short.
 
 import asyncio
 import logging
+import multiprocessing
 import signal
 import threading
 import time
@@ -19,11 +20,22 @@ from conftest import _start_server
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from fastlimit import Decision, FakeClock, Limiter, RedisBackend
+from fastlimit import (
+    ConcurrencyLimit,
+    ConfigurationError,
+    Decision,
+    FakeClock,
+    Limiter,
+    Quota,
+    RedisBackend,
+    SharedTable,
+)
 from fastlimit.stores.redis import AsyncRedisBackend
 
 S = 10**9
 FAST = dict(timeout=10, connect_timeout=10)  # no spurious timeouts on a loaded machine
+MAY_20_2024 = 1716163200 * S
+JUNE_1_2024 = 1717200000 * S
 FAST_CLIENT = dict(socket_timeout=10, socket_connect_timeout=10)
 
 
@@ -343,3 +355,119 @@ def test_a_plain_client_on_a_cluster_node_counts_moved(cluster3, clock, caplog):
     assert (st.calls, st.errors, st.moved, st.retries, st.skipped, st.down) == (
         1, 2, 2, 0, 0, False)
     assert "redis+cluster://" in caplog.text
+
+
+# -- fail="local": the host's own table answers while Redis cannot --------------------------
+
+
+def test_local_is_the_default_and_answers_at_the_same_rate(own_redis_server, clock, caplog):
+    b = RedisBackend(own_redis_server.url, retry_interval=3600, **FAST)
+    assert b.fail == "local"
+    lim = Limiter("5/10s", store=b, name="loc", clock=clock)
+    table = Limiter("5/10s", store=SharedTable.anonymous(), name="loc", clock=clock)
+    assert [lim.allow("k") for _ in range(2)] == [True, True]
+    own_redis_server.stop(signal.SIGKILL)
+    # the local table knows nothing of Redis's two hits: it starts afresh,
+    # and answers as the shared table would, decision for decision
+    for _ in range(7):
+        assert lim.hit("k") == table.hit("k")
+    clock.advance(2)
+    assert lim.hit("k") == table.hit("k") == Decision(True, 5, 0, 10 * S, 0)
+    assert lim.peek("k") == table.peek("k")
+    assert lim.hit_many(["a", "b", "a"]).tolist() == [True, True, True]
+    assert lim.refund("k") and lim.hit("k").allowed
+    lim.reset("k")
+    assert lim.hit("k") == Decision(True, 5, 4, 2 * S, 0)
+    st = b.stats()
+    # hit x 8, peek, hit_many x 3, hit x 2 (refunds and resets are not checks)
+    assert (st.failed_local, st.failed_open, st.failed_closed) == (14, 0, 0)
+    assert (st.connection_errors, st.retries) == (1, 1)
+    own_redis_server.start()
+    assert b.ping()
+    assert lim.hit("k") == Decision(True, 5, 4, 2 * S, 0), "Redis answers again: its state"
+    assert b.stats().failed_local == 14
+
+
+def _local_hammer(url, prefix, barrier, q):
+    b = RedisBackend(url, prefix=prefix, retry_interval=3600, timeout=2, connect_timeout=2)
+    lim = Limiter("10/1h", store=b, name="host")
+    barrier.wait()
+    q.put((sum(lim.allow("k") for _ in range(20)), b.stats().failed_local))
+
+
+def test_local_tables_are_shared_by_the_processes_of_a_host(own_redis_server):
+    """Four processes, each with its backend, Redis dead: the local table is
+    one per host, so the host admits the limit once, not once per process."""
+    url = own_redis_server.url
+    own_redis_server.stop(signal.SIGKILL)
+    ctx = multiprocessing.get_context("spawn")  # nothing inherited: a table by name
+    barrier, q = ctx.Barrier(4), ctx.Queue()
+    prefix_ = prefix()
+    procs = [ctx.Process(target=_local_hammer, args=(url, prefix_, barrier, q))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sum(n for n, _ in results) == 10 and [f for _, f in results] == [20] * 4
+
+
+def test_local_quotas_and_leases(own_redis_server):
+    b = RedisBackend(own_redis_server.url, retry_interval=3600, **FAST)
+    q = Quota("5/month", store=b, name="q", clock=FakeClock(MAY_20_2024))
+    uploads = ConcurrencyLimit(2, b, name="up", clock=FakeClock())
+    assert q.hit("k").remaining == 4
+    in_redis = uploads.try_acquire("k")
+    own_redis_server.stop(signal.SIGKILL)
+    left = JUNE_1_2024 - MAY_20_2024
+    assert [q.allow("k") for _ in range(6)] == [True] * 5 + [False]
+    assert q.hit("k") == Decision(False, 5, 0, left, left)
+    assert q.usage("k").used == 5 and q.refund("k") and q.allow("k")
+    a, c = uploads.try_acquire("k"), uploads.try_acquire("k")
+    assert a and c and a.held and uploads.try_acquire("k") is None
+    assert uploads.in_flight("k") == 2
+    assert a.renew() and a.held
+    a.release()
+    assert uploads.in_flight("k") == 1
+    own_redis_server.start()
+    assert b.ping()
+    c.release()  # a local lease goes back to the local table, Redis up or not
+    assert not in_redis.renew(), "the new server never saw it"
+    assert uploads.in_flight("k") == 0
+    st = b.stats()
+    # quota: 6 allow, hit, usage, allow; leases: 3 acquires (in_flight is not a check)
+    assert (st.failed_local, st.failed_open, st.failed_closed) == (12, 0, 0)
+
+
+def test_local_per_limiter_and_hit_all(own_redis_server, clock):
+    b = RedisBackend(own_redis_server.url, fail="open", retry_interval=3600, **FAST)
+    opened = Limiter("1/10s", store=b, name="o", clock=clock)
+    local = b.limiter("2/10s", name="l", clock=clock, fail="local")
+    local2 = Limiter("3/10s", store=b, name="l2", clock=clock, on_full="local")
+    own_redis_server.stop(signal.SIGKILL)
+    assert [opened.allow("k") for _ in range(3)] == [True] * 3
+    assert [local.allow("k") for _ in range(3)] == [True, True, False]
+    # all or nothing: l2 has room, l has none, so nothing is counted
+    assert [d.allowed for d in b.hit_all([(local2, "k"), (local, "k")])] == [True, False]
+    assert [local2.allow("k") for _ in range(4)] == [True] * 3 + [False]
+    assert [d.allowed for d in b.hit_all([(local2, "j"), (opened, "j")])] == [True, True]
+    assert local2.peek("j").remaining == 2
+    with pytest.raises(ConfigurationError, match="fail must be one of 'local', 'open'"):
+        RedisBackend(own_redis_server.url, fail="down")
+
+
+def test_async_backend_answers_locally(own_redis_server, clock):
+    async def main():
+        b = AsyncRedisBackend(own_redis_server.url, retry_interval=3600, **FAST)
+        lim = b.limiter("3/10s", name="al", clock=clock)
+        q = b.quota("2/day", name="aq", clock=FakeClock(MAY_20_2024))
+        assert await lim.allow("k")
+        own_redis_server.stop(signal.SIGKILL)
+        got = [await lim.allow("k") for _ in range(4)] + [await q.allow("k") for _ in range(3)]
+        await b.aclose()
+        return got, b.stats()
+
+    got, st = asyncio.run(main())
+    assert got == [True, True, True, False, True, True, False]
+    assert st.failed_local == 7 and st.failed_open == 0

@@ -5,6 +5,7 @@ marked down) and the script calls' arguments.  The operations themselves are san
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import logging
 import math
@@ -41,10 +42,12 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from fastlimit.clock import NS_PER_S
 from fastlimit.core.results import QuotaMode
-from fastlimit.errors import BackendError, ConfigurationError
+from fastlimit.errors import BackendError, ConfigurationError, TableError
 from fastlimit.stores.contract import Kind as StateKind
 from fastlimit.stores.contract import key_identity, on_full_code
-from fastlimit.stores.table import SharedTable
+from fastlimit.stores.table import DEFAULT_CAPACITY, SharedTable
+from fastlimit.stores.table import Kind as TableKind
+from fastlimit.stores.table import OnFull as TableOnFull
 
 __all__ = ["DEFAULT_LEASE_TTL", "SCRIPTS", "BackendBase", "Fail", "Failure", "Keyspace",
            "NoBackoff", "NoScriptError", "RedisError", "RedisStats", "failure_kind", "key_slot",
@@ -87,7 +90,7 @@ SCRIPTS: dict[str, str] = {
     "leases": _lua("leases.lua"),
 }
 
-_FAILS = ("open", "closed", "raise")
+_FAILS = ("local", "open", "closed", "raise")
 # the byte between a name and the key's hash tag, by kind (see Keyspace)
 _KINDS: dict[str, bytes] = {"rate": b"", "quota": b"quota", "concurrency": b"lease",
                             "lease": b"lease"}
@@ -317,10 +320,19 @@ class Keyspace:
 
     def failed_allows(self, failure: Failure, checks: int = 1) -> bool:
         """Whether the failure policy allows ``checks`` checks Redis could
-        not answer (counted); raises BackendError under ``"raise"``."""
+        not answer (counted); raises BackendError under ``"raise"``.  (Not
+        for ``"local"``: its answers come from the local table.)"""
         self.raise_if_loud(failure)
         self.backend._count("failed_open" if self.fail == "open" else "failed_closed", checks)
         return self.fail == "open"
+
+    def answered_locally(self, checks: int = 1) -> bool:
+        """True (and counted) if the failure policy is ``"local"``: the
+        caller answers from its local state."""
+        if self.fail != "local":
+            return False
+        self.backend._count("failed_local", checks)
+        return True
 
     def raise_if_loud(self, failure: Failure) -> None:
         if self.fail == "raise":
@@ -330,9 +342,13 @@ class Keyspace:
     def forget(self, key: Key) -> None:
         """Drop what is known locally about ``key`` (a limiter's deny cache)."""
 
+    def reset_local(self, key: Key) -> None:
+        """Reset ``key`` on the local table (``fail="local"``)."""
+
     def reset(self, key: Key) -> Plan[None]:
         rkey = self.rkey(key)
         self.forget(key)
+        self.reset_local(key)
         try:
             # gcra.lua's 'reset' deletes its keys, whatever they hold
             yield "gcra", [rkey], [b"reset"]
@@ -361,10 +377,12 @@ class BackendBase:
         url_or_client: Any = "redis://127.0.0.1:6379/0",
         *,
         prefix: str = "fastlimit",
-        fail: Fail = "open",
+        fail: Fail = "local",
         connect_timeout: float | None = 0.5,
         timeout: float | None = 0.5,
         deny_cache: SharedTable | None = None,
+        local_table: SharedTable | None = None,
+        local_quota_table: SharedTable | None = None,
         hash_tag: HashTag | None = None,
         retry_interval: float = 1.0,
         max_retry_interval: float = 30.0,
@@ -379,6 +397,11 @@ class BackendBase:
         if deny_cache is not None and not isinstance(deny_cache, SharedTable):
             raise ConfigurationError(
                 f"deny_cache must be a SharedTable or None, got {deny_cache!r}")
+        for what, table, kind in (("local_table", local_table, "rates"),
+                                  ("local_quota_table", local_quota_table, "quotas")):
+            if table is not None and (not isinstance(table, SharedTable) or table.kind != kind):
+                raise ConfigurationError(
+                    f"{what} must be a SharedTable of kind {kind!r} or None, got {table!r}")
         if hash_tag is not None and not callable(hash_tag):
             raise ConfigurationError(f"hash_tag must be callable or None, got {hash_tag!r}")
         for what, value in (("retry_interval", retry_interval),
@@ -393,6 +416,14 @@ class BackendBase:
         self.lease_ttl = float(lease_ttl)
         self._lease_ttl_ms = math.ceil(lease_ttl * 1000)
         self._deny_table = deny_cache
+        # fail="local": the tables that answer while Redis cannot, made on
+        # first need unless given (see _local_table)
+        self._local_tables: dict[str, SharedTable] = {}
+        if local_table is not None:
+            self._local_tables["rates"] = local_table
+        if local_quota_table is not None:
+            self._local_tables["quotas"] = local_quota_table
+        self._given_local = frozenset(self._local_tables)
         self._hash_tag = hash_tag
         self._retry_interval = float(retry_interval)
         self._max_retry_interval = max(float(max_retry_interval), self._retry_interval)
@@ -412,7 +443,8 @@ class BackendBase:
         self.maxmemory_policy: str | None = None
         self._options = dict(
             prefix=prefix, fail=fail, connect_timeout=connect_timeout, timeout=timeout,
-            deny_cache=deny_cache, hash_tag=hash_tag, retry_interval=retry_interval,
+            deny_cache=deny_cache, local_table=local_table,
+            local_quota_table=local_quota_table, hash_tag=hash_tag, retry_interval=retry_interval,
             max_retry_interval=max_retry_interval, log_interval=log_interval,
             lease_ttl=lease_ttl, **redis_options)
         if isinstance(url_or_client, str):
@@ -501,6 +533,45 @@ class BackendBase:
             down = tuple(sorted(n for n, st in self._nodes.items() if st.failures))
             return RedisStats(**self._counts, down=bool(down), last_error=self._last_error,
                               down_nodes=down)
+
+    def _local_table(self, kind: TableKind, injected: bool = False) -> SharedTable:
+        """The local table of ``kind`` ("rates": limiters and leases;
+        "quotas") that answers for Redis under ``fail="local"``.
+
+        Unless given, it is a named table (``redis-local.<digest>``, the
+        digest of the prefix and the address): every process on the host
+        that uses this Redis with this prefix shares it, however it was
+        started, so an outage admits at most the limit per host.  Limiters
+        on an injected clock (tests) get an anonymous table of their own:
+        a named table's clock is the monotonic one."""
+        key: str = kind
+        if injected and kind == "rates" and kind not in self._given_local:
+            key = "rates:injected"
+        with self._lock:
+            table = self._local_tables.get(key)
+            if table is None:
+                table = self._local_tables[key] = self._make_local_table(kind, injected)
+            return table
+
+    def _make_local_table(self, kind: TableKind, injected: bool) -> SharedTable:
+        # rates: a full table forgets the key due soonest rather than refuse one
+        on_full: TableOnFull = "evict" if kind == "rates" else "deny"
+        if not injected:
+            digest = hashlib.sha256(f"{self.prefix}\0{self.address}".encode()).hexdigest()[:16]
+            name = f"redis-local{'' if kind == 'rates' else '-quotas'}.{digest}"
+            try:
+                return SharedTable.open(name, capacity=DEFAULT_CAPACITY, on_full=on_full,
+                                        kind=kind)
+            except (TableError, OSError) as e:
+                log.warning("fastlimit: no local table %r for fail='local' (%s): this process "
+                            "uses one of its own", name, e)
+        return SharedTable.anonymous(DEFAULT_CAPACITY, on_full=on_full, kind=kind)
+
+    @property
+    def local_tables(self) -> dict[str, SharedTable]:
+        """The local tables made or given for ``fail="local"`` so far."""
+        with self._lock:
+            return dict(self._local_tables)
 
     @property
     def deny_cache(self) -> SharedTable | None:
@@ -643,7 +714,7 @@ class BackendBase:
     def _fail_of(self, on_full: str | None, fail: Fail | None = None) -> Fail:
         """The failure policy of a limiter, quota or concurrency limit."""
         if fail is None:
-            if on_full is not None:
+            if on_full is not None and on_full != "local":
                 on_full_code(on_full)  # refuses a bad value with the contract's message
             fail = self.fail if on_full is None else FAIL_OF_ON_FULL[on_full]
         return check_fail(fail)

@@ -42,8 +42,13 @@ __all__ = ["LeasePlans", "QuotaPlans", "QuotaStateBase", "RateSpec", "RateStateB
 Check: TypeAlias = "tuple[Any, Key] | tuple[Any, Key, int]"
 
 # the core's on_full codes, which Quota and ConcurrencyLimit read off a store's state
+# ("local": what the store answers is the local table's, and a table that
+# has no room for a key denies it)
 _ON_FULL_CODE: dict[str, OnFull] = {"closed": OnFull.DENY, "open": OnFull.ALLOW,
-                                    "raise": OnFull.RAISE}
+                                    "raise": OnFull.RAISE, "local": OnFull.DENY}
+# Redis lease tokens have this bit set; the local table's (fail="local"),
+# which are lease indices, never do: a release goes where its lease is.
+_REDIS_TOKEN = 1 << 62
 _NS_PER_MS = 1_000_000
 # Quota keys outlive their period by this much (on the writer's clock), so a
 # host whose wall clock lags by less still finds the count at the period's
@@ -80,6 +85,13 @@ class RateSpec(Keyspace):
             self._deny_name = f"redis-deny:{backend.prefix}:{name}:{self.T}:{burst}"
             self._checker = self._table.rate_state(self._deny_name, 1, 1, clock=clock,
                                                    on_full="allow")
+        # fail="local": the same limit on the host's local table, which
+        # answers while Redis cannot (named per rate, as the deny cache)
+        self._local: Any = None
+        if fail == "local":
+            table = backend._local_table("rates", injected=clock is not None)
+            self._local = table.rate_state(f"redis-local:{name}:{self.T}:{burst}", self.T,
+                                           burst, clock=clock)
 
     # -- arguments --------------------------------------------------------------
 
@@ -163,6 +175,16 @@ class RateSpec(Keyspace):
         if self._checker is not None:
             self._checker.reset(key)
 
+    def reset_local(self, key: Key) -> None:
+        if self._local is not None:
+            self._local.reset(key)
+
+    def local_check(self, key: Key, cost: int, consume: bool) -> Decision:
+        """The local table's answer, counted (``fail="local"``)."""
+        self.answered_locally()
+        result: Decision = (self._local.hit if consume else self._local.peek)(key, cost)
+        return result
+
     # -- plans ----------------------------------------------------------------------
 
     def allow(self, key: Key, cost: int) -> Plan[bool]:
@@ -175,6 +197,9 @@ class RateSpec(Keyspace):
             reply = yield "gcra", [rkey], self.backend._args(
                 b"hit", now, (self.group(inc, cost != 0),))
         except Failure as f:
+            if self.answered_locally():
+                allowed: bool = self._local.allow(key, cost)
+                return allowed
             return self.failed_allows(f)
         return self.result(key, reply, 0, inc, cost != 0, t0)[0]
 
@@ -193,6 +218,8 @@ class RateSpec(Keyspace):
             reply = yield "gcra", [rkey], self.backend._args(
                 b"hit", now, (self.group(inc, consume),))
         except Failure as f:
+            if self._local is not None:
+                return self.local_check(key, cost, consume)
             return self.failed(f, inc)
         allowed, after = self.result(key, reply, 0, inc, consume, t0)
         return self.decision(allowed, after, inc)
@@ -208,6 +235,9 @@ class RateSpec(Keyspace):
             reply = yield "gcra", [rkey], self.backend._args(
                 b"refund", now, (self.group(inc, True),))
         except Failure as f:
+            if self._local is not None:  # gives back what the local table counted
+                refunded: bool = self._local.refund(key, cost)
+                return refunded
             self.raise_if_loud(f)
             return False
         return reply[0] == 1
@@ -227,7 +257,10 @@ class RateSpec(Keyspace):
             try:
                 reply = yield "gcra", [rkeys[i] for i in batch], args
             except Failure as f:
-                out[batch] = self.failed_allows(f, len(batch))
+                if self.answered_locally(len(batch)):
+                    out[batch] = self._local.hit_many([keys_[i] for i in batch], cost)
+                else:
+                    out[batch] = self.failed_allows(f, len(batch))
                 continue
             for j, i in enumerate(batch):
                 out[i] = self.result(keys_[i], reply, j, inc, consume, t0)[0]
@@ -250,6 +283,14 @@ class QuotaPlans(Keyspace):
         # a denial for want of Redis lasts until the backend tries it again,
         # not until the period ends
         self.retry_after_ns = max(NS_PER_S, round(backend._retry_interval * NS_PER_S))
+        self._local: Any = None
+        if fail == "local":  # the same quota on the host's local quota table
+            self._local = backend._local_table("quotas").quota_counts(
+                f"redis-local:{name}", limit)
+
+    def reset_local(self, key: Key) -> None:
+        if self._local is not None:
+            self._local.reset(key)
 
     def step(self, key: Key, tag: int, cost: int, mode: int,
              left_ns: int) -> Plan[tuple[Step, int]]:
@@ -265,6 +306,11 @@ class QuotaPlans(Keyspace):
             reply = yield "quota", [rkey], [
                 b"%d" % mode, b"%d" % tag, b"%d" % cost, self._limit_arg, b"%d" % keep_ms]
         except Failure as f:
+            if self._local is not None:
+                if mode != QuotaMode.REFUND:
+                    self.answered_locally()
+                step: tuple[Step, int] = self._local.step(key, tag, cost, mode, left_ns)
+                return step
             if mode == QuotaMode.REFUND:  # nothing to answer
                 self.raise_if_loud(f)
             else:
@@ -291,6 +337,10 @@ class LeasePlans(Keyspace):
         self.on_full = _ON_FULL_CODE[fail]
         self._ttl = b"%d" % backend._lease_ttl_ms
         self.reclaimed = 0
+        self._local: Any = None
+        if fail == "local":  # leases on the host's local table (they end with their process)
+            table = backend._local_table("rates", injected=clock is not None)
+            self._local = table.lease_slots(f"redis-local:{name}", clock=clock)
 
     def now(self) -> bytes:
         """The script's ``now`` in ms: the injected clock's, else '' (the
@@ -302,11 +352,14 @@ class LeasePlans(Keyspace):
         if limit < 1:
             raise ValueError(f"a concurrency limit must be >= 1, got {limit}")
         # secrets, not random: forked workers must not draw the same tokens
-        token = secrets.randbits(63)
+        token = secrets.randbits(62) | _REDIS_TOKEN
         try:
             reply = yield "leases", [rkey], [
                 b"acquire", self.now(), b"%d" % token, self._ttl, b"%d" % limit]
         except Failure as f:
+            if self.answered_locally():
+                got: int = self._local.acquire(key, limit)
+                return got
             return Acquired.UNRECORDED if self.failed_allows(f) else Acquired.REFUSED
         if reply[1]:
             with self.backend._lock:
@@ -315,6 +368,10 @@ class LeasePlans(Keyspace):
 
     def _token_call(self, mode: bytes, key: Key, token: int, unknown: bool) -> Plan[bool]:
         rkey = self.rkey(key)
+        if self._local is not None and 0 <= token < _REDIS_TOKEN:
+            # a lease of the local table: released there; it never expires
+            # (it ends with its process), so a renew keeps it
+            return True if mode == b"renew" else bool(self._local.release(key, token))
         try:
             reply = yield "leases", [rkey], [mode, self.now(), b"%d" % token, self._ttl]
         except Failure as f:
@@ -332,11 +389,14 @@ class LeasePlans(Keyspace):
         # lost it; the next renew that reaches Redis tells.
         return self._token_call(b"renew", key, token, True)
 
-    def in_flight(self, key: Key) -> Plan[int]:
+    def in_flight(self, key: Key, limit: int) -> Plan[int]:
         rkey = self.rkey(key)
         try:
             reply = yield "leases", [rkey], [b"count", self.now()]
         except Failure as f:
+            if self._local is not None:
+                held: int = self._local.in_flight(key, limit)
+                return held
             self.raise_if_loud(f)
             return 0
         return reply[0]
@@ -417,6 +477,8 @@ def hit_all(backend: BackendBase, checks: Iterable[Check],
         reply = yield "gcra", [it[2] for it in items], backend._args(
             b"all", now, [spec.group(inc, consume) for spec, _k, _r, inc, consume in items])
     except Failure as f:
+        if any(spec._local is not None for spec, *_ in items):
+            return _local_all(f, items)
         return [spec.failed(f, inc) for spec, _k, _r, inc, _c in items]
     passed = all(reply[3 * i] == 1 for i in range(len(items)))
     out: list[Decision | None] = [None] * len(items)
@@ -432,6 +494,26 @@ def hit_all(backend: BackendBase, checks: Iterable[Check],
         seen.add(rkey)
         out[i] = spec.decision(allowed, after, inc)
     return out
+
+
+def _local_all(f: Failure, items: list[tuple[RateSpec, Key, bytes, int, bool]]
+               ) -> list[Decision | None]:
+    """hit_all's answers when Redis failed and some limiters answer from
+    the local table: all or nothing as far as this process goes (the local
+    checks are peeked, and counted only if every check passes; another
+    process may count between the two)."""
+    def peek(spec: RateSpec, key: Key, inc: int, cost: int) -> Decision:
+        if spec._local is None:
+            return spec.failed(f, inc)
+        return spec.local_check(key, cost, False)
+
+    costs = [inc // spec.T for spec, _k, _r, inc, _c in items]  # inc is cost x T
+    peeks = [peek(spec, key, inc, c)
+             for (spec, key, _r, inc, _c), c in zip(items, costs, strict=True)]
+    if not all(d.allowed for d in peeks):
+        return list(peeks)
+    return [spec._local.hit(key, c) if spec._local is not None and consume else d
+            for (spec, key, _r, _i, consume), c, d in zip(items, costs, peeks, strict=True)]
 
 
 HIT_ALL_DOC = """Check several limits at once and count all of them or none.

@@ -124,7 +124,7 @@ class RedisLeases(StateBase):
         return self._run(self._plans.renew(key, token))
 
     def in_flight(self, key: Key, limit: int) -> int:
-        return self._run(self._plans.in_flight(key))
+        return self._run(self._plans.in_flight(key, limit))
 
     def __repr__(self) -> str:
         return f"<RedisLeases {self.name!r} ttl={self.ttl}s>"
@@ -143,17 +143,26 @@ class RedisBackend(BackendBase):
             ``redis.Redis`` or ``redis.cluster.RedisCluster`` client (whose
             own timeouts and retries then apply).
         prefix: the first part of every key (no braces).
-        fail: what a check answers when Redis fails or times out: ``"open"``
-            (allowed), ``"closed"`` (denied; ``retry_after`` one hit) or
-            ``"raise"`` (:class:`~fastlimit.BackendError`).  A Limiter's
-            ``on_full`` overrides it for that limiter (allow = open, deny =
-            closed, raise = raise), as does ``limiter(fail=...)``.
+        fail: what a check answers when Redis fails or times out:
+            ``"local"`` (the default: the host's local table answers, at the
+            same rates, so an outage admits at most hosts x limit),
+            ``"open"`` (allowed), ``"closed"`` (denied; ``retry_after`` one
+            hit) or ``"raise"`` (:class:`~fastlimit.BackendError`).  A
+            Limiter's ``on_full`` overrides it for that limiter (allow =
+            open, deny = closed, raise = raise, ``"local"``), as does
+            ``limiter(fail=...)``.
         connect_timeout: seconds to connect (with a URL).
         timeout: seconds to wait for a reply (with a URL).
         deny_cache: a :class:`~fastlimit.SharedTable` (named, or anonymous and
             inherited by forked workers): denials Redis gave are answered
             from it by every process on the host until they end.  One table
             per Redis deployment.
+        local_table: the rates :class:`~fastlimit.SharedTable` that answers
+            limiters and leases under ``fail="local"``; default: a named
+            table per Redis address and prefix, shared by every process of
+            the host (``redis-local.<digest>``), made on first need.
+        local_quota_table: the same for quotas (a ``kind="quotas"`` table;
+            default ``redis-local-quotas.<digest>``).
         hash_tag: ``f(limiter_name, key) -> str``: the Redis Cluster hash tag
             of a key (default: the key itself).
         retry_interval: after a node fails to connect or to answer in time,
