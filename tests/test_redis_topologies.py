@@ -392,3 +392,19 @@ def test_a_cluster_of_the_tests_own_may_lose_a_node(own_redis_cluster3):
     assert not lim.allow(keys[0])  # its node is gone: the failure policy (closed)
     assert lim.allow(keys[1]) and lim.allow(keys[2])  # the others still answer
     backend.close()
+
+
+@pytest.mark.slow
+def test_a_cluster_node_is_found_by_moved_where_info_is_refused(redis_cluster3):
+    user = _name()
+    for node in redis_cluster3.nodes:  # ACL users are per node
+        with node.client() as c:
+            c.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", "-info")
+    port = redis_cluster3.nodes[0].port
+    with redis.Redis(host="127.0.0.1", port=port, username=user, password="pw") as c:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            c.info("server")
+    backend = RedisBackend(f"redis://{user}:pw@127.0.0.1:{port}/0", prefix=_name())
+    assert isinstance(backend.client, redis.cluster.RedisCluster)
+    _exact(backend, redis_cluster3)
+    backend.close()

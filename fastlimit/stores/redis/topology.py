@@ -24,11 +24,14 @@ is (``INFO server`` and ``INFO replication`` in one round trip), because a
 wrong kind of Redis does not fail at once: it fails every write later, which
 the failure policy would answer (``fail="open"``: every check allowed).
 
-* a plain URL to a **cluster node** (``redis_mode:cluster``, or a ``MOVED``
-  reply where INFO is not permitted) is followed: the node becomes the seed
-  of a ``RedisCluster``, with a warning naming ``redis+cluster://``;
+* a plain URL to a **cluster node** (``redis_mode:cluster``, or where an
+  ACL refuses INFO, a ``MOVED`` reply to EXISTS on keys of three distant
+  slots) is followed: the node becomes the seed of a ``RedisCluster``, with
+  a warning naming ``redis+cluster://``;
 * a plain URL to a **replica** (``role:slave``) is refused, naming its
-  master and ``redis+sentinel://``; a Sentinel URL always reaches the master;
+  master and ``redis+sentinel://`` (where INFO is refused, a replica shows
+  only at the first write, as READONLY); a Sentinel URL always reaches the
+  master;
 * a plain URL to a **Sentinel**, a cluster URL to a server without cluster
   mode, or a Sentinel URL to something else or for a service no sentinel
   knows, is refused naming the URL to write instead.
@@ -58,7 +61,13 @@ import redis.cluster
 import redis.retry
 import redis.sentinel
 from redis.connection import parse_url
-from redis.exceptions import ConnectionError, RedisClusterException, ResponseError, TimeoutError
+from redis.exceptions import (
+    ConnectionError,
+    MovedError,
+    RedisClusterException,
+    ResponseError,
+    TimeoutError,
+)
 
 from fastlimit.errors import BackendError, ConfigurationError
 from fastlimit.stores.url import shown
@@ -444,7 +453,7 @@ def _moved(client: redis.Redis) -> str:
         replies = pipe.execute(raise_on_error=False)
     except _UNANSWERED:
         return "standalone"
-    moved = any(isinstance(r, ResponseError) and str(r).startswith("MOVED") for r in replies)
+    moved = any(isinstance(r, MovedError) for r in replies)
     return "cluster" if moved else "standalone"
 
 
