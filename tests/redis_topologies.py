@@ -209,7 +209,10 @@ class SentinelSetup:
             c.execute_command("WAIT", 1, 5000)  # the replica has every write
         with self.sentinel() as s:
             s.execute_command("SENTINEL", "FAILOVER", self.service)
-        wait_for("the sentinels' switch", lambda: self.master_port() == new.port)
+        for port in self.sentinel_ports:  # every sentinel: a client may ask any
+            with redis.Redis(host=HOST, port=port, socket_timeout=2) as s:
+                wait_for("the sentinels' switch", lambda s=s: int(
+                    s.sentinel_get_master_addr_by_name(self.service)[1]) == new.port)
         with new.client() as c:
             wait_for("the promoted replica", lambda: c.info("replication")["role"] == "master")
         if demote_old:
@@ -251,7 +254,10 @@ def start_sentinel(start_server: Callable[..., Any], free_port: Callable[[], int
                    service: str = "fastlimit-svc") -> SentinelSetup:
     """A primary, a replica in sync with it, then ``sentinels`` sentinels
     (quorum 1: SENTINEL FAILOVER needs no agreement), once each knows the
-    master and lists the replica."""
+    master and lists the replica.  ``failover()`` returns when every
+    sentinel names the new master: with three, the others learn it from
+    the first one's hello messages (some 11 s on a 2-core machine, against
+    about 1 s with one sentinel), so the session fixture has one."""
     started: list[Any] = []
     procs: list[subprocess.Popen[bytes]] = []
     try:
