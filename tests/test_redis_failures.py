@@ -471,3 +471,48 @@ def test_async_backend_answers_locally(own_redis_server, clock):
     got, st = asyncio.run(main())
     assert got == [True, True, True, False, True, True, False]
     assert st.failed_local == 7 and st.failed_open == 0
+
+
+# -- a policy sets fail per limit ---------------------------------------------------------
+
+
+def test_a_policy_sets_fail_per_limit(own_redis_server, tmp_path):
+    from fastlimit import Identity, Policy
+
+    b = RedisBackend(own_redis_server.url, fail="open", retry_interval=3600, **FAST)
+    policy = Policy.from_dict({
+        "identities": {"session": {"rate": "3/1h", "fail": "local"}},
+        "routes": {"login": {"match": "POST /login", "rate": "100/1h", "fail": "closed",
+                             "per": "identity", "dedicated": True},
+                   "search": {"match": "GET /search", "rate": "1/1h", "per": "identity"}},
+    }, store=b, overrides=tmp_path / "ov.json")
+    user = Identity.session("u1")
+    assert policy.hit("GET", "/", user, "192.0.2.1").allowed
+    own_redis_server.stop(signal.SIGKILL)
+    # login: closed while Redis is down, whatever its own room
+    assert not policy.hit("POST", "/login", user, "192.0.2.1").allowed
+    # the session limit answers locally: 3 an hour on this host
+    assert [policy.hit("GET", "/", user, "192.0.2.1").allowed for _ in range(4)] == [
+        True, True, True, False]
+    # search's own limit is the backend's: open (the session limit still binds)
+    assert not policy.hit("GET", "/search", user, "192.0.2.1").allowed
+    st = b.stats()
+    # login: closed; GET / x 4 and search's session check: local; search: open
+    assert (st.failed_closed, st.failed_local, st.failed_open) == (1, 5, 1)
+    assert (st.errors, st.skipped) == (1, 6)
+    policy.close()
+
+
+def test_a_policys_fail_is_checked(tmp_path):
+    from fastlimit import Policy
+
+    with pytest.raises(ConfigurationError, match=r"routes\.login\.fail: expected one of"):
+        Policy.from_dict({"identities": {"session": {"rate": "3/1h"}},
+                          "routes": {"login": {"match": "POST /login", "rate": "5/1m",
+                                               "fail": "raise"}}},
+                         overrides=tmp_path / "ov.json")
+    # on a shared table there is nothing to fail: accepted, and moot
+    p = Policy.from_dict({"identities": {"session": {"rate": "3/1h", "fail": "closed"}}},
+                         store=SharedTable.anonymous(1024), overrides=tmp_path / "ov2.json")
+    assert p.spec.identities["session"].fail == "closed"
+    p.close()

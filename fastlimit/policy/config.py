@@ -20,7 +20,10 @@ The schema (``examples/seed000.toml`` and ``examples/seed002.toml`` use all of i
                   overrides unused when the Policy is given a RedisBackend)
     [headers]     reset = "epoch" | "iso" | "delta"; legacy = true; ietf = false
     [response]    status = 429; content_type = "application/json"; body = {...}
-    [identities.api_key]    rate = "tier" | "<rate>" | "unlimited"; name = "api"; shadow
+    [identities.api_key]    rate = "tier" | "<rate>" | "unlimited"; name = "api"; shadow;
+                            fail = "local" | "open" | "closed" (on Redis: what the limit
+                            answers while Redis cannot; default: the backend's; also on
+                            every identity, route, [quotas.NAME] and [concurrency.NAME])
     [identities.session]    rate = "300/1m"; name; shadow
     [identities.token]      rate = "100/1h"; name; shadow
     [identities.anonymous]  rate = "5/1m"; name; shadow; ipv6_prefix  (per source IP; also
@@ -74,7 +77,9 @@ from fastlimit.limiters.rate import Rate
 from fastlimit.policy.routes import parse_pattern
 from fastlimit.policy.spec import (
     DEFAULT_IPV6_PREFIX,
+    FAILS,
     IDENTITY_KINDS,
+    FailPolicy,
     IdentitySpec,
     PolicySpec,
     RouteSpec,
@@ -289,7 +294,7 @@ def _identities(value: Any, at: _At, tiers: Mapping[str, TierSpec],
         if kind not in table:
             continue
         here = at / kind
-        fields = _table(table[kind], here, ("rate", "name", "shadow", "ipv6_prefix"))
+        fields = _table(table[kind], here, ("rate", "name", "shadow", "ipv6_prefix", "fail"))
         rate: Rate | str | None
         if kind == "api_key" and fields.get("rate", "tier") == "tier":
             if not tiers:
@@ -303,6 +308,7 @@ def _identities(value: Any, at: _At, tiers: Mapping[str, TierSpec],
             rate=rate,  # type: ignore[arg-type]
             shadow=_bool(fields.get("shadow", False), here / "shadow"),
             ipv6_prefix=_ipv6_prefix(fields.get("ipv6_prefix", prefix), here / "ipv6_prefix"),
+            fail=_fail(fields, here),
         )
     anonymous = out.get("anonymous")
     if anonymous is not None and isinstance(anonymous.rate, Rate):
@@ -405,7 +411,7 @@ def _routes(value: Any, at: _At, prefix: int = DEFAULT_IPV6_PREFIX) -> tuple[Rou
         short = isinstance(entry, str)  # "METHOD /path" = "<rate>"
         fields = _table({"rate": entry} if short else entry, here,
                         ("match", "rate", "anonymous_rate", "per", "dedicated", "shadow",
-                         "ipv6_prefix"))
+                         "ipv6_prefix", "fail"))
         patterns = _patterns(fields.get("match", name),
                              here / "match" if "match" in fields else here)
         anonymous_rate = fields.get("anonymous_rate")
@@ -424,8 +430,17 @@ def _routes(value: Any, at: _At, prefix: int = DEFAULT_IPV6_PREFIX) -> tuple[Rou
                 dedicated=_bool(fields.get("dedicated", False), here / "dedicated"),
                 shadow=_bool(fields.get("shadow", False), here / "shadow"),
                 ipv6_prefix=_ipv6_prefix(fields.get("ipv6_prefix", prefix), here / "ipv6_prefix"),
+                fail=_fail(fields, here),
             ))
     return tuple(out)
+
+
+def _fail(fields: Mapping[str, Any], at: _At) -> FailPolicy | None:
+    """A limit's ``fail`` (what it answers on Redis while Redis cannot), or None."""
+    if "fail" not in fields:
+        return None
+    fail: FailPolicy = _choice(fields["fail"], at / "fail", FAILS)
+    return fail
 
 
 def _patterns(match: Any, at: _At) -> tuple[str, ...]:
@@ -496,8 +511,8 @@ def _usage(
     top: Mapping[str, Any], at: _At, tiers: Mapping[str, TierSpec]
 ) -> tuple[UsageSpec, ...]:
     out: list[UsageSpec] = []
-    sections = (("quota", "quotas", ("match", "tz")),
-                ("concurrency", "concurrency", ("match", "retry_after")),
+    sections = (("quota", "quotas", ("match", "tz", "fail")),
+                ("concurrency", "concurrency", ("match", "retry_after", "fail")),
                 ("cap", "caps", ("match",)))
     for kind, section, keys in sections:
         for name, entry in _table(top.get(section, {}), at / section, None).items():
@@ -521,6 +536,7 @@ def _usage(
                                    here if short else here / "match"),
                 tz=tz,
                 retry_after=_retry_after(fields.get("retry_after", 1), here / "retry_after"),
+                fail=_fail(fields, here),
             ))
     return tuple(out)
 

@@ -55,6 +55,7 @@ from fastlimit.policy.routes import RouteTable
 from fastlimit.policy.spec import (
     DEFAULT_QUOTA_CAPACITY,
     IDENTITY_KINDS,
+    FailPolicy,
     PolicySpec,
     TierSpec,
     UsageSpec,
@@ -70,6 +71,8 @@ from fastlimit.stores.table import (
 __all__ = ["Identity", "Policy", "PolicyDecision", "Resolution"]
 
 log = logging.getLogger("fastlimit")
+# a limit's fail (policy TOML) as the on_full a Redis backend's state reads
+_ON_FULL_OF_FAIL: dict[str, str] = {"local": "local", "open": "allow", "closed": "deny"}
 
 
 class Resolution(NamedTuple):
@@ -180,7 +183,8 @@ class Policy:
                 raise
         self._concurrency = {
             u.name: ConcurrencyLimit(None, store, name=f"{spec.name}/{u.name}",
-                                     retry_after=float(u.retry_after), clock=clock)
+                                     retry_after=float(u.retry_after), clock=clock,
+                                     on_full=self._on_full(u.fail))
             for u in spec.usage if u.kind == "concurrency"}
         self._plan = self._compile()
         # A policy's checks are its compiled plan's, bound on the instance
@@ -194,20 +198,23 @@ class Policy:
         """The decision path of this policy's spec (see policy/_plan.pyx)."""
         spec = self.spec
 
-        def limiter(rate: Rate, bucket: str) -> Limiter:
-            return Limiter(rate, self.store, name=bucket, clock=self._clock)
+        def limiters(store: Any, fail: FailPolicy | None) -> Callable[[Rate, str], Limiter]:
+            on_full = self._on_full(fail)
 
-        def ip_limiter(rate: Rate, bucket: str) -> Limiter:
-            return Limiter(rate, self.anonymous_store, name=bucket, clock=self._clock)
+            def limiter(rate: Rate, bucket: str) -> Limiter:
+                return Limiter(rate, store, name=bucket, clock=self._clock, on_full=on_full)
+            return limiter
 
         separate = self.anonymous_store is not self.store
 
         def bucket(name: str, rate: Any, shadow: bool, prefix: int, suffix: str = "", *,
-                   per_ip: bool = False, by_ip: bool = True) -> Bucket:
+                   per_ip: bool = False, by_ip: bool = True,
+                   fail: FailPolicy | None = None) -> Bucket:
             """A limit's bucket; ``per_ip``: only per-IP keys count in it;
             ``by_ip``: some may (they count in its twin on the anonymous
             class's table)."""
             args = (name, f"{spec.name}/{name}{suffix}", rate, shadow or spec.shadow)
+            limiter, ip_limiter = limiters(self.store, fail), limiters(self.anonymous_store, fail)
             if per_ip and separate:
                 return Bucket(*args, ip_limiter, prefix)
             b = Bucket(*args, limiter, prefix)
@@ -217,15 +224,15 @@ class Policy:
 
         identities = {kind: bucket(s.name, s.rate if isinstance(s.rate, Rate) else None,
                                    s.shadow, s.ipv6_prefix, per_ip=kind == "anonymous",
-                                   by_ip=False)
+                                   by_ip=False, fail=s.fail)
                       for kind, s in spec.identities.items()}
         rules: list[tuple[str, RouteRule | Usage]] = []
         for r in spec.routes:
             rule = RouteRule(r, bucket(r.name, r.rate, r.shadow, r.ipv6_prefix,
-                                       per_ip=r.per == "ip"),
+                                       per_ip=r.per == "ip", fail=r.fail),
                              None if r.anonymous_rate is None else
                              bucket(r.name, r.anonymous_rate, r.shadow, r.ipv6_prefix,
-                                    "#anonymous", per_ip=True))
+                                    "#anonymous", per_ip=True, fail=r.fail))
             rules += [(p, rule) for p in r.patterns]
         for u in spec.usage:
             usage = Usage(u, self._concurrency.get(u.name))
@@ -333,8 +340,17 @@ class Policy:
         if quota is None:
             quota = self._quotas[(usage.name, allowance)] = Quota(
                 allowance, store=self._quota_store(), name=f"{self.spec.name}/{usage.name}",
-                tz=usage.tz, clock=self._wall_clock)
+                tz=usage.tz, clock=self._wall_clock, on_full=self._on_full(usage.fail))
         return quota
+
+    def _on_full(self, fail: FailPolicy | None) -> Any:
+        """The ``on_full`` a limit with the policy's ``fail`` gets: on Redis
+        (a store with local tables for fail="local") the failure policy it
+        names; elsewhere none (a shared table cannot fail, and its on_full
+        is about a full table)."""
+        if fail is None or not hasattr(self.store, "local_tables"):
+            return None
+        return _ON_FULL_OF_FAIL[fail]
 
     def _quota_store(self) -> Any:
         """Where quotas count: a store that holds quota counts (Redis) counts

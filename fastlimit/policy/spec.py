@@ -34,6 +34,12 @@ __all__ = [
 # home line, a VM) is given, whose 2**64 addresses are its to choose from.
 DEFAULT_IPV6_PREFIX = 64
 
+# What a limit answers on Redis while Redis cannot (RedisBackend's fail=):
+# the host's local table, allowed, or denied.  ("raise" is not a policy's:
+# a request would get a 500.)
+FailPolicy = Literal["local", "open", "closed"]
+FAILS: tuple[FailPolicy, ...] = ("local", "open", "closed")
+
 # (account, quota) pairs a policy's quota file holds per period, by default:
 # its own size, not the rate table's (6 MB at 23 bytes a pair).
 DEFAULT_QUOTA_CAPACITY = 262_144
@@ -84,6 +90,7 @@ class IdentitySpec:
     rate: Rate | Literal["tier"] | None
     shadow: bool = False
     ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    fail: FailPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,8 @@ class RouteSpec:
         shadow: compute and log, never deny.
         ipv6_prefix: an IPv6 client counts per IP as its network of this
             many bits (128: each address).
+        fail: on Redis, what its checks answer while Redis cannot
+            (``"local"``, ``"open"``, ``"closed"``; None: the backend's).
     """
 
     name: str
@@ -114,6 +123,7 @@ class RouteSpec:
     dedicated: bool = False
     shadow: bool = False
     ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    fail: FailPolicy | None = None
 
 
 UsageKind = Literal["quota", "concurrency", "cap"]
@@ -132,6 +142,8 @@ class UsageSpec:
         patterns: ``"METHOD /path"`` patterns (see :mod:`fastlimit.routes`).
         tz: quotas: the time zone of the calendar periods.
         retry_after: concurrency: the ``Retry-After`` (seconds) when full.
+        fail: quotas and concurrency on Redis: what they answer while Redis
+            cannot (None: the backend's).
     """
 
     kind: UsageKind
@@ -139,6 +151,7 @@ class UsageSpec:
     patterns: tuple[str, ...]
     tz: str = "UTC"
     retry_after: int = 1
+    fail: FailPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
