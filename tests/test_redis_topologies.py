@@ -408,3 +408,19 @@ def test_a_cluster_node_is_found_by_moved_where_info_is_refused(redis_cluster3):
     assert isinstance(backend.client, redis.cluster.RedisCluster)
     _exact(backend, redis_cluster3)
     backend.close()
+
+
+@pytest.mark.slow
+def test_a_cluster_node_by_unix_socket_is_refused(tmp_path_factory):
+    from conftest import _start_server
+
+    sock = tmp_path_factory.mktemp("sock") / "redis.sock"
+    server = _start_server(tmp_path_factory, "--cluster-enabled", "yes", "--cluster-config-file",
+                           "nodes.conf", "--unixsocket", str(sock))
+    try:
+        with pytest.raises(ConfigurationError, match=re.escape(
+                "points at a Redis Cluster node, which redis-py's cluster client cannot reach "
+                "by a unix socket: write redis+cluster://HOST:PORT")):
+            RedisBackend(f"unix://{sock}")
+    finally:
+        server.stop()

@@ -258,11 +258,10 @@ def connect(url: str, options: dict[str, Any], *, asyncio: bool) -> Any:
     if found is None:
         return _single(url, options, asyncio)
     if found["mode"] == "sentinel":
-        host, port = target.nodes[0]
         raise ConfigurationError(
             f"Redis URL {target.shown} points at a Sentinel, not a Redis server: write "
-            f"redis+sentinel://{host}:{port}/SERVICE for the master of a service it "
-            f"monitors")
+            f"redis+sentinel://{_node(target, 'HOST:26379')}/SERVICE for the master of a "
+            f"service it monitors")
     if found["mode"] == "cluster":
         return _follow_cluster(target, options, asyncio)
     if found["role"] == "slave":
@@ -311,15 +310,18 @@ def _cluster(target: RedisURL, options: dict[str, Any], asyncio: bool,
 
 
 def _follow_cluster(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
-    host, port = target.nodes[0]
+    node = _node(target, "HOST:PORT")
+    if not target.nodes:
+        raise ConfigurationError(
+            f"Redis URL {target.shown} points at a Redis Cluster node, which redis-py's "
+            f"cluster client cannot reach by a unix socket: write redis+cluster://{node}")
     if target.db != 0:
         raise ConfigurationError(
             f"Redis URL {target.shown} points at a Redis Cluster node, and a cluster has only "
-            f"database 0: write redis+cluster://{_bracket(host)}:{port}")
+            f"database 0: write redis+cluster://{node}")
     log.warning(
         "fastlimit: Redis URL %s points at a Redis Cluster node; using it as the seed of a "
-        "cluster client (write redis+cluster://%s:%d to say so)", target.shown,
-        _bracket(host), port)
+        "cluster client (write redis+cluster://%s to say so)", target.shown, node)
     return _cluster(target, options, asyncio, target.scheme)
 
 
@@ -373,7 +375,8 @@ class _AsyncSentinelMaster(redis.asyncio.Redis):
 def _typed(target: RedisURL, query: dict[str, str]) -> dict[str, Any]:
     """redis-py's options from a query, typed as redis-py types a URL's."""
     try:
-        kwargs: dict[str, Any] = parse_url("redis://localhost/?" + urlencode(query))  # type: ignore[no-untyped-call]
+        kwargs: dict[str, Any] = parse_url(  # type: ignore[no-untyped-call]
+            "redis://localhost/?" + urlencode(query))
     except ValueError as e:
         raise ConfigurationError(f"Redis URL {target.shown}: {e}") from None
     kwargs.pop("host", None)
@@ -501,6 +504,14 @@ def _not_a_cluster(target: RedisURL, found: dict[str, Any]) -> str:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _node(target: RedisURL, otherwise: str) -> str:
+    """``host:port`` of a URL's first node (``otherwise`` for a unix socket)."""
+    if not target.nodes:
+        return otherwise
+    host, port = target.nodes[0]
+    return f"{_bracket(host)}:{port}"
 
 
 def _bracket(host: str) -> str:
