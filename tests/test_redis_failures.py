@@ -516,3 +516,26 @@ def test_a_policys_fail_is_checked(tmp_path):
                          store=SharedTable.anonymous(1024), overrides=tmp_path / "ov2.json")
     assert p.spec.identities["session"].fail == "closed"
     p.close()
+
+
+def test_the_backoff_doubles_up_to_its_cap(own_redis_server, clock, monkeypatch):
+    import fastlimit.stores.redis.common as common
+
+    now = [1000.0]
+    monkeypatch.setattr(common, "_monotonic", lambda: now[0])  # the backoff's clock only
+    b = RedisBackend(own_redis_server.url, fail="closed", retry_interval=10,
+                     max_retry_interval=25, **FAST)
+    lim = Limiter("5/10s", store=b, name="bo", clock=clock)
+    own_redis_server.stop(signal.SIGKILL)
+    tried = []
+    for at in (0, 9.9, 10, 29.9, 30, 54.9, 55, 79.9, 80):
+        now[0] = 1000.0 + at
+        before = b.stats().errors
+        assert not lim.allow("k")
+        tried.append(b.stats().errors > before)
+    # down 10 s, then 20, then 25 (the cap), 25...
+    assert tried == [True, False, True, False, True, False, True, False, True]
+    own_redis_server.start()
+    now[0] += 24.9
+    assert not lim.allow("k"), "still within its backoff"
+    assert b.ping() and lim.allow("k")

@@ -10,9 +10,9 @@ import importlib.resources
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from time import monotonic as _monotonic
 from typing import Any, Literal, Protocol, TypeVar
 
 try:  # redis-py, for every module of the backend
@@ -613,7 +613,7 @@ class BackendBase:
     def _skip(self, node: str) -> Failure | None:
         """The failure to answer at once while ``node`` is marked down, or None."""
         state = self._nodes.get(node)
-        if state is None or not state.failures or time.monotonic() >= state.down_until:
+        if state is None or not state.failures or _monotonic() >= state.down_until:
             return None
         with self._lock:
             self._counts["skipped"] += 1
@@ -635,7 +635,7 @@ class BackendBase:
     def _failure(self, exc: BaseException, node: str | None = None) -> Failure:
         node = self.address if node is None else node
         kind = failure_kind(exc)
-        now = time.monotonic()
+        now = _monotonic()
         text = f"{type(exc).__name__}: {exc}"
         with self._lock:
             self._counts["errors"] += 1
