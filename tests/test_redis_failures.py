@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 import redis
+import redis.asyncio
 from conftest import _start_server
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -146,18 +147,43 @@ def test_coroutines_beyond_the_pool_wait_for_a_connection(redis_server):
     assert (st.errors, st.failed_open) == (0, 0)
 
 
-def test_a_pool_wait_is_bounded_by_the_timeout_and_is_not_down(own_redis_server, clock):
-    b = RedisBackend(own_redis_server.url, fail="closed", timeout=0.2, retry_interval=3600,
+@pytest.mark.parametrize("fail", ["open", "closed"])
+def test_a_pool_wait_is_bounded_by_the_timeout_and_is_not_down(own_redis_server, clock, fail):
+    b = RedisBackend(own_redis_server.url, fail=fail, timeout=0.2, retry_interval=3600,
                      max_connections=1)
     lim = Limiter("5/10s", store=b, name="pw", clock=clock)
     held = b.client.connection_pool.get_connection()
     try:
-        assert not lim.allow("k"), "no connection within the timeout: the failure policy"
+        # no connection within the timeout: denied, even under "open" (a
+        # full pool is load on this process, not Redis down)
+        assert lim.hit("k") == Decision(False, 5, 0, 0, 2 * S)
     finally:
         b.client.connection_pool.release(held)
     st = b.stats()
     assert (st.errors, st.pool_timeouts, st.retries, st.down) == (1, 1, 0, False)
+    assert (st.failed_open, st.failed_closed) == (0, 1)
     assert lim.allow("k"), "the server was never down: tried at once"
+
+
+def test_a_client_on_a_failing_pool_never_fails_open(redis_server):
+    """A client passed in keeps its own pool (redis-py's raises at once when
+    every connection is in use): those checks are denied, not admitted."""
+    async def main():
+        client = redis.asyncio.Redis(port=redis_server.port, max_connections=4, **FAST_CLIENT)
+        b = AsyncRedisBackend(client, prefix=prefix(), fail="open")
+        lim = b.limiter("80/1h", name="fpool", clock=FakeClock())
+
+        async def run():
+            return sum([await lim.allow("k") for _ in range(5)])
+
+        admitted = sum(await asyncio.gather(*(run() for _ in range(150))))
+        await client.aclose()
+        return admitted, b.stats()
+
+    admitted, st = asyncio.run(main())
+    # how many find a connection depends on the scheduling; none is let through
+    assert admitted <= 80 and st.failed_open == 0 and st.calls + st.errors == 750
+    assert st.pool_timeouts == st.failed_closed == st.errors > 0
 
 
 # -- error replies are answers, not a server down ---------------------------------------

@@ -143,7 +143,8 @@ class RedisStats:
             error, a timeout or a READONLY reply.
         pool_timeouts: calls that found no free connection in the pool
             within ``timeout`` (the node is not marked down: it is busy
-            here, not down).
+            here, not down); their checks are denied even under
+            ``fail="open"``.
         oom: calls Redis refused for want of memory (OOM, its
             ``maxmemory``); answered by the failure policy, node not down.
         readonly: READONLY replies (the URL reaches a replica).
@@ -238,11 +239,14 @@ class _Node:
 
 
 class Failure(Exception):
-    """A call Redis did not answer; ``cause`` is redis-py's exception."""
+    """A call Redis did not answer; ``cause`` is redis-py's exception,
+    ``kind`` the RedisStats field that counted it ("skipped": not tried)."""
 
-    def __init__(self, message: str, cause: BaseException | None) -> None:
+    def __init__(self, message: str, cause: BaseException | None,
+                 kind: str = "skipped") -> None:
         super().__init__(message)
         self.cause = cause
+        self.kind = kind
 
 
 def split_ns(ns: int) -> tuple[int, int]:
@@ -321,10 +325,16 @@ class Keyspace:
     def failed_allows(self, failure: Failure, checks: int = 1) -> bool:
         """Whether the failure policy allows ``checks`` checks Redis could
         not answer (counted); raises BackendError under ``"raise"``.  (Not
-        for ``"local"``: its answers come from the local table.)"""
+        for ``"local"``: its answers come from the local table.)
+
+        A check that found no free connection within the timeout is denied
+        even under ``"open"``: Redis is not down, this process has more
+        checks in flight than connections, and admitting them unchecked
+        would switch the limit off exactly under load."""
         self.raise_if_loud(failure)
-        self.backend._count("failed_open" if self.fail == "open" else "failed_closed", checks)
-        return self.fail == "open"
+        allow = self.fail == "open" and failure.kind != "pool_timeouts"
+        self.backend._count("failed_open" if allow else "failed_closed", checks)
+        return allow
 
     def answered_locally(self, checks: int = 1) -> bool:
         """True (and counted) if the failure policy is ``"local"``: the
@@ -660,7 +670,7 @@ class BackendBase:
             log.warning(
                 "fastlimit: Redis at %s failed (%s)%s; checks answer by their failure policy "
                 "(backend default fail=%r)%s", node, text, advice, self.fail, more)
-        return Failure(f"Redis at {node} failed: {text}", exc)
+        return Failure(f"Redis at {node} failed: {text}", exc, kind)
 
     def _success(self, node: str | None = None) -> None:
         """A call to ``node`` was answered; None: Redis as a whole (a ping),
