@@ -30,7 +30,9 @@ whether the hit passes; :mod:`fastlimit.core.gcra` turns that into
   decimal nanoseconds; the key expires (``PX``) when fully replenished, at
   ``ceil(reset_after)`` milliseconds on the server's clock.
 * **Failures.** Connect and command timeouts; when Redis is down or slow a
-  check fails ``"open"`` (allowed), ``"closed"`` (denied) or ``"raise"``
+  check answers by ``fail``: ``"local"`` (the default: the host's local
+  table answers at the same rates, so an outage admits at most hosts x
+  limit), ``"open"`` (allowed), ``"closed"`` (denied) or ``"raise"``
   (:class:`~fastlimit.BackendError`), logs a rate-limited warning and counts
   it in :meth:`RedisBackend.stats`, per kind.  A connection error or a
   timeout on a node that answered its last call is tried once more on a
@@ -42,7 +44,14 @@ whether the hit passes; :mod:`fastlimit.core.gcra` turns that into
   down: OOM, READONLY, MOVED/ASK (a plain client on a cluster node) and
   others are counted by kind and answered by the failure policy; NOSCRIPT
   loads the script.  A pool made from a URL blocks for a free connection
-  (up to ``timeout``) instead of failing when every one is in use.
+  (up to ``timeout``) instead of failing when every one is in use; a check
+  that still finds none is denied, even under ``"open"``.
+* **Sizing.** 72 bytes per rate key, 88 per quota key (MEMORY USAGE; about
+  133 and 165 of ``used_memory`` with the keyspace's own entries:
+  ``bench/redis_memory.py``).  Redis must not evict them (``noeviction``,
+  or a Redis of fastlimit's own): the first answered call asks
+  ``CONFIG GET maxmemory-policy`` and warns once if it evicts; OOM replies
+  answer by ``fail`` and count in ``stats().oom``.
 * **Topologies.** ``RedisBackend.from_url(url)`` (and ``RedisBackend(url)``,
   the asyncio twins, :func:`~fastlimit.store_from_url`) take ``redis://``,
   ``rediss://``, ``unix://``, ``redis+cluster://h1:p1,h2:p2`` (a Redis
