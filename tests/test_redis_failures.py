@@ -366,6 +366,9 @@ def test_a_dead_primary_fails_only_its_own_keys(cluster3, clock):
     # the dead node's first call failed (retried once), the rest were skipped
     assert (st.connection_errors, st.retries, st.skipped, st.failed_closed) == (1, 1, 17, 18)
     assert st.calls == 36
+    # a cluster's ping names no node: a failed one marks none down
+    assert not b.ping()
+    assert b.stats().down_nodes == (f"127.0.0.1:{dead.port}",)
 
 
 def test_a_plain_client_on_a_cluster_node_counts_moved(cluster3, clock, caplog):

@@ -240,14 +240,30 @@ class AsyncRedisBackend(BackendBase):
     hit_all.__doc__ = HIT_ALL_DOC
 
     async def ping(self) -> bool:
-        """Ask Redis now: True if it answers (ending a marked-down period)."""
+        """Ask Redis now, even while a node is marked down: True if it
+        answers (which ends the marked-down period), False if not.  On a
+        cluster, each node marked down is asked too, and only those that
+        answer are tried again."""
         try:
             await self._client.ping()
         except (RedisError, OSError) as e:
-            self._failure(e)
+            self._failure(e, mark=not self._cluster)
             return False
-        self._success(None)
-        return True
+        if not self._cluster:
+            self._success(None)
+            return True
+        answered = True
+        for name in self.stats().down_nodes:
+            node = self._client.get_node(node_name=name)
+            try:
+                if node is not None:  # (a node gone from the cluster has no slots left)
+                    await self._client.ping(target_nodes=node)
+            except (RedisError, OSError) as e:
+                self._failure(e, name)
+                answered = False
+            else:
+                self._success(name)
+        return answered
 
     async def aclose(self) -> None:
         """Close the connections of a client made from a URL."""

@@ -642,7 +642,11 @@ class BackendBase:
         self._count("retries")
         return True
 
-    def _failure(self, exc: BaseException, node: str | None = None) -> Failure:
+    def _failure(self, exc: BaseException, node: str | None = None,
+                 mark: bool = True) -> Failure:
+        """Count and log a failed call to ``node`` (None: the backend's
+        address); ``mark``: mark the node down if the kind says so (not for
+        a cluster's ping, which names no one node)."""
         node = self.address if node is None else node
         kind = failure_kind(exc)
         now = _monotonic()
@@ -651,7 +655,7 @@ class BackendBase:
             self._counts["errors"] += 1
             self._counts[kind] += 1
             self._last_error = text
-            if kind in _DOWN_KINDS:
+            if kind in _DOWN_KINDS and mark:
                 state = self._nodes.setdefault(node, _Node())
                 state.failures += 1
                 state.last_error = text
