@@ -568,3 +568,24 @@ def test_the_backoff_doubles_up_to_its_cap(own_redis_server, clock, monkeypatch)
     now[0] += 24.9
     assert not lim.allow("k"), "still within its backoff"
     assert b.ping() and lim.allow("k")
+
+
+def test_async_hung_server_times_out_once_per_backoff(own_redis_server, clock):
+    async def main():
+        b = AsyncRedisBackend(own_redis_server.url, fail="closed", timeout=0.2,
+                              retry_interval=3600)
+        lim = b.limiter("5/10s", name="ah", clock=clock)
+        assert await lim.allow("k")
+        own_redis_server.pause()
+        try:
+            assert not await lim.allow("k")  # timed out, retried, timed out again
+            assert not await lim.allow("k")  # skipped: marked down
+        finally:
+            own_redis_server.resume()
+        st = b.stats()
+        assert (st.errors, st.timeouts, st.retries, st.skipped) == (1, 1, 1, 1)
+        assert await b.ping() and not b.stats().down
+        assert await lim.allow("k2")
+        await b.aclose()
+
+    asyncio.run(main())
