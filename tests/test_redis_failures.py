@@ -589,3 +589,22 @@ def test_async_hung_server_times_out_once_per_backoff(own_redis_server, clock):
         await b.aclose()
 
     asyncio.run(main())
+
+
+def test_a_dead_primarys_keys_are_answered_locally(cluster3, clock):
+    b = _cluster_backend(cluster3, retry_interval=3600, prefix=prefix())  # fail="local"
+    lim = Limiter("4/1h", store=b, name="c", clock=clock)
+    by_port = _keys_by_node(b, cluster3)
+    dead = cluster3[1]
+    for key in by_port[dead.port]:
+        assert lim.allow(key), "one hit counted in Redis before the crash"
+    dead.stop(signal.SIGKILL)
+    for keys in by_port.values():
+        for key in keys:
+            # 4 an hour everywhere: the dead node's keys start afresh on the
+            # local table (their one hit in Redis is not known there)
+            assert [lim.allow(key) for _ in range(6)] == [True] * 4 + [False] * 2
+    st = b.stats()
+    assert st.down_nodes == (f"127.0.0.1:{dead.port}",)
+    assert (st.failed_local, st.failed_open, st.failed_closed) == (18, 0, 0)
+    assert st.calls == 3 + 2 * 3 * 6, "the live nodes' keys all went to Redis"
