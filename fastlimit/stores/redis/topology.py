@@ -22,7 +22,8 @@ own URL rules.
 Before a client is made, one short-lived connection asks the server what it
 is (``INFO server`` and ``INFO replication`` in one round trip), because a
 wrong kind of Redis does not fail at once: it fails every write later, which
-the failure policy would answer (``fail="open"``: every check allowed).
+the failure policy would answer on every check (with ``fail="local"``, the
+default, each host by its own table; with ``"open"``, every check allowed).
 
 * a plain URL to a **cluster node** (``redis_mode:cluster``, or where an
   ACL refuses INFO, a ``MOVED`` reply to EXISTS on keys of three distant
@@ -95,6 +96,7 @@ BACKEND_OPTIONS: dict[str, Callable[[str, str], Any]] = {
     "timeout": _seconds,
     "connect_timeout": _seconds,
     "retry_interval": _seconds,
+    "max_retry_interval": _seconds,
     "log_interval": _seconds,
     "lease_ttl": _seconds,
 }
