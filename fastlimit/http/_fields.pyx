@@ -26,6 +26,12 @@ from fastlimit.errors import ConfigurationError
 cdef extern from "Python.h":
     object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
     object PyBytes_FromStringAndSize(const char *s, Py_ssize_t size)
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object o)
+
+
+cdef extern from "<string.h>" nogil:
+    void* memcpy(void* dest, const void* src, size_t n)
 
 
 cdef extern from "<time.h>" nogil:
@@ -33,6 +39,9 @@ cdef extern from "<time.h>" nogil:
 
 
 cdef int64_t NS = 1_000_000_000
+# 2**62 as a C constant: written as 2**62 in a comparison, Cython compares
+# Python ints (two ints made per response)
+cdef int64_t _BOUND = (<int64_t>1) << 62
 # X-RateLimit-Limit and -Remaining of a request no limit applies to: the
 # largest signed 32-bit integer, which every client's int parses
 cdef int64_t UNLIMITED = 2_147_483_647
@@ -69,7 +78,14 @@ cdef object _decimal(long long value, bint raw):
         digits[at] = <char>(48 + value)
     if raw:
         return PyBytes_FromStringAndSize(digits + at, 24 - at)
-    return PyUnicode_DecodeASCII(digits + at, 24 - at, NULL)
+    return _ascii(digits + at, 24 - at)
+
+
+cdef inline object _ascii(const char* s, Py_ssize_t n):
+    """A str of ``n`` ASCII bytes known to be ASCII: no decoder's checks."""
+    out = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(out), s, n)
+    return out
 
 
 cdef inline object _text(str value, bint raw):
@@ -103,7 +119,7 @@ cdef object _reset(int64_t after_ns, int fmt, int64_t wall_now_ns, bint raw):
         seconds_py, ms = divmod(-(-at // 1_000_000), 1000)  # what Python's clock says
         return _text(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds_py))
                      + f".{ms:03d}Z", raw)
-    if not (-2**62 < after_ns < 2**62 and -2**62 < wall_now_ns < 2**62):
+    if not (-_BOUND < after_ns < _BOUND and -_BOUND < wall_now_ns < _BOUND):
         # far outside anything a clock gives: Python's unbounded ints
         at = max(0, <object>after_ns) + (<object>wall_now_ns if fmt == RESET_EPOCH else 0)
         return _text(str(-(-at // NS)), raw)

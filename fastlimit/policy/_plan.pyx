@@ -1053,13 +1053,14 @@ cdef class PolicyDecision:
         cdef Hit h
         cdef Window w
         cdef int i
-        if self.kind == "too_large":
+        # kind is None on every allowed request: three string compares saved
+        if self.kind is not None and self.kind == "too_large":
             return []
-        if self.kind == "full":  # no limit's fields: the caller used nothing
+        if self.kind is not None and self.kind == "full":  # the caller used nothing
             return [(b"retry-after", str(FULL_RETRY_AFTER).encode())] if raw else [
                 ("Retry-After", str(FULL_RETRY_AFTER))]
         policies = _policies(self) if f.ietf else None
-        if self.kind == "concurrency":  # its own numbers, not another limit's
+        if self.kind is not None and self.kind == "concurrency":  # its own numbers
             return f.concurrency(self.denied_by, _leases_of(self, self.denied_by),
                                  self.retry_after, self.wall_ns, raw, policies)
         if not self.hits:  # no rate or quota applies: say so in numbers clients parse

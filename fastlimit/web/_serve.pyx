@@ -34,6 +34,30 @@ cdef extern from "Python.h":
                                   int direction) except -2
 
 
+cdef extern from *:
+    """
+    /* tuple.__new__(cls, (a, b, c, d)) for a tuple subclass without a
+       __dict__ (Identity), as tuple's own tp_new makes it, without the
+       call through tuple.__new__ and the argument tuple */
+    static PyObject* fl_new_identity(PyObject* cls, PyObject* a, PyObject* b, PyObject* c,
+                                     PyObject* d) {
+        PyTypeObject* t = (PyTypeObject*)cls;
+        PyObject* o = t->tp_alloc(t, 4);
+        if (o == NULL) return NULL;
+        Py_INCREF(a); PyTuple_SET_ITEM(o, 0, a);
+        Py_INCREF(b); PyTuple_SET_ITEM(o, 1, b);
+        Py_INCREF(c); PyTuple_SET_ITEM(o, 2, c);
+        Py_INCREF(d); PyTuple_SET_ITEM(o, 3, d);
+        return o;
+    }
+    """
+    object fl_new_identity(object cls, object a, object b, object c, object d)
+
+
+cdef inline object _new_identity(cls, kind, subject, tier, account):
+    return fl_new_identity(cls, kind, subject, tier, account)
+
+
 cdef class ViewFields:
     """The fields of a :class:`fastlimit.web.RequestView` (its base), kept
     in C: the compiled middlewares make a request's view in a few stores."""
@@ -391,8 +415,9 @@ cdef class WSGICall(_Call):
         view = wsgi_view(_blank(self.view_type), environ, self.mount)
         if self.watch is not None and not self.watch(view):
             self.watch = None
-        if self.exempt and view.path in self.exempt or (
-                self.exempt_under is not None and self.exempt_under(view.path)):
+        path = (<ViewFields>view).path  # the view is made here: its slot, no attribute look-up
+        if self.exempt and path in self.exempt or (
+                self.exempt_under is not None and self.exempt_under(path)):
             return self.app(environ, start_response)
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         environ["fastlimit.decision"] = outcome
@@ -448,8 +473,9 @@ cdef class ASGICall(_Call):
         view = asgi_view(_blank(self.view_type), scope, self.mount)
         if self.watch is not None and not self.watch(view):
             self.watch = None
-        if self.exempt and view.path in self.exempt or (
-                self.exempt_under is not None and self.exempt_under(view.path)):
+        path = (<ViewFields>view).path  # the view is made here: its slot, no attribute look-up
+        if self.exempt and path in self.exempt or (
+                self.exempt_under is not None and self.exempt_under(path)):
             return self.app(scope, receive, send)
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
         scope["fastlimit.decision"] = outcome
@@ -599,7 +625,7 @@ cdef class HeaderIdentity:
     subject) or ``"session"`` (the value of ``cookie`` in ``Cookie``;
     ``lookup`` gives the subject)."""
 
-    cdef object lookup, identity_type, invalid, make
+    cdef object lookup, identity_type, invalid
     cdef Header header
     cdef int kind
     cdef str cookie
@@ -614,8 +640,9 @@ cdef class HeaderIdentity:
         self.cookie = cookie
         self.lookup = lookup
         self.header = header
-        self.identity_type = identity_type  # Identity: made without its keyword handling
-        self.make = tuple.__new__           # found once: a look-up costs as much as the call
+        if not (isinstance(identity_type, type) and issubclass(identity_type, tuple)):
+            raise TypeError(f"identity_type must be a tuple subclass, got {identity_type!r}")
+        self.identity_type = identity_type  # Identity: made in C, as tuple.__new__ makes it
         self.invalid = invalid    # the Identity of a credential that failed
 
     def __call__(self, view):
@@ -665,10 +692,10 @@ cdef class HeaderIdentity:
         # next request sees what lookup answers then, and a flood of keys
         # costs what one key does.
         if self.kind == C_API_KEY:
-            tier, account = found
-            return self.make(self.identity_type, ("api_key", value, tier, account))
-        return self.make(self.identity_type, (
-            "token" if self.kind == C_TOKEN else "session", found, None, None))
+            return _new_identity(self.identity_type, "api_key", value, (<tuple>found)[0],
+                                 (<tuple>found)[1])
+        return _new_identity(self.identity_type, "token" if self.kind == C_TOKEN else "session",
+                             found, None, None)
 
 
 cdef _not_subject(role, lookup, found):
