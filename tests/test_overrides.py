@@ -160,6 +160,12 @@ SHAPES = {
               "overrides": {"x": {"limit": 5, "rate": "1/1m"}}},
     "rate": {"format": "fastlimit-overrides", "version": 1, "salt": "00",
              "overrides": {"x": {"limit": "token", "rate": "lots"}}},
+    # a key that is not a digest: written back into a snapshot as it is
+    "digest": {"format": "fastlimit-overrides", "version": 1, "salt": "00",
+               "overrides": {'"' * 32: {"limit": "token", "rate": "1/1m"}}},
+    "continues": {"format": "fastlimit-overrides", "version": 2, "salt": "00",
+                  "journal": "00" * 16, "continues": {"journal": "00" * 16, "offset": -1},
+                  "overrides": {}},
 }
 NOBODY = 65534
 
@@ -398,6 +404,8 @@ TORN_OR_BAD = {
     "json": "json",
     "rate": "rate",
     "shape": "shape",
+    "digest": "digest",
+    "seal": "seal",
     "length": "length",
 }
 
@@ -420,6 +428,9 @@ def _spoil(path, kind):
         "json": _record(b"{not json"),
         "rate": _record(last.replace(b'"2/1h"', b'"lots"')),
         "shape": _record(b'[["short", "token", "1/1m"]]'),
+        "digest": _record(json.dumps([["a" * 31 + '"', "token", "1/1m"]]).encode()),
+        "seal": _record(json.dumps({"next": "00" * 16, "snapshot": [1, 2, 3, 4, 5],
+                                    "at": 3}).encode()),
         "length": _record(b"", length=(64 << 20) + 1),
     }[kind]
     with open(journal, "ab") as f:
