@@ -154,6 +154,9 @@ class RedisStats:
         response_errors: other error replies.
         failed_local: checks answered by the local table (``fail="local"``).
         down_nodes: the nodes (``host:port``) whose last call failed.
+        batches: round trips of ``batch=True`` (pipelines sent; see
+            :mod:`.batching`).
+        batched: script calls those round trips carried.
     """
 
     calls: int
@@ -176,6 +179,8 @@ class RedisStats:
     response_errors: int = 0
     failed_local: int = 0
     down_nodes: tuple[str, ...] = ()
+    batches: int = 0
+    batched: int = 0
 
 
 # The kinds of failure (RedisStats fields).  Only a node that cannot be
@@ -442,7 +447,7 @@ class BackendBase:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(
             ("calls", "errors", "skipped", "failed_open", "failed_closed", "raised",
-             "cache_hits", *_KIND_FIELDS), 0)
+             "cache_hits", *_KIND_FIELDS, "batches", "batched"), 0)
         # Failure domains: each node (a server, or a cluster node) is marked
         # down on its own, so a dead cluster primary fails only its slots.
         self._nodes: dict[str, _Node] = {}

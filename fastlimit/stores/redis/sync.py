@@ -11,6 +11,8 @@ import numpy.typing as npt
 
 from fastlimit._core import Decision
 from fastlimit.core.results import Step
+from fastlimit.errors import ConfigurationError
+from fastlimit.stores.redis.batching import DEFAULT_BATCH_SIZE, Batcher
 from fastlimit.stores.redis.common import (
     BackendBase,
     Fail,
@@ -177,6 +179,13 @@ class RedisBackend(BackendBase):
         lease_ttl: seconds a ConcurrencyLimit's lease counts after its
             acquire or last :meth:`~fastlimit.Lease.renew` (default 60): a
             holder that dies frees its lease within this time.
+        batch: coalesce the script calls of concurrent threads into
+            pipelines (see :mod:`.batching`): a call that finds no round
+            trip in flight goes at once; calls that arrive meanwhile go
+            together in the next one.  Same decisions and failure answers;
+            fewer round trips under load.  One server or Sentinel master
+            only (a cluster is refused).  Default False.
+        batch_size: the most calls one batched round trip carries (128).
         **redis_options: more options for ``redis.Redis.from_url``, e.g.
             ``max_connections`` (default 100).  A client made from a
             ``redis://`` URL uses a blocking pool: a check that finds every
@@ -192,6 +201,16 @@ class RedisBackend(BackendBase):
     _client_types = (redis.Redis, redis.cluster.RedisCluster)
     _client_name = "redis.Redis"
     _cluster_type = redis.cluster.RedisCluster
+
+    def __init__(self, url_or_client: Any = "redis://127.0.0.1:6379/0", *, batch: bool = False,
+                 batch_size: int = DEFAULT_BATCH_SIZE, **options: Any) -> None:
+        if not isinstance(batch, bool):
+            raise ConfigurationError(f"batch must be True or False, got {batch!r}")
+        super().__init__(url_or_client, **options)
+        self._batcher: Batcher | None = None
+        if batch:
+            self._batcher = Batcher(self, batch_size)
+            self._options.update(batch=batch, batch_size=batch_size)
 
     def _from_url(self, url: str, options: dict[str, Any]) -> Any:
         from fastlimit.stores.redis.topology import connect
@@ -249,6 +268,12 @@ class RedisBackend(BackendBase):
             return result
 
     def _eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
+        if self._batcher is not None:
+            return self._batcher.eval(script, keys, args)
+        return self._eval_one(script, keys, args)
+
+    def _eval_one(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
+        """One script call in a round trip of its own: its reply, or Failure raised."""
         node = self._node_of(keys)
         skipped = self._skip(node)
         if skipped is not None:
