@@ -105,10 +105,20 @@ def start_cluster(start_server: Callable[..., Any], free_port: Callable[[], int]
     nodes = []
     try:
         for _ in range(primaries):
-            # the bus port is set too: port + 10000 may be taken or past 65535
-            nodes.append(start_server("--cluster-enabled", "yes", "--cluster-config-file",
-                                      "nodes.conf", "--cluster-port", str(free_port()),
-                                      "--cluster-node-timeout", str(node_timeout_ms)))
+            for attempt in range(5):
+                # the bus port is set too: port + 10000 may be taken or past 65535.
+                # It is probed before the server's own port is, so the two can be
+                # the same free port (or another's, taken meanwhile): the server
+                # then exits at once, and a fresh pair is tried.
+                try:
+                    nodes.append(start_server(
+                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-port", str(free_port()),
+                        "--cluster-node-timeout", str(node_timeout_ms)))
+                    break
+                except RuntimeError:
+                    if attempt == 4:
+                        raise
         cluster = Cluster(nodes)
         cli = shutil.which("redis-cli")
         made = False
