@@ -12,6 +12,7 @@ clock refilled while the row ran (a 500/1m limit earns one request every
 
 from __future__ import annotations
 
+import glob
 import importlib
 import math
 import os
@@ -258,7 +259,10 @@ def _wait_until_all_answer(port: int, workers: int, timeout: float = 30.0) -> No
 
 def _cleanup(table: str) -> None:
     base = os.path.join(table_mod.shm_dir(), f"fastlimit.{table}")
-    for path in (base, *table_mod.beside(base)):
+    # and the quota files its policies counted in (one per policy)
+    quotas = glob.glob(os.path.join(glob.escape(table_mod.state_dir()),
+                                    f"{glob.escape(os.path.basename(base))}.*.quotas.tbl"))
+    for path in (base, *table_mod.beside(base), *quotas):
         try:
             os.unlink(path)
         except FileNotFoundError:
