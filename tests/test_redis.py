@@ -595,10 +595,14 @@ def test_async_backend_refuses_sync_quotas_and_leases(redis_server):
 def test_lua_script_is_package_data():
     import importlib.resources
 
+    from fastlimit.stores.redis import SCRIPTS
+
     lua = importlib.resources.files("fastlimit.stores.redis").joinpath("lua")
-    assert "redis.call('TIME')" in lua.joinpath("gcra.lua").read_text()
-    for name in ("quota.lua", "leases.lua"):
-        assert lua.joinpath(name).is_file()
+    shared = lua.joinpath("lib.lua").read_text()
+    assert "redis.call('TIME')" in shared
+    for name in ("gcra", "quota", "leases", "request"):
+        # each script goes with the arithmetic they share, once
+        assert SCRIPTS[name] == shared + lua.joinpath(f"{name}.lua").read_text()
     # the former path still names the backend
     import fastlimit.backends.redis
 

@@ -83,11 +83,11 @@ def _lua(name: str) -> str:
 
 
 # The scripts, shipped as package data: the GCRA of limiters, calendar-quota
-# steps and concurrency leases.  Each call runs one of them, atomically.
+# steps, concurrency leases, and a policy's whole request.  Each call runs
+# one of them, atomically; each is sent after lib.lua, the arithmetic they share.
 SCRIPTS: dict[str, str] = {
-    "gcra": _lua("gcra.lua"),
-    "quota": _lua("quota.lua"),
-    "leases": _lua("leases.lua"),
+    name: _lua("lib.lua") + _lua(f"{name}.lua")
+    for name in ("gcra", "quota", "leases", "request")
 }
 
 _FAILS = ("local", "open", "closed", "raise")

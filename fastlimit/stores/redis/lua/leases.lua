@@ -24,31 +24,9 @@
 -- The set expires (PEXPIRE) with its last lease, so an idle key costs no
 -- memory.  Every number is an integer below 2^53: exact in a double.
 
-if redis.replicate_commands then
-    redis.replicate_commands()  -- Redis 3.2-4.x: replicate effects, not TIME
-end
-
 local key = KEYS[1]
 local mode = ARGV[1]
-local now
-if ARGV[2] == '' then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-else
-    now = tonumber(ARGV[2])
-end
-
-local function ms(x)
-    return string.format('%d', x)
-end
-
-local function keep()
-    -- the set lives as long as its latest lease
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    if last[2] then
-        redis.call('PEXPIRE', key, ms(math.max(tonumber(last[2]) - now, 1)))
-    end
-end
+local now = lease_now(ARGV[2])
 
 if mode == 'count' then
     return tostring(redis.call('ZCOUNT', key, '(' .. ms(now), '+inf'))
@@ -56,17 +34,11 @@ end
 
 local token = ARGV[3]
 if mode == 'acquire' then
-    local dropped = redis.call('ZREMRANGEBYSCORE', key, '-inf', ms(now))
-    if redis.call('ZCARD', key) >= tonumber(ARGV[5]) then
-        return '0 ' .. dropped
+    local room, dropped = lease_room(key, now, tonumber(ARGV[5]))
+    if room and lease_add(key, now, tonumber(ARGV[4]), token) then
+        return '1 ' .. dropped
     end
-    -- NX: a token already present (two random 62-bit tokens alike) is a
-    -- denial, never two holders sharing one lease
-    if redis.call('ZADD', key, 'NX', ms(now + tonumber(ARGV[4])), token) == 0 then
-        return '0 ' .. dropped
-    end
-    keep()
-    return '1 ' .. dropped
+    return '0 ' .. dropped
 end
 
 local score = redis.call('ZSCORE', key, token)
@@ -85,5 +57,5 @@ if not live then
     return '0'
 end
 redis.call('ZADD', key, 'XX', ms(now + tonumber(ARGV[4])), token)
-keep()
+lease_keep(key, now)
 return '1'

@@ -18,32 +18,14 @@
 -- denied; count is the period's count after the step.  Every number here is
 -- an integer below 2^41: exact in a double.
 --
--- A stored period newer than the client's wins.  Near a boundary, a host
--- whose clock lags counts in the newest period any host has started: a key
+-- A stored period newer than the client's wins (lib.lua: quota_read): a key
 -- never moves back to an older period, so no count is reset twice.
 
 local key = KEYS[1]
 local mode = ARGV[1]
-local tag = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
-local keep_ms = ARGV[5]
-
-local count = 0
-local v = redis.call('GET', key)
-if v then
-    local sp = string.find(v, ' ', 1, true)
-    local stored = tonumber(string.sub(v, 1, sp - 1))
-    if stored >= tag then
-        if stored > tag then
-            -- a newer period, started by a host ahead of us: it has its own
-            -- (later) expiry, which our shorter one must not replace
-            tag = stored
-            keep_ms = math.max(redis.call('PTTL', key), 1)
-        end
-        count = tonumber(string.sub(v, sp + 1))
-    end
-end
+local tag, count, keep_ms = quota_read(key, tonumber(ARGV[2]), ARGV[5])
 
 local new
 if mode == '2' then
@@ -57,11 +39,7 @@ else
     new = count + cost
 end
 if mode ~= '0' and new ~= count then
-    if new == 0 then
-        redis.call('DEL', key)  -- the same as a count of 0, in no memory
-    else
-        redis.call('SET', key, string.format('%d %d', tag, new), 'PX', keep_ms)
-    end
+    quota_write(key, tag, new, keep_ms)
     count = new
 end
 return '1 ' .. string.format('%d', count)
