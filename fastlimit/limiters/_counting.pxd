@@ -57,6 +57,10 @@ cdef class Hit:
 
 
 cdef Hit new_hit(Meter meter, key, name, bint shadow)
+cdef Meter with_state(Meter m, object state)
+cdef void copy_answer(Decision d, fl_answer* out) noexcept
+cdef int over(object cost, Meter m) except -1
+cdef capacity(tuple hits, object cost)
 cdef int count(tuple hits, object cost, bint consume, int64_t wall_ns) except -2
 cdef int count_one(Hit h, object cost, bint consume, int64_t wall_ns) except -2
 cdef int64_t wall_now(object clock) except? -1

@@ -241,6 +241,31 @@ cdef Hit new_hit(Meter meter, key, name, bint shadow):
     return h
 
 
+cdef Meter with_state(Meter m, object state):
+    """``m`` counting in ``state`` (a store's state of the same limit)
+    instead: what a policy counts with when its store answers by its
+    failure policy."""
+    cdef Meter w = Meter.__new__(Meter)
+    w.limit, w.burst, w.burst_c, w.kind = m.limit, m.burst, m.burst_c, m.kind
+    w.state = state
+    w.calendar, w.clock, w.what = m.calendar, m.clock, m.what
+    w.end = -1
+    w.rate_window = m.rate_window
+    return w
+
+
+cdef void copy_answer(Decision d, fl_answer* out) noexcept:
+    _copy(d, out)
+
+
+cdef int over(object cost, Meter m) except -1:
+    return _over(cost, m)
+
+
+cdef capacity(tuple hits, object cost):
+    _capacity(hits, cost)
+
+
 cdef _capacity(tuple hits, object cost):
     cdef Hit h
     for h in hits:

@@ -125,6 +125,10 @@ cdef class Plan:
     cdef tuple by_kind    # the identity buckets, by kind code
     cdef int told         # bit per kind code: the policy was told it has no rule
     cdef bint api_tiers
+    # A store that counts a whole request in one call (Redis): its
+    # count_request, and the module of the ops it takes; else None.
+    cdef public object remote, remote_ops
+    cdef public bint remote_async   # count_request is a coroutine function
 
     cdef int _watch(self) except -1
     cdef Meter _rate_meter(self, Bucket b, Meter given, rate, str key)
@@ -147,8 +151,15 @@ cdef class PolicyDecision:
     cdef int denied_at, binding_
     cdef bint shadows
     cdef object resolution_, result_, headers_
+    cdef tuple failover         # the leases' slots answering by their failure policy, or None
+    cdef readonly object pending  # the ops an asyncio store is still to count, or None
+    cdef object method_, path_    # what a pending decision reports shadows under
 
     cdef PolicyDecision _count(self, cost, bint consume)
+    cdef object _ops(self, cost, bint consume)
+    cdef bint _answered(self, answer, cost) except -1
+    cdef int _fail_over(self, failure) except -1
+    cdef PolicyDecision _take_all(self, cost)
     cdef PolicyDecision _deny(self, str kind, str by)
     cdef Usage _byte_cap(self)
     cdef bint _take(self, slots, key, n, int64_t spread) except -1

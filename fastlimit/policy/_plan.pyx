@@ -29,12 +29,15 @@ from libc.string cimport memchr, memcmp
 from fastlimit._core cimport Leases, fl_answer
 from fastlimit.http._addr cimport ip_key
 from fastlimit.http._fields cimport Fields, Window, binding, retry_seconds
-from fastlimit.limiters._counting cimport KIND_QUOTA, Hit, Meter, count, new_hit, wall_now
+from fastlimit.limiters._counting cimport (
+    KIND_OTHER, KIND_QUOTA, KIND_RATE, Hit, Meter, capacity, copy_answer, count, new_hit, over,
+    wall_now, with_state)
 
 import logging
 import math
 
-from fastlimit.errors import CallbackError
+from fastlimit.core.gcra import check_cost
+from fastlimit.errors import CallbackError, ConfigurationError
 
 
 cdef extern from "Python.h":
@@ -835,29 +838,28 @@ cdef class Plan:
         cdef Usage u
         cdef int64_t wall = wall_now(self.wall_clock)
         d.wall_ns = wall
-        if not consume:
-            return d._count(cost, False)
-        if d.caps is not None:
+        if consume and d.caps is not None:
             for u, cap in d.caps:
                 size = content_length if u.bytes else files
                 if size is not None and size > cap:
-                    d._count(cost, False)
+                    if self.remote is None:  # (one call per limit on a remote store: spared)
+                        d._count(cost, False)
                     return d._deny("too_large", u.name)
-        if d.leases is not None:
-            for u, n in d.leases:
-                if not d._take(u.slots, d.subject, n, self.spread):
-                    d.release()
-                    d._count(cost, False)
-                    return d._deny("concurrency", u.name)
-                self.spread += 1
-        try:
-            d._count(cost, True)
-        except BaseException:
-            d.release()
-            raise
-        if not d.allowed:
-            d.release()
-        if d.shadows:
+        if self.remote is not None:
+            ops = d._ops(cost, consume)
+            if ops is not None:
+                if self.remote_async:  # the middleware awaits the store, then finish()
+                    d.pending = (ops[0], ops[1], cost, consume)
+                    d.method_, d.path_ = method, path
+                    return d
+                if d._answered(self.remote(ops[0], ops[1]), cost):
+                    if d.shadows and d.kind != "concurrency":
+                        self.policy._report_shadow(d, method, path)
+                    return d
+        if not consume:
+            return d._count(cost, False)
+        d._take_all(cost)
+        if d.shadows and d.kind != "concurrency":
             self.policy._report_shadow(d, method, path)
         return d
 
@@ -891,6 +893,146 @@ cdef class PolicyDecision:
     The headers describe the most restrictive enforced limit, once; a
     denial adds ``Retry-After`` and has a :attr:`status` and :attr:`body`.
     """
+
+    cdef PolicyDecision _take_all(self, cost):
+        """Take the request's leases, then count its rates and quotas: a
+        denial gives back what was taken."""
+        cdef Usage u
+        cdef Py_ssize_t i
+        if self.leases is not None:
+            for i in range(len(self.leases)):
+                u, n = self.leases[i]
+                slots = u.slots if self.failover is None else self.failover[i]
+                if not self._take(slots, self.subject, n, self.plan.spread):
+                    self.release()
+                    self._count(cost, False)
+                    return self._deny("concurrency", u.name)
+                self.plan.spread += 1
+        try:
+            self._count(cost, True)
+        except BaseException:
+            self.release()
+            raise
+        if not self.allowed:
+            self.release()
+        return self
+
+    # -- on a store that counts a request in one call (Redis) ------------------------
+
+    cdef object _ops(self, cost, bint consume):
+        """(leases, hits): the request as the store's ``count_request`` takes
+        it (``remote_ops``' LeaseOp, RateOp and QuotaOp; None for a shadow
+        above its burst, which is not asked), or None when a limit is not
+        the store's."""
+        cdef Hit h
+        cdef Meter m
+        cdef Usage u
+        ops = self.plan.remote_ops
+        capacity(self.hits, cost)
+        hits = []
+        for h in self.hits:
+            m = h.meter
+            if over(cost, m):
+                hits.append(None)
+            elif m.kind == KIND_RATE and m.gcra is None:
+                hits.append(ops.RateOp(m.state, h.key, cost, h.shadow, consume and cost != 0))
+            elif m.kind == KIND_QUOTA and m.counter is None:
+                n = 1 if type(cost) is int and cost == 1 else check_cost(cost, m.burst, m.what)
+                mine = consume
+                if n == 0 and consume:  # a hit of 0 answers as a peek of 1, as Meter.check
+                    mine, n = False, 1
+                m._period(self.wall_ns)
+                hits.append(ops.QuotaOp(m.state, h.key, n, h.shadow, mine, m.tag,
+                                        m.end - self.wall_ns))
+            else:
+                return None
+        leases = [] if not consume or self.leases is None else [
+            ops.LeaseOp(u.slots, self.subject, n) for u, n in self.leases]
+        return leases, hits
+
+    cdef bint _answered(self, answer, cost) except -1:
+        """Take the store's answer to :meth:`_ops`' request; False when it
+        gave none (then the request is counted limit by limit: after a
+        failure, by each limit's failure policy)."""
+        cdef Hit h
+        cdef Usage u
+        cdef Py_ssize_t i
+        if answer is None:
+            return False
+        if isinstance(answer, BaseException):
+            self._fail_over(answer)
+            return False
+        full, tokens, decisions = answer
+        for i in range(len(self.hits)):
+            h = self.hits[i]
+            found = decisions[i]
+            if found is None:
+                h.shadow_denied = over(cost, h.meter) == 1  # a shadow above its burst
+                continue
+            copy_answer(found, &h.a)
+            h.done = True
+            if not h.a.allowed:
+                if h.shadow:
+                    h.shadow_denied = True
+                elif self.denied_at < 0:
+                    self.denied_at = i
+            if h.shadow_denied:
+                self.shadows = True
+        self.allowed = self.denied_at < 0
+        if not self.allowed:
+            h = self.hits[self.denied_at]
+            self.kind = "quota" if h.meter.kind == KIND_QUOTA else "rate"
+        if full >= 0:
+            u = self.leases[full][0]
+            self._deny("concurrency", u.name)
+        elif self.allowed and tokens:
+            self.held = [(u.slots, self.subject, token)
+                         for (u, _n), token in zip(self.leases, tokens)]
+        return True
+
+    cdef int _fail_over(self, failure) except -1:
+        """Count limit by limit in states that answer by their failure
+        policy, with no more calls to the store."""
+        cdef Hit h
+        cdef Usage u
+        fail = self.plan.remote_ops.failed
+        self.hits = tuple([
+            new_hit(with_state(h.meter, fail(h.meter.state, failure)), h.key, h.name, h.shadow)
+            if h.meter.kind != KIND_OTHER else h for h in self.hits])
+        if self.leases is not None:
+            self.failover = tuple([fail(u.slots, failure) for u, _n in self.leases])
+        return 0
+
+    def finish(self, answer):
+        """Complete a :attr:`pending` decision with what the asyncio store's
+        ``count_request(*decision.pending[:2])`` answered; the decision."""
+        if self.pending is None:
+            raise ValueError("this decision is not pending")
+        leases, hits, cost, consume = self.pending
+        self.pending = None
+        if not self._answered(answer, cost):
+            if answer is None:
+                raise ConfigurationError(
+                    f"policy {self.plan.policy.name!r} cannot count this request in one call "
+                    f"of its asyncio store (on a Redis Cluster its keys are in more than one "
+                    f"hash slot: a caller's key and a per-IP key); give the limits a common "
+                    f"hash_tag=, or use a RedisBackend")
+            if consume:
+                self._take_all(cost)
+            else:
+                self._count(cost, False)
+        if consume and self.shadows and self.kind != "concurrency":
+            self.plan.policy._report_shadow(self, self.method_, self.path_)
+        return self
+
+    async def arelease(self):
+        """:meth:`release` for a decision of an asyncio store: its leases
+        are given back with ``await``."""
+        held, self.held = self.held, None
+        for slots, key, token in held or ():
+            given = slots.release(key, token)
+            if hasattr(given, "__await__"):
+                await given
 
     cdef PolicyDecision _count(self, cost, bint consume):
         """Count (or peek) the rates and quotas; set the verdict."""

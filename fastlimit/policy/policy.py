@@ -26,6 +26,7 @@ the middlewares run too.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -187,6 +188,12 @@ class Policy:
                                      on_full=self._on_full(u.fail))
             for u in spec.usage if u.kind == "concurrency"}
         self._plan = self._compile()
+        # a store that counts a whole request in one call (Redis) is given it
+        count_request = getattr(store, "count_request", None)
+        if count_request is not None:
+            self._plan.remote = count_request
+            self._plan.remote_ops = store.request_ops
+            self._plan.remote_async = inspect.iscoroutinefunction(count_request)
         # A policy's checks are its compiled plan's, bound on the instance
         # (one C call), unless a subclass overrides them: then its own run,
         # and the middlewares call them too.

@@ -4,7 +4,7 @@ as the sync backend (:mod:`.plans`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from fastlimit._core import Decision
 from fastlimit.core.results import Step
+from fastlimit.stores.redis import request as request_ops
 from fastlimit.stores.redis.common import (
     BackendBase,
     Fail,
@@ -233,6 +234,16 @@ class AsyncRedisBackend(BackendBase):
         except (RedisError, OSError):  # CONFIG disabled or renamed: nothing to say
             return
         self._memory_policy(reply)
+
+    request_ops = request_ops
+
+    async def count_request(self, leases: Sequence[request_ops.LeaseOp],
+                            hits: Sequence[request_ops.RateOp | request_ops.QuotaOp | None]
+                            ) -> request_ops.Request | Failure | None:
+        """A policy's request in one script call (:mod:`.request`): what a
+        :class:`~fastlimit.Policy` on this backend counts each request with,
+        behind the ASGI middleware."""
+        return await self._run(request_ops.request(self, leases, hits))
 
     async def hit_all(self, checks: Iterable[Check]) -> list[Decision | None]:
         return await self._run(hit_all(self, checks, AsyncRedisGcra))

@@ -3,7 +3,7 @@ objects it hands out, which drive the plans of :mod:`.plans`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,6 +12,7 @@ import numpy.typing as npt
 from fastlimit._core import Decision
 from fastlimit.core.results import Step
 from fastlimit.errors import ConfigurationError
+from fastlimit.stores.redis import request as request_ops
 from fastlimit.stores.redis.batching import DEFAULT_BATCH_SIZE, Batcher
 from fastlimit.stores.redis.common import (
     BackendBase,
@@ -337,6 +338,16 @@ class RedisBackend(BackendBase):
         except (RedisError, OSError):  # CONFIG disabled or renamed: nothing to say
             return
         self._memory_policy(reply)
+
+    # the ops count_request takes (what a Policy's decision path builds)
+    request_ops = request_ops
+
+    def count_request(self, leases: Sequence[request_ops.LeaseOp],
+                      hits: Sequence[request_ops.RateOp | request_ops.QuotaOp | None]
+                      ) -> request_ops.Request | Failure | None:
+        """A policy's request in one script call (:mod:`.request`): what a
+        :class:`~fastlimit.Policy` on this backend counts each request with."""
+        return self._run(request_ops.request(self, leases, hits))
 
     def hit_all(self, checks: Iterable[Check]) -> list[Decision | None]:
         return self._run(hit_all(self, checks, RedisGcra))
