@@ -9,37 +9,14 @@ starts on a free loopback port (or --url), on an empty database.
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
+import contextlib
 import uuid
 
 import redis
+from _util import redis_server
 
 import fastlimit
 from fastlimit import ConcurrencyLimit, FakeClock, Limiter, Quota, RedisBackend
-
-
-def _server() -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", tempfile.mkdtemp()],
-                            stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(500):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.01)
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def main() -> None:
@@ -47,8 +24,8 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=100_000)
     ap.add_argument("--url")
     a = ap.parse_args()
-    proc, url = (None, a.url) if a.url else _server()
-    try:
+    with contextlib.ExitStack() as stack:
+        url = a.url or stack.enter_context(redis_server()).url
         r = redis.Redis.from_url(url)
         info = r.info("server")
         allocator = r.info("memory").get("mem_allocator", "?")
@@ -90,10 +67,6 @@ def main() -> None:
                   f"{(after - before) / n:.1f} bytes per key")
         r.flushdb()
         b.close()
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
 
 
 if __name__ == "__main__":

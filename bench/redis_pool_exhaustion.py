@@ -13,41 +13,17 @@ connection is denied, never admitted unchecked.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import redis
 import redis.asyncio
+from _util import redis_server
 
 from fastlimit import RedisBackend
 from fastlimit.stores.redis import AsyncRedisBackend
-
-
-def _server() -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", tempfile.mkdtemp()],
-                            stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(500):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.01)
-    return proc, port
 
 
 async def _coroutines(b: AsyncRedisBackend) -> tuple[int, Any]:
@@ -82,9 +58,8 @@ def _line(what: str, n: int, st: Any) -> None:
 
 
 def main() -> None:
-    proc, port = _server()
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
+    with redis_server() as server:
+        port, url = server.port, server.url
         print("150 coroutines x 300 checks, limit 80:")
         makers: list[tuple[str, Callable[[], Any]]] = [
             ("client passed in, redis-py's pool (max 100)",
@@ -98,9 +73,6 @@ def main() -> None:
                   ("from the URL, blocking pool (max 100)", lambda: RedisBackend(url))]
         for what, make in makers:
             _line(what, *_threads(make()))
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 if __name__ == "__main__":

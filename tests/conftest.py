@@ -4,6 +4,8 @@ import tempfile
 import uuid
 
 import pytest
+from redis_topologies import free_port as _free_port
+from redis_topologies import start_server
 
 import fastlimit
 from fastlimit.examples.memory_store import MemoryStore
@@ -58,99 +60,7 @@ def clock():
 
 
 # -- a real redis-server on 127.0.0.1, started and stopped by PID -------------
-
-class RedisServer:
-    """One ``redis-server`` process on a free loopback port, in a temp dir.
-
-    ``stop(sig)`` kills it by PID (SIGTERM, SIGKILL...), ``start()`` starts it
-    again on the same port (empty: nothing is persisted), ``pause()`` /
-    ``resume()`` stop and continue it (a server that hangs)."""
-
-    def __init__(self, binary, directory, *extra):
-        self.binary = binary
-        self.dir = directory
-        self.extra = extra
-        self.port = _free_port()
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout=10.0):
-        import subprocess
-        import time
-
-        import redis
-
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
-                             socket_connect_timeout=1)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:  # wait until it answers PING (or died: port taken)
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode} "
-                                       f"on port {self.port}")
-                try:
-                    if client.ping():
-                        return self
-                except redis.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
-                time.sleep(0.01)
-        finally:
-            client.close()
-
-    def stop(self, sig=None):
-        import signal
-        import subprocess
-
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            os.kill(proc.pid, sig or signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    def pause(self):
-        import signal
-
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self):
-        import signal
-
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-    def client(self, **kw):
-        import redis
-
-        return redis.Redis(host="127.0.0.1", port=self.port, **kw)
-
-    def commands(self, name="evalsha"):
-        """How many times the server ran command ``name`` to completion (INFO
-        commandstats; an EVALSHA answered NOSCRIPT does not count)."""
-        with self.client() as c:
-            stats = c.info("commandstats").get(f"cmdstat_{name}", {})
-        return stats.get("calls", 0) - stats.get("failed_calls", 0)
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# (RedisServer and its starter live in redis_topologies.py: the benches use them too)
 
 
 def _redis_binary():
@@ -167,15 +77,7 @@ def _redis_binary():
 
 
 def _start_server(tmp_path_factory, *extra):
-    binary = _redis_binary()
-    last = None
-    for _ in range(3):  # a free port may be taken between probe and bind
-        server = RedisServer(binary, tmp_path_factory.mktemp("redis"), *extra)
-        try:
-            return server.start()
-        except RuntimeError as e:
-            last = e
-    raise last
+    return start_server(_redis_binary(), lambda: tmp_path_factory.mktemp("redis"), *extra)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,19 @@
-"""Real Redis topologies on 127.0.0.1 for the tests: a Redis Cluster of
-several primaries and a Sentinel-watched primary with its replica.
+"""Real Redis processes on 127.0.0.1: one server (``RedisServer``), a Redis
+Cluster of several primaries (with replicas if asked) and a Sentinel-watched
+primary with its replica.
 
-conftest.py makes them session fixtures (``redis_cluster3``,
-``redis_sentinel``) from its ``RedisServer``; every process is started on a
-free port and stopped by its PID.  Waits poll the servers' own state
-(CLUSTER INFO, INFO replication, SENTINEL replies) with a deadline: how long
-a step takes is never assumed."""
+conftest.py makes them fixtures (``redis_server``, ``redis_cluster3``,
+``redis_sentinel``...); bench/redis_failover_bench.py starts them without
+pytest.  Every process is started on a free port and stopped by its PID.
+Waits poll the servers' own state (CLUSTER INFO, INFO replication, SENTINEL
+replies) with a deadline: how long a step takes is never assumed."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,6 +25,108 @@ from redis.crc import key_slot
 
 HOST = "127.0.0.1"
 SLOTS = 16384
+
+
+def free_port() -> int:
+    """A loopback port free when asked (another process may take it before
+    it is bound: starters try again on a fresh one)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """End ``proc`` by its PID with ``sig`` (SIGKILL if it outlives 10 s)."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class RedisServer:
+    """One ``redis-server`` process on a free loopback port, in a temp dir.
+
+    ``stop(sig)`` kills it by PID (SIGTERM, SIGKILL...), ``start()`` starts it
+    again on the same port (empty: nothing is persisted), ``pause()`` /
+    ``resume()`` stop and continue it (a server that hangs)."""
+
+    def __init__(self, binary: str, directory: Path, *extra: str) -> None:
+        self.binary = binary
+        self.dir = directory
+        self.extra = extra
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis(host=HOST, port=self.port, socket_timeout=1,
+                             socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:  # wait until it answers PING (or died: port taken)
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode} "
+                                       f"on port {self.port}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        _stop(proc, sig or signal.SIGTERM)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def client(self, **kw: Any) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, **kw)
+
+    def commands(self, name: str = "evalsha") -> int:
+        """How many times the server ran command ``name`` to completion (INFO
+        commandstats; an EVALSHA answered NOSCRIPT does not count)."""
+        with self.client() as c:
+            stats = c.info("commandstats").get(f"cmdstat_{name}", {})
+        return int(stats.get("calls", 0) - stats.get("failed_calls", 0))
+
+
+def start_server(binary: str, directory: Callable[[], Path], *extra: str) -> RedisServer:
+    """A started RedisServer in a fresh ``directory()``, tried on up to three
+    free ports (one may be taken between its probe and the bind)."""
+    last: RuntimeError | None = None
+    for _ in range(3):
+        server = RedisServer(binary, directory(), *extra)
+        try:
+            return server.start()
+        except RuntimeError as e:
+            last = e
+    assert last is not None
+    raise last
 
 
 def wait_for(what: str, ready: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -41,28 +145,20 @@ def wait_for(what: str, ready: Callable[[], Any], timeout: float = 30.0) -> Any:
         time.sleep(0.02)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 # -- Redis Cluster -------------------------------------------------------------------------
 
 
 class Cluster:
-    """``len(nodes)`` primaries sharing the 16384 slots, no replicas.
+    """``len(nodes)`` primaries sharing the 16384 slots; ``replicas[i]``
+    (if any were asked for) are the replicas of ``nodes[i]``.
 
-    ``url`` is the ``redis+cluster://`` URL naming every node; ``node_url(i)``
-    the plain ``redis://`` URL of one node (which fastlimit follows as a
-    cluster seed)."""
+    ``url`` is the ``redis+cluster://`` URL naming every primary;
+    ``node_url(i)`` the plain ``redis://`` URL of one (which fastlimit follows
+    as a cluster seed)."""
 
     def __init__(self, nodes: list[Any]) -> None:
         self.nodes = nodes
+        self.replicas: list[list[Any]] = [[] for _ in nodes]
         self.how = ""  # redis-cli --cluster create, or CLUSTER ADDSLOTSRANGE + MEET
         self._owners: list[tuple[int, int, int]] = []  # (first slot, last slot, node)
 
@@ -89,37 +185,49 @@ class Cluster:
         return next(i for first, last, i in self._owners if first <= slot <= last)
 
     def stop(self) -> None:
-        for n in self.nodes:
+        for n in [*self.nodes, *(r for rs in self.replicas for r in rs)]:
             if n.proc is not None:
                 n.resume()  # a paused server cannot act on SIGTERM
             n.stop()
 
 
+def _cluster_node(start_server: Callable[..., Any], free_port: Callable[[], int],
+                  node_timeout_ms: int, extra: tuple[str, ...]) -> Any:
+    for attempt in range(5):
+        # the bus port is set too: port + 10000 may be taken or past 65535.
+        # It is probed before the server's own port is, so the two can be
+        # the same free port (or another's, taken meanwhile): the server
+        # then exits at once, and a fresh pair is tried.
+        try:
+            return start_server(
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(free_port()),
+                "--cluster-node-timeout", str(node_timeout_ms),
+                # a replica's full sync waits this long for more replicas (5 s)
+                "--repl-diskless-sync-delay", "0", *extra)
+        except RuntimeError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 def start_cluster(start_server: Callable[..., Any], free_port: Callable[[], int],
-                  primaries: int = 3, node_timeout_ms: int = 15000) -> Cluster:
+                  primaries: int = 3, node_timeout_ms: int = 15000,
+                  replicas: int = 0, extra: tuple[str, ...] = ()) -> Cluster:
     """A cluster of ``primaries`` redis-server processes made one cluster by
     ``redis-cli --cluster create`` (or, without redis-cli, by assigning the
     slots and CLUSTER MEET), once every node says ``cluster_state:ok`` and
-    knows every primary.  ``node_timeout_ms``: how long a stopped node goes
-    unnoticed (after it, the cluster refuses every slot: no replicas)."""
-    nodes = []
+    knows every primary; then ``replicas`` replicas of each primary (CLUSTER
+    MEET + CLUSTER REPLICATE), once each is in sync and known to every node.
+    ``node_timeout_ms``: how long a stopped node goes unnoticed; after it, a
+    replica of a dead primary takes its slots over, or with none the cluster
+    refuses every slot (cluster-require-full-coverage).  ``extra``: more
+    redis-server arguments for every node."""
+    nodes: list[Any] = []
+    cluster = Cluster(nodes)
     try:
         for _ in range(primaries):
-            for attempt in range(5):
-                # the bus port is set too: port + 10000 may be taken or past 65535.
-                # It is probed before the server's own port is, so the two can be
-                # the same free port (or another's, taken meanwhile): the server
-                # then exits at once, and a fresh pair is tried.
-                try:
-                    nodes.append(start_server(
-                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                        "--cluster-port", str(free_port()),
-                        "--cluster-node-timeout", str(node_timeout_ms)))
-                    break
-                except RuntimeError:
-                    if attempt == 4:
-                        raise
-        cluster = Cluster(nodes)
+            nodes.append(_cluster_node(start_server, free_port, node_timeout_ms, extra))
         cli = shutil.which("redis-cli")
         made = False
         if cli is not None:
@@ -135,11 +243,37 @@ def start_cluster(start_server: Callable[..., Any], free_port: Callable[[], int]
         for n in nodes:
             with n.client(socket_timeout=2) as c:
                 wait_for(f"cluster node {n.port}", lambda c=c: _joined(c, primaries))
+        if replicas:
+            _add_replicas(cluster, start_server, free_port, node_timeout_ms, replicas, extra)
         return cluster
     except BaseException:
-        for n in nodes:
-            n.stop()
+        cluster.stop()
         raise
+
+
+def _add_replicas(cluster: Cluster, start_server: Callable[..., Any],
+                  free_port: Callable[[], int], node_timeout_ms: int, replicas: int,
+                  extra: tuple[str, ...]) -> None:
+    cluster.replicas = [[] for _ in cluster.nodes]
+    for i, primary in enumerate(cluster.nodes):
+        with primary.client() as c:
+            primary_id = c.execute_command("CLUSTER", "MYID")
+        for _ in range(replicas):
+            replica = _cluster_node(start_server, free_port, node_timeout_ms, extra)
+            cluster.replicas[i].append(replica)
+            with primary.client() as c, replica.client() as r:
+                bus = r.config_get("cluster-port")["cluster-port"]
+                c.execute_command("CLUSTER", "MEET", HOST, replica.port, bus)
+            with replica.client(socket_timeout=2) as c:
+                # REPLICATE needs the primary known to the replica first
+                wait_for(f"replica {replica.port} meets",
+                         lambda c=c, to=primary_id: c.execute_command("CLUSTER", "REPLICATE", to))
+                wait_for(f"replica {replica.port} in sync", lambda c=c: _linked(c))
+    every = [*cluster.nodes, *(r for rs in cluster.replicas for r in rs)]
+    for n in every:
+        with n.client(socket_timeout=2) as c:
+            wait_for(f"cluster node {n.port} knows the replicas",
+                     lambda c=c: _joined(c, len(cluster.nodes), len(every) - len(cluster.nodes)))
 
 
 def _assign_and_meet(nodes: list[Any]) -> None:
@@ -155,7 +289,7 @@ def _assign_and_meet(nodes: list[Any]) -> None:
             c.execute_command("CLUSTER", "MEET", HOST, n.port, bus)
 
 
-def _joined(client: redis.Redis, primaries: int) -> bool:
+def _joined(client: redis.Redis, primaries: int, replicas: int = 0) -> bool:
     info = client.execute_command("CLUSTER", "INFO")
     text = info.decode() if isinstance(info, bytes) else str(info)
     if "cluster_state:ok" not in text:
@@ -163,7 +297,9 @@ def _joined(client: redis.Redis, primaries: int) -> bool:
     nodes = client.execute_command("CLUSTER", "NODES")
     lines = (nodes.decode() if isinstance(nodes, bytes) else str(nodes)).splitlines()
     # <id> <ip:port@bus> <flags> ...: one line per node this one knows
-    return sum("master" in line.split()[2].split(",") for line in lines) == primaries
+    flags = [line.split()[2].split(",") for line in lines]
+    return (sum("master" in f for f in flags) == primaries
+            and sum("slave" in f for f in flags) == replicas)
 
 
 # -- Sentinel ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import logging
 import multiprocessing as mp
 import pickle
 import re
+import signal
 import time
 import uuid
 
@@ -25,6 +26,7 @@ from fastlimit import (
     ConfigurationError,
     Limiter,
     RedisBackend,
+    SharedTable,
     store_from_url,
 )
 
@@ -380,18 +382,64 @@ def test_four_hosts_through_a_sentinel_failover(redis_sentinel, record_property)
     print(report)
 
 
+def _host_losing_a_primary(url, name, keys, barrier, results):
+    # as on 4 machines: each host's fail="local" table of its own
+    backend = RedisBackend.from_url(url + "?retry_interval=3600&timeout=10&connect_timeout=10",
+                                    local_table=SharedTable.anonymous(4096))
+    lim = Limiter("20/1d", store=backend, name=name)
+    assert all(lim.allow(k) for k in keys)  # healthy: one hit each, in Redis
+    barrier.wait()
+    barrier.wait()  # the parent has killed the dead key's primary
+    out = []
+    for key in keys:
+        before = backend.stats()
+        admitted = sum(lim.allow(key) for _ in range(30))
+        after = backend.stats()
+        out.append({f: getattr(after, f) - getattr(before, f) for f in (
+            "calls", "errors", "skipped", "failed_local", "failed_open", "failed_closed")}
+                   | {"admitted": admitted})
+    results.put(out)
+
+
 @pytest.mark.slow
-def test_a_cluster_of_the_tests_own_may_lose_a_node(own_redis_cluster3):
+def test_four_hosts_losing_a_primary_fail_only_its_keys(own_redis_cluster3):
+    """A primary killed (SIGKILL) under 4 hosts: the other primaries' keys
+    are still counted in Redis, exactly, with no check answered by the
+    failure policy; the dead primary's keys are answered by each host's
+    local table at the same rate (fail="local")."""
     cluster = own_redis_cluster3
-    backend = RedisBackend.from_url(cluster.url + "?fail=closed&prefix=" + _name())
     name = _name()
-    lim = Limiter("5/1d", store=backend, name=name)
-    keys = _keys_on_every_node(cluster, name, backend)
-    assert all(lim.allow(k) for k in keys)
-    cluster.nodes[cluster.primary_of(backend.redis_key(name, keys[0]))].stop()
-    assert not lim.allow(keys[0])  # its node is gone: the failure policy (closed)
-    assert lim.allow(keys[1]) and lim.allow(keys[2])  # the others still answer
-    backend.close()
+    probe = RedisBackend.from_url(cluster.url)
+    keys = _keys_on_every_node(cluster, name, probe)  # one per node
+    dead_node = cluster.nodes[cluster.primary_of(probe.redis_key(name, keys[2]))]
+    probe.close()
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(5), ctx.Queue()
+    procs = [ctx.Process(target=_host_losing_a_primary,
+                         args=(cluster.url, name, keys, barrier, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(timeout=120)
+        dead_node.stop(signal.SIGKILL)
+        barrier.wait(timeout=120)
+        out = [results.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs)
+    for live in (0, 1):
+        per_host = [host[live] for host in out]
+        # 20 a day, 4 spent before the kill: 16 more in all, counted in Redis
+        assert sum(h["admitted"] for h in per_host) == 16, per_host
+        assert all(h["calls"] == 30 and h["errors"] == h["skipped"] == 0
+                   and h["failed_local"] == h["failed_open"] == h["failed_closed"] == 0
+                   for h in per_host), per_host
+    dead = [host[2] for host in out]
+    # each host's local table starts afresh: 20 each; one failed call (its
+    # retry included), then skipped until the backoff ends
+    assert all(h["admitted"] == 20 and h["failed_local"] == 30 and h["calls"] == 0
+               and h["errors"] == 1 and h["skipped"] == 29 for h in dead), dead
 
 
 @pytest.mark.slow
