@@ -1,12 +1,15 @@
-"""Auto-batching for the sync Redis backend (``RedisBackend(url, batch=True)``).
+"""Auto-batching for the Redis backends (``RedisBackend(url, batch=True)``
+and ``AsyncRedisBackend(url, batch=True)``).
 
-Concurrent script calls of one backend's threads share round trips: the
-first caller to find no round trip in flight sends its call at once, alone
-(a lone check waits for nothing).  Callers that arrive while a round trip
-is in flight queue up; when it ends, the first of them leads the next round
-trip, which carries up to ``batch_size`` queued calls in one pipeline of
-EVALSHAs.  So a call waits at most for the round trip in flight, and the
-calls per round trip grow with the load, not with a timer.
+Concurrent script calls of one backend's threads (or coroutines) share
+round trips: the first caller to find no round trip in flight sends its call
+at once, alone (a lone check waits for nothing).  Callers that arrive while
+a round trip is in flight queue up; when it ends, the next round trip
+carries up to ``batch_size`` queued calls in one pipeline of EVALSHAs.  So
+a call waits at most for the round trip in flight, and the calls per round
+trip grow with the load, not with a timer.  Threads hand the next round
+trip to the first queued thread; coroutines to a task of the backend (the
+round trip then never depends on one caller's cancellation).
 
 Every call stays the script call it was, run alone and atomically by
 Redis, so decisions are those of the unbatched backend: a pipeline only
@@ -17,29 +20,46 @@ counted in ``skipped``); a connection error or a timeout is retried once on
 a fresh connection (not a refund that timed out, which may have run), then
 fails every call of the round trip, each answered by its own failure
 policy and counted in ``errors`` and its kind, while the node is marked
-down once (one attempt failed, however many calls it carried); an error
-reply (OOM, READONLY...) fails its own call only; NOSCRIPT loads the script
-and sends its calls again.  A full pool (no connection within ``timeout``)
-fails the round trip's calls as ``pool_timeouts``, which deny.
+down once (one attempt failed, however many calls it carried); a READONLY
+reply is retried once as unbatched; any other error reply (OOM...) fails
+its own call only; NOSCRIPT loads the script and sends its calls again.  A
+full pool (no connection within ``timeout``) fails the round trip's calls
+as ``pool_timeouts``, which deny.
 
-A call alone in its round trip is sent as unbatched (one EVALSHA), so a
-lone check costs what it costs without ``batch``.  ``stats().batches``
-counts the round trips of the batcher (a NOSCRIPT reply costs one more, to
-load the script, and one to send its calls again, not counted) and
-``stats().batched`` the calls they carried, each also counted in ``calls``,
-``errors`` or ``skipped`` as unbatched.  Batching needs one server (or a Sentinel
-master); a Redis Cluster's calls go to the nodes of their slots, which one
-pipeline does not do, so ``batch=True`` with a cluster is refused.
+A round trip is the sans-I/O plan :func:`round_trip` (as :mod:`.plans` are
+the backends' operations): it packs the calls' EVALSHAs itself (arguments
+packed once per distinct argument list) and parses their replies itself
+(:class:`Replies`), and the two drivers, :class:`Batcher` (threads) and
+:class:`AsyncBatcher` (asyncio), only move bytes on one connection of the
+backend's pool, which the batcher keeps (one round trip is in flight at a
+time).  A lone call goes the same way, so it costs less client time than an
+unbatched call through redis-py's command layer.
+
+``stats().batches`` counts the round trips of the batcher (a NOSCRIPT reply
+costs one more, to load the script, and one to send its calls again, not
+counted) and ``stats().batched`` the calls they carried, each also counted
+in ``calls``, ``errors`` or ``skipped`` as unbatched.  Batching needs one
+server (or a Sentinel master); a Redis Cluster's calls go to the nodes of
+their slots, which one pipeline does not do, so ``batch=True`` with a
+cluster is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
+import weakref
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
+
+from redis._parsers.base import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fastlimit.errors import ConfigurationError
 from fastlimit.stores.redis.common import (
-    Failure,
     NoScriptError,
     RedisError,
     failure_kind,
@@ -47,13 +67,19 @@ from fastlimit.stores.redis.common import (
 )
 
 if TYPE_CHECKING:
+    from fastlimit.stores.redis.aio import AsyncRedisBackend
+    from fastlimit.stores.redis.common import BackendBase
     from fastlimit.stores.redis.sync import RedisBackend
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Batcher"]
+__all__ = ["DEFAULT_BATCH_SIZE", "AsyncBatcher", "Batcher", "Replies", "round_trip"]
 
 # Calls per round trip at most: a pipeline is sent whole, and its replies
 # are read before any of its callers is answered.
 DEFAULT_BATCH_SIZE = 128
+_READ_SIZE = 65536
+# distinct argument lists whose packing is kept (a fixed clock's times make
+# a new one per call: the cache is then cleared when full, never grown)
+_ARGS_CACHE = 4096
 
 
 def check_batch_size(value: Any) -> int:
@@ -62,23 +88,28 @@ def check_batch_size(value: Any) -> int:
     return value
 
 
-class _Call:
-    """One script call waiting for its reply (or for its turn to lead)."""
+def refuse_cluster(backend: BackendBase) -> None:
+    if backend._cluster:
+        raise ConfigurationError(
+            "batch=True needs one Redis server (or a Sentinel master): a cluster's calls "
+            "go to the nodes of their slots")
+
+
+class Call:
+    """One script call waiting for its reply (or, for threads, for its turn
+    to lead): ``done`` is the driver's (a held lock, or a future)."""
 
     __slots__ = ("args", "batch", "done", "error", "keys", "reply", "script")
 
-    def __init__(self, script: str, keys: list[bytes], args: list[bytes]) -> None:
+    def __init__(self, script: str, keys: list[bytes], args: list[bytes], done: Any) -> None:
         self.script = script
         self.keys = keys
         self.args = args
         self.reply: list[int] | None = None
         self.error: BaseException | None = None
-        # set on the call that is to lead the next round trip: its batch
-        self.batch: list[_Call] | None = None
-        # held until the call is answered or handed the lead (a bare lock:
-        # cheaper than an Event per call)
-        self.done = threading.Lock()
-        self.done.acquire()
+        # set on the call whose thread is to lead the next round trip: its batch
+        self.batch: list[Call] | None = None
+        self.done = done
 
     def result(self) -> list[int]:
         if self.error is not None:
@@ -87,145 +118,511 @@ class _Call:
         return self.reply
 
 
+class Coalescer:
+    """Who sends the next round trip: the queue of one backend's calls.
+    The same for both drivers; a lock, as threads share it."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = check_batch_size(batch_size)
+        self._mutex = threading.Lock()
+        self.queue: list[Call] = []
+        self._busy = False  # a round trip is in flight (its end hands on)
+
+    def arrive(self, call: Call) -> bool:
+        """True: no round trip is in flight, ``call`` goes now; False: it is
+        queued for the next one."""
+        with self._mutex:
+            if self._busy:
+                self.queue.append(call)
+                return False
+            self._busy = True
+            return True
+
+    def next_batch(self) -> list[Call]:
+        """At a round trip's end: the calls of the next one (empty: none
+        queued, and no round trip is in flight any more)."""
+        with self._mutex:
+            nxt = self.queue[:self.batch_size]
+            del self.queue[:self.batch_size]
+            if not nxt:
+                self._busy = False
+            return nxt
+
+
+# -- the wire: EVALSHAs packed, replies parsed -----------------------------------------
+
+
+class Packer:
+    """RESP bytes of a pipeline of EVALSHAs, without redis-py's command
+    layer (its per-argument work costs more than the rest of a check)."""
+
+    def __init__(self, backend: BackendBase) -> None:
+        self._heads = {name: b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % s.sha.encode("ascii")
+                       for name, s in backend._scripts.items()}
+        self._args: dict[tuple[bytes, ...], tuple[int, bytes]] = {}
+
+    def pack(self, calls: Sequence[Call]) -> bytes:
+        out: list[bytes] = []
+        cache = self._args
+        for c in calls:
+            key = tuple(c.args)
+            packed = cache.get(key)
+            if packed is None:
+                if len(cache) >= _ARGS_CACHE:
+                    cache.clear()
+                packed = cache[key] = (len(key), b"".join(
+                    [b"$%d\r\n%s\r\n" % (len(a), a) for a in key]))
+            keys = c.keys
+            n = len(keys)
+            out.append(b"*%d\r\n%s$%d\r\n%d\r\n" % (3 + n + packed[0], self._heads[c.script],
+                                                    len(b"%d" % n), n))
+            for k in keys:
+                out.append(b"$%d\r\n%s\r\n" % (len(k), k))
+            out.append(packed[1])
+        return b"".join(out)
+
+
+class Replies:
+    """The parser of ``n`` replies (sans-I/O: fed bytes as they come).  The
+    scripts answer bulk strings; an error reply becomes redis-py's
+    exception for it (NoScriptError, OutOfMemoryError...), to be answered
+    by its call's failure policy; anything else is a protocol error."""
+
+    __slots__ = ("n", "out", "rest")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.out: list[Any] = []
+        self.rest = b""
+
+    def feed(self, data: bytes) -> bool:
+        """Parse ``data`` (the next bytes read); True once every reply is in."""
+        if not data:
+            raise RedisConnectionError("Connection closed by server.")
+        buf = self.rest + data if self.rest else data
+        out, n, end, pos = self.out, self.n, len(buf), 0
+        while len(out) < n:
+            nl = buf.find(b"\r\n", pos)
+            if nl < 0:
+                break
+            kind = buf[pos]
+            if kind == 36:  # $: a bulk string
+                size = int(buf[pos + 1:nl])
+                if size < 0:
+                    out.append(None)
+                    pos = nl + 2
+                    continue
+                stop = nl + 2 + size
+                if stop + 2 > end:
+                    break
+                out.append(buf[nl + 2:stop])
+                pos = stop + 2
+            elif kind == 45:  # -: an error reply
+                out.append(BaseParser.parse_error(  # type: ignore[no-untyped-call]
+                    buf[pos + 1:nl].decode("utf-8", "replace")))
+                pos = nl + 2
+            elif kind == 43 or kind == 58:  # + or :, a status or an integer
+                out.append(buf[pos + 1:nl])
+                pos = nl + 2
+            else:
+                raise InvalidResponse(f"Protocol error, got {chr(kind)!r} as reply type byte")
+        self.rest = buf[pos:]
+        if len(out) == n and self.rest:
+            raise InvalidResponse("Protocol error: more replies than commands")
+        return len(out) == n
+
+
+def parse_reply(reply: Any) -> list[int]:
+    """A script's reply: its integers, space-separated in one string."""
+    return [int(x) for x in reply.split()]
+
+
+# -- one round trip, sans I/O --------------------------------------------------------
+
+# What a round trip asks its driver to do, and what it is sent back:
+SEND = "send"        # (SEND, bytes, n): send them, read n replies -> the replies
+LOAD = "load"        # (LOAD, script name): SCRIPT LOAD it -> None
+FRESH = "fresh"      # (FRESH, None): drop the connection (and the pool's idle ones) -> None
+MEMORY = "memory"    # (MEMORY, None): check Redis's maxmemory-policy -> None
+Op = tuple[Any, ...]
+Trip = Generator[Op, Any, None]
+
+
+def round_trip(backend: BackendBase, packer: Packer, batch: list[Call]) -> Trip:
+    """One round trip of ``batch``'s calls: each call gets its ``reply`` or
+    its ``error`` (a :class:`~.common.Failure`).  A failure to reach Redis
+    is thrown in by the driver (RedisError or OSError)."""
+    b = backend
+    b._count("batches")
+    b._count("batched", len(batch))
+    node = b.address  # one server: every call's node (see BackendBase._node_of)
+    skipped = b._skip(node)
+    if skipped is not None:
+        batch[0].error = skipped
+        for c in batch[1:]:
+            c.error = b._skip(node) or skipped  # each counted, as unbatched
+        return
+    try:
+        replies = yield from _attempt(b, packer, batch)
+    except (RedisError, OSError) as e:
+        kind = failure_kind(e)
+        again = [c for c in batch if retry_safe(c.script, c.args, kind)]
+        if not (again and b._retries(node, kind)):
+            _fail_all(b, batch, e, node)
+            return
+        if len(again) > 1:
+            b._count("retries", len(again) - 1)  # one per call, as unbatched
+        for c in batch:
+            if c not in again:  # a refund that timed out may have run
+                c.error = b._failure(e, node, mark=False)
+        yield FRESH, None
+        try:
+            replies = yield from _attempt(b, packer, again)
+        except (RedisError, OSError) as e2:
+            _fail_all(b, again, e2, node)
+            return
+        batch = again
+    answered = yield from _answer(b, packer, batch, replies, node)
+    if answered and b._first_success():
+        yield MEMORY, None
+
+
+def _attempt(b: BackendBase, packer: Packer, batch: list[Call]) -> Generator[Op, Any, list[Any]]:
+    """The batch's EVALSHAs in one pipeline: their replies, or each call's
+    error reply (NOSCRIPT: the script is loaded and its calls sent again,
+    one more round trip)."""
+    replies: list[Any] = yield SEND, packer.pack(batch), len(batch)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        b._count("noscript", len(missing))
+        for name in sorted({batch[i].script for i in missing}):
+            yield LOAD, name
+        again: list[Any] = yield SEND, packer.pack([batch[i] for i in missing]), len(missing)
+        for i, r in zip(missing, again, strict=True):
+            replies[i] = r
+    return replies
+
+
+def _answer(b: BackendBase, packer: Packer, batch: list[Call], replies: list[Any],
+            node: str) -> Generator[Op, Any, bool]:
+    """Each call's reply or failure; True if Redis answered any.  READONLY
+    (a failover's demoted master) goes again once on a fresh connection,
+    as unbatched."""
+    ok = 0
+    readonly: list[tuple[Call, BaseException]] = []
+    for c, r in zip(batch, replies, strict=True):
+        if isinstance(r, BaseException):
+            if failure_kind(r) == "readonly":
+                readonly.append((c, r))
+            else:
+                c.error = b._failure(r, node)
+        else:
+            ok += 1
+            c.reply = parse_reply(r)
+    answered = ok > 0
+    if answered:
+        b._success(node)  # (ends a marked-down period, counts one call)
+        if ok > 1:
+            b._count("calls", ok - 1)
+    if readonly:
+        again = [c for c, _r in readonly]
+        if not b._retries(node, "readonly"):
+            for c, r in readonly:
+                c.error = b._failure(r, node)
+            return answered
+        if len(again) > 1:
+            b._count("retries", len(again) - 1)
+        yield FRESH, None
+        try:
+            replies2 = yield from _attempt(b, packer, again)
+        except (RedisError, OSError) as e:
+            _fail_all(b, again, e, node)
+            return answered
+        for c, r in zip(again, replies2, strict=True):
+            if isinstance(r, BaseException):
+                c.error = b._failure(r, node)
+            else:
+                b._success(node)
+                answered = True
+                c.reply = parse_reply(r)
+    return answered
+
+
+def _fail_all(b: BackendBase, batch: list[Call], e: BaseException, node: str) -> None:
+    # one failed round trip marks its node down once, whatever it carried
+    for i, c in enumerate(batch):
+        c.error = b._failure(e, node, mark=i == 0)
+
+
+# -- the drivers -----------------------------------------------------------------------
+
+
 class Batcher:
     """Coalesces one sync backend's concurrent script calls into pipelines."""
 
     def __init__(self, backend: RedisBackend, batch_size: int) -> None:
-        if backend._cluster:
-            raise ConfigurationError(
-                "batch=True needs one Redis server (or a Sentinel master): a cluster's calls "
-                "go to the nodes of their slots")
+        refuse_cluster(backend)
         self._backend = backend
-        # one server: every call's node (see BackendBase._node_of)
-        self._node = backend.address
-        self.batch_size = check_batch_size(batch_size)
-        self._mutex = threading.Lock()
-        self._queue: list[_Call] = []
-        self._busy = False  # a round trip is in flight (its leader will hand on)
+        self._coalescer = Coalescer(batch_size)
+        self.batch_size = self._coalescer.batch_size
+        self._packer = Packer(backend)
+        # the connection round trips go on (one at a time), and the
+        # process it was taken in (a forked child takes its own)
+        self._conn: Any = None
+        _SYNC_BATCHERS.add(self)
+
+    def _forked(self) -> None:
+        # a round trip a thread of the parent had in flight has no thread
+        # here: the child's calls must not queue behind it
+        self._coalescer = Coalescer(self.batch_size)
+        self._conn = None
+
+    @property
+    def _queue(self) -> list[Call]:
+        return self._coalescer.queue
 
     def eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
         """The reply of one script call, as ``RedisBackend._eval``'s: a list
         of ints, or :class:`~.common.Failure` raised."""
-        call = _Call(script, keys, args)
-        with self._mutex:
-            if self._busy:
-                self._queue.append(call)
-                lead = False
-            else:
-                self._busy = True
-                lead = True
-        if not lead:
-            call.done.acquire()  # answered, or handed the next round trip
+        done = threading.Lock()  # held until answered or handed the lead
+        done.acquire()
+        call = Call(script, keys, args, done)
+        if not self._coalescer.arrive(call):
+            done.acquire()
             if call.batch is None:
                 return call.result()
         self._lead(call.batch or [call])
         return call.result()
 
-    def _lead(self, batch: list[_Call]) -> None:
+    def _lead(self, batch: list[Call]) -> None:
         try:
-            self._send(batch)
+            self._drive(round_trip(self._backend, self._packer, batch))
         except BaseException as e:  # noqa: BLE001 - every waiter must wake, answered
             for c in batch:
                 if c.reply is None and c.error is None:
                     c.error = e
             raise
         finally:
-            with self._mutex:
-                nxt = self._queue[:self.batch_size]
-                del self._queue[:self.batch_size]
-                if nxt:
-                    nxt[0].batch = nxt
-                else:
-                    self._busy = False
+            nxt = self._coalescer.next_batch()
             if nxt:
+                nxt[0].batch = nxt
                 nxt[0].done.release()  # the next round trip goes before answers are read
             for c in batch[1:]:  # (batch[0] is the leader's own call)
                 c.done.release()
 
-    # -- one round trip -----------------------------------------------------------
-
-    def _send(self, batch: list[_Call]) -> None:
+    def _drive(self, trip: Trip) -> None:
         b = self._backend
-        b._count("batches")
-        b._count("batched", len(batch))
-        if len(batch) == 1:  # alone: the unbatched call, failure handling and all
-            c = batch[0]
-            try:
-                c.reply = b._eval_one(c.script, c.keys, c.args)
-            except Failure as f:
-                c.error = f
-            return
-        node = self._node
-        skipped = b._skip(node)
-        if skipped is not None:
-            batch[0].error = skipped
-            for c in batch[1:]:
-                c.error = b._skip(node) or skipped  # each counted, as unbatched
-            return
         try:
-            replies = self._attempt(batch)
-        except (RedisError, OSError) as e:
-            kind = failure_kind(e)
-            again = [c for c in batch if retry_safe(c.script, c.args, kind)]
-            if again and b._retries(node, kind):
-                if len(again) > 1:
-                    b._count("retries", len(again) - 1)  # one per call, as unbatched
-                for c in batch:
-                    if c not in again:  # a refund that timed out may have run
-                        c.error = self._failed(e, node, first=False)
-                b._fresh()
-                try:
-                    replies2 = self._attempt(again)
-                except (RedisError, OSError) as e2:
-                    self._fail_all(again, e2, node)
-                    return
-                self._answer(again, replies2, node)
-                return
-            self._fail_all(batch, e, node)
+            op = next(trip)
+        except StopIteration:  # answered without Redis (the node is marked down)
             return
-        self._answer(batch, replies, node)
-
-    def _attempt(self, batch: list[_Call]) -> list[Any]:
-        """One pipeline of the batch's EVALSHAs: replies, or the error reply
-        of each call (NOSCRIPT: the script is loaded and its calls sent
-        again, one more round trip)."""
-        b = self._backend
-        replies = self._pipeline(batch)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            b._count("noscript", len(missing))
-            for name in sorted({batch[i].script for i in missing}):
-                b._client.script_load(b._scripts[name].script)
-            again = self._pipeline([batch[i] for i in missing])
-            for i, r in zip(missing, again, strict=True):
-                replies[i] = r
-        return replies
-
-    def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        b = self._backend
-        pipe = b._client.pipeline(transaction=False)
-        for c in batch:
-            pipe.evalsha(b._scripts[c.script].sha, len(c.keys), *c.keys, *c.args)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        return replies
-
-    def _answer(self, batch: list[_Call], replies: list[Any], node: str) -> None:
-        b = self._backend
-        answered = False
-        for c, r in zip(batch, replies, strict=True):
-            if isinstance(r, BaseException):
-                c.error = b._failure(r, node)
+        while True:
+            try:
+                result: Any = None
+                if op[0] is SEND:
+                    result = self._send(op[1], op[2])
+                elif op[0] is LOAD:
+                    b._client.script_load(b._scripts[op[1]].script)
+                elif op[0] is FRESH:
+                    self._drop()
+                    b._fresh()
+                else:
+                    b._check_memory_policy()
+            except (RedisError, OSError) as e:
+                try:
+                    op = trip.throw(e)
+                except StopIteration:
+                    return
             else:
-                b._success(node)
-                answered = True
-                c.reply = [int(x) for x in r.split()]
-        if answered and b._first_success():
-            b._check_memory_policy()
+                try:
+                    op = trip.send(result)
+                except StopIteration:
+                    return
 
-    def _failed(self, e: BaseException, node: str, first: bool) -> Failure:
-        # one failed round trip marks its node down once, whatever it carried
-        return self._backend._failure(e, node, mark=first)
+    def _send(self, payload: bytes, n: int) -> list[Any]:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._backend._client.connection_pool.get_connection()
+        replies = Replies(n)
+        try:
+            conn.send_packed_command([payload], check_health=False)
+            sock = conn._sock
+            try:
+                while not replies.feed(sock.recv(_READ_SIZE)):
+                    pass
+            except TimeoutError:
+                raise RedisTimeoutError("Timeout reading from socket") from None
+            except OSError as e:
+                raise RedisConnectionError(f"Error while reading from socket: {e}") from e
+        except BaseException:
+            conn.disconnect()  # a reply half read: the next round trip connects anew
+            raise
+        return replies.out
 
-    def _fail_all(self, batch: list[_Call], e: BaseException, node: str) -> None:
-        for i, c in enumerate(batch):
-            c.error = self._failed(e, node, first=i == 0)
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+
+    def close(self) -> None:
+        """Give the batcher's connection back to the pool (closed with it)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._backend._client.connection_pool.release(conn)
+
+
+_SYNC_BATCHERS: weakref.WeakSet[Batcher] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for batcher in list(_SYNC_BATCHERS):
+        batcher._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class AsyncBatcher:
+    """Coalesces one asyncio backend's concurrent script calls into
+    pipelines: a call that finds no round trip in flight sends it itself;
+    the round trips of queued calls are a task's, the backend's, which runs
+    while calls keep queueing."""
+
+    def __init__(self, backend: AsyncRedisBackend, batch_size: int) -> None:
+        refuse_cluster(backend)
+        self._backend = backend
+        self._coalescer = Coalescer(batch_size)
+        self.batch_size = self._coalescer.batch_size
+        self._packer = Packer(backend)
+        self._conn: Any = None
+        self._task: asyncio.Task[None] | None = None  # the round trips of queued calls
+
+    @property
+    def _queue(self) -> list[Call]:
+        return self._coalescer.queue
+
+    async def eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
+        """The reply of one script call, as ``AsyncRedisBackend._eval``'s."""
+        call = Call(script, keys, args, None)
+        if self._coalescer.arrive(call):
+            try:
+                await self._drive(round_trip(self._backend, self._packer, [call]))
+            finally:
+                self._hand_on()
+            return call.result()
+        call.done = asyncio.get_running_loop().create_future()
+        await call.done
+        return call.result()
+
+    def _hand_on(self) -> None:
+        nxt = self._coalescer.next_batch()
+        if nxt:
+            self._task = asyncio.get_running_loop().create_task(self._send_queued(nxt))
+
+    async def _send_queued(self, batch: list[Call]) -> None:
+        try:
+            while batch:
+                # a caller cancelled while queued wants no answer: its call is not sent
+                batch = [c for c in batch if not c.done.cancelled()]
+                try:
+                    if batch:
+                        await self._drive(round_trip(self._backend, self._packer, batch))
+                except Exception as e:  # noqa: BLE001 - every waiter is answered
+                    self._unanswered(batch, e)
+                self._answer(batch)
+                batch = self._coalescer.next_batch()
+        except BaseException as e:  # cancelled (the loop ends): no one waits for nothing
+            self._unanswered(batch, e)
+            self._answer(batch)
+            while batch:
+                batch = self._coalescer.next_batch()
+                self._unanswered(batch, e)
+                self._answer(batch)
+            raise
+        finally:
+            self._task = None
+
+    @staticmethod
+    def _unanswered(batch: list[Call], e: BaseException) -> None:
+        for c in batch:
+            if c.reply is None and c.error is None:
+                c.error = e
+
+    @staticmethod
+    def _answer(batch: list[Call]) -> None:
+        for c in batch:
+            if not c.done.done():
+                c.done.set_result(None)
+
+    async def _drive(self, trip: Trip) -> None:
+        b = self._backend
+        try:
+            op = next(trip)
+        except StopIteration:  # answered without Redis (the node is marked down)
+            return
+        while True:
+            try:
+                result: Any = None
+                if op[0] is SEND:
+                    result = await self._send(op[1], op[2])
+                elif op[0] is LOAD:
+                    await b._client.script_load(b._scripts[op[1]].script)
+                elif op[0] is FRESH:
+                    await self._drop()
+                    await b._fresh()
+                else:
+                    await b._check_memory_policy()
+            except (RedisError, OSError) as e:
+                try:
+                    op = trip.throw(e)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    op = trip.send(result)
+                except StopIteration:
+                    return
+
+    async def _send(self, payload: bytes, n: int) -> list[Any]:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._backend._client.connection_pool.get_connection()
+        replies = Replies(n)
+        try:
+            await conn.send_packed_command(payload, check_health=False)
+            reader = conn._reader
+            timeout = conn.socket_timeout
+            try:
+                if timeout:
+                    async with _timeout(timeout):
+                        while not replies.feed(await reader.read(_READ_SIZE)):
+                            pass
+                else:
+                    while not replies.feed(await reader.read(_READ_SIZE)):
+                        pass
+            except asyncio.TimeoutError:
+                raise RedisTimeoutError("Timeout reading from socket") from None
+            except OSError as e:
+                raise RedisConnectionError(f"Error while reading from socket: {e}") from e
+        except BaseException:
+            await conn.disconnect(nowait=True)  # a reply half read: connect anew next time
+            raise
+        return replies.out
+
+    async def _drop(self) -> None:
+        if self._conn is not None:
+            await self._conn.disconnect(nowait=True)
+
+    async def close(self) -> None:
+        """Give the batcher's connection back to the pool."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._backend._client.connection_pool.release(conn)
+
+
+try:
+    from asyncio import timeout as _timeout  # type: ignore[attr-defined,unused-ignore]
+except ImportError:  # pragma: no cover - Python 3.10
+    from async_timeout import timeout as _timeout  # type: ignore[no-redef,import-not-found,unused-ignore]
