@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from fastlimit.policy.spec import PolicySpec as PolicySpec
     from fastlimit.policy.spec import RouteSpec as RouteSpec
     from fastlimit.policy.spec import TierSpec as TierSpec
+    from fastlimit.stores.fleet import FleetBackend as FleetBackend
     from fastlimit.stores.redis import AsyncRedisBackend as AsyncRedisBackend
     from fastlimit.stores.redis import RedisBackend as RedisBackend
     from fastlimit.stores.table import SharedTable as SharedTable
@@ -97,6 +98,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("PolicySpec", "RouteSpec", "TierSpec"), "fastlimit.policy.spec"),
     "RedisBackend": "fastlimit.stores.redis",
     "AsyncRedisBackend": "fastlimit.stores.redis",
+    "FleetBackend": "fastlimit.stores.fleet",
     "SharedTable": "fastlimit.stores.table",
     "TableStats": "fastlimit.stores.table",
     "store_from_url": "fastlimit.stores.url",
