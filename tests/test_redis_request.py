@@ -10,6 +10,7 @@ per release of a request that held a lease.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 
@@ -145,3 +146,47 @@ def test_on_failure_each_limit_answers_by_its_policy_without_more_calls(own_redi
     assert stats.failed_local >= 6
     policy.close()
     backend.close()
+
+
+def test_an_async_policy_decides_as_a_sync_one(redis_server):
+    """A Policy on an AsyncRedisBackend, awaited: the decisions of the same
+    policy on a shared table, one call per request, leases given back with
+    ``await decision.release()``."""
+    clock = FakeClock(1_760_000_000 * 10**9)
+    table = SharedTable.anonymous(capacity=4096)
+
+    async def main():
+        backend = fastlimit.AsyncRedisBackend(redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}")
+        policy, local = _policy(backend, clock), _policy(table, clock)
+        assert policy.asynchronous and not local.asynchronous
+        with pytest.raises(fastlimit.ConfigurationError, match=r"await policy\.ahit"):
+            policy.hit("GET", "/", None, "203.0.113.9")
+        rng = random.Random(7)
+        held = []
+        for _ in range(300):
+            method, path = rng.choice(REQUESTS)
+            who = rng.choice(CALLERS)
+            calls = backend.stats().calls
+            d = await policy.ahit(method, path, who, "203.0.113.9")
+            assert backend.stats().calls - calls <= 1
+            here = local.hit(method, path, who, "203.0.113.9")
+            assert _seen(d) == _seen(here)
+            if d.holding:
+                held.append((d, here))
+            if held and rng.random() < 0.4:
+                d, here = held.pop(rng.randrange(len(held)))
+                await d.release()
+                here.release()
+            clock.advance(rng.choice([0, 1, 10]))
+        for d, here in held:
+            await d.release()
+            here.release()
+        policy.close()
+        local.close()
+        await backend.aclose()
+        assert backend.stats().errors == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        table.close()

@@ -1,7 +1,9 @@
-"""Limiters for asyncio stores: :class:`AsyncLimiter` and :class:`AsyncQuota`,
-the methods of :class:`~fastlimit.Limiter` and :class:`~fastlimit.Quota` as
+"""Limiters for asyncio stores: :class:`AsyncLimiter`, :class:`AsyncQuota`
+and :class:`AsyncConcurrencyLimit`, the methods of :class:`~fastlimit.Limiter`,
+:class:`~fastlimit.Quota` and :class:`~fastlimit.ConcurrencyLimit` as
 coroutines over an :class:`~fastlimit.stores.contract.AsyncStore` (an
-:class:`~fastlimit.AsyncRedisBackend`), with the same decisions.
+:class:`~fastlimit.AsyncRedisBackend`), with the same decisions.  A
+:class:`~fastlimit.Policy` on an asyncio store is made of these.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import numpy as np
 import numpy.typing as npt
 
 from fastlimit._core import Decision
-from fastlimit.core.results import QuotaMode, Step
+from fastlimit.core.results import Acquired, QuotaMode, Step
 from fastlimit.errors import ConfigurationError
+from fastlimit.limiters._counting import Meter
+from fastlimit.limiters.concurrency import _check_limit
 from fastlimit.limiters.limiter import Key, configuration_errors, limiter_params
 from fastlimit.limiters.quota import QuotaBase, QuotaReading, QuotaSpec, Usage
 from fastlimit.limiters.rate import NS_PER_S, Rate
 from fastlimit.stores.contract import AsyncQuotaCounts, AsyncRateState, AsyncStore, OnFullName
 
-__all__ = ["AsyncLimiter", "AsyncQuota"]
+__all__ = ["AsyncConcurrencyLimit", "AsyncLease", "AsyncLimiter", "AsyncQuota"]
 
 
 def _async_store(store: object, what: str) -> AsyncStore:
@@ -55,6 +59,9 @@ class AsyncLimiter:
                 name, self.rate.emission_interval_ns, self.burst, clock=clock, on_full=on_full)
         self.name = name
         self.clock = clock
+        # its parameters as a policy's decision path reads them (the
+        # store counts a policy's whole request: the meter never counts)
+        self._meter = Meter.of_rate(self, self._impl, self.rate)
 
     async def allow(self, key: Key, cost: int = 1) -> bool:
         """Count a hit of ``cost`` if it passes; return whether it did."""
@@ -129,6 +136,7 @@ class AsyncQuota(QuotaBase):
         self.store = _async_store(store, "AsyncQuota")
         self._counter: AsyncQuotaCounts = self.store.quota_counts(
             name, self.spec.limit, on_full=on_full)
+        self._meter = Meter.of_quota(self, self._counter, self.calendar, self.clock, self._what)
 
     async def hit(self, key: Key, cost: int = 1) -> Decision:
         """Count ``cost`` if it fits in the period; return the Decision."""
@@ -179,3 +187,92 @@ class AsyncQuota(QuotaBase):
             now = self.clock()
         tag, _, end = self.calendar.period(now)
         return await self._counter.answer(key, tag, cost, mode, end - now)
+
+
+class AsyncLease:
+    """One held unit of an :class:`AsyncConcurrencyLimit`: give it back with
+    ``await lease.release()`` or by leaving its ``async with`` block."""
+
+    __slots__ = ("key", "index", "_owner")
+
+    def __init__(self, owner: AsyncConcurrencyLimit | None, key: Key, index: int) -> None:
+        self._owner = owner
+        self.key = key
+        self.index = index
+
+    @property
+    def held(self) -> bool:
+        return self._owner is not None
+
+    async def release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None and self.index >= 0:
+            await owner._leases.release(self.key, self.index)
+
+    async def renew(self) -> bool:
+        """:meth:`fastlimit.Lease.renew`, awaited."""
+        if self.index < 0:
+            return True
+        owner = self._owner
+        if owner is None:
+            return False
+        if await owner._leases.renew(self.key, self.index):
+            return True
+        self._owner = None
+        return False
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
+
+    def __repr__(self) -> str:
+        return f"<AsyncLease {self.key!r} #{self.index} {'held' if self.held else 'released'}>"
+
+
+class AsyncConcurrencyLimit:
+    """At most ``limit`` holders of each key at once across every host, on
+    an asyncio store: :class:`~fastlimit.ConcurrencyLimit`'s leases (the
+    same Redis keys) with coroutine methods.
+
+    Example:
+        >>> uploads = AsyncConcurrencyLimit(2, backend, name="uploads")  # doctest: +SKIP
+        >>> lease = await uploads.try_acquire("acct")  # doctest: +SKIP
+        >>> await lease.release()  # doctest: +SKIP
+    """
+
+    def __init__(self, limit: int | None, store: Any, *, name: str = "concurrency",
+                 on_full: OnFullName | None = None, retry_after: float = 1.0,
+                 clock: Callable[[], int] | None = None) -> None:
+        self.limit = _check_limit(limit)
+        self.name = name
+        self.retry_after = retry_after
+        self.store = _async_store(store, "AsyncConcurrencyLimit")
+        lease_slots = getattr(self.store, "lease_slots", None)  # not every asyncio store has leases
+        if lease_slots is None:
+            raise ConfigurationError(f"AsyncConcurrencyLimit needs a store with leases (an "
+                                     f"AsyncRedisBackend), got {store!r}")
+        self._leases: Any = lease_slots(name, on_full=on_full, clock=clock)
+
+    async def try_acquire(self, key: Key, *, limit: int | None = None) -> AsyncLease | None:
+        """A lease on ``key`` if one is free now, else None."""
+        n = self.limit if limit is None else _check_limit(limit)
+        if n is None:
+            return AsyncLease(None, key, -1)
+        token = await self._leases.acquire(key, n)
+        if token >= 0:
+            return AsyncLease(self, key, token)
+        return AsyncLease(None, key, -1) if token == Acquired.UNRECORDED else None
+
+    async def in_flight(self, key: Key, *, limit: int | None = None) -> int:
+        """Leases of ``key`` held now (on Redis: not yet expired)."""
+        n = self.limit if limit is None else _check_limit(limit)
+        return 0 if n is None else int(await self._leases.in_flight(key, n))
+
+    @property
+    def reclaimed(self) -> int:
+        return int(self._leases.reclaimed)
+
+    def __repr__(self) -> str:
+        return f"<AsyncConcurrencyLimit {self.name!r} limit={self.limit}>"

@@ -877,6 +877,11 @@ cdef class Plan:
         return self._resolve(method, path, identity, client_ip).resolution
 
 
+async def _await_all(list waits):
+    for w in waits:
+        await w
+
+
 @cython.freelist(64)
 @cython.final
 @cython.no_gc  # it refers to its plan, hits, leases and what it made: never back to itself
@@ -1025,14 +1030,13 @@ cdef class PolicyDecision:
             self.plan.policy._report_shadow(self, self.method_, self.path_)
         return self
 
-    async def arelease(self):
-        """:meth:`release` for a decision of an asyncio store: its leases
-        are given back with ``await``."""
-        held, self.held = self.held, None
-        for slots, key, token in held or ():
-            given = slots.release(key, token)
-            if hasattr(given, "__await__"):
-                await given
+    async def settle(self):
+        """Count a :attr:`pending` decision on its asyncio store (one call,
+        awaited); the decision.  A decision that is not pending is returned
+        as it is."""
+        if self.pending is not None:
+            self.finish(await self.plan.remote(self.pending[0], self.pending[1]))
+        return self
 
     cdef PolicyDecision _count(self, cost, bint consume):
         """Count (or peek) the rates and quotas; set the verdict."""
@@ -1306,17 +1310,23 @@ cdef class PolicyDecision:
     cpdef release(self):
         """End the request: give back what it holds while in flight (its
         concurrency leases).  Call it once the response is sent; calling it
-        again, or on a denial, does nothing."""
+        again, or on a denial, does nothing.  On an asyncio store it returns
+        an awaitable to await (the releases), else None."""
         lease, self.lease = self.lease, None
         if lease is not None:
             lease.give_back_slot(self.lease_slot)
         held, self.held = self.held, None
+        waits = None
         if held:
             for slots, key, token in held:
                 if type(slots) is Leases:
                     (<Leases>slots).give_back(key, token)
                 else:
-                    slots.release(key, token)
+                    given = slots.release(key, token)
+                    if type(given) is not bool and hasattr(given, "__await__"):
+                        waits = [given] if waits is None else waits + [given]
+        # an asyncio store's releases: the caller awaits them
+        return None if waits is None else _await_all(waits)
 
     def __repr__(self):
         by = self.denied_by or self.limit

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from fastlimit.errors import ConfigurationError
+from fastlimit.limiters.aio import AsyncConcurrencyLimit, AsyncLimiter, AsyncQuota
 from fastlimit.limiters.composite import CompositeResult, LimitCheck
 from fastlimit.limiters.concurrency import ConcurrencyLimit
 from fastlimit.limiters.limiter import Limiter
@@ -61,6 +62,7 @@ from fastlimit.policy.spec import (
     TierSpec,
     UsageSpec,
 )
+from fastlimit.stores.contract import AsyncStore, Store
 from fastlimit.stores.table import (
     SharedTable,
     anonymous_path,
@@ -164,6 +166,10 @@ class Policy:
                 self.made_in = os.getpid()
             self._owned.append(store)
         self.store = store
+        self.asynchronous = not isinstance(store, Store) and isinstance(store, AsyncStore)
+        """Whether the store is an asyncio one (an AsyncRedisBackend): then
+        requests are counted with ``await`` (:meth:`ahit`, the ASGI
+        middleware), never blocking the event loop."""
         self.anonymous_store = self._open_anonymous_store(store)
         """Where per-IP keys count (anonymous callers, per-IP routes): a
         table of their own beside a shared table, so a flood of new
@@ -174,7 +180,7 @@ class Policy:
         self._clock = clock
         self.shadow_denials: Counter[str] = Counter()
         """Shadow denials seen by this process, by limit name."""
-        self._quotas: dict[tuple[str, QuotaSpec], Quota] = {}
+        self._quotas: dict[tuple[str, QuotaSpec], Quota | AsyncQuota] = {}
         self._quota_table: SharedTable | None = None
         if any(u.kind == "quota" for u in spec.usage):
             try:
@@ -182,10 +188,11 @@ class Policy:
             except BaseException:
                 self.close()
                 raise
+        concurrency = AsyncConcurrencyLimit if self.asynchronous else ConcurrencyLimit
         self._concurrency = {
-            u.name: ConcurrencyLimit(None, store, name=f"{spec.name}/{u.name}",
-                                     retry_after=float(u.retry_after), clock=clock,
-                                     on_full=self._on_full(u.fail))
+            u.name: concurrency(None, store, name=f"{spec.name}/{u.name}",
+                                retry_after=float(u.retry_after), clock=clock,
+                                on_full=self._on_full(u.fail))
             for u in spec.usage if u.kind == "concurrency"}
         self._plan = self._compile()
         # a store that counts a whole request in one call (Redis) is given it
@@ -198,18 +205,20 @@ class Policy:
         # (one C call), unless a subclass overrides them: then its own run,
         # and the middlewares call them too.
         for method in ("hit", "peek"):
-            if getattr(type(self), method) is getattr(Policy, method):
+            if getattr(type(self), method) is getattr(Policy, method) and not self.asynchronous:
                 setattr(self, method, getattr(self._plan, method))
 
     def _compile(self) -> Plan:
         """The decision path of this policy's spec (see policy/_plan.pyx)."""
         spec = self.spec
 
-        def limiters(store: Any, fail: FailPolicy | None) -> Callable[[Rate, str], Limiter]:
+        def limiters(store: Any, fail: FailPolicy | None
+                     ) -> Callable[[Rate, str], Limiter | AsyncLimiter]:
             on_full = self._on_full(fail)
 
-            def limiter(rate: Rate, bucket: str) -> Limiter:
-                return Limiter(rate, store, name=bucket, clock=self._clock, on_full=on_full)
+            def limiter(rate: Rate, bucket: str) -> Limiter | AsyncLimiter:
+                kind = AsyncLimiter if self.asynchronous else Limiter
+                return kind(rate, store, name=bucket, clock=self._clock, on_full=on_full)
             return limiter
 
         separate = self.anonymous_store is not self.store
@@ -340,14 +349,19 @@ class Policy:
     def tiers(self) -> Mapping[str, TierSpec]:
         return self.spec.tiers
 
-    def _quota(self, usage: UsageSpec, allowance: QuotaSpec) -> Quota:
-        """The Quota counting ``usage.name`` at ``allowance`` (tiers differ
-        in limit, not in counts: an upgrade keeps the month's usage)."""
+    def _quota(self, usage: UsageSpec, allowance: QuotaSpec) -> Quota | AsyncQuota:
+        """The Quota (AsyncQuota on an asyncio store) counting ``usage.name``
+        at ``allowance`` (tiers differ in limit, not in counts: an upgrade
+        keeps the month's usage)."""
         quota = self._quotas.get((usage.name, allowance))
         if quota is None:
-            quota = self._quotas[(usage.name, allowance)] = Quota(
-                allowance, store=self._quota_store(), name=f"{self.spec.name}/{usage.name}",
-                tz=usage.tz, clock=self._wall_clock, on_full=self._on_full(usage.fail))
+            name = f"{self.spec.name}/{usage.name}"
+            on_full = self._on_full(usage.fail)
+            quota = self._quotas[(usage.name, allowance)] = AsyncQuota(
+                allowance, self.store, name=name, tz=usage.tz, clock=self._wall_clock,
+                on_full=on_full) if self.asynchronous else Quota(
+                allowance, store=self._quota_store(), name=name, tz=usage.tz,
+                clock=self._wall_clock, on_full=on_full)
         return quota
 
     def _on_full(self, fail: FailPolicy | None) -> Any:
@@ -557,8 +571,36 @@ class Policy:
             X-RateLimit-Remaining 0
             X-RateLimit-Reset 60
         """
+        if self.asynchronous:
+            raise ConfigurationError(self._awaited("hit"))
         return self._plan.hit(method, path, identity, client_ip, cost=cost,
                               content_length=content_length, files=files)
+
+    async def ahit(self, method: str, path: str, identity: Identity | None = None,
+                   client_ip: str | None = None, *, cost: int = 1,
+                   content_length: int | None = None,
+                   files: int | None = None) -> PolicyDecision:
+        """:meth:`hit` for asyncio code: on an asyncio store (an
+        :class:`~fastlimit.AsyncRedisBackend`) the request is counted in one
+        awaited call, and the event loop runs on meanwhile; on any other
+        store it is :meth:`hit`.  A decision holding leases gives them back
+        with ``await decision.release()``."""
+        d: PolicyDecision = await self._plan.hit(
+            method, path, identity, client_ip, cost=cost, content_length=content_length,
+            files=files).settle()
+        return d
+
+    async def apeek(self, method: str, path: str, identity: Identity | None = None,
+                    client_ip: str | None = None, *, cost: int = 1) -> PolicyDecision:
+        """:meth:`peek` for asyncio code (see :meth:`ahit`)."""
+        d: PolicyDecision = await self._plan.peek(method, path, identity, client_ip,
+                                                  cost=cost).settle()
+        return d
+
+    def _awaited(self, method: str) -> str:
+        return (f"policy {self.name!r} counts on an asyncio store ({self.store!r}): use "
+                f"`await policy.a{method}(...)` or the ASGI middleware; for synchronous code "
+                f"give it a RedisBackend")
 
     def peek(self, method: str, path: str, identity: Identity | None = None,
              client_ip: str | None = None, *, cost: int = 1) -> PolicyDecision:
@@ -570,6 +612,8 @@ class Policy:
             >>> policy.peek("GET", "/ocr", Identity.token("t")).decision.remaining
             100
         """
+        if self.asynchronous:
+            raise ConfigurationError(self._awaited("peek"))
         return self._plan.peek(method, path, identity, client_ip, cost=cost)
 
     def _report_shadow(self, decision: PolicyDecision, method: str, path: str) -> None:

@@ -478,6 +478,22 @@ cdef class ASGICall(_Call):
                 self.exempt_under is not None and self.exempt_under(path)):
             return self.app(scope, receive, send)
         outcome = self.checker._check(view) if self.checker is not None else self.check(view)
+        if type(outcome) is PolicyDecision and (<PolicyDecision>outcome).pending is not None:
+            return self._settle(outcome, scope, receive, send)  # an asyncio store counts it
+        return self._proceed(outcome, scope, receive, send)
+
+    async def _settle(self, PolicyDecision decision, scope, receive, send):
+        """A decision an asyncio store is still to count: awaited (the event
+        loop runs on meanwhile), then answered as any other."""
+        try:
+            outcome = await decision.settle()
+        except ConfigurationError as e:
+            if self.checker is None:
+                raise
+            outcome = self.checker.misconfigured(e)
+        await self._proceed(outcome, scope, receive, send)
+
+    cdef object _proceed(self, outcome, scope, receive, send):
         scope["fastlimit.decision"] = outcome
         cdef PolicyDecision decided = outcome if type(outcome) is PolicyDecision else None
         if decided is not None and decided.caps is not None and decided.allowed:
@@ -503,7 +519,9 @@ cdef class ASGICall(_Call):
                            SendHeaders(send, self.encode(extra), self.names, self.merge))
         finally:
             if getattr(outcome, "holding", True):
-                outcome.release()
+                given = outcome.release()
+                if given is not None:  # an asyncio store's releases
+                    await given
 
 
 # Servers tell an ASGI 3 application by its __call__ being a coroutine

@@ -82,6 +82,7 @@ class RateLimitMiddleware(Middleware[ASGIApp], ASGICall):
     _wiring: tuple[Any, ...] = ()  # set below: what its compiled call is wired with
 
     __call__ = ASGICall.handle
+    _awaits = True
 
     async def _stream_capped(self, scope: Scope, receive: Receive, send: Send, decision: Any,
                              cap: int) -> None:
@@ -125,7 +126,9 @@ class RateLimitMiddleware(Middleware[ASGIApp], ASGICall):
                 raise
             # the application's error at the disconnect it was told of: answered already
         finally:
-            decision.release()
+            given = decision.release()
+            if given is not None:  # an asyncio store's releases
+                await given
 
 
 

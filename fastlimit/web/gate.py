@@ -323,7 +323,7 @@ class Gate:
         is under an exempt prefix (None: there is none)."""
         # The policy's compiled decision path, called in C, unless the policy
         # is of a class with its own hit: then that is called.
-        plan = policy._plan if policy.hit == policy._plan.hit else None
+        plan = policy._plan if policy.hit == policy._plan.hit or policy.asynchronous else None
         self._mistakes: set[object] = set()
         self.check: Callable[[RequestView], Outcome] = Check(
             self, plan, no_address=NO_ADDRESS, too_large=_TooLarge,
@@ -353,6 +353,7 @@ class Middleware(Generic[App]):
 
     _wiring: tuple[Any, ...]
     _wire: Callable[..., None]
+    _awaits = False  # the ASGI middleware's: it awaits a policy on an asyncio store
     app: App
     gate: Gate
 
@@ -361,6 +362,11 @@ class Middleware(Generic[App]):
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
                  cost: Cost = 1, exempt_paths: Collection[str] = (), mount: str = "",
                  files: Files | None = None, enabled: bool = True) -> None:
+        if getattr(policy, "asynchronous", False) and not self._awaits:
+            raise ConfigurationError(
+                f"policy {policy.name!r} counts on an asyncio store ({policy.store!r}): a "
+                f"{type(self).__module__}.{type(self).__name__} cannot await it; use the ASGI "
+                f"middleware (fastlimit.asgi), or give the policy a RedisBackend")
         self.app = app
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
                          forwarded_header=forwarded_header, cost=cost, exempt_paths=exempt_paths,
@@ -398,6 +404,11 @@ class RouteLimit:
                  forwarded_header: ForwardedHeader = "x-forwarded-for",
                  cost: Cost = 1, mount: str = "", files: Files | None = None,
                  enabled: bool = True) -> None:
+        if getattr(policy, "asynchronous", False):
+            raise ConfigurationError(
+                f"policy {policy.name!r} counts on an asyncio store ({policy.store!r}): a "
+                f"RouteLimit's check is synchronous; use the ASGI middleware or "
+                f"`await policy.ahit(...)`, or give the policy a RedisBackend")
         self.gate = Gate(policy, identify=identify, trusted_proxies=trusted_proxies,
                          forwarded_header=forwarded_header, cost=cost, mount=mount, files=files,
                          enabled=enabled)

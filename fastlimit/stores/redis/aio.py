@@ -32,10 +32,12 @@ from fastlimit.stores.redis.common import (
 from fastlimit.stores.redis.plans import (
     HIT_ALL_DOC,
     Check,
+    LeasePlans,
     QuotaPlans,
     QuotaStateBase,
     RateSpec,
     RateStateBase,
+    StateBase,
     hit_all,
 )
 
@@ -43,7 +45,8 @@ if TYPE_CHECKING:
     from fastlimit.limiters.aio import AsyncLimiter, AsyncQuota
     from fastlimit.stores.table import OnFull
 
-__all__ = ["AsyncRedisBackend", "AsyncRedisGcra", "AsyncRedisQuotaCounter"]
+__all__ = ["AsyncRedisBackend", "AsyncRedisGcra", "AsyncRedisLeases",
+           "AsyncRedisQuotaCounter"]
 
 
 class AsyncRedisGcra(RateStateBase):
@@ -88,6 +91,41 @@ class AsyncRedisQuotaCounter(QuotaStateBase):
 
     async def reset(self, key: Key) -> None:
         await self._run(self._plans.reset(key))
+
+
+class AsyncRedisLeases(StateBase):
+    """One concurrency limit's leases on Redis for asyncio: the store
+    contract's LeaseSlots with coroutine methods (what a
+    :class:`~fastlimit.Policy` on an :class:`AsyncRedisBackend` takes and
+    gives back).  The leases of a RedisBackend's of the same name: the same
+    keys, expiring ``lease_ttl`` seconds after their acquire or renew."""
+
+    _run: RunsAsync
+    _plans: LeasePlans
+
+    @property
+    def reclaimed(self) -> int:
+        return self._plans.reclaimed
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a lease counts without a renew."""
+        return self._plans.backend.lease_ttl
+
+    async def acquire(self, key: Key, limit: int, start: int = 0) -> int:
+        return await self._run(self._plans.acquire(key, limit))
+
+    async def release(self, key: Key, token: int) -> bool:
+        return await self._run(self._plans.release(key, token))
+
+    async def renew(self, key: Key, token: int) -> bool:
+        return await self._run(self._plans.renew(key, token))
+
+    async def in_flight(self, key: Key, limit: int) -> int:
+        return await self._run(self._plans.in_flight(key, limit))
+
+    def __repr__(self) -> str:
+        return f"<AsyncRedisLeases {self.name!r} ttl={self.ttl}s>"
 
 
 class AsyncRedisBackend(BackendBase):
@@ -136,6 +174,11 @@ class AsyncRedisBackend(BackendBase):
         """Calendar counts of the quota ``name``, with coroutine methods."""
         return AsyncRedisQuotaCounter(
             self, QuotaPlans(self, name, limit, self._fail_of(on_full)))
+
+    def lease_slots(self, name: str, *, on_full: OnFull | None = None,
+                    clock: Callable[[], int] | None = None) -> AsyncRedisLeases:
+        """Leases in flight of the concurrency limit ``name``, with coroutine methods."""
+        return AsyncRedisLeases(self, LeasePlans(self, name, self._fail_of(on_full), clock))
 
     def limiter(self, rate: Any, *, name: str = "default", burst: int | None = None,
                 clock: Callable[[], int] | None = None,
