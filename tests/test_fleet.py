@@ -10,8 +10,20 @@ import uuid
 import pytest
 from model import Model
 
-from fastlimit import FakeClock, Rate, RedisBackend, SharedTable
+from fastlimit import (
+    CapacityError,
+    Decision,
+    FakeClock,
+    Identity,
+    Limiter,
+    Policy,
+    Quota,
+    Rate,
+    RedisBackend,
+    SharedTable,
+)
 from fastlimit.core import gcra
+from fastlimit.stores.contract import RateState
 from fastlimit.stores.fleet import FleetBackend
 
 S = 10**9
@@ -84,3 +96,100 @@ def test_a_take_shares_the_bucket_of_ordinary_checks(redis_server):
     assert not lim.allow("k")
     clock.advance(0.1)
     assert lim.allow("k")
+
+
+# -- one host ------------------------------------------------------------------------
+
+
+def test_a_cold_key_is_checked_on_redis_and_answers_as_redis_does(redis_server, clock):
+    fleet = fleet_for(redis_server, hot=1000)
+    lim = Limiter("5/10s", store=fleet, name="cold", clock=clock)
+    plain = Limiter("5/10s", store=fleet.redis, name="cold", clock=clock)
+    m = Model(2 * S, 5)
+    for i in range(8):
+        want = Decision(*m.hit("k", clock()))
+        assert (lim if i % 2 else plain).hit("k") == want
+        clock.advance(0.5)
+    st = fleet.stats()
+    assert st.cold == 4 and st.leases == 0
+
+
+def test_a_hot_key_is_served_from_a_lease_and_never_over_the_bound(redis_server, clock):
+    fleet = fleet_for(redis_server, lease=20)
+    lim = Limiter("100/1s", store=fleet, name="hot", clock=clock)
+    t0 = clock()
+    admitted = 0
+    for _ in range(300):  # 3 s at 300/s: three times the limit
+        for _ in range(3):
+            admitted += lim.allow("k")
+        clock.advance(0.01)
+    elapsed = clock() - 10**7 - t0
+    assert admitted <= 100 + elapsed // (S // 100)  # one GCRA's bound: B + t / T
+    assert admitted >= 0.95 * (100 + elapsed // (S // 100))
+    st = fleet.stats()
+    calls = fleet.redis.stats().calls
+    assert st.leases > 0 and calls / admitted <= 0.5, (st, calls)
+
+
+def test_decisions_come_from_the_hosts_view_and_retry_after_is_never_zero(redis_server, clock):
+    fleet = fleet_for(redis_server, lease=10)
+    lim = Limiter("100/1s", store=fleet, name="view", clock=clock)
+    ds = [lim.hit("k") for _ in range(150)]
+    allowed = [d for d in ds if d.allowed]
+    denied = [d for d in ds if not d.allowed]
+    assert len(allowed) == 100 and len(denied) == 50  # the burst, at one instant
+    assert all(d.limit == 100 and 0 <= d.remaining <= 100 for d in ds)
+    # remaining falls as the burst is spent: the lease's balance plus the bucket's free units
+    assert allowed[-1].remaining == 0 and allowed[0].remaining >= 90
+    assert all(d.retry_after_ns > 0 for d in denied)
+    assert all(0 < d.reset_after_ns <= S for d in ds)
+    clock.advance(denied[-1].retry_after)
+    assert lim.hit("k").allowed
+
+
+def test_a_cost_above_the_lease_goes_to_redis_and_above_the_burst_raises(redis_server, clock):
+    fleet = fleet_for(redis_server, lease=5)
+    lim = Limiter("100/1s", store=fleet, name="cost", clock=clock)
+    assert lim.hit("k", cost=50).allowed and fleet.stats().direct == 1
+    with pytest.raises(CapacityError):
+        lim.hit("k", cost=101)
+    assert lim.peek("k", cost=0).allowed
+
+
+def test_leases_follow_the_hosts_pace(redis_server, clock):
+    # one host at 1% of a 10,000/s key does not hold a large share of it
+    fleet = fleet_for(redis_server, lease=1000)
+    lim = Limiter("10000/1s", store=fleet, name="pace", clock=clock)
+    for _ in range(200):  # 100/s for 2 s
+        lim.allow("k")
+        clock.advance(0.01)
+    st = fleet.stats()
+    per_lease = st.taken / st.leases
+    assert per_lease <= 30, st  # ~10 served per 0.1 s lease, x1.5 + 1
+    busy = fleet_for(redis_server, lease=1000)
+    lim = Limiter("10000/1s", store=busy, name="pace", clock=clock)
+    for _ in range(200):  # 5,000/s
+        for _ in range(50):
+            lim.allow("k2")
+        clock.advance(0.01)
+    st = busy.stats()
+    assert st.taken / st.leases >= 200, st
+
+
+def test_reset_forgets_the_lease_and_the_global_state(redis_server, clock):
+    fleet = fleet_for(redis_server, lease=10)
+    lim = Limiter("20/1s", store=fleet, name="reset", clock=clock)
+    assert sum(lim.allow("k") for _ in range(30)) == 20
+    lim.reset("k")
+    assert sum(lim.allow("k") for _ in range(30)) == 20
+
+
+def test_quota_and_policy_take_a_fleet_store(redis_server, clock):
+    fleet = fleet_for(redis_server)
+    q = Quota("3/day", store=fleet, name="q", clock=FakeClock(1716163200 * S))
+    assert [q.hit("acct").allowed for _ in range(4)] == [True] * 3 + [False]
+    policy = Policy.from_dict({"identities": {"session": {"rate": "2/1m"}}}, store=fleet,
+                              clock=clock)
+    ident = Identity.session("s1")
+    assert [policy.hit("GET", "/", ident).allowed for _ in range(3)] == [True, True, False]
+    assert isinstance(fleet.rate_state("c", S, 3, clock=clock), RateState)

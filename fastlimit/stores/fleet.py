@@ -239,6 +239,12 @@ class FleetBackend:
         """Leases of the concurrency limit ``name``: the Redis backend's."""
         return self.redis.lease_slots(name, on_full=on_full, clock=clock)
 
+    @property
+    def local_tables(self) -> dict[str, SharedTable]:
+        """The Redis backend's tables for ``fail="local"`` (a Policy reads
+        its limits' ``fail`` when the store has them)."""
+        return self.redis.local_tables
+
     def stats(self) -> FleetStats:
         """This process's counters (Redis's own: ``redis.stats()``)."""
         with self._lock:
@@ -601,7 +607,9 @@ class FleetGcra:
         the bucket is empty, until when (a share of the next lease free)."""
         self._view.hold(kb, ahead)
         if granted < want:
-            share = max(cost, want // 4)
+            # a share of a lease, not one unit: a host whose demand exceeds
+            # what the bucket has asks again once that much is free
+            share = max(cost, want // 4, self.lease // 4)
             wait = min(gcra.wait_ns(ahead, share * self.emission_interval_ns,
                                     self.emission_interval_ns, self.burst), self._P)
             if wait > 0:
