@@ -190,3 +190,55 @@ def test_an_async_policy_decides_as_a_sync_one(redis_server):
         asyncio.run(main())
     finally:
         table.close()
+
+
+def test_on_a_cluster_a_callers_request_is_one_call_and_a_mixed_one_decides_alike(
+        redis_cluster3):
+    """On a 3-primary cluster all state of one key shares its hash slot, so
+    a request whose limits all count the caller is one script call.  One
+    that counts the caller's key and per-IP keys (two slots: the route
+    limits here are per IP) is counted limit by limit, with the same
+    decisions; a hash_tag that co-locates the policy's keys makes it one
+    call again (all of them then live on one primary)."""
+    clock = FakeClock(1_760_000_000 * 10**9)
+    table = SharedTable.anonymous(capacity=4096)
+    s1 = Identity("session", "s1")
+    for hash_tag, calls_of in ((None, {"/": 1, "/search": 3}),
+                               (lambda name, key: "req", {"/": 1, "/search": 1})):
+        backend = RedisBackend(redis_cluster3.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                               timeout=10, connect_timeout=10, hash_tag=hash_tag)
+        on_redis, on_table = _policy(backend, clock), _policy(table, clock)
+        backend.ping()
+        for path, calls_each in calls_of.items():
+            for _ in range(6):
+                a = on_table.hit("GET", path, s1, "203.0.113.1")
+                calls = backend.stats().calls
+                b = on_redis.hit("GET", path, s1, "203.0.113.1")
+                assert _seen(a) == _seen(b)
+                assert backend.stats().calls - calls == calls_each, (hash_tag, path)
+        assert backend.stats().errors == 0
+        on_redis.close()
+        on_table.close()
+        table.clear()
+        backend.close()
+    table.close()
+
+
+def test_a_denial_the_deny_cache_holds_asks_redis_nothing(redis_server):
+    clock = FakeClock(1_760_000_000 * 10**9)
+    deny = SharedTable.anonymous(capacity=1024)
+    backend = RedisBackend(redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                           deny_cache=deny)
+    policy = _policy(backend, clock)
+    s1 = Identity("session", "s1")
+    answers = [policy.hit("GET", "/search", s1, "203.0.113.1") for _ in range(6)]
+    assert [d.allowed for d in answers] == [True] * 4 + [False] * 2
+    stats = backend.stats()
+    # the 4th used the last of the burst: its state says the next would be
+    # denied, and the cache answers the 5th and 6th with no call
+    assert (stats.calls, stats.cache_hits) == (4, 2)
+    assert (answers[5].kind, answers[5].limit) == ("rate", "search")
+    assert answers[5].retry_after == answers[4].retry_after
+    policy.close()
+    backend.close()
+    deny.close()
