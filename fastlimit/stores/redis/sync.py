@@ -390,6 +390,8 @@ class RedisBackend(BackendBase):
     def close(self) -> None:
         """Close the connections of a client made from a URL (a client
         passed in is the caller's to close)."""
+        if self._batcher is not None:
+            self._batcher.close()
         if self._url is not None:
             self._client.close()
 
