@@ -12,7 +12,9 @@ import numpy.typing as npt
 
 from fastlimit._core import Decision
 from fastlimit.core.results import Step
+from fastlimit.errors import ConfigurationError
 from fastlimit.stores.redis import request as request_ops
+from fastlimit.stores.redis.batching import DEFAULT_BATCH_SIZE, AsyncBatcher
 from fastlimit.stores.redis.common import (
     BackendBase,
     Fail,
@@ -137,6 +139,12 @@ class AsyncRedisBackend(BackendBase):
     a sync RedisBackend, and works in asyncio code with ``async with``.)
     Make it in the loop that uses it.
 
+    ``batch=True`` coalesces the script calls of concurrent coroutines into
+    pipelines, as RedisBackend's does for threads (see :mod:`.batching`): a
+    call that finds no round trip in flight goes at once; calls that arrive
+    meanwhile go together in the next one (``batch_size``, default 128).
+    Same decisions and failure answers; one server or Sentinel master only.
+
     Example:
         >>> backend = AsyncRedisBackend("redis://127.0.0.1:6379/0")  # doctest: +SKIP
         >>> api = backend.limiter("100/1h", name="api")  # doctest: +SKIP
@@ -147,6 +155,15 @@ class AsyncRedisBackend(BackendBase):
     _client_types = (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
     _client_name = "redis.asyncio.Redis"
     _cluster_type = redis.asyncio.cluster.RedisCluster
+
+    def __init__(self, url_or_client: Any = "redis://127.0.0.1:6379/0", *, batch: bool = False,
+                 batch_size: int = DEFAULT_BATCH_SIZE, **options: Any) -> None:
+        if not isinstance(batch, bool):
+            raise ConfigurationError(f"batch must be True or False, got {batch!r}")
+        super().__init__(url_or_client, **options)
+        self._batcher: AsyncBatcher | None = None
+        if batch:
+            self._batcher = AsyncBatcher(self, batch_size)
 
     def _from_url(self, url: str, options: dict[str, Any]) -> Any:
         from fastlimit.stores.redis.topology import connect
@@ -216,6 +233,12 @@ class AsyncRedisBackend(BackendBase):
             return result
 
     async def _eval(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
+        if self._batcher is not None:
+            return await self._batcher.eval(script, keys, args)
+        return await self._eval_one(script, keys, args)
+
+    async def _eval_one(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
+        """One script call in a round trip of its own: its reply, or Failure raised."""
         node = self._node_of(keys)
         skipped = self._skip(node)
         if skipped is not None:
@@ -321,6 +344,8 @@ class AsyncRedisBackend(BackendBase):
 
     async def aclose(self) -> None:
         """Close the connections of a client made from a URL."""
+        if self._batcher is not None:
+            await self._batcher.close()
         if self._url is not None:
             await self._client.aclose()
 
