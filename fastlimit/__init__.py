@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from fastlimit.stores.table import TableStats as TableStats
     from fastlimit.stores.url import store_from_url as store_from_url
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _ERRORS = ("BackendError", "CallbackError", "CapacityError", "ConcurrencyLimitExceeded",
            "ConfigurationError", "FastLimitError", "RateLimitExceeded", "RateLimited",
