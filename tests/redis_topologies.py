@@ -429,15 +429,8 @@ def start_sentinel(start_server: Callable[..., Any], free_port: Callable[[], int
         ports = []
         for i in range(sentinels):
             port = free_port()
-            conf = directory / f"sentinel-{i}.conf"
-            conf.write_text(
-                f"port {port}\nbind {HOST}\ndir {directory}\n"
-                f"sentinel monitor {service} {HOST} {primary.port} 1\n"
-                f"sentinel down-after-milliseconds {service} 2000\n"
-                f"sentinel failover-timeout {service} 10000\n")
-            procs.append(subprocess.Popen([binary, str(conf), "--sentinel"],
-                                          stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.STDOUT))
+            procs.append(sentinel_process(binary, directory / f"sentinel-{i}.conf",
+                                          f"port {port}", service, primary.port))
             ports.append(port)
         setup = SentinelSetup([primary, replica], procs, ports, service)
         for port, proc in zip(ports, procs, strict=True):
@@ -455,3 +448,43 @@ def start_sentinel(start_server: Callable[..., Any], free_port: Callable[[], int
         for server in started:
             server.stop()
         raise
+
+
+def sentinel_process(binary: str, conf: Path, listen: str, service: str, master_port: int,
+                     extra: str = "") -> subprocess.Popen[bytes]:
+    """A started sentinel (quorum 1) watching the master on ``master_port``
+    as ``service``; ``listen``: its port lines (``port N``, or ``port 0`` and
+    ``tls-port N``), ``extra``: more configuration."""
+    conf.write_text(
+        f"{listen}\nbind {HOST}\ndir {conf.parent}\n{extra}"
+        f"sentinel monitor {service} {HOST} {master_port} 1\n"
+        f"sentinel down-after-milliseconds {service} 2000\n"
+        f"sentinel failover-timeout {service} 10000\n")
+    return subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+
+def make_certificate(directory: Path) -> Path | None:
+    """A self-signed certificate and its key for 127.0.0.1 (``cert.pem``,
+    ``key.pem``; the certificate is its own CA), or None without openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    done = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"),
+         "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=IP:{HOST}"],
+        capture_output=True, timeout=60)
+    return directory / "cert.pem" if done.returncode == 0 else None
+
+
+def tls_config(cert: Path, port: int) -> list[tuple[str, str]]:
+    """A server's TLS settings: ``port`` for TLS clients, ``cert`` (and its
+    key beside it) as its certificate and CA, client certificates not asked
+    for."""
+    return [("tls-port", str(port)), ("tls-cert-file", str(cert)),
+            ("tls-key-file", str(cert.parent / "key.pem")), ("tls-ca-cert-file", str(cert)),
+            ("tls-auth-clients", "no")]

@@ -17,8 +17,10 @@ import pytest
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.connection
 import redis.sentinel
 
 from fastlimit import (
@@ -29,6 +31,7 @@ from fastlimit import (
     SharedTable,
     store_from_url,
 )
+from fastlimit.stores.redis import topology
 
 
 def _name():
@@ -81,11 +84,67 @@ def test_the_constructor_names_from_url_for_options_in_a_url():
     ("redis://127.0.0.1:1/zero", "the database must be a number (/0, /1...), got 'zero'"),
     ("memcached://127.0.0.1:1", "unknown scheme 'memcached'; expected one of redis://"),
     ("redis://127.0.0.1:1/0?lease_ttl=long", "lease_ttl must be a number of seconds"),
+    ("redis+cluster://127.0.0.1:7000?ssl_ca_certs=/ca.pem",
+     "ssl_ca_certs= is a TLS option, and this URL is not TLS: write rediss+cluster:// or add "
+     "ssl=true"),
+    ("rediss+sentinel://127.0.0.1:26379/svc?ssl=false",
+     "ssl=false contradicts rediss+sentinel://, which is TLS"),
+    ("redis+cluster://127.0.0.1:7000?ssl=maybe", "ssl must be true or false, got 'maybe'"),
+    ("rediss://127.0.0.1:1/0?ssl_cert_reqs=always",
+     "ssl_cert_reqs must be one of none, optional, required, got 'always'"),
+    ("unix:///run/redis.sock?ssl=true", "a unix socket takes no TLS"),
+    ("rediss+cluster://127.0.0.1:7000?sentinel_ssl=false",
+     "sentinel_ssl= is for redis+sentinel:// URLs"),
+    ("rediss+sentinel://127.0.0.1/svc", "expected rediss+sentinel://HOST:PORT[,HOST:PORT...]"
+                                         "/SERVICE[/DB], got the sentinel '127.0.0.1'"),
 ])
 def test_a_bad_url_is_named_with_what_is_accepted(url, fragment):
     for make in (RedisBackend.from_url, AsyncRedisBackend.from_url):
         with pytest.raises(ConfigurationError, match=re.escape(fragment)):
             make(url)
+
+
+@pytest.mark.parametrize("url, options", [
+    ("rediss+cluster://10.0.0.5:7000,10.0.0.6:7000?ssl_ca_certs=/etc/ca.pem"
+     "&ssl_cert_reqs=required",
+     {"ssl": True, "ssl_ca_certs": "/etc/ca.pem", "ssl_cert_reqs": "required"}),
+    ("redis+cluster://10.0.0.5:7000?ssl=true&ssl_certfile=/c.pem&ssl_keyfile=/k.pem"
+     "&ssl_check_hostname=false",
+     {"ssl": True, "ssl_certfile": "/c.pem", "ssl_keyfile": "/k.pem",
+      "ssl_check_hostname": False}),
+    ("rediss+sentinel://10.0.0.1:26379/cache/1?ssl_cert_reqs=none",
+     {"ssl": True, "ssl_cert_reqs": "none"}),
+    ("redis+sentinel://10.0.0.1:26379/cache?ssl=yes", {"ssl": True}),
+    ("rediss://10.0.0.1:6380/0", {"ssl": True}),
+    ("redis+cluster://10.0.0.5:7000?ssl=false", {}),
+])
+def test_tls_urls_give_redis_py_its_options(url, options):
+    assert topology.parse(url).tls_options == options
+
+
+def test_tls_options_reach_the_clients():
+    # nothing listens on port 1: the probes go unanswered, the clients are
+    # made as they would be (their TLS read back from their pools)
+    q = "ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=none&connect_timeout=0.2"
+    one = RedisBackend.from_url(f"redis://127.0.0.1:1/0?ssl=true&{q}")
+    pool = one.client.connection_pool
+    assert pool.connection_class is redis.connection.SSLConnection
+    assert (pool.connection_kwargs["ssl_ca_certs"], pool.connection_kwargs["ssl_cert_reqs"]) == (
+        "/etc/ca.pem", "none")
+    for extra, to_sentinels in (("", redis.connection.SSLConnection),
+                                ("&sentinel_ssl=false", redis.connection.Connection)):
+        master = RedisBackend.from_url(f"rediss+sentinel://127.0.0.1:1/svc?{q}{extra}")
+        pool = master.client.connection_pool
+        assert pool.connection_class is redis.sentinel.SentinelManagedSSLConnection
+        assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+        [sentinel] = pool.sentinel_manager.sentinels
+        assert sentinel.connection_pool.connection_class is to_sentinels
+        master.close()
+    cluster = AsyncRedisBackend.from_url(f"redis+cluster://127.0.0.1:1,127.0.0.1:2?ssl=1&{q}")
+    kwargs = cluster.client.connection_kwargs
+    assert kwargs["connection_class"] is redis.asyncio.connection.SSLConnection
+    assert (kwargs["ssl_ca_certs"], kwargs["ssl_cert_reqs"]) == ("/etc/ca.pem", "none")
+    one.close()
 
 
 def test_a_server_that_does_not_answer_is_not_checked():
@@ -472,3 +531,91 @@ def test_a_cluster_node_by_unix_socket_is_refused(tmp_path_factory):
             RedisBackend(f"unix://{sock}")
     finally:
         server.stop()
+
+
+# -- TLS: a server, a one-node cluster and a sentinel, each on a TLS port ----------------
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory):
+    """``urls(query)``: the TLS URLs of every kind, each server's own port
+    TLS (its plain port only for the fixture's own waits)."""
+    import redis_topologies as rt
+    from conftest import _redis_binary, _start_server
+
+    binary = _redis_binary()
+    cert = rt.make_certificate(tmp_path_factory.mktemp("tls"))
+    if cert is None:
+        pytest.skip("openssl is not installed: no certificate for the TLS tests")
+    tls = {"server": rt.free_port(), "cluster": rt.free_port(), "sentinel": rt.free_port()}
+    args = [a for pair in rt.tls_config(cert, tls["server"]) for a in ("--" + pair[0], pair[1])]
+    try:
+        server = _start_server(tmp_path_factory, *args)
+    except RuntimeError:
+        pytest.skip("redis-server did not start with --tls-port: built without TLS")
+    started, procs = [server], []
+    try:
+        node = _start_server(
+            tmp_path_factory, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-port", str(rt.free_port()), "--tls-cluster", "yes",
+            *(a for pair in rt.tls_config(cert, tls["cluster"]) for a in ("--" + pair[0], pair[1])))
+        started.append(node)
+        with node.client() as c:
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            rt.wait_for("the TLS cluster", lambda: b"cluster_state:ok" in c.execute_command(
+                "CLUSTER", "INFO"))
+        conf = tmp_path_factory.mktemp("tls-sentinel") / "sentinel.conf"
+        procs.append(rt.sentinel_process(
+            binary, conf, f"port 0\ntls-port {tls['sentinel']}", "tls-svc", tls["server"],
+            "".join(f"{k} {v}\n" for k, v in rt.tls_config(cert, tls["sentinel"])[1:])
+            + "tls-replication yes\n"))
+        with redis.Redis(host="127.0.0.1", port=tls["sentinel"], ssl=True,
+                         ssl_ca_certs=str(cert), socket_timeout=2) as s:
+            rt.wait_for("the TLS sentinel", lambda: s.sentinel_get_master_addr_by_name("tls-svc"))
+        host = "127.0.0.1"
+
+        def urls(q):
+            return [f"rediss://{host}:{tls['server']}/0?{q}",
+                    f"redis://{host}:{tls['server']}/0?ssl=true&{q}",
+                    f"rediss+cluster://{host}:{tls['cluster']}?{q}",
+                    f"redis+cluster://{host}:{tls['cluster']}?ssl=true&{q}",
+                    f"rediss+sentinel://{host}:{tls['sentinel']}/tls-svc?{q}",
+                    f"redis+sentinel://{host}:{tls['sentinel']}/tls-svc?ssl=true&{q}"]
+
+        yield urls, cert
+    finally:
+        for proc in procs:
+            rt._stop(proc)
+        for s in started:
+            s.stop()
+
+
+@pytest.mark.slow
+def test_tls_urls_against_tls_servers(tls_redis):
+    urls, cert = tls_redis
+    for url in urls(f"ssl_ca_certs={cert}&ssl_cert_reqs=required"):
+        backend = RedisBackend.from_url(url, prefix=_name())
+        _exact(backend)
+        backend.close()
+
+    async def main():
+        for url in urls(f"ssl_ca_certs={cert}")[2:]:  # a cluster and a sentinel
+            backend = AsyncRedisBackend.from_url(url, prefix=_name())
+            lim = backend.limiter("2/1d", name="x")
+            assert [await lim.allow("k") for _ in range(3)] == [True, True, False]
+            assert backend.stats().errors == 0
+            await backend.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_tls_without_the_ca_is_refused_by_the_server_not_admitted(tls_redis):
+    urls, _ = tls_redis
+    # a certificate this client cannot verify: every connection fails, the
+    # failure policy (closed here) answers
+    backend = RedisBackend.from_url(urls("")[0] + "&fail=closed")
+    assert not Limiter("5/1s", store=backend, name="x").allow("k")
+    st = backend.stats()
+    assert (st.failed_closed, st.connection_errors) == (1, 1)
+    assert "certificate verify failed" in st.last_error

@@ -12,27 +12,35 @@ settings (and flask-limiter's users) write it.
                                             ``RedisCluster``), seed node given
 ``redis+sentinel://h1:26379,h2:26379/svc``  the master of Sentinel service
                                             ``svc`` (``/svc/1``: database 1)
+``rediss+cluster://``,                      the same over TLS (as ``?ssl=true``;
+``rediss+sentinel://``                      ``ssl_ca_certs=`` and redis-py's other
+                                            TLS options in the query)
 ==========================================  =====================================
 
 Redis URLs are read by :meth:`RedisBackend.from_url <fastlimit.RedisBackend.from_url>`
 (:mod:`fastlimit.stores.redis.topology`): they take the backend's options as
-query parameters, ``fail`` (open, closed, raise), ``prefix``, and in seconds
-``timeout``, ``connect_timeout``, ``retry_interval``, ``log_interval`` and
-``lease_ttl``; any other parameter goes to redis-py.  A plain URL to a
+query parameters, ``fail`` (local, open, closed, raise), ``prefix``, and in
+seconds ``timeout``, ``connect_timeout``, ``retry_interval``,
+``max_retry_interval``, ``log_interval`` and ``lease_ttl``; any other
+parameter goes to redis-py.  A plain URL to a
 cluster node is followed as a cluster; one to a replica is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from fastlimit.errors import ConfigurationError
 from fastlimit.stores.table import SharedTable
 
-__all__ = ["store_from_url"]
+__all__ = ["REDIS_SCHEMES", "read_url", "shown", "store_from_url"]
 
-_SCHEMES = ("shm", "memory", "redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
+# (here, not in stores.redis.topology: reading a URL must not import redis-py)
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster",
+                 "redis+sentinel", "rediss+sentinel")
+_SCHEMES = ("shm", "memory", *REDIS_SCHEMES)
 
 
 def store_from_url(url: str) -> Any:
@@ -45,15 +53,7 @@ def store_from_url(url: str) -> Any:
         >>> store_from_url("memory://?capacity=1000").capacity
         1000
     """
-    if not isinstance(url, str):
-        raise ConfigurationError(f"a storage URI must be a str, got {url!r}")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise ConfigurationError(
-            f"storage URI {shown(url)}: unknown scheme {parts.scheme!r}; expected one of "
-            f"{', '.join(s + '://' for s in _SCHEMES)}")
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    parts, scheme, query = read_url(url, _SCHEMES, "storage URI")
     if scheme in ("shm", "memory"):
         return _table(url, scheme, parts.netloc + parts.path, query)
     return _redis(url)
@@ -89,6 +89,30 @@ def _redis(url: str) -> Any:
     from fastlimit.stores.redis import RedisBackend
 
     return RedisBackend.from_url(url)
+
+
+def read_url(url: Any, schemes: Sequence[str],
+             what: str) -> tuple[SplitResult, str, dict[str, str]]:
+    """``url``'s parts, its scheme (lower case) and its query parameters,
+    once it is a str of one of ``schemes`` (``what`` names it in errors).
+
+    Raises:
+        ConfigurationError: naming the URL (its password masked) and the
+            schemes accepted.
+
+    Example:
+        >>> read_url("redis://h:6379/0?ssl=true", REDIS_SCHEMES, "Redis URL")[1:]
+        ('redis', {'ssl': 'true'})
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"a {what} must be a str, got {url!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise ConfigurationError(
+            f"{what} {shown(url)}: unknown scheme {parts.scheme!r}; expected one of "
+            f"{', '.join(s + '://' for s in schemes)}")
+    return parts, scheme, dict(parse_qsl(parts.query, keep_blank_values=True))
 
 
 def shown(url: str) -> str:

@@ -11,7 +11,15 @@ and :func:`fastlimit.store_from_url`.
 ``redis+sentinel://h1:26379,h2:26379/s``  the master of Sentinel service ``s``
                                           (``/s/1``: its database 1), followed
                                           through failovers
+``rediss+cluster://``,                    the same over TLS; so is ``?ssl=true``
+``rediss+sentinel://``                    on any of them
 ========================================  =======================================
+
+TLS takes redis-py's options as query parameters, as its ``from_url`` does:
+``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``
+(``none``, ``optional``, ``required``), ``ssl_check_hostname``...  With a
+Sentinel URL they go to the sentinels as well as to the master, unless
+``sentinel_ssl=false`` (sentinels without TLS in front of a master with it).
 
 A URL's password goes to the server (for Sentinel: to the master; the
 sentinels' own are ``sentinel_username`` / ``sentinel_password`` query
@@ -71,14 +79,14 @@ from redis.exceptions import (
 )
 
 from fastlimit.errors import BackendError, ConfigurationError
-from fastlimit.stores.url import shown
+from fastlimit.stores.url import REDIS_SCHEMES, read_url, shown
 
 __all__ = ["BACKEND_OPTIONS", "SCHEMES", "RedisURL", "address_of", "connect", "parse",
-           "split_options"]
+           "server_url", "split_options"]
 
 log = logging.getLogger("fastlimit")
 
-SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
+SCHEMES = REDIS_SCHEMES
 
 
 def _seconds(name: str, text: str) -> float:
@@ -102,6 +110,8 @@ BACKEND_OPTIONS: dict[str, Callable[[str, str], Any]] = {
 }
 # query parameters for the sentinels themselves, not the master
 _SENTINEL_AUTH = {"sentinel_username": "username", "sentinel_password": "password"}
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+_CERT_REQS = ("none", "optional", "required")
 # an unanswered probe: construction goes on, the failure policy answers
 _UNANSWERED = (ConnectionError, TimeoutError, OSError)
 # slots 0, 8192 and 16383: no node of a cluster of several primaries serves all
@@ -119,7 +129,14 @@ class RedisURL:
             each sentinel (empty for ``unix://``).
         service: the Sentinel service, or None.
         db: the database number.
-        query: the other query parameters, as text (redis-py's).
+        query: the other query parameters, as text (redis-py's; without
+            ``ssl``).
+        kind: ``"server"``, ``"unix"``, ``"cluster"`` or ``"sentinel"``.
+        tls: whether the connections use TLS (``rediss``, or ``ssl=true``).
+        tls_options: redis-py's keyword arguments for TLS, typed as its
+            ``from_url`` types them (``ssl=True`` and the ``ssl_*`` of the
+            query); empty without TLS.
+        sentinel_tls: whether the sentinels are reached over TLS too.
     """
 
     scheme: str
@@ -128,6 +145,10 @@ class RedisURL:
     service: str | None = None
     db: int = 0
     query: dict[str, str] = field(default_factory=dict)
+    kind: str = "server"
+    tls: bool = False
+    tls_options: dict[str, Any] = field(default_factory=dict)
+    sentinel_tls: bool = False
 
     @property
     def shown(self) -> str:
@@ -175,49 +196,98 @@ def parse(url: str) -> RedisURL:
     Example:
         >>> parse("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/cache/1").nodes
         (('10.0.0.1', 26379), ('10.0.0.2', 26379))
+        >>> parse("rediss+cluster://10.0.0.5:7000?ssl_ca_certs=/etc/ca.pem").tls_options
+        {'ssl': True, 'ssl_ca_certs': '/etc/ca.pem'}
     """
-    if not isinstance(url, str):
-        raise ConfigurationError(f"a Redis URL must be a str, got {url!r}")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise ConfigurationError(
-            f"Redis URL {shown(url)}: unknown scheme {parts.scheme!r}; expected one of "
-            f"{', '.join(s + '://' for s in SCHEMES)}")
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    parts, scheme, query = read_url(url, SCHEMES, "Redis URL")
     mine = sorted(set(query) & set(BACKEND_OPTIONS))
     if mine:
         raise ConfigurationError(
             f"Redis URL {shown(url)}: {mine[0]}= is an option of the backend, read from a "
             f"URL by RedisBackend.from_url(url) and store_from_url(url); the constructor "
             f"takes it as a keyword (RedisBackend(url, {mine[0]}=...))")
-    if scheme == "unix":
-        return RedisURL(scheme, url, (), query=query)
+    kind = {"redis": "server", "rediss": "server", "unix": "unix"}.get(
+        scheme, scheme.partition("+")[2])
+    tls, tls_options, sentinel_tls = _tls(url, scheme, kind, query)
+    made: dict[str, Any] = dict(query=query, kind=kind, tls=tls, tls_options=tls_options,
+                sentinel_tls=sentinel_tls)
+    if kind == "unix":
+        return RedisURL(scheme, url, (), **made)
     hosts = parts.netloc.rsplit("@", 1)[-1]
-    if scheme in ("redis", "rediss"):
+    if kind == "server":
         nodes: tuple[tuple[str, int], ...] = ((parts.hostname or "localhost", _port(parts)),)
-        return RedisURL(scheme, url, nodes, db=_db(url, parts.path.strip("/") or "0"),
-                        query=query)
-    what = "redis+cluster://HOST:PORT[,HOST:PORT...]" if scheme == "redis+cluster" else (
-        "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
+        return RedisURL(scheme, url, nodes, db=_db(url, parts.path.strip("/") or "0"), **made)
+    what = f"{scheme}://HOST:PORT[,HOST:PORT...]" + ("" if kind == "cluster" else "/SERVICE[/DB]")
     found = []
     for item in hosts.split(","):
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
-            kind = "node" if scheme == "redis+cluster" else "sentinel"
+            node = "node" if kind == "cluster" else "sentinel"
             raise ConfigurationError(
-                f"Redis URL {shown(url)}: expected {what}, got the {kind} {item!r}")
+                f"Redis URL {shown(url)}: expected {what}, got the {node} {item!r}")
         found.append((host.strip("[]"), int(port)))
-    if scheme == "redis+cluster":
+    if kind == "cluster":
         if parts.path.strip("/") not in ("", "0"):
             raise ConfigurationError(
                 f"Redis URL {shown(url)}: a Redis Cluster has only database 0")
-        return RedisURL(scheme, url, tuple(found), query=query)
+        return RedisURL(scheme, url, tuple(found), **made)
     service, _, db = parts.path.strip("/").partition("/")
     if not service or (db and not db.isdigit()):
         raise ConfigurationError(
-            f"Redis URL {shown(url)}: expected redis+sentinel://HOST:PORT/SERVICE[/DB]")
-    return RedisURL(scheme, url, tuple(found), service=service, db=int(db or 0), query=query)
+            f"Redis URL {shown(url)}: expected {scheme}://HOST:PORT/SERVICE[/DB]")
+    return RedisURL(scheme, url, tuple(found), service=service, db=int(db or 0), **made)
+
+
+def _tls(url: str, scheme: str, kind: str,
+         query: dict[str, str]) -> tuple[bool, dict[str, Any], bool]:
+    """Whether ``url`` asks for TLS, redis-py's TLS options from its query,
+    and whether the sentinels get them too.  Takes ``ssl`` and
+    ``sentinel_ssl`` out of ``query``."""
+    tls = scheme.startswith("rediss")
+    if "ssl" in query:
+        said = _flag(url, "ssl", query.pop("ssl"))
+        if tls and not said:
+            raise ConfigurationError(
+                f"Redis URL {shown(url)}: ssl=false contradicts {scheme}://, which is TLS")
+        tls = said
+    sentinel_tls = tls and kind == "sentinel"
+    if "sentinel_ssl" in query:
+        if kind != "sentinel":
+            raise ConfigurationError(
+                f"Redis URL {shown(url)}: sentinel_ssl= is for redis+sentinel:// URLs")
+        sentinel_tls = _flag(url, "sentinel_ssl", query.pop("sentinel_ssl"))
+    given = {k: v for k, v in query.items() if k.startswith("ssl_")}
+    if not tls:
+        if given:
+            plain = scheme.replace("rediss", "redis")
+            raise ConfigurationError(
+                f"Redis URL {shown(url)}: {sorted(given)[0]}= is a TLS option, and this URL "
+                f"is not TLS: write {plain.replace('redis', 'rediss', 1)}:// or add ssl=true")
+        return False, {}, sentinel_tls
+    if kind == "unix":
+        raise ConfigurationError(
+            f"Redis URL {shown(url)}: a unix socket takes no TLS (ssl=true): write "
+            f"rediss://HOST:PORT")
+    reqs = given.get("ssl_cert_reqs")
+    if reqs is not None and reqs.lower() not in _CERT_REQS:
+        raise ConfigurationError(
+            f"Redis URL {shown(url)}: ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, "
+            f"got {reqs!r}")
+    try:
+        typed = parse_url("redis://localhost/?" + urlencode(given))  # type: ignore[no-untyped-call]
+    except ValueError as e:
+        raise ConfigurationError(f"Redis URL {shown(url)}: {e}") from None
+    typed.pop("host", None)
+    return True, {"ssl": True, **typed}, sentinel_tls
+
+
+def _flag(url: str, name: str, text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ConfigurationError(
+        f"Redis URL {shown(url)}: {name} must be true or false, got {text!r}")
 
 
 def address_of(url: str) -> str:
@@ -232,8 +302,8 @@ def address_of(url: str) -> str:
     first = parts.netloc.rsplit("@", 1)[-1].split(",")[0]
     if parts.scheme == "unix":
         return f"unix://{parts.path}"
-    if parts.scheme == "redis+sentinel":
-        return f"redis+sentinel://{first}/{parts.path.strip('/').split('/')[0]}"
+    if parts.scheme.endswith("+sentinel"):
+        return f"{parts.scheme}://{first}/{parts.path.strip('/').split('/')[0]}"
     return f"{parts.scheme}://{first}"
 
 
@@ -249,20 +319,21 @@ def connect(url: str, options: dict[str, Any], *, asyncio: bool) -> Any:
             cluster client cannot be made without one).
     """
     target = parse(url)
-    if target.scheme == "redis+sentinel":
+    if target.kind == "sentinel":
         return _sentinel(target, options, asyncio)
-    if target.scheme == "redis+cluster":
+    if target.kind == "cluster":
         first = _probe_seeds(target, options)
         if first is not None and first["mode"] != "cluster":
             raise ConfigurationError(_not_a_cluster(target, first))
         return _cluster(target, options, asyncio)
     found = _probe(target, options)
     if found is None:
-        return _single(url, options, asyncio)
+        return _single(target, options, asyncio)
     if found["mode"] == "sentinel":
         raise ConfigurationError(
             f"Redis URL {target.shown} points at a Sentinel, not a Redis server: write "
-            f"redis+sentinel://{_node(target, 'HOST:26379')}/SERVICE for the master of a "
+            f"{_scheme(target, 'sentinel')}://{_node(target, 'HOST:26379')}/SERVICE for the "
+            f"master of a "
             f"service it monitors")
     if found["mode"] == "cluster":
         return _follow_cluster(target, options, asyncio)
@@ -274,30 +345,47 @@ def connect(url: str, options: dict[str, Any], *, asyncio: bool) -> Any:
             f"primary (redis://{master}), or at your Sentinels "
             f"(redis+sentinel://SENTINEL:26379/SERVICE) to follow the primary through "
             f"failovers")
-    return _single(url, options, asyncio)
+    return _single(target, options, asyncio)
 
 
 # -- building clients ---------------------------------------------------------------
 
 
-def _single(url: str, options: dict[str, Any], asyncio: bool) -> Any:
+def server_url(target: RedisURL) -> str:
+    """The URL redis-py's ``from_url`` reads for one server: ``rediss://``
+    where the URL said ``ssl=true``, with the query it takes (TLS options
+    included).
+
+    Example:
+        >>> server_url(parse("redis://h:6380/2?ssl=true&ssl_cert_reqs=none"))
+        'rediss://h:6380/2?ssl_cert_reqs=none'
+    """
+    parts = urlsplit(target.url)
+    scheme = "rediss" if target.tls else parts.scheme
+    query = urlencode(target.query)
+    # (not urlunsplit: it writes unix:/path, without the //, which redis-py refuses)
+    return f"{scheme}://{parts.netloc}{parts.path}" + ("?" + query if query else "")
+
+
+def _single(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
+    url = server_url(target)
     if asyncio:
         return redis.asyncio.Redis.from_url(url, **options)
     return redis.Redis.from_url(url, **options)
 
 
-def _seed_url(target: RedisURL, host: str, port: int, scheme: str = "redis") -> str:
+def _seed_url(target: RedisURL, host: str, port: int) -> str:
     parts = urlsplit(target.url)
     auth = parts.netloc.rpartition("@")[0]
-    query = urlencode(target.query)
+    query = urlencode(target.query)  # redis-py's options, TLS's among them
+    scheme = "rediss" if target.tls else "redis"
     return f"{scheme}://{auth + '@' if auth else ''}{_bracket(host)}:{port}/0" + (
         "?" + query if query else "")
 
 
-def _cluster(target: RedisURL, options: dict[str, Any], asyncio: bool,
-             scheme: str = "redis") -> Any:
+def _cluster(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
     (host, port), *rest = target.nodes
-    seed = _seed_url(target, host, port, scheme)
+    seed = _seed_url(target, host, port)
     if asyncio:
         anodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in rest]
         return redis.asyncio.cluster.RedisCluster.from_url(seed, startup_nodes=anodes,
@@ -320,18 +408,19 @@ def _follow_cluster(target: RedisURL, options: dict[str, Any], asyncio: bool) ->
     if target.db != 0:
         raise ConfigurationError(
             f"Redis URL {target.shown} points at a Redis Cluster node, and a cluster has only "
-            f"database 0: write redis+cluster://{node}")
+            f"database 0: write {_scheme(target, 'cluster')}://{node}")
     log.warning(
         "fastlimit: Redis URL %s points at a Redis Cluster node; using it as the seed of a "
-        "cluster client (write redis+cluster://%s to say so)", target.shown, node)
-    return _cluster(target, options, asyncio, target.scheme)
+        "cluster client (write %s://%s to say so)", target.shown, _scheme(target, "cluster"),
+        node)
+    return _cluster(target, options, asyncio)
 
 
 def _sentinel(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
     assert target.service is not None
     query = dict(target.query)
     auth = {key: query.pop(name) for name, key in _SENTINEL_AUTH.items() if name in query}
-    kwargs = _typed(target, query)
+    kwargs = {**_typed(target, query), **target.tls_options}
     kwargs.pop("db", None)  # the URL's path names it
     parts = urlsplit(target.url)
     for key, value in (("username", parts.username), ("password", parts.password)):
@@ -341,6 +430,8 @@ def _sentinel(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
     to_sentinels = {k: v for k, v in options.items()
                     if k.startswith("socket_") or k == "retry"}
     to_sentinels.update(auth)
+    if target.sentinel_tls:
+        to_sentinels.update(target.tls_options)
     _check_service(target, to_sentinels)
     master = {**options, **kwargs}
     sentinel: Any
@@ -402,7 +493,7 @@ def _probe(target: RedisURL, options: dict[str, Any]) -> dict[str, Any] | None:
     keep = {k: v for k, v in options.items()
             if k not in ("retry", "connection_class", "connection_pool")}
     try:
-        client = redis.Redis.from_url(target.url, **keep)
+        client = redis.Redis.from_url(server_url(target), **keep)
         try:
             return _ask(client, target.shown)
         finally:
@@ -415,7 +506,7 @@ def _probe_seeds(target: RedisURL, options: dict[str, Any]) -> dict[str, Any] | 
     parts = urlsplit(target.url)
     auth = {k: v for k, v in (("username", parts.username), ("password", parts.password)) if v}
     for host, port in target.nodes:
-        with _probe_client(host, port, options, **auth) as client:
+        with _probe_client(host, port, options, **auth, **target.tls_options) as client:
             found = _ask(client, target.shown)
         if found is not None:
             found["node"] = f"{_bracket(host)}:{port}"
@@ -467,7 +558,8 @@ def _check_service(target: RedisURL, to_sentinels: dict[str, Any]) -> None:
     service, or that are no sentinels."""
     known: set[str] = set()
     answered = False
-    extra = {k: v for k, v in to_sentinels.items() if k in ("username", "password")}
+    extra = {k: v for k, v in to_sentinels.items()
+             if k in ("username", "password") or k.startswith("ssl")}
     for host, port in target.nodes:
         with _probe_client(host, port, to_sentinels, **extra) as client:
             try:
@@ -496,12 +588,18 @@ def _not_a_cluster(target: RedisURL, found: dict[str, Any]) -> str:
     node = found["node"]
     if found["mode"] == "sentinel":
         return (f"Redis URL {target.shown}: {node} is a Sentinel, not a cluster node: write "
-                f"redis+sentinel://{node}/SERVICE")
+                f"{_scheme(target, 'sentinel')}://{node}/SERVICE")
     return (f"Redis URL {target.shown}: {node} is not a Redis Cluster node (redis_mode:"
-            f"{found['mode']}): write redis://{node}/0 for one server")
+            f"{found['mode']}): write {_scheme(target, 'server')}://{node}/0 for one server")
 
 
 # -- small readers ------------------------------------------------------------------------
+
+
+def _scheme(target: RedisURL, kind: str) -> str:
+    """The scheme of a URL of ``kind`` with ``target``'s TLS."""
+    tls = "rediss" if target.tls else "redis"
+    return tls if kind == "server" else f"{tls}+{kind}"
 
 
 def _text(value: Any) -> str:
