@@ -22,7 +22,10 @@ for the table; redis-py is needed only by those who use them.
 
 from typing import TYPE_CHECKING
 
+from fastlimit import _platform
 from fastlimit._lazy import lazy_attributes
+
+_platform.check()  # Linux's /dev/shm and /proc, or an ImportError naming what is missing
 
 if TYPE_CHECKING:
     from fastlimit import asgi as asgi

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "fastlimit"
-LAYERS = {"core": 0, "_core": 0, "errors": 0, "clock": 0, "_lazy": 0, "stores": 1,
+LAYERS = {"core": 0, "_core": 0, "errors": 0, "clock": 0, "_lazy": 0, "_platform": 0, "stores": 1,
           "limiters": 2, "http": 3, "policy": 4, "web": 5, "client": 5, "cli": 6, "frameworks": 6}
 FACES = 7  # __init__, wsgi, asgi, config, metrics, backends: they re-export
 # Conveniences of a lower layer that make an object of a higher one, imported
@@ -51,7 +51,8 @@ def loaded(code: str) -> set[str]:
 
 
 def test_import_fastlimit_loads_nothing_it_is_not_asked_for():
-    assert loaded("import fastlimit") == {"fastlimit", "fastlimit._lazy"}
+    # _platform: the import's check for /dev/shm and /proc
+    assert loaded("import fastlimit") == {"fastlimit", "fastlimit._lazy", "fastlimit._platform"}
 
 
 @pytest.mark.parametrize("code, allowed", [
@@ -64,9 +65,9 @@ def test_import_fastlimit_loads_nothing_it_is_not_asked_for():
 def test_a_program_loads_only_the_layers_it_uses(code, allowed):
     extra = {m for m in loaded(code) if m.startswith("redis") or (
         m.count(".") >= 1 and m.split(".")[1] not in (*allowed, "_core", "errors", "clock",
-                                                      "_lazy"))}
+                                                      "_lazy", "_platform"))}
     assert not extra, f"{code}: loaded {sorted(extra)}"
 
 
 def test_a_rate_alone_loads_a_handful_of_modules():
-    assert len(loaded("import fastlimit.limiters.rate")) <= 6
+    assert len(loaded("import fastlimit.limiters.rate")) <= 7  # with fastlimit._platform
