@@ -242,3 +242,23 @@ def test_a_denial_the_deny_cache_holds_asks_redis_nothing(redis_server):
     policy.close()
     backend.close()
     deny.close()
+
+
+def test_a_request_sent_again_after_a_timeout_keeps_its_own_lease(backend, monkeypatch):
+    """A call that timed out may have run; sent again (the same token), it
+    finds its own lease: held once, not refused as a full key."""
+    from fastlimit.stores.redis import request as request_mod
+
+    clock = FakeClock(1_760_000_000 * 10**9)
+    policy = _policy(backend, clock)
+    k1 = Identity("api_key", "k1", "STARTER")  # 2 uploads at once
+    monkeypatch.setattr(request_mod.secrets, "randbits", lambda bits: 12345)
+    first = policy.hit("POST", "/upload", k1, "203.0.113.1")
+    again = policy.hit("POST", "/upload", k1, "203.0.113.1")  # the same call once more
+    assert first.allowed and again.allowed
+    uploads = policy._concurrency["uploads"]
+    assert uploads.in_flight("k1", limit=2) == 1
+    monkeypatch.undo()
+    assert policy.hit("POST", "/upload", k1, "203.0.113.1").allowed  # the second lease
+    assert not policy.hit("POST", "/upload", k1, "203.0.113.1").allowed
+    policy.close()

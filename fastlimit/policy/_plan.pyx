@@ -845,8 +845,10 @@ cdef class Plan:
                     if self.remote is None:  # (one call per limit on a remote store: spared)
                         d._count(cost, False)
                     return d._deny("too_large", u.name)
-        # one limit and no lease is one call either way: its own script is the cheaper
-        if self.remote is not None and (len(d.hits) > 1 or (consume and d.leases is not None)):
+        # one limit and no lease is one call either way: its own script is the
+        # cheaper (an asyncio store's is always awaited)
+        if self.remote is not None and (self.remote_async or len(d.hits) > 1 or (
+                consume and d.leases is not None)):
             ops = d._ops(cost, consume)
             if ops is not None:
                 if self.remote_async:  # the middleware awaits the store, then finish()

@@ -157,6 +157,8 @@ def request(backend: BackendBase, leases: Sequence[LeaseOp],
             args += (b"q", flags, b"%d" % hit.tag, b"%d" % hit.cost, plans._limit_arg,
                      b"%d" % keep_ms)
         asked.append((i, hit, plans, inc))
+    if not keys:  # nothing to ask (no limit applies, or only a shadow above its burst)
+        return Request(-1, [], [None] * len(hits))
     if backend._cluster and len({key_slot(k) for k in keys}) > 1:
         return None
     t0: int | None = None

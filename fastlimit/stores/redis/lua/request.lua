@@ -42,9 +42,13 @@ for i = 1, L do
     local j = 5 + 3 * (i - 1)
     local room, dropped = lease_room(KEYS[i], now_ms, tonumber(ARGV[j + 2]))
     out[1 + i] = dropped
-    -- a token already there (two random 62-bit tokens alike) is no room:
-    -- never two holders of one lease
-    if (not room or redis.call('ZSCORE', KEYS[i], ARGV[j])) and full == 0 then
+    -- The token already there is this request's own: a call that timed out
+    -- after it ran, sent again (random 62-bit tokens do not meet by chance).
+    -- It holds its lease: room, and the write below only renews it.
+    if redis.call('ZSCORE', KEYS[i], ARGV[j]) then
+        room = true
+    end
+    if not room and full == 0 then
         full = i
     end
 end
@@ -115,7 +119,8 @@ if not denied then
     end
     for i = 1, L do
         local j = 5 + 3 * (i - 1)
-        lease_add(KEYS[i], now_ms, tonumber(ARGV[j + 1]), ARGV[j])
+        redis.call('ZADD', KEYS[i], ms(now_ms + tonumber(ARGV[j + 1])), ARGV[j])
+        lease_keep(KEYS[i], now_ms)
     end
 end
 -- numbers print as %.14g: exact, as every one is below 1e10
