@@ -383,7 +383,7 @@ class FleetGcra:
         self._heat = state("heat", max(1, self._P // self._hot_n), self._hot_n, "allow")
         self._gate = table.lease_slots(f"{base}:gate", on_full="deny")
         self._tau = tau
-        # this process's leased keys: key -> [lease end (ns, conservative), balance key]
+        # this process's leased keys (see _remember)
         self._hot: dict[Key, list[Any]] = {}
 
     @property
@@ -395,18 +395,28 @@ class FleetGcra:
 
     def allow(self, key: Key, cost: int = 1) -> bool:
         e = self._hot.get(key)
-        if e is not None and cost == 1 and self._now() < e[0]:
-            d = self._bal_hit(e[1], 1)
-            if d.allowed and d.remaining < self._valid:
-                return True
+        if e is not None and cost == 1:
+            now = self._now()
+            if now < e[0]:
+                d = self._bal_hit(e[1], 1)
+                if d.allowed:
+                    if d.remaining < self._valid:
+                        return True
+                elif now < e[3]:
+                    return False  # lease spent, and the global bucket known empty until then
         return self._check(key, cost).allowed
 
     def hit(self, key: Key, cost: int = 1) -> Decision:
         e = self._hot.get(key)
-        if e is not None and cost == 1 and self._now() < e[0]:
-            d = self._bal_hit(e[1], 1)
-            if d.allowed and d.remaining < self._valid:
-                return self._served(e[2], d.remaining)
+        if e is not None and cost == 1:
+            now = self._now()
+            if now < e[0]:
+                d = self._bal_hit(e[1], 1)
+                if d.allowed:
+                    if d.remaining < self._valid:
+                        return self._served(e[2], d.remaining)
+                elif now < e[3]:
+                    return Decision(False, self.burst, 0, max(0, e[4] - now), e[3] - now)
         return self._check(key, cost)
 
     def peek(self, key: Key, cost: int = 1) -> Decision:
@@ -443,8 +453,15 @@ class FleetGcra:
         return Decision(True, self.burst, min(self.burst, max(0, balance) + v.remaining),
                         v.reset_after_ns, 0)
 
-    def _denied(self, kb: bytes, retry_ns: int) -> Decision:
+    def _denied(self, kb: bytes, retry_ns: int, key: Key | None = None,
+                now: int = 0) -> Decision:
         v = self._view.peek(kb)
+        e = self._hot.get(key) if key is not None else None
+        if e is not None and now:
+            # denied in this process too, with no table call, until then
+            # (``now`` was read before the wait was: never past its end)
+            e[3] = now + retry_ns
+            e[4] = now + v.reset_after_ns
         return Decision(False, self.burst, 0, v.reset_after_ns, max(1, retry_ns))
 
     # -- the slow path ------------------------------------------------------------------
@@ -479,7 +496,8 @@ class FleetGcra:
             w = self._wait.peek(kb)
             if not w.allowed:
                 self.fleet._count("denied")
-                return self._denied(kb, w.retry_after_ns)
+                self._remember(key, kb, bkey, now, ahead)
+                return self._denied(kb, w.retry_after_ns, key, now)
         elif bkey is None and self._heat.allow(kb):
             self._hot.pop(key, None)
             self.fleet._count("cold")
@@ -517,7 +535,8 @@ class FleetGcra:
             w = self._wait.peek(kb)
             if not w.allowed:
                 self.fleet._count("denied")
-                return self._denied(kb, w.retry_after_ns)
+                self._remember(key, kb, bkey, now, ahead)
+                return self._denied(kb, w.retry_after_ns, key, now)
             return None
         return None
 
@@ -526,7 +545,8 @@ class FleetGcra:
             self._hot.clear()
         # the lease ends at its clock's tat - (K0 - P); ``now`` was read
         # before the clock was, so this end is never later than the lease's
-        self._hot[key] = [now + ahead - (self._K0 - self._P), bkey, kb]
+        # [lease end, balance key, key, denied until, the global tat as last seen]
+        self._hot[key] = [now + ahead - (self._K0 - self._P), bkey, kb, 0, 0]
 
     def _refill(self, key: Key, kb: bytes, cost: int, inc: int) -> Decision:
         """Under the host's refill gate: a lease that ran out takes more; an
@@ -540,9 +560,11 @@ class FleetGcra:
             if d.allowed and d.remaining < self._valid:
                 self._remember(key, kb, bkey, now, ahead)
                 return self._served(kb, d.remaining)
-            if not self._wait.peek(kb).allowed:
+            w = self._wait.peek(kb)
+            if not w.allowed:
                 self.fleet._count("denied")
-                return self._denied(kb, self._wait.peek(kb).retry_after_ns)
+                self._remember(key, kb, bkey, now, ahead)
+                return self._denied(kb, w.retry_after_ns, key, now)
             age = max(K0 - ahead, 1)
             deposited = self._deposited(kb)
             pace = deposited * (P - age) // max(age, P // 16)
@@ -624,10 +646,10 @@ class FleetGcra:
             return self._remote.hit(key, cost)  # Redis failed and the lease is spent
         self._remember(key, kb, new, now, ahead)
         w = self._wait.peek(kb)
-        retry = w.retry_after_ns if not w.allowed else self._retry(
-            kb, g_ahead if g_ahead is not None else 0, inc)
         self.fleet._count("denied")
-        return self._denied(kb, retry)
+        if not w.allowed:
+            return self._denied(kb, w.retry_after_ns, key, now)
+        return self._denied(kb, self._retry(kb, g_ahead if g_ahead is not None else 0, inc))
 
     def _after_take(self, kb: bytes, want: int, granted: int, ahead: int, cost: int) -> None:
         """Record what the take saw: the host's view of the bucket, and when
