@@ -159,3 +159,27 @@ def test_synchronous_callers_are_told_to_await(redis_server):
         await backend.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_uvicorn_workers_share_an_async_policys_counts(redis_server, tmp_path):
+    """Real uvicorn, 2 workers, one Redis: the anonymous 5/h is exact across them."""
+    import os
+    import sys
+
+    from servers import Server, all_workers_up, free_port, from_workers
+
+    port = free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "uvicorn")
+    env = dict(os.environ, FASTLIMIT_TEST_REDIS=redis_server.url,
+               FASTLIMIT_TEST_PREFIX=f"t{uuid.uuid4().hex[:10]}",
+               PYTHONPATH=os.path.dirname(__file__))
+    argv = [exe, "async_redis_app:app", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "2", "--no-access-log"]
+    with Server(argv, port, env=env, cwd=str(tmp_path), log=str(tmp_path / "uvicorn.log")):
+        all_workers_up(port, 2)
+        replies, workers = from_workers(port, "GET", "/v1/items", 12, concurrency=4)
+    assert len(workers) == 2
+    statuses = sorted(r.status for r in replies)
+    assert statuses == [200] * 5 + [429] * 7
+    assert {r.headers["x-ratelimit-limit"] for r in replies} == {"5"}
