@@ -35,11 +35,11 @@ from fastlimit.stores.redis.plans import (
     HIT_ALL_DOC,
     Check,
     LeasePlans,
+    LeaseStateBase,
     QuotaPlans,
     QuotaStateBase,
     RateSpec,
     RateStateBase,
-    StateBase,
     hit_all,
 )
 
@@ -95,7 +95,7 @@ class AsyncRedisQuotaCounter(QuotaStateBase):
         await self._run(self._plans.reset(key))
 
 
-class AsyncRedisLeases(StateBase):
+class AsyncRedisLeases(LeaseStateBase):
     """One concurrency limit's leases on Redis for asyncio: the store
     contract's LeaseSlots with coroutine methods (what a
     :class:`~fastlimit.Policy` on an :class:`AsyncRedisBackend` takes and
@@ -103,16 +103,6 @@ class AsyncRedisLeases(StateBase):
     keys, expiring ``lease_ttl`` seconds after their acquire or renew."""
 
     _run: RunsAsync
-    _plans: LeasePlans
-
-    @property
-    def reclaimed(self) -> int:
-        return self._plans.reclaimed
-
-    @property
-    def ttl(self) -> float:
-        """Seconds a lease counts without a renew."""
-        return self._plans.backend.lease_ttl
 
     async def acquire(self, key: Key, limit: int, start: int = 0) -> int:
         return await self._run(self._plans.acquire(key, limit))
@@ -126,8 +116,6 @@ class AsyncRedisLeases(StateBase):
     async def in_flight(self, key: Key, limit: int) -> int:
         return await self._run(self._plans.in_flight(key, limit))
 
-    def __repr__(self) -> str:
-        return f"<AsyncRedisLeases {self.name!r} ttl={self.ttl}s>"
 
 
 class AsyncRedisBackend(BackendBase):

@@ -36,8 +36,8 @@ from fastlimit.stores.redis.common import (
     split_ns,
 )
 
-__all__ = ["LeasePlans", "QuotaPlans", "QuotaStateBase", "RateSpec", "RateStateBase",
-           "hit_all"]
+__all__ = ["LeasePlans", "LeaseStateBase", "QuotaPlans", "QuotaStateBase", "RateSpec",
+           "RateStateBase", "hit_all"]
 
 Check: TypeAlias = "tuple[Any, Key] | tuple[Any, Key, int]"
 
@@ -429,6 +429,24 @@ class RateStateBase(StateBase):
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.name!r} T={self.emission_interval_ns}ns "
                 f"burst={self.burst}>")
+
+
+class LeaseStateBase(StateBase):
+    """What the sync and asyncio lease slots share."""
+
+    _plans: LeasePlans
+
+    @property
+    def reclaimed(self) -> int:
+        return self._plans.reclaimed
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a lease counts without a renew."""
+        return self._plans.backend.lease_ttl
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} ttl={self.ttl}s>"
 
 
 class QuotaStateBase(StateBase):

@@ -34,11 +34,11 @@ from fastlimit.stores.redis.plans import (
     HIT_ALL_DOC,
     Check,
     LeasePlans,
+    LeaseStateBase,
     QuotaPlans,
     QuotaStateBase,
     RateSpec,
     RateStateBase,
-    StateBase,
     hit_all,
 )
 
@@ -94,7 +94,7 @@ class RedisQuotaCounter(QuotaStateBase):
         self._run(self._plans.reset(key))
 
 
-class RedisLeases(StateBase):
+class RedisLeases(LeaseStateBase):
     """One concurrency limit's leases on Redis: the store contract's
     LeaseSlots (and Renewable), what a :class:`~fastlimit.ConcurrencyLimit`
     on a :class:`RedisBackend` takes.
@@ -105,16 +105,6 @@ class RedisLeases(StateBase):
     expired it: nothing to count)."""
 
     _run: Runs
-    _plans: LeasePlans
-
-    @property
-    def reclaimed(self) -> int:
-        return self._plans.reclaimed
-
-    @property
-    def ttl(self) -> float:
-        """Seconds a lease counts without a renew."""
-        return self._plans.backend.lease_ttl
 
     def acquire(self, key: Key, limit: int, start: int = 0) -> int:
         # (start spreads acquirers over the table's lease slots; a set has none)
@@ -129,8 +119,6 @@ class RedisLeases(StateBase):
     def in_flight(self, key: Key, limit: int) -> int:
         return self._run(self._plans.in_flight(key, limit))
 
-    def __repr__(self) -> str:
-        return f"<RedisLeases {self.name!r} ttl={self.ttl}s>"
 
 
 class RedisBackend(BackendBase):
