@@ -114,7 +114,12 @@ class Policy:
             else an anonymous table shared only with forked children), or a
             :class:`~fastlimit.RedisBackend`: then rates, quotas and
             concurrency leases all live in Redis, shared by every host
-            (``[store] quotas`` is not used).
+            (``[store] quotas`` is not used), and each request is one
+            script call (its leases, rates and quotas, all or nothing; a
+            release one more).  On an :class:`~fastlimit.AsyncRedisBackend`
+            the same, awaited: count with :meth:`ahit` or behind the ASGI
+            middleware (``hit``, the WSGI middleware and RouteLimit refuse
+            it, as they cannot await).
         clock: monotonic int-ns clock for the limiters and concurrency
             limits (tests: FakeClock).
         wall_clock: Unix-time int-ns clock for epoch/ISO reset headers
