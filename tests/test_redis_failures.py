@@ -214,11 +214,13 @@ def test_out_of_memory_is_counted_and_answered_by_the_policy(own_redis_server, c
 
 
 def test_a_replica_is_named_as_such(own_redis_server, tmp_path_factory, clock, caplog):
-    replica = _start_server(tmp_path_factory, "--replicaof", "127.0.0.1",
-                            str(own_redis_server.port))
+    replica = _start_server(tmp_path_factory)
     try:
-        # (a replica's URL is refused at construction: a client reaches one)
+        # (a replica, URL or client, is refused at construction: this one is
+        # made a replica afterwards, as a failover demotes a primary)
         b = RedisBackend(replica.client(**FAST_CLIENT), fail="closed", retry_interval=3600)
+        with replica.client() as c:
+            c.replicaof("127.0.0.1", own_redis_server.port)
         lim = Limiter("5/10s", store=b, name="ro", clock=clock)
         with caplog.at_level(logging.WARNING, logger="fastlimit"):
             assert not lim.allow("k")
@@ -372,8 +374,13 @@ def test_a_dead_primary_fails_only_its_own_keys(cluster3, clock):
 
 
 def test_a_plain_client_on_a_cluster_node_counts_moved(cluster3, clock, caplog):
-    b = RedisBackend(cluster3[0].client(**FAST_CLIENT), fail="closed", retry_interval=3600,
-                     prefix=prefix())
+    # a cluster node's client is refused at construction, unless its user
+    # may neither INFO nor EXISTS (what the check asks): then MOVED tells
+    with cluster3[0].client() as c:
+        c.execute_command("ACL", "SETUSER", "blind", "on", ">pw", "~*", "+@all", "-info",
+                          "-exists")
+    client = cluster3[0].client(username="blind", password="pw", **FAST_CLIENT)
+    b = RedisBackend(client, fail="closed", retry_interval=3600, prefix=prefix())
     lim = Limiter("4/1h", store=b, name="c", clock=clock)
     by_port = _keys_by_node(_cluster_backend(cluster3, prefix=b.prefix), cluster3, 1)
     with caplog.at_level(logging.WARNING, logger="fastlimit"):

@@ -619,3 +619,50 @@ def test_tls_without_the_ca_is_refused_by_the_server_not_admitted(tls_redis):
     st = backend.stats()
     assert (st.failed_closed, st.connection_errors) == (1, 1)
     assert "certificate verify failed" in st.last_error
+
+
+@pytest.mark.slow
+def test_ready_made_clients_of_the_wrong_kind_are_refused(redis_cluster3, redis_sentinel):
+    node = redis_cluster3.nodes[0].port
+    replica = redis_sentinel.replica().port
+    master = redis_sentinel.master_port()
+    sentinel = redis_sentinel.sentinel_ports[0]
+    cases = [
+        (RedisBackend, redis.Redis(host="127.0.0.1", port=node),
+         f"RedisBackend was given a redis.client.Redis client connected to 127.0.0.1:{node}, "
+         f"a Redis Cluster node (redis_mode:cluster), which answers MOVED for the other nodes' "
+         f"keys: pass redis.cluster.RedisCluster(host='127.0.0.1', port={node}) instead, or "
+         f"the URL redis+cluster://127.0.0.1:{node}"),
+        (AsyncRedisBackend, redis.asyncio.Redis(host="127.0.0.1", port=node),
+         f"AsyncRedisBackend was given a redis.asyncio.client.Redis client connected to "
+         f"127.0.0.1:{node}, a Redis Cluster node (redis_mode:cluster), which answers MOVED "
+         f"for the other nodes' keys: pass redis.asyncio.cluster.RedisCluster("
+         f"host='127.0.0.1', port={node}) instead"),
+        (RedisBackend, redis.Redis(host="127.0.0.1", port=replica),
+         f"connected to 127.0.0.1:{replica}, a replica (INFO replication: role:slave, master "
+         f"127.0.0.1:{master}), which refuses every write (READONLY): pass a client of the "
+         f"primary (127.0.0.1:{master}) or Sentinel(...).master_for('SERVICE') instead, or "
+         f"the URL redis+sentinel://SENTINEL:26379/SERVICE"),
+        (AsyncRedisBackend, redis.asyncio.Redis(host="127.0.0.1", port=replica),
+         f"connected to 127.0.0.1:{replica}, a replica (INFO replication: role:slave"),
+        (RedisBackend, redis.Redis(host="127.0.0.1", port=sentinel),
+         f"connected to 127.0.0.1:{sentinel}, a Sentinel, not a Redis server: pass "
+         f"Sentinel([('127.0.0.1', {sentinel})]).master_for('SERVICE') instead, or the URL "
+         f"redis+sentinel://127.0.0.1:{sentinel}/SERVICE"),
+        (RedisBackend, redis.sentinel.Sentinel([("127.0.0.1", sentinel)]).slave_for(
+            redis_sentinel.service),
+         f"from Sentinel.slave_for('{redis_sentinel.service}'): a replica, which refuses "
+         f"every write (READONLY): pass Sentinel(...).master_for('{redis_sentinel.service}') "
+         f"instead"),
+        (AsyncRedisBackend, redis.asyncio.sentinel.Sentinel([("127.0.0.1", sentinel)]).slave_for(
+            redis_sentinel.service), "from Sentinel.slave_for("),
+    ]
+    for make, client, message in cases:
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            make(client)
+    # the right kinds, from the same servers, are taken
+    for client in (redis.Redis(host="127.0.0.1", port=master),
+                   redis.asyncio.Redis(host="127.0.0.1", port=master)):
+        backend = (RedisBackend if isinstance(client, redis.Redis) else AsyncRedisBackend)(
+            client, prefix=_name())
+        assert backend.client is client

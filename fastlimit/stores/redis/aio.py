@@ -309,26 +309,18 @@ class AsyncRedisBackend(BackendBase):
         answers (which ends the marked-down period), False if not.  On a
         cluster, each node marked down is asked too, and only those that
         answer are tried again."""
-        try:
-            await self._client.ping()
-        except (RedisError, OSError) as e:
-            self._failure(e, mark=not self._cluster)
-            return False
-        if not self._cluster:
-            self._success(None)
-            return True
-        answered = True
-        for name in self.stats().down_nodes:
-            node = self._client.get_node(node_name=name)
+        plan = self._ping_plan()
+        ask = next(plan)
+        while True:
             try:
-                if node is not None:  # (a node gone from the cluster has no slots left)
-                    await self._client.ping(target_nodes=node)
+                await self._client.ping(**ask)
+                error = None
             except (RedisError, OSError) as e:
-                self._failure(e, name)
-                answered = False
-            else:
-                self._success(name)
-        return answered
+                error = e
+            try:
+                ask = plan.send(error)
+            except StopIteration as done:
+                return bool(done.value)
 
     async def aclose(self) -> None:
         """Close the connections of a client made from a URL."""

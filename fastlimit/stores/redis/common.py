@@ -472,6 +472,9 @@ class BackendBase:
         elif isinstance(url_or_client, self._client_types):
             if redis_options:
                 raise ConfigurationError("redis options go with a URL, not with a client")
+            from fastlimit.stores.redis.topology import check_client
+
+            check_client(url_or_client, type(self).__name__, self.connect_timeout, self.timeout)
             client = url_or_client
         else:
             raise ConfigurationError(
@@ -699,6 +702,32 @@ class BackendBase:
             self._next_log = 0.0
         log.warning("fastlimit: Redis at %s answers again (%d failures since the last warning)",
                     ", ".join(revived), unlogged)
+
+    def _ping_plan(self) -> Generator[dict[str, Any], BaseException | None, bool]:
+        """What :meth:`ping` does, without its I/O: yields the keyword
+        arguments of each ``client.ping(...)`` to make (first the client's
+        own; on a cluster then one per node marked down, ``target_nodes=``),
+        is sent what each raised (None: answered), and returns whether Redis
+        answered.  A cluster's own ping names no one node, so its failure
+        marks none down; a down node revives only if it answers itself."""
+        error = yield {}
+        if error is not None:
+            self._failure(error, mark=not self._cluster)
+            return False
+        if not self._cluster:
+            self._success(None)
+            return True
+        answered = True
+        for name in self.stats().down_nodes:
+            node = self._client.get_node(node_name=name)
+            # (a node gone from the cluster has no slots left: nothing to ask)
+            error = None if node is None else (yield {"target_nodes": node})
+            if error is not None:
+                self._failure(error, name)
+                answered = False
+            else:
+                self._success(name)
+        return answered
 
     def _first_success(self) -> bool:
         # a plain read first: the lock is for the one call that checks

@@ -49,8 +49,13 @@ The asyncio backend asks with a sync connection too (construction is not a
 coroutine), so making one blocks its loop for that round trip, once.
 A server that does not answer within the backend's timeouts is not checked:
 the backend is made as before and its failure policy answers until Redis
-does.  Clients passed in ready-made (``redis.Redis``, ``RedisCluster``,
-``Sentinel.master_for(...)``) are used as they are.
+does.  Clients passed in ready-made are asked the same (:func:`check_client`,
+on a connection of its own with the client's address and credentials): a
+``redis.Redis`` or ``redis.asyncio.Redis`` on a cluster node, a replica or
+a Sentinel is refused, naming the client to pass instead (a client is the
+caller's: it is not swapped for a cluster client as a URL is);
+``Sentinel.slave_for(...)`` is refused without asking; ``RedisCluster`` and
+``Sentinel.master_for(...)`` clients are used as they are.
 """
 
 from __future__ import annotations
@@ -64,9 +69,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.asyncio.sentinel
 import redis.backoff
 import redis.cluster
+import redis.connection
 import redis.retry
 import redis.sentinel
 from redis.connection import parse_url
@@ -81,8 +88,8 @@ from redis.exceptions import (
 from fastlimit.errors import BackendError, ConfigurationError
 from fastlimit.stores.url import REDIS_SCHEMES, read_url, shown
 
-__all__ = ["BACKEND_OPTIONS", "SCHEMES", "RedisURL", "address_of", "connect", "parse",
-           "server_url", "split_options"]
+__all__ = ["BACKEND_OPTIONS", "SCHEMES", "RedisURL", "address_of", "check_client", "connect",
+           "parse", "server_url", "split_options"]
 
 log = logging.getLogger("fastlimit")
 
@@ -474,6 +481,90 @@ def _typed(target: RedisURL, query: dict[str, str]) -> dict[str, Any]:
         raise ConfigurationError(f"Redis URL {target.shown}: {e}") from None
     kwargs.pop("host", None)
     return kwargs
+
+
+# -- clients passed in ----------------------------------------------------------------
+
+
+# redis.asyncio's connection classes, and the sync ones that reach the same server
+_SYNC_CONNECTIONS: dict[type, type] = {
+    redis.asyncio.connection.Connection: redis.connection.Connection,
+    redis.asyncio.connection.SSLConnection: redis.connection.SSLConnection,
+    redis.asyncio.connection.UnixDomainSocketConnection:
+        redis.connection.UnixDomainSocketConnection,
+}
+
+
+def check_client(client: Any, backend: str, connect_timeout: float | None,
+                 timeout: float | None) -> None:
+    """Refuse a ready-made client that reaches the wrong kind of Redis: a
+    cluster node (its other nodes' keys answer MOVED), a replica (every
+    write answers READONLY) or a Sentinel.  The server is asked on a
+    connection of its own, made from the client's pool's address and
+    credentials, within the backend's timeouts; a server that does not
+    answer is not checked (as with a URL).  Cluster clients, and
+    ``Sentinel.master_for`` clients (always the master), are not asked.
+
+    Raises:
+        ConfigurationError: naming what was given and what to pass instead.
+    """
+    given = f"{backend} was given a {type(client).__module__}.{type(client).__name__} client"
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or isinstance(client, (redis.cluster.RedisCluster,
+                                           redis.asyncio.cluster.RedisCluster)):
+        return
+    if hasattr(pool, "is_master"):  # a Sentinel's pool: master_for or slave_for
+        if not pool.is_master:
+            raise ConfigurationError(
+                f"{given} from Sentinel.slave_for({pool.service_name!r}): a replica, which "
+                f"refuses every write (READONLY): pass Sentinel(...).master_for("
+                f"{pool.service_name!r}) instead")
+        return
+    kwargs = dict(pool.connection_kwargs)
+    kind = _SYNC_CONNECTIONS.get(pool.connection_class, pool.connection_class)
+    if not issubclass(kind, redis.connection.AbstractConnection):
+        return  # a connection class of the caller's own: not second-guessed
+    where = kwargs.get("path") or f"{_bracket(str(kwargs.get('host', 'localhost')))}:" \
+        f"{kwargs.get('port', 6379)}"
+    kwargs.update(socket_connect_timeout=connect_timeout, socket_timeout=timeout,
+                  retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+    for name in ("retry_on_timeout", "retry_on_error", "health_check_interval",
+                 "event_dispatcher"):
+        kwargs.pop(name, None)
+    try:
+        probe = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=kind,
+                                                                 **kwargs))
+    except (TypeError, ValueError):  # options the sync client does not take
+        return
+    try:
+        found = _ask(probe, f"{backend}({type(client).__name__} of {where})")
+    except (TypeError, ValueError, ResponseError):
+        found = None
+    finally:
+        probe.close()
+        probe.connection_pool.disconnect()
+    if found is None:
+        return
+    cluster = "redis.asyncio.cluster.RedisCluster" if "asyncio" in type(client).__module__ \
+        else "redis.cluster.RedisCluster"
+    host, _, port = where.rpartition(":")
+    if found["mode"] == "cluster":
+        raise ConfigurationError(
+            f"{given} connected to {where}, a Redis Cluster node (redis_mode:cluster), which "
+            f"answers MOVED for the other nodes' keys: pass {cluster}(host={host.strip('[]')!r}"
+            f", port={port}) instead, or the URL redis+cluster://{where}")
+    if found["mode"] == "sentinel":
+        raise ConfigurationError(
+            f"{given} connected to {where}, a Sentinel, not a Redis server: pass "
+            f"Sentinel([({host.strip('[]')!r}, {port})]).master_for('SERVICE') instead, or the "
+            f"URL redis+sentinel://{where}/SERVICE")
+    if found["role"] == "slave":
+        master = f"{found['master_host']}:{found['master_port']}"
+        raise ConfigurationError(
+            f"{given} connected to {where}, a replica (INFO replication: role:slave, master "
+            f"{master}), which refuses every write (READONLY): pass a client of the primary "
+            f"({master}) or Sentinel(...).master_for('SERVICE') instead, or the URL "
+            f"redis+sentinel://SENTINEL:26379/SERVICE to follow the primary through failovers")
 
 
 # -- asking the server what it is ------------------------------------------------------
