@@ -101,6 +101,29 @@ def test_a_key_callable_gets_the_request(limiter):
     assert c.get("/by-tenant", headers={"x-tenant": "b"}).status_code == 200
 
 
+def test_exempt_when_may_take_the_request_or_nothing(limiter):
+    app = FastAPI()
+    limiter.install(app)
+    calls = []
+
+    @app.get("/a", dependencies=[Depends(limiter.limit(
+        "1/hour", exempt_when=lambda request: request.headers.get("x-admin") == "1"))])
+    async def a():
+        return "a"
+
+    @app.get("/b", dependencies=[Depends(limiter.limit(
+        "1/hour", exempt_when=lambda: calls.append(1) or False))])  # slowapi's, no argument
+    async def b():
+        return "b"
+
+    c = TestClient(app)
+    admin = {"x-admin": "1"}
+    assert [c.get("/a", headers=admin).status_code for _ in range(3)] == [200] * 3
+    assert [c.get("/a").status_code for _ in range(2)] == [200, 429]
+    assert [c.get("/b").status_code for _ in range(2)] == [200, 429]
+    assert len(calls) == 2
+
+
 def test_websocket_messages_share_one_bucket_across_connections(limiter):
     c = TestClient(fastapi_app(limiter))
     replies = []

@@ -9,6 +9,7 @@ that names it; naming it twice with different rates is an error.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -90,7 +91,7 @@ class Rule:
 
     def __init__(self, rate: str | Iterable[str], *, key: KeyKind | Callable[..., Any] = "ip",
                  cost: int | Callable[..., int] = 1, name: str | None = None,
-                 exempt_when: Callable[[], bool] | None = None,
+                 exempt_when: Callable[..., bool] | None = None,
                  deduct_when: Callable[[Any], bool] | None = None,
                  methods: Iterable[str] | None = None) -> None:
         self.rates = Rate.parse_many(rate)
@@ -107,16 +108,34 @@ class Rule:
             if f is not None and not callable(f):
                 raise ConfigurationError(f"{what} must be a callable or None, got {f!r}")
         self.exempt_when = exempt_when
+        # Starlette's may take the request, as its key and cost do (slowapi's
+        # does); a callable of no argument is called with none (flask-limiter's)
+        self._exempt_args = exempt_when is not None and _takes_arguments(exempt_when)
         self.deduct_when = deduct_when
         if isinstance(methods, str):
             raise ConfigurationError(f"methods must be a list of methods, got the str "
                                      f"{methods!r} (write [{methods!r}])")
         self.methods = None if methods is None else frozenset(m.upper() for m in methods)
 
-    def applies(self, method: str) -> bool:
+    def applies(self, method: str, args: tuple[Any, ...] = ()) -> bool:
+        """Whether the rule counts a request of ``method``; ``args``: what
+        the integration's callables take (Starlette: the request)."""
         if self.methods is not None and method not in self.methods:
             return False
-        return not (self.exempt_when is not None and self.exempt_when())
+        if self.exempt_when is None:
+            return True
+        return not (self.exempt_when(*args) if self._exempt_args else self.exempt_when())
+
+
+def _takes_arguments(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` has a positional parameter (a callable whose
+    signature cannot be read is taken to have none)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+               for p in parameters)
 
 
 class RuleSet:
@@ -205,8 +224,9 @@ class RuleSet:
         try:
             if gate is not None:
                 counted.append((gate.check(request), None))
+            args = self.key_args() if rules else ()
             for rule in rules:
-                if rule.applies(method):
+                if rule.applies(method, args):
                     assert rule.name is not None
                     counted.append((self.limit_of(rule, rule.name).check(request), rule))
         except RateLimited:

@@ -114,14 +114,15 @@ class StarletteLimiter:
     def limit(self, rate: str | Iterable[str], *,
               key: KeyKind | Callable[[Request], Any] = "ip",
               cost: int | Callable[[Request], int] = 1, name: str | None = None,
-              exempt_when: Callable[[], bool] | None = None,
+              exempt_when: Callable[[], bool] | Callable[[Request], bool] | None = None,
               deduct_when: Callable[[Any], bool] | None = None,
               methods: Iterable[str] | None = None) -> _Limit:
         """A limit, as a FastAPI dependency (``Depends(limiter.limit(...))``
         on a route or an ``APIRouter``) or a decorator of a Starlette
         endpoint; the arguments as for
-        :meth:`fastlimit.flask.FlaskLimiter.limit`, with ``key(request)``
-        and ``cost(request)``.  Limits without a ``name`` are named by
+        :meth:`fastlimit.flask.FlaskLimiter.limit`, with ``key(request)``,
+        ``cost(request)`` and ``exempt_when(request)`` (or
+        ``exempt_when()``, as slowapi's may be).  Limits without a ``name`` are named by
         their place in the code that made them."""
         rule = Rule(rate, key=key, cost=cost, name=name, exempt_when=exempt_when,
                     deduct_when=deduct_when, methods=methods)
