@@ -8,7 +8,11 @@ the limit).  Real clocks: every process reads CLOCK_MONOTONIC; Redis its
 TIME.  Measured, per contender:
 
 * admitted, and the share of the budget served: admitted / (B + run / T),
-  one global GCRA's bound over the run (first to last check, host clock);
+  one global GCRA's bound over the run (first to last check, host clock;
+  it counts the start, while hosts find the key hot and size their
+  leases, and the leases held at the end); and the steady state: admitted
+  from 0.5 s after the start to 0.5 s before the end, over the limit's
+  rate for that time;
 * Redis round trips per admitted request (client-side counts: the
   backends' ``stats().calls``; one per check for `limits`);
 * a check's median and 99th percentile cost, sampled (every 8th call timed
@@ -42,6 +46,7 @@ from _util import redis_server, table  # noqa: E402
 
 LIMIT = 20_000
 HOSTS = 4
+WARM = 0.5  # seconds: the steady-state share leaves out this much at each end
 
 
 def make_check(kind: str, url: str, prefix: str, table_name: str, burst: int,
@@ -92,6 +97,8 @@ def worker(kind: str, url: str, prefix: str, table_name: str, burst: int, lease:
         pass
     first = time.monotonic_ns()
     end = start + seconds
+    warm, cool = start + WARM, end - WARM
+    at_warm = at_cool = None
     while True:
         for _ in range(7):
             admitted += check("hot")
@@ -100,11 +107,19 @@ def worker(kind: str, url: str, prefix: str, table_name: str, burst: int, lease:
         samples.append(clock() - t0)
         admitted += ok
         checks += 8
-        if time.monotonic() >= end:
+        now = time.monotonic()
+        if at_warm is None and now >= warm:
+            at_warm = admitted
+        if at_cool is None and now >= cool:
+            at_cool = admitted
+        if now >= end:
             break
     last = time.monotonic_ns()
     calls = (stats_of.stats().calls - calls0) if stats_of is not None else checks
-    out.put((admitted, checks, calls, first, last, samples))
+    fleet = getattr(getattr(check, "__self__", None), "fleet", None)
+    counts = fleet.stats().__dict__ if fleet is not None else {}
+    out.put((admitted, checks, calls, first, last, samples, counts,
+             (at_cool or admitted) - (at_warm or 0)))
 
 
 def host(kind: str, url: str, prefix: str, index: int, workers: int, burst: int,
@@ -146,7 +161,13 @@ def run(kind: str, url: str, workers: int, burst: int, lease: int | None,
     samples = sorted(s for r in results for s in r[5])
     T = -(-10**9 // LIMIT)
     bound = burst + (last - first) // T
-    return dict(kind=kind, admitted=admitted, checks=checks, calls=calls, bound=bound,
+    steady = sum(r[7] for r in results) / ((seconds - 2 * WARM) * 1e9 / T)
+    counts: dict[str, int] = {}
+    for r in results:
+        for k, v in r[6].items():
+            counts[k] = counts.get(k, 0) + v
+    return dict(kind=kind, counts=counts, admitted=admitted, steady=steady, checks=checks,
+                calls=calls, bound=bound,
                 share=admitted / bound, per_admitted=calls / max(admitted, 1),
                 median=statistics.median(samples), p99=samples[int(0.99 * len(samples))],
                 seconds=(last - first) / 1e9)
@@ -176,16 +197,20 @@ def main() -> None:
         rows.append((
             names[kind], f"{r['checks']:,}", f"{r['admitted']:,}",
             f"{r['share']:.1%}" if global_limit else f"({r['share']:.0%}: per host)",
+            f"{r['steady']:.1%}" if global_limit else "-",
             f"{r['per_admitted']:.4f}" if kind != "table" else "0",
             f"{r['median']:,.0f}", f"{r['p99']:,.0f}",
             f"{r['median'] / base:.2f}x" if base else "-"))
-    print(table(rows, ("contender", "checks", "admitted", "share of budget",
+    print(table(rows, ("contender", "checks", "admitted", "share of budget (run)",
+                       f"served / limit, middle (-{WARM} s each end)",
                        "Redis round trips / admitted", "median ns", "p99 ns",
                        "median vs table")))
     for kind, r in res.items():
         if kind != "table":
             print(f"# {kind}: admitted {r['admitted']:,} <= bound {r['bound']:,} over "
                   f"{r['seconds']:.3f} s: {r['admitted'] <= r['bound']}")
+            if r["counts"]:
+                print(f"#   its counters, all processes: {r['counts']}")
 
 
 if __name__ == "__main__":
