@@ -7,9 +7,12 @@ at once, alone (a lone check waits for nothing).  Callers that arrive while
 a round trip is in flight queue up; when it ends, the next round trip
 carries up to ``batch_size`` queued calls in one pipeline of EVALSHAs.  So
 a call waits at most for the round trip in flight, and the calls per round
-trip grow with the load, not with a timer.  Threads hand the next round
-trip to the first queued thread; coroutines to a task of the backend (the
-round trip then never depends on one caller's cancellation).
+trip grow with the load, not with a timer (no call ever waits for
+companions).  With threads, the thread whose round trip ended sends the
+next pipeline, then wakes its callers and hands reading the replies to the
+first queued thread (so Redis works while the woken threads wait for the
+GIL); with coroutines, the round trips of queued calls are a task of the
+backend (never at the mercy of one caller's cancellation).
 
 Every call stays the script call it was, run alone and atomically by
 Redis, so decisions are those of the unbatched backend: a pipeline only
@@ -99,7 +102,7 @@ class Call:
     """One script call waiting for its reply (or, for threads, for its turn
     to lead): ``done`` is the driver's (a held lock, or a future)."""
 
-    __slots__ = ("args", "batch", "done", "error", "keys", "reply", "script")
+    __slots__ = ("args", "batch", "done", "error", "keys", "pending", "reply", "script")
 
     def __init__(self, script: str, keys: list[bytes], args: list[bytes], done: Any) -> None:
         self.script = script
@@ -107,8 +110,10 @@ class Call:
         self.args = args
         self.reply: list[int] | None = None
         self.error: BaseException | None = None
-        # set on the call whose thread is to lead the next round trip: its batch
+        # set on the call whose thread is to lead the next round trip: its
+        # batch, and that round trip, its pipeline sent, waiting for the replies
         self.batch: list[Call] | None = None
+        self.pending: tuple[Trip, Op] | None = None
         self.done = done
 
     def result(self) -> list[int]:
@@ -240,7 +245,8 @@ def parse_reply(reply: Any) -> list[int]:
 # -- one round trip, sans I/O --------------------------------------------------------
 
 # What a round trip asks its driver to do, and what it is sent back:
-SEND = "send"        # (SEND, bytes, n): send them, read n replies -> the replies
+SEND = "send"        # (SEND, bytes): send them -> None
+RECV = "recv"        # (RECV, n): read n replies -> the replies
 LOAD = "load"        # (LOAD, script name): SCRIPT LOAD it -> None
 FRESH = "fresh"      # (FRESH, None): drop the connection (and the pool's idle ones) -> None
 MEMORY = "memory"    # (MEMORY, None): check Redis's maxmemory-policy -> None
@@ -291,13 +297,15 @@ def _attempt(b: BackendBase, packer: Packer, batch: list[Call]) -> Generator[Op,
     """The batch's EVALSHAs in one pipeline: their replies, or each call's
     error reply (NOSCRIPT: the script is loaded and its calls sent again,
     one more round trip)."""
-    replies: list[Any] = yield SEND, packer.pack(batch), len(batch)
+    yield SEND, packer.pack(batch)
+    replies: list[Any] = yield RECV, len(batch)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
         b._count("noscript", len(missing))
         for name in sorted({batch[i].script for i in missing}):
             yield LOAD, name
-        again: list[Any] = yield SEND, packer.pack([batch[i] for i in missing]), len(missing)
+        yield SEND, packer.pack([batch[i] for i in missing])
+        again: list[Any] = yield RECV, len(missing)
         for i, r in zip(missing, again, strict=True):
             replies[i] = r
     return replies
@@ -391,62 +399,111 @@ class Batcher:
             done.acquire()
             if call.batch is None:
                 return call.result()
-        self._lead(call.batch or [call])
+            self._lead(call.batch, call.pending)
+        else:
+            self._lead([call], None)
         return call.result()
 
-    def _lead(self, batch: list[Call]) -> None:
+    def _lead(self, batch: list[Call], pending: tuple[Trip, Op] | None) -> None:
         try:
-            self._drive(round_trip(self._backend, self._packer, batch))
+            if pending is None:
+                self._step(round_trip(self._backend, self._packer, batch), until_recv=False)
+            else:
+                trip, op = pending
+                self._step(trip, op=op, until_recv=False)
         except BaseException as e:  # noqa: BLE001 - every waiter must wake, answered
-            for c in batch:
-                if c.reply is None and c.error is None:
-                    c.error = e
+            self._unanswered(batch, e)
             raise
         finally:
-            nxt = self._coalescer.next_batch()
-            if nxt:
-                nxt[0].batch = nxt
-                nxt[0].done.release()  # the next round trip goes before answers are read
-            for c in batch[1:]:  # (batch[0] is the leader's own call)
-                c.done.release()
-
-    def _drive(self, trip: Trip) -> None:
-        b = self._backend
-        try:
-            op = next(trip)
-        except StopIteration:  # answered without Redis (the node is marked down)
-            return
-        while True:
             try:
-                result: Any = None
-                if op[0] is SEND:
-                    result = self._send(op[1], op[2])
-                elif op[0] is LOAD:
-                    b._client.script_load(b._scripts[op[1]].script)
-                elif op[0] is FRESH:
-                    self._drop()
-                    b._fresh()
-                else:
-                    b._check_memory_policy()
-            except (RedisError, OSError) as e:
-                try:
-                    op = trip.throw(e)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    op = trip.send(result)
-                except StopIteration:
-                    return
+                self._hand_on()
+            finally:
+                for c in batch[1:]:  # (batch[0] is the leader's own call)
+                    c.done.release()
 
-    def _send(self, payload: bytes, n: int) -> list[Any]:
+    def _hand_on(self) -> None:
+        """Start the next round trip, if calls are queued: its pipeline is
+        sent here, before this one's callers wake (they and the next leader
+        then wait for the GIL, not Redis for them), and the first of its
+        callers is handed the rest (reading the replies)."""
+        while True:
+            nxt = self._coalescer.next_batch()
+            if not nxt:
+                return
+            trip = round_trip(self._backend, self._packer, nxt)
+            try:
+                op = self._step(trip, until_recv=True)
+            except BaseException as e:  # noqa: BLE001 - its callers must wake, answered
+                self._unanswered(nxt, e)
+                op = None
+                more = self._coalescer.next_batch()
+                while more:  # nor may the calls queued behind wait for a leader
+                    self._unanswered(more, e)
+                    for c in more:
+                        c.done.release()
+                    more = self._coalescer.next_batch()
+                raise
+            finally:
+                if op is None:  # answered already (skipped, failed to send): no leader
+                    for c in nxt:
+                        c.done.release()
+            if op is not None:
+                nxt[0].batch = nxt
+                nxt[0].pending = (trip, op)
+                nxt[0].done.release()
+                return
+
+    @staticmethod
+    def _unanswered(batch: list[Call], e: BaseException) -> None:
+        for c in batch:
+            if c.reply is None and c.error is None:
+                c.error = e
+
+    def _step(self, trip: Trip, op: Op | None = None, until_recv: bool = False) -> Op | None:
+        """Run ``trip``, starting with ``op`` (None: from its start); with
+        ``until_recv``, stop at its first RECV and return it (not run).
+        None: the round trip is over, every call answered."""
+        b = self._backend
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            if op is not None:
+                try:
+                    if op[0] is SEND:
+                        self._send(op[1])
+                    elif op[0] is RECV:
+                        result = self._recv(op[1])
+                    elif op[0] is LOAD:
+                        b._client.script_load(b._scripts[op[1]].script)
+                    elif op[0] is FRESH:
+                        self._drop()
+                        b._fresh()
+                    else:
+                        b._check_memory_policy()
+                except (RedisError, OSError) as e:
+                    error = e
+            try:
+                op = trip.throw(error) if error is not None else trip.send(result)
+            except StopIteration:
+                return None
+            result, error = None, None
+            if until_recv and op[0] is RECV:
+                return op
+
+    def _send(self, payload: bytes) -> None:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._backend._client.connection_pool.get_connection()
+        # (redis-py disconnects on a failure to send)
+        conn.send_packed_command([payload], check_health=False)
+
+    def _recv(self, n: int) -> list[Any]:
+        conn = self._conn
         replies = Replies(n)
         try:
-            conn.send_packed_command([payload], check_health=False)
             sock = conn._sock
+            if sock is None:
+                raise RedisConnectionError("Connection closed.")
             try:
                 while not replies.feed(sock.recv(_READ_SIZE)):
                     pass
@@ -555,15 +612,19 @@ class AsyncBatcher:
 
     async def _drive(self, trip: Trip) -> None:
         b = self._backend
-        try:
-            op = next(trip)
-        except StopIteration:  # answered without Redis (the node is marked down)
-            return
+        result: Any = None
+        error: BaseException | None = None
         while True:
             try:
-                result: Any = None
+                op = trip.throw(error) if error is not None else trip.send(result)
+            except StopIteration:
+                return
+            result, error = None, None
+            try:
                 if op[0] is SEND:
-                    result = await self._send(op[1], op[2])
+                    await self._send(op[1])
+                elif op[0] is RECV:
+                    result = await self._recv(op[1])
                 elif op[0] is LOAD:
                     await b._client.script_load(b._scripts[op[1]].script)
                 elif op[0] is FRESH:
@@ -572,24 +633,25 @@ class AsyncBatcher:
                 else:
                     await b._check_memory_policy()
             except (RedisError, OSError) as e:
-                try:
-                    op = trip.throw(e)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    op = trip.send(result)
-                except StopIteration:
-                    return
+                error = e
 
-    async def _send(self, payload: bytes, n: int) -> list[Any]:
+    async def _send(self, payload: bytes) -> None:
         conn = self._conn
         if conn is None:
             conn = self._conn = await self._backend._client.connection_pool.get_connection()
-        replies = Replies(n)
         try:
             await conn.send_packed_command(payload, check_health=False)
+        except BaseException:
+            await conn.disconnect(nowait=True)  # (cancelled mid-write, too)
+            raise
+
+    async def _recv(self, n: int) -> list[Any]:
+        conn = self._conn
+        replies = Replies(n)
+        try:
             reader = conn._reader
+            if reader is None:
+                raise RedisConnectionError("Connection closed.")
             timeout = conn.socket_timeout
             try:
                 if timeout:
