@@ -153,3 +153,27 @@ def test_trusted_proxies_tell_the_clients_behind_them_apart(project):
     # the policy's 3/1h per IP, per client behind the proxy
     assert [r.status for r in first] == [200, 200, 200, 429], server.log()
     assert other.status == 200 and other.headers["x-ratelimit-remaining"] == "2"
+
+
+def test_override_settings_applies_from_the_next_request(project):
+    """Django's test client with override_settings: ENABLED=False lets every
+    request through, and leaving the block limits again."""
+    tmp, env = project
+    script = textwrap.dedent('''
+        import django
+        django.setup()
+        from django.test import Client, override_settings
+        from django.conf import settings
+        c = Client()
+        before = [c.get("/plain").status_code for _ in range(4)]
+        with override_settings(FASTLIMIT=dict(settings.FASTLIMIT, ENABLED=False)):
+            off = [c.get("/login").status_code for _ in range(8)]
+        after = [c.get("/plain").status_code for _ in range(2)]
+        print(before, off, after)
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=str(tmp),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # the anonymous 3/h; nothing counted while disabled; the same count after
+    assert out.stdout.strip() == "[200, 200, 200, 429] [200, 200, 200, 200, 200, 200, 200, " \
+                                 "200] [429, 429]"

@@ -19,7 +19,8 @@ middleware enforces on every request), ``TABLE`` (the shared table; default
 (False: nothing is counted), ``HEADERS`` (the ``[headers]`` style of the
 decorators' limits), ``TRUSTED_PROXIES`` (the proxies allowed to report the
 client address in ``X-Forwarded-For``; default none: the socket peer is the
-client).  ``python manage.py check`` reports a bad setting as
+client).  A test's ``override_settings(FASTLIMIT=...)`` applies from the
+next request.  ``python manage.py check`` reports a bad setting as
 ``fastlimit.E001``, a policy without an anonymous rule as ``fastlimit.W002``.
 """
 
@@ -87,10 +88,30 @@ class _State:
 
     @classmethod
     def get(cls) -> _State:
+        made = cls._made  # the usual: made already, no lock
+        if made is not None:
+            return made
         with cls._lock:
             if cls._made is None:
                 cls._made = cls()
+                _follow_settings()
             return cls._made
+
+    @classmethod
+    def forget(cls, setting: str = "FASTLIMIT", **kwargs: Any) -> None:
+        """Make the state anew at its next use: ``settings.FASTLIMIT``
+        changed (``override_settings`` in a test)."""
+        if setting == "FASTLIMIT":
+            with cls._lock:
+                cls._made = None
+
+
+def _follow_settings() -> None:
+    # Django sends setting_changed only from its test utilities
+    # (override_settings): what a test switches, the next request sees.
+    from django.test.signals import setting_changed
+
+    setting_changed.connect(_State.forget, dispatch_uid="fastlimit", weak=False)
 
 
 _request = threading.local()
@@ -126,10 +147,10 @@ class RateLimitMiddleware:
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
-        self.state = _State.get()
+        _State.get()  # a bad setting fails at start-up, not at the first request
 
     def __call__(self, request: Any) -> Any:
-        state = self.state
+        state = _State.get()
         if not state.enabled:
             return self.get_response(request)
         counted: Counted = []
