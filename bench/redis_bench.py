@@ -8,6 +8,8 @@ ratios; ratios hold on a noisy machine, absolute figures do not.  Measured:
 * the floor: redis-py ``PING`` and ``INCR`` round trips;
 * fastlimit ``RedisBackend``: ``Limiter.allow`` and ``Limiter.hit`` (one
   EVALSHA each, server TIME), and ``hit_many`` over 1,000 keys per call;
+  ``allow`` on ``RedisBackend(url, batch=True)`` too, whose lone calls go
+  one EVALSHA per round trip, packed and parsed by the batcher;
 * `limits` 5.x ``RedisStorage`` with its fixed-window and moving-window
   strategies (``hit``);
 * `throttled-py` ``RedisStore`` with its GCRA (``Throttled.limit``);
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         version = raw.info("server")["redis_version"]
         backend = fastlimit.RedisBackend(url, prefix="bench", timeout=5)
         allow = fastlimit.Limiter("1000/1h", store=backend, name="allow").allow
+        batched = fastlimit.RedisBackend(url, prefix="bench-b", timeout=5, batch=True)
+        allow_b = fastlimit.Limiter("1000/1h", store=batched, name="allow").allow
         hit = fastlimit.Limiter("1000/1h", store=backend, name="hit").hit
         many = fastlimit.Limiter("1000000/1h", store=backend, name="many").hit_many
         storage = limits.storage.RedisStorage(url)
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             Contender("redis-py PING (round-trip floor)", raw.ping, n),
             Contender("redis-py INCR", cycling(raw.incr), n),
             Contender("fastlimit RedisBackend allow()", cycling(allow), n),
+            Contender("fastlimit RedisBackend(batch=True) allow()", cycling(allow_b), n),
             Contender("fastlimit RedisBackend hit()", cycling(hit), n),
             Contender("fastlimit RedisBackend hit_many(1000 keys)", lambda: many(KEYS), n * 10,
                       per_call=len(KEYS)),
