@@ -21,8 +21,9 @@ class UnsupportedPlatformError(ImportError):
     """fastlimit cannot run here: the message says what is missing."""
 
 
-def missing(platform: str = sys.platform, proc_stat: str = PROC_STAT,
-            shm_dir: str | None = SHM_DIR) -> list[str]:
+def missing(
+    platform: str = sys.platform, proc_stat: str = PROC_STAT, shm_dir: str | None = SHM_DIR
+) -> list[str]:
     """What this system lacks, one phrase each (empty: all is there).
 
     ``shm_dir`` None skips the tmpfs check (``$FASTLIMIT_SHM_DIR`` names
@@ -39,8 +40,10 @@ def missing(platform: str = sys.platform, proc_stat: str = PROC_STAT,
     if not os.access(proc_stat, os.R_OK):
         lacks.append(f"/proc ({proc_stat} is not readable)")
     if shm_dir is not None and not os.path.isdir(shm_dir):
-        lacks.append(f"{shm_dir} (no such directory; set FASTLIMIT_SHM_DIR to a tmpfs "
-                     "directory to keep tables elsewhere)")
+        lacks.append(
+            f"{shm_dir} (no such directory; set FASTLIMIT_SHM_DIR to a tmpfs "
+            "directory to keep tables elsewhere)"
+        )
     return lacks
 
 
@@ -52,5 +55,7 @@ def check() -> None:
         raise UnsupportedPlatformError(
             "fastlimit runs on Linux only: its tables live in shared memory (/dev/shm) and "
             "it tells live processes from dead ones in /proc; this system lacks "
-            + "; ".join(lacks) + ".  Run it on a Linux host or in a Linux container "
-            "(Docker Desktop runs one on macOS and Windows).")
+            + "; ".join(lacks)
+            + ".  Run it on a Linux host or in a Linux container "
+            "(Docker Desktop runs one on macOS and Windows)."
+        )

@@ -10,8 +10,6 @@ import asyncio
 import json
 import math
 import multiprocessing as mp
-import pathlib
-import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,8 +30,6 @@ from fastlimit.client import (
 )
 
 S = 1_000_000_000
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-
 
 class LimitedServer:
     """An HTTP server limiting all callers together to ``rate`` (None: no
@@ -489,7 +485,7 @@ def test_four_processes_share_one_client_budget(table, table_name):
     assert over == [], "the four together sent more than the shared limit allows"
 
 
-# -- the README's example ------------------------------------------------------------
+# -- docs/batch.md's example ------------------------------------------------------------
 
 class Geocoder:
     def lookup(self, address):
@@ -498,12 +494,11 @@ class Geocoder:
 
 def test_the_readme_batch_example_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTLIMIT_SHM_DIR", str(tmp_path))  # its table lands here
-    text = README.read_text()
-    block = re.search(r"<!-- recipe: batch -->\n```python\n(.*?)```", text, re.S)
-    assert block, "README has no batch recipe"
+    from test_recipes import recipe  # docs/batch.md's block, found as every recipe is
+
     with LimitedServer(time.monotonic_ns, rate="30/1m", fields=("ietf",)) as server:
         ns = {"PARTNER_URL": server.url, "GEOCODER": Geocoder(), "__name__": "readme_batch"}
-        exec(block.group(1), ns)
+        exec(recipe("batch"), ns)
         try:
             assert ns["fetch"](range(5)) == [{"status": 200}] * 5
             start = time.monotonic_ns()

@@ -18,8 +18,13 @@ from fastlimit import _platform
 def import_fastlimit(prelude: str, **env: str) -> subprocess.CompletedProcess[str]:
     code = textwrap.dedent(prelude) + "\nimport fastlimit\nprint('imported', fastlimit.__version__)"
     environ = {k: v for k, v in os.environ.items() if k != "FASTLIMIT_SHM_DIR"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env={**environ, **env})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environ, **env},
+    )
 
 
 def test_on_linux_nothing_is_missing_and_the_import_works():
@@ -33,8 +38,9 @@ def test_on_macos_the_import_fails_naming_linux():
     done = import_fastlimit("import sys; sys.platform = 'darwin'")
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("fastlimit._platform.UnsupportedPlatformError: fastlimit runs on "
-                           "Linux only"), last
+    assert last.startswith(
+        "fastlimit._platform.UnsupportedPlatformError: fastlimit runs on Linux only"
+    ), last
     assert "lacks a Linux kernel (this is darwin)" in last
 
 
@@ -67,9 +73,9 @@ def test_missing_names_each_absent_piece(tmp_path):
     assert _platform.missing("linux", str(tmp_path / "stat"), str(tmp_path / "shm")) == [
         f"/proc ({tmp_path / 'stat'} is not readable)",
         f"{tmp_path / 'shm'} (no such directory; set FASTLIMIT_SHM_DIR to a tmpfs directory "
-        "to keep tables elsewhere)"]
-    assert _platform.missing("win32", "/proc/self/stat", None) == [
-        "a Linux kernel (this is win32)"]
+        "to keep tables elsewhere)",
+    ]
+    assert _platform.missing("win32", "/proc/self/stat", None) == ["a Linux kernel (this is win32)"]
 
 
 def test_the_error_is_an_import_error():

@@ -1,7 +1,12 @@
-"""The README's framework recipes, run as written: each ``<!-- recipe: NAME -->``
-block is executed with ``policy``, ``login_policy`` and ``identify`` defined,
-then the application it builds is driven through the framework's own test
-client."""
+"""The code blocks of the README and of the documentation site (docs/*.md),
+run as written.  A block marked ``<!-- recipe: NAME -->`` runs here, in a
+namespace with ``policy``, ``login_policy``, ``identify``, ``table`` and a
+few stand-ins defined: the framework recipes drive the application they
+build through the framework's own requests, the others must run without an
+error, and tests/test_client.py drives the ``batch`` one.  Every other
+Python block says why it is not run (``<!-- not run: REASON -->``): a
+server to connect to, a fragment of a recipe.  docs/migration.md has its own
+runner (tests/test_migration.py)."""
 
 from __future__ import annotations
 
@@ -14,16 +19,47 @@ import pytest
 
 import fastlimit
 from fastlimit import FakeClock, Policy, SharedTable
+from fastlimit.testing import isolated
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+SOURCES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+OWN_RUNNER = {ROOT / "docs" / "migration.md"}
 DENIED = {"success": False, "error": {"code": "RATE_LIMITED", "message": "Too many requests"}}
+RECIPE = re.compile(r"<!-- recipe: ([\w.-]+) -->\n```python\n(.*?)```", re.S)
+# recipes driven by tests of their own (the framework recipes below, batch in test_client.py)
+DRIVEN = {"flask", "starlette", "batch"}
 
 
-def recipe(name):
-    text = README.read_text()
-    match = re.search(rf"<!-- recipe: {name} -->\n```python\n(.*?)```", text, re.S)
-    assert match, f"README has no recipe {name!r}"
-    return match.group(1)
+def recipes() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for source in SOURCES:
+        for name, code in RECIPE.findall(source.read_text()):
+            assert name not in found, f"recipe {name!r} twice (in {source.name})"
+            found[name] = code
+    return found
+
+
+def recipe(name: str) -> str:
+    code = recipes().get(name)
+    assert code is not None, f"no recipe {name!r} in the README or docs/"
+    return code
+
+
+def test_every_python_block_is_run_or_says_why() -> None:
+    unmarked = []
+    for source in SOURCES:
+        if source in OWN_RUNNER:
+            continue
+        lines = source.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if line.strip() != "```python":
+                continue
+            before = next((lines[k].strip() for k in range(number - 1, -1, -1)
+                           if lines[k].strip()), "")
+            if not re.fullmatch(r"<!-- (recipe: [\w.-]+|not run: .+) -->", before):
+                unmarked.append(f"{source.relative_to(ROOT)}:{number + 1}")
+    assert unmarked == [], "python blocks neither run nor marked <!-- not run: why -->"
 
 
 @pytest.fixture
@@ -38,11 +74,27 @@ def namespace():
             {"policy": {"name": "login"}, "identities": {"anonymous": {"rate": "2/1h"}}},
             store=tables[1], clock=clock),
         "identify": None,  # everyone anonymous: limited per client IP
+        "table": tables[0],
+        "handle_upload": lambda: None,
         "__name__": "readme_recipe",
     }
     yield ns
     for table in tables:
         table.close()
+
+
+@pytest.mark.parametrize("name", sorted(set(recipes()) - DRIVEN))
+def test_the_recipe_runs(name, namespace, monkeypatch):
+    if name.startswith("flask"):
+        flask = pytest.importorskip("flask")
+        namespace["admin_blueprint"] = flask.Blueprint("admin", "admin")
+    monkeypatch.chdir(ROOT)  # the recipes name examples/ by their path in the repository
+    given = {id(value) for value in namespace.values()}
+    with isolated():  # the named tables and quota files they open land in a temporary dir
+        exec(compile(recipe(name), f"<recipe {name}>", "exec"), namespace)
+        for value in namespace.values():
+            if isinstance(value, SharedTable | Policy) and id(value) not in given:
+                value.close()
 
 
 def test_flask_recipe(namespace):
