@@ -131,6 +131,41 @@ def test_four_processes_of_16_threads_admit_exactly_the_limit(redis_server):
     assert all(p.exitcode == 0 for p in procs)
 
 
+
+def _inherited(lim, barrier, q):
+    barrier.wait()
+    counts = []
+    threads = [threading.Thread(target=lambda: counts.append(
+        sum(lim.allow("hot") for _ in range(25)))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    q.put(sum(counts))
+
+
+def test_a_batched_backend_in_use_when_forked_serves_each_child_on_its_own_connection(
+        redis_server):
+    """Forked while its connection is held (and used again in the parent
+    meanwhile): each child takes a connection of its own, no reply is read
+    by the wrong process, and the counts stay exact."""
+    b = batched(redis_server)
+    lim = Limiter("300/1d", store=b, name="fork")
+    assert lim.allow("hot")
+    ctx = mp.get_context("fork")
+    barrier, q = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_inherited, args=(lim, barrier, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    mine = sum(lim.allow("hot") for _ in range(100))
+    results = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert mine + sum(results) == 299, (mine, results)
+    assert all(p.exitcode == 0 for p in procs)
+
+
 # -- the unbatched backend's decisions -------------------------------------------------
 
 
