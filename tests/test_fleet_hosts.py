@@ -216,7 +216,7 @@ def run_fleet(tmp_path, server, hosts, steps, *, method="fork", kill=None, after
 EVEN = [[(1, 1), (1, 1)]] * 4    # 8 workers x 1 check per 5 ms: 1,600/s, 1.6x the budget
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_four_hosts_admit_at_most_one_gcra_and_nearly_all_of_it(tmp_path, redis_server, method):
     run = run_fleet(tmp_path, redis_server, EVEN, 400, method=method)
     assert run.total <= run.bound, run
@@ -256,6 +256,7 @@ def test_a_host_killed_mid_lease_strands_at_most_its_lease(tmp_path, redis_serve
     assert run.admitted[3] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fail", ["local", "closed"])
 def test_redis_paused_leases_keep_serving_then_the_fail_policy(tmp_path, own_redis_server, fail):
     # under the budget (800/s) until step 100, when Redis is paused (SIGSTOP);
