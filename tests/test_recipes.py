@@ -28,7 +28,7 @@ OWN_RUNNER = {ROOT / "docs" / "migration.md"}
 DENIED = {"success": False, "error": {"code": "RATE_LIMITED", "message": "Too many requests"}}
 RECIPE = re.compile(r"<!-- recipe: ([\w.-]+) -->\n```python\n(.*?)```", re.S)
 # recipes driven by tests of their own (the framework recipes below, batch in test_client.py)
-DRIVEN = {"flask", "starlette", "batch"}
+DRIVEN = {"flask", "starlette", "batch", "gunicorn"}
 
 
 def recipes() -> dict[str, str]:
@@ -156,3 +156,40 @@ def test_starlette_recipe(namespace):
     assert items[0].headers["x-ratelimit-limit"] == "3"
     assert items[3].headers["retry-after"] == "1200"
     assert items[3].headers["content-type"] == "application/json"
+
+
+def test_the_gunicorn_recipe_limits_per_client_ip(monkeypatch):
+    clock = FakeClock()
+
+    class PolicyOnClock(Policy):  # the recipe's policy, on a clock the test moves
+        @classmethod
+        def from_dict(cls, *args, **kwargs):
+            return Policy.from_dict(*args, clock=clock, **kwargs)
+
+    monkeypatch.setattr(fastlimit, "Policy", PolicyOnClock)
+    namespace = {"__name__": "myapp"}
+    with isolated():
+        exec(compile(recipe("gunicorn"), "<recipe gunicorn>", "exec"), namespace)
+        try:
+            def get(ip):
+                environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": ip,
+                           "SERVER_NAME": "test", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+                sent = {}
+
+                def start_response(status, headers, exc_info=None):
+                    sent["status"], sent["headers"] = status, dict(headers)
+
+                body = b"".join(namespace["app"](environ, start_response))
+                return sent["status"], sent["headers"], body
+
+            replies = [get("192.0.2.1") for _ in range(6)]
+            assert [r[0] for r in replies] == ["200 OK"] * 5 + ["429 Too Many Requests"]
+            assert replies[0][2] == b"hello\n"
+            status, headers, body = replies[5]
+            assert headers["Retry-After"] == "12"
+            assert json.loads(body)["error"]["code"] == "RATE_LIMITED"
+            assert get("192.0.2.2")[0] == "200 OK"  # another client, its own 5
+            clock.advance(12)
+            assert get("192.0.2.1")[0] == "200 OK"
+        finally:
+            namespace["policy"].close()
