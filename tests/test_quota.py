@@ -340,3 +340,27 @@ def test_decide_checks_cost_like_hit(where):
     assert not q.decide("k").decision.allowed
     with pytest.raises(CapacityError, match="the quota of 2 per day"):
         q.decide("k", 3)
+
+
+def test_hit_all_counts_quotas_on_one_clock_at_one_reading():
+    """Two daily quotas on one wall clock, hit together as the day ends:
+    both count in the same day (one reading), never one in each."""
+    from fastlimit import LimitCheck, Quota, SharedTable, hit_all
+
+    last_ns = 1_767_225_599_999_999_999  # 2025-12-31T23:59:59.999999999Z
+    readings = []
+
+    def clock():  # moves 1 ns at each reading: a second one is in the next day
+        readings.append(None)
+        return last_ns + len(readings) - 1
+
+    table = SharedTable.anonymous(capacity=64, kind="quotas")
+    try:
+        chats = Quota("5/day", store=table, name="chats", clock=clock)
+        images = Quota("3/day", store=table, name="images", clock=clock)
+        result = hit_all([LimitCheck("chats", chats, "u"), LimitCheck("images", images, "u")])
+        assert result.allowed
+        assert len(readings) == 1
+        assert [d.reset_after_ns for d in result.decisions] == [1, 1]
+    finally:
+        table.close()

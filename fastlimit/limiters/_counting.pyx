@@ -369,6 +369,26 @@ cdef int count(tuple hits, object cost, bint consume, int64_t wall_ns) except -2
     return denied
 
 
+cdef object _UNSET = object()
+
+
+cdef int64_t _one_wall(tuple hits) except? -2:
+    """The time every quota of ``hits`` counts at, read once when they
+    share a wall clock (one request is in one period of each calendar:
+    two readings could straddle a boundary); -1 when none is a quota or
+    their clocks differ (each reads its own)."""
+    cdef Hit h
+    clock = _UNSET
+    for h in hits:
+        if h.meter.kind == KIND_QUOTA:
+            if clock is _UNSET:
+                clock = h.meter.clock
+            elif h.meter.clock is not clock:
+                return -1
+    return -1 if clock is _UNSET else wall_now(clock)
+
+
 def count_all(hits, cost=1, bint consume=True):
     """:func:`count` for Python callers (``fastlimit.hit_all``, ``peek_all``)."""
-    return count(tuple(hits), cost, consume, -1)
+    cdef tuple found = tuple(hits)
+    return count(found, cost, consume, _one_wall(found))
