@@ -262,3 +262,17 @@ def test_a_request_sent_again_after_a_timeout_keeps_its_own_lease(backend, monke
     assert policy.hit("POST", "/upload", k1, "203.0.113.1").allowed  # the second lease
     assert not policy.hit("POST", "/upload", k1, "203.0.113.1").allowed
     policy.close()
+
+
+def test_the_deny_cache_works_on_the_real_clock(redis_server):
+    """The deny cache with no injected clock: its table runs on
+    CLOCK_MONOTONIC, and a denial Redis implied is answered from it."""
+    deny = SharedTable.anonymous(capacity=1024)
+    backend = RedisBackend(redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                           deny_cache=deny)
+    limiter = fastlimit.Limiter("3/1h", store=backend, name="x")
+    assert [limiter.allow("k") for _ in range(6)] == [True] * 3 + [False] * 3
+    assert (backend.stats().calls, backend.stats().cache_hits) == (3, 3)
+    assert deny.clock == "monotonic"
+    backend.close()
+    deny.close()

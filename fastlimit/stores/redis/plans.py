@@ -164,12 +164,17 @@ class RateSpec(Keyspace):
         wait = gcra.wait_ns(after, self.T, self.T, self.burst)
         if t0 is None or wait <= 0 or self._table is None:
             return
-        # A GCRA with T = 1 ns and burst ``wait`` admits a hit of cost
-        # ``wait`` only on a fresh key, and then stores tat = t0 + wait: a
-        # racing process's entry is kept, never stretched.
-        setter = self._table.rate_state(self._deny_name, 1, wait, clock=lambda: t0,
+        # Stored on the table's own clock (the limiter's, as the checker
+        # reads it), less the time since t0: tat = t0 + wait still.  A GCRA
+        # with T = 1 ns and burst ``left`` admits a hit of cost ``left`` only
+        # on a fresh key: a racing process's entry is kept, never stretched.
+        left = wait - ((int(self.clock()) if self.clock is not None else _core.monotonic_ns())
+                       - t0)
+        if left <= 0:
+            return
+        setter = self._table.rate_state(self._deny_name, 1, left, clock=self.clock,
                                         on_full="allow")
-        setter.allow(key, wait)
+        setter.allow(key, left)
 
     def forget(self, key: Key) -> None:
         if self._checker is not None:
