@@ -117,8 +117,9 @@ _GRACE = 4              # a lease clock lives this many periods: leftovers are g
 
 
 def _lua() -> str:
-    return importlib.resources.files("fastlimit.stores.redis").joinpath(
-        "lua", "fleet.lua").read_text("utf-8")
+    # after lib.lua, as every script of the backend (stores/redis/common.py)
+    return "".join(importlib.resources.files("fastlimit.stores.redis").joinpath(
+        "lua", name).read_text("utf-8") for name in ("lib.lua", "fleet.lua"))
 
 
 FLEET_LUA = _lua()

@@ -1,6 +1,6 @@
 -- fastlimit fleet mode: a host's lease of a key's global GCRA budget, in one
--- atomic call (fastlimit/stores/fleet.py sends it; self-contained, so it
--- does not depend on the other scripts' shared prelude).
+-- atomic call (fastlimit/stores/fleet.py sends it, after lib.lua: the time
+-- pairs and the stored tat are the other scripts').
 --
 -- The key is the limiter's ordinary Redis key (RedisBackend's
 -- <prefix>:<name>:{<key>}), holding its tat as decimal nanoseconds: hosts
@@ -22,45 +22,11 @@
 -- Reply: 'granted ahead_s ahead_ns': units taken (0..want), then
 --        max(0, tat - now) after the call (the host's view of the bucket).
 
-if redis.replicate_commands then
-    redis.replicate_commands()
-end
-
-local E9 = 1000000000
 local key = KEYS[1]
-
-local now_s, now_ns
-if ARGV[1] == '' then
-    local t = redis.call('TIME')
-    now_s = tonumber(t[1])
-    now_ns = tonumber(t[2]) * 1000
-else
-    now_s = tonumber(ARGV[1])
-    now_ns = tonumber(ARGV[2])
-end
+local now_s, now_ns = now_pair(ARGV[1], ARGV[2])
 local T_s, T_ns = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tau_s, tau_ns = tonumber(ARGV[5]), tonumber(ARGV[6])
 local give, want = tonumber(ARGV[7]), tonumber(ARGV[8])
-
-local function le(as, ans, bs, bns)
-    return as < bs or (as == bs and ans <= bns)
-end
-
-local function add(as, ans, bs, bns)
-    local s, ns = as + bs, ans + bns
-    if ns >= E9 then
-        return s + 1, ns - E9
-    end
-    return s, ns
-end
-
-local function sub(as, ans, bs, bns)  -- needs a >= b
-    local s, ns = as - bs, ans - bns
-    if ns < 0 then
-        return s - 1, ns + E9
-    end
-    return s, ns
-end
 
 local function mul(k, s, ns)
     -- k x (s, ns) for k x ns < 2^53 (k <= the burst, ns < 1e9): exact, the
@@ -76,19 +42,10 @@ local function mul(k, s, ns)
     return k * s + q, r
 end
 
-local v = redis.call('GET', key)
 local a_s, a_ns = 0, 0  -- ahead = max(0, tat - now)
-if v then
-    local n = #v
-    local tat_s, tat_ns
-    if n <= 9 then
-        tat_s, tat_ns = 0, tonumber(v)
-    else
-        tat_s, tat_ns = tonumber(string.sub(v, 1, n - 9)), tonumber(string.sub(v, n - 8))
-    end
-    if not le(tat_s, tat_ns, now_s, now_ns) then
-        a_s, a_ns = sub(tat_s, tat_ns, now_s, now_ns)
-    end
+local tat_s, tat_ns = parse(redis.call('GET', key))
+if tat_s ~= nil and not le(tat_s, tat_ns, now_s, now_ns) then
+    a_s, a_ns = sub(tat_s, tat_ns, now_s, now_ns)
 end
 
 if give > 0 then
@@ -139,19 +96,7 @@ if give > 0 or granted > 0 then
     if a_s == 0 and a_ns == 0 then
         redis.call('DEL', key)
     else
-        local t_s, t_ns = add(now_s, now_ns, a_s, a_ns)
-        local text
-        if t_s == 0 then
-            text = string.format('%d', t_ns)
-        else
-            text = string.format('%d%09d', t_s, t_ns)
-        end
-        -- kept until fully replenished, as gcra.lua does
-        local ms = a_s * 1000 + math.floor(a_ns / 1000000)
-        if a_ns % 1000000 ~= 0 then
-            ms = ms + 1
-        end
-        redis.call('SET', key, text, 'PX', ms)
+        gcra_store(key, now_s, now_ns, a_s, a_ns)  -- kept until fully replenished
     end
 end
 
