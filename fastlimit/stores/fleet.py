@@ -490,15 +490,9 @@ class FleetGcra:
         bkey, ahead = self._lease_of(kb)
         live = ahead > self._K0 - self._P
         if live and bkey is not None:
-            d = self._bal_hit(bkey, cost)
-            if d.allowed and d.remaining < self._valid:
-                self._remember(key, kb, bkey, now, ahead)
-                return self._served(kb, d.remaining)
-            w = self._wait.peek(kb)
-            if not w.allowed:
-                self.fleet._count("denied")
-                self._remember(key, kb, bkey, now, ahead)
-                return self._denied(kb, w.retry_after_ns, key, now)
+            answered = self._from_lease(key, kb, bkey, cost, now, ahead)
+            if answered is not None:
+                return answered
         elif bkey is None and self._heat.allow(kb):
             self._hot.pop(key, None)
             self.fleet._count("cold")
@@ -529,16 +523,22 @@ class FleetGcra:
             bkey, ahead = self._lease_of(kb)
             if bkey is None or ahead <= self._K0 - self._P:
                 return None
-            d = self._bal_hit(bkey, cost)
-            if d.allowed and d.remaining < self._valid:
-                self._remember(key, kb, bkey, now, ahead)
-                return self._served(kb, d.remaining)
-            w = self._wait.peek(kb)
-            if not w.allowed:
-                self.fleet._count("denied")
-                self._remember(key, kb, bkey, now, ahead)
-                return self._denied(kb, w.retry_after_ns, key, now)
-            return None
+            return self._from_lease(key, kb, bkey, cost, now, ahead)
+        return None
+
+    def _from_lease(self, key: Key, kb: bytes, bkey: bytes, cost: int, now: int,
+                    ahead: int) -> Decision | None:
+        """The answer of the host's live lease: served from its balance, or
+        denied while Redis said the bucket is empty; None: a refill is due."""
+        d = self._bal_hit(bkey, cost)
+        if d.allowed and d.remaining < self._valid:
+            self._remember(key, kb, bkey, now, ahead)
+            return self._served(kb, d.remaining)
+        w = self._wait.peek(kb)
+        if not w.allowed:
+            self.fleet._count("denied")
+            self._remember(key, kb, bkey, now, ahead)
+            return self._denied(kb, w.retry_after_ns, key, now)
         return None
 
     def _remember(self, key: Key, kb: bytes, bkey: bytes, now: int, ahead: int) -> None:
