@@ -281,7 +281,7 @@ def _tls(url: str, scheme: str, kind: str,
             f"Redis URL {shown(url)}: ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, "
             f"got {reqs!r}")
     try:
-        typed = parse_url("redis://localhost/?" + urlencode(given))  # type: ignore[no-untyped-call]
+        typed = parse_url("redis://localhost/?" + urlencode(given))  # type: ignore[no-untyped-call,unused-ignore]
     except ValueError as e:
         raise ConfigurationError(f"Redis URL {shown(url)}: {e}") from None
     typed.pop("host", None)
@@ -397,7 +397,7 @@ def _cluster(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
         anodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in rest]
         return redis.asyncio.cluster.RedisCluster.from_url(seed, startup_nodes=anodes,
                                                            **options)
-    nodes = [redis.cluster.ClusterNode(h, p) for h, p in rest]  # type: ignore[no-untyped-call]
+    nodes = [redis.cluster.ClusterNode(h, p) for h, p in rest]  # type: ignore[no-untyped-call,unused-ignore]
     try:
         return redis.cluster.RedisCluster.from_url(seed, startup_nodes=nodes, **options)
     except RedisClusterException as e:
@@ -443,11 +443,11 @@ def _sentinel(target: RedisURL, options: dict[str, Any], asyncio: bool) -> Any:
     master = {**options, **kwargs}
     sentinel: Any
     if asyncio:
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             list(target.nodes), sentinel_kwargs=to_sentinels)
         return sentinel.master_for(target.service, redis_class=_AsyncSentinelMaster,
                                    db=target.db, **master)
-    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         list(target.nodes), sentinel_kwargs=to_sentinels)
     return sentinel.master_for(target.service, redis_class=_SentinelMaster, db=target.db,
                                **master)
@@ -475,7 +475,7 @@ class _AsyncSentinelMaster(redis.asyncio.Redis):
 def _typed(target: RedisURL, query: dict[str, str]) -> dict[str, Any]:
     """redis-py's options from a query, typed as redis-py types a URL's."""
     try:
-        kwargs: dict[str, Any] = parse_url(  # type: ignore[no-untyped-call]
+        kwargs: dict[str, Any] = parse_url(  # type: ignore[no-untyped-call,unused-ignore]
             "redis://localhost/?" + urlencode(query))
     except ValueError as e:
         raise ConfigurationError(f"Redis URL {target.shown}: {e}") from None
@@ -607,8 +607,8 @@ def _probe_seeds(target: RedisURL, options: dict[str, Any]) -> dict[str, Any] | 
 
 def _ask(client: redis.Redis, shown_url: str) -> dict[str, Any] | None:
     pipe = client.pipeline(transaction=False)
-    pipe.execute_command("INFO", "server")  # type: ignore[no-untyped-call]
-    pipe.execute_command("INFO", "replication")  # type: ignore[no-untyped-call]
+    pipe.execute_command("INFO", "server")  # type: ignore[no-untyped-call,unused-ignore]
+    pipe.execute_command("INFO", "replication")  # type: ignore[no-untyped-call,unused-ignore]
     try:
         server, replication = pipe.execute(raise_on_error=False)
     except ResponseError as e:  # from the connection's set-up: SELECT, AUTH
