@@ -36,7 +36,7 @@ def backend_for(server, **kw):
 
 def fleet_for(server, table=None, **kw):
     redis_kw = {k: kw.pop(k) for k in list(kw) if k in ("fail", "retry_interval", "timeout",
-                                                            "connect_timeout", "prefix")}
+                                                            "connect_timeout", "prefix", "batch")}
     return FleetBackend(backend_for(server, **redis_kw),
                         table if table is not None else SharedTable.anonymous(4096), **kw)
 
@@ -82,6 +82,53 @@ def test_a_take_is_hits_of_cost_one_and_a_give_back_a_refund(redis_server, rate,
         # a tat at or before now is fresh, as a missing key is
         assert max(now, int(stored or 0)) == max(now, m.tat[key])
     assert fleet.redis.stats().errors == 0
+
+
+# -- a take is a call of the Redis backend: its stats, batcher, retries, NOSCRIPT -------
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_take_is_counted_by_the_redis_backend(redis_server, batch):
+    fleet = fleet_for(redis_server, batch=batch)
+    rkey = fleet.redis.redis_key("st", "k")
+    assert fleet.take(rkey, 1_000 * S, S // 10, S, 0, 4) == (4, 4 * S // 10)
+    assert fleet.take(rkey, 1_000 * S, S // 10, S, 1, 0) == (0, 3 * S // 10)
+    st = fleet.redis.stats()
+    assert (st.calls, st.errors, st.batches, st.batched) == (
+        (2, 0, 2, 2) if batch else (2, 0, 0, 0))
+    assert (fleet.stats().leases, fleet.stats().taken, fleet.stats().returned) == (2, 4, 1)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("give, retries", [(0, 1), (3, 0)])
+def test_a_give_back_that_timed_out_is_not_sent_again(own_redis_server, batch, give, retries):
+    """A take alone goes again on a fresh connection (paying twice is the
+    safe side); one that gives back may have run, and would give twice."""
+    fleet = fleet_for(own_redis_server, batch=batch, timeout=0.2, retry_interval=3600)
+    rkey = fleet.redis.redis_key("to", "k")
+    assert fleet.take(rkey, 1_000 * S, S // 10, S, 0, 3) == (3, 3 * S // 10)
+    own_redis_server.pause()
+    try:
+        assert fleet.take(rkey, 1_000 * S, S // 10, S, give, 3) is None
+        assert fleet.take(rkey, 1_000 * S, S // 10, S, 0, 3) is None  # skipped: marked down
+    finally:
+        own_redis_server.resume()
+    st = fleet.redis.stats()
+    assert (st.errors, st.timeouts, st.retries, st.skipped) == (1, 1, retries, 1)
+    assert fleet.stats().failures == 2
+    assert fleet.redis.ping()
+    assert fleet.take(rkey, 1_000 * S, S // 10, S, 0, 0) is not None
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_take_after_script_flush_loads_the_script_again(own_redis_server, batch):
+    fleet = fleet_for(own_redis_server, batch=batch)
+    rkey = fleet.redis.redis_key("ns", "k")
+    assert fleet.take(rkey, 1_000 * S, S // 10, S, 0, 2) == (2, 2 * S // 10)
+    own_redis_server.client().script_flush()
+    assert fleet.take(rkey, 1_000 * S, S // 10, S, 0, 2) == (2, 4 * S // 10)
+    st = fleet.redis.stats()
+    # the new server had no scripts either: the first take loaded it too
+    assert (st.calls, st.errors, st.noscript) == (2, 0, 2)
 
 
 def test_a_take_shares_the_bucket_of_ordinary_checks(redis_server):

@@ -82,7 +82,6 @@ Sync only (a :class:`~fastlimit.RedisBackend`, not the asyncio one);
 
 from __future__ import annotations
 
-import importlib.resources
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -114,15 +113,6 @@ _T_C = 1 << 32          # the deposit counter's unit interval
 _C_BURST = 1 << 26      # the most units one lease counts
 MAX_LEASE_PERIOD = 0.5  # seconds: a lease is used far within T_L
 _GRACE = 4              # a lease clock lives this many periods: leftovers are given back within it
-
-
-def _lua() -> str:
-    # after lib.lua, as every script of the backend (stores/redis/common.py)
-    return "".join(importlib.resources.files("fastlimit.stores.redis").joinpath(
-        "lua", name).read_text("utf-8") for name in ("lib.lua", "fleet.lua"))
-
-
-FLEET_LUA = _lua()
 
 
 @dataclass(frozen=True)
@@ -217,7 +207,6 @@ class FleetBackend:
         self.hot = hot
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(FleetStats.__dataclass_fields__, 0)
-        self._script: Any = None
 
     # -- the store contract -----------------------------------------------------------
 
@@ -272,61 +261,25 @@ class FleetBackend:
     def take(self, rkey: bytes, now: int | None, T: int, tau: int, give: int,
              want: int) -> tuple[int, int] | None:
         """One fleet.lua call: ``(granted, ahead_ns after)``, or None when
-        Redis did not answer (counted and logged by the Redis backend, whose
-        node is then marked down).  A call that gives units back is never
-        sent twice: a timed-out call may have run."""
-        from fastlimit.stores.redis.common import RedisError, failure_kind
+        Redis did not answer.  It is the Redis backend's own call (its
+        plan driver: its skip, retry, failure kinds, stats and batcher);
+        a call that gives units back is never sent twice."""
+        from fastlimit.stores.redis.plans import lease_take
 
-        b = self.redis
-        node = b._node_of([rkey])
-        if b._skip(node) is not None:
-            self._count("failures")
-            return None
-        if now is None:
-            times = [b"", b""]
-        else:
-            times = [b"%d" % v for v in divmod(now, NS_PER_S)]
-        args = [*times, *(b"%d" % v for v in divmod(T, NS_PER_S)),
-                *(b"%d" % v for v in divmod(tau, NS_PER_S)), b"%d" % give, b"%d" % want]
-        try:
-            reply = self._call(rkey, args)
-        except (RedisError, OSError) as e:
-            kind = failure_kind(e)
-            if give > 0 or not b._retries(node, kind):
-                b._failure(e, node)
-                self._count("failures")
-                return None
-            b._fresh()
-            try:
-                reply = self._call(rkey, args)
-            except (RedisError, OSError) as e2:
-                b._failure(e2, node)
-                self._count("failures")
-                return None
-        b._success(node)
-        granted, a_s, a_ns = (int(x) for x in reply.split())
+        got = self.redis._run(lease_take(rkey, now, T, tau, give, want))
+        self._taken(got, give, want)
+        return got
+
+    def _taken(self, got: tuple[int, int] | None, give: int, want: int) -> None:
         with self._lock:
+            if got is None:
+                self._counts["failures"] += 1
+                return
             self._counts["leases"] += 1
-            self._counts["taken"] += granted
+            self._counts["taken"] += got[0]
             self._counts["returned"] += give
-            if granted < want:
+            if got[0] < want:
                 self._counts["short"] += 1
-        return granted, a_s * NS_PER_S + a_ns
-
-    def _call(self, rkey: bytes, args: list[bytes]) -> Any:
-        from fastlimit.stores.redis.common import NoScriptError
-
-        client = self.redis._client
-        if self._script is None:
-            self._script = client.register_script(FLEET_LUA)
-        sha = self._script.sha
-        try:
-            return client.evalsha(sha, 1, rkey, *args)
-        except NoScriptError:
-            if self.redis._cluster:
-                return client.eval(FLEET_LUA, 1, rkey, *args)
-            client.script_load(FLEET_LUA)
-            return client.evalsha(sha, 1, rkey, *args)
 
 
 def _rebuild(redis: RedisBackend, table: SharedTable, lease: int | None, lease_period: float,

@@ -83,12 +83,15 @@ def _lua(name: str) -> str:
 
 
 # The scripts, shipped as package data: the GCRA of limiters, calendar-quota
-# steps, concurrency leases, and a policy's whole request.  Each call runs
-# one of them, atomically; each is sent after lib.lua, the arithmetic they share.
+# steps, concurrency leases, a policy's whole request, and fleet mode's
+# lease take.  Each call runs one of them, atomically; each is sent after
+# lib.lua, the arithmetic they share.
 SCRIPTS: dict[str, str] = {
     name: _lua("lib.lua") + _lua(f"{name}.lua")
-    for name in ("gcra", "quota", "leases", "request")
+    for name in ("gcra", "quota", "leases", "request", "fleet")
 }
+# fleet.lua's argument that gives units back (see plans.lease_take)
+_FLEET_GIVE = 6
 
 _FAILS = ("local", "open", "closed", "raise")
 # the byte between a name and the key's hash tag, by kind (see Keyspace)
@@ -205,11 +208,14 @@ _ADVICE = {
 def retry_safe(script: str, args: Sequence[bytes], kind: str) -> bool:
     """Whether a call may go again after a failure of ``kind``.  A call that
     timed out may have run: again, a hit counts twice (the safe side: it
-    denies sooner), but a refund would give back twice, so it does not."""
+    denies sooner), but a refund would give back twice, so it does not;
+    nor does a fleet take that gives units back (its take alone would
+    only pay twice, the safe side too)."""
     if kind != "timeouts":
         return True
     return not ((script == "gcra" and args[:1] == [b"refund"])
-                or (script == "quota" and args[:1] == [_QUOTA_REFUND]))
+                or (script == "quota" and args[:1] == [_QUOTA_REFUND])
+                or (script == "fleet" and args[_FLEET_GIVE] != b"0"))
 
 
 def failure_kind(exc: BaseException) -> str:

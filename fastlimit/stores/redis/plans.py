@@ -37,7 +37,7 @@ from fastlimit.stores.redis.common import (
 )
 
 __all__ = ["LeasePlans", "LeaseStateBase", "QuotaPlans", "QuotaStateBase", "RateSpec",
-           "RateStateBase", "hit_all"]
+           "RateStateBase", "hit_all", "lease_take"]
 
 Check: TypeAlias = "tuple[Any, Key] | tuple[Any, Key, int]"
 
@@ -517,6 +517,24 @@ def hit_all(backend: BackendBase, checks: Iterable[Check],
         seen.add(rkey)
         out[i] = spec.decision(allowed, after, inc)
     return out
+
+
+def lease_take(rkey: bytes, now: int | None, T: int, tau: int, give: int,
+               want: int) -> Plan[tuple[int, int] | None]:
+    """Fleet mode's refill (``fleet.lua``, :mod:`fastlimit.stores.fleet`):
+    give back ``give`` units of ``rkey``'s GCRA (T, tau), then take up to
+    ``want``; ``(granted, ahead_ns after)``, or None when Redis did not
+    answer (the backend counted and logged it; the fleet answers by its
+    lease, then the failure policy).  ``now`` None: the server's TIME.
+    A call that gives back is not resent after a timeout (retry_safe)."""
+    args = [b"", b""] if now is None else [b"%d" % v for v in split_ns(now)]
+    args += [b"%d" % v for v in (*split_ns(T), *split_ns(tau), give, want)]
+    try:
+        reply = yield "fleet", [rkey], args
+    except Failure:
+        return None
+    granted, a_s, a_ns = reply
+    return granted, a_s * NS_PER_S + a_ns
 
 
 def _local_all(f: Failure, items: list[tuple[RateSpec, Key, bytes, int, bool]]
