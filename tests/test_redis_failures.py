@@ -109,8 +109,11 @@ def test_a_refund_that_timed_out_is_not_sent_again(own_redis_server, clock):
 # -- the connection pool: wait, bounded, never fail open --------------------------------
 
 
-def test_threads_beyond_the_pool_wait_for_a_connection(redis_server):
-    b = RedisBackend(redis_server.url, prefix=prefix(), max_connections=2, **FAST)
+# batch=None (the default): one connection carries the round trips of all;
+# batch=False: each check takes a connection of its own
+@pytest.mark.parametrize("batch", [None, False])
+def test_threads_beyond_the_pool_wait_for_a_connection(redis_server, batch):
+    b = RedisBackend(redis_server.url, prefix=prefix(), max_connections=2, batch=batch, **FAST)
     lim = Limiter("50/1h", store=b, name="pool", clock=FakeClock())
     admitted = []
     start = threading.Barrier(16)
@@ -130,9 +133,11 @@ def test_threads_beyond_the_pool_wait_for_a_connection(redis_server):
     assert len(b.client.connection_pool._connections) <= 2
 
 
-def test_coroutines_beyond_the_pool_wait_for_a_connection(redis_server):
+@pytest.mark.parametrize("batch", [None, False])
+def test_coroutines_beyond_the_pool_wait_for_a_connection(redis_server, batch):
     async def main():
-        b = AsyncRedisBackend(redis_server.url, prefix=prefix(), max_connections=4, **FAST)
+        b = AsyncRedisBackend(redis_server.url, prefix=prefix(), max_connections=4, batch=batch,
+                              **FAST)
         lim = b.limiter("80/1h", name="apool", clock=FakeClock())
 
         async def run():
@@ -165,12 +170,14 @@ def test_a_pool_wait_is_bounded_by_the_timeout_and_is_not_down(own_redis_server,
     assert lim.allow("k"), "the server was never down: tried at once"
 
 
-def test_a_client_on_a_failing_pool_never_fails_open(redis_server):
+@pytest.mark.parametrize("batch", [None, False])
+def test_a_client_on_a_failing_pool_never_fails_open(redis_server, batch):
     """A client passed in keeps its own pool (redis-py's raises at once when
-    every connection is in use): those checks are denied, not admitted."""
+    every connection is in use): those checks are denied, not admitted.
+    Batched (the default), one connection carries them all: none fails."""
     async def main():
         client = redis.asyncio.Redis(port=redis_server.port, max_connections=4, **FAST_CLIENT)
-        b = AsyncRedisBackend(client, prefix=prefix(), fail="open")
+        b = AsyncRedisBackend(client, prefix=prefix(), fail="open", batch=batch)
         lim = b.limiter("80/1h", name="fpool", clock=FakeClock())
 
         async def run():
@@ -181,6 +188,9 @@ def test_a_client_on_a_failing_pool_never_fails_open(redis_server):
         return admitted, b.stats()
 
     admitted, st = asyncio.run(main())
+    if batch is None:
+        assert (admitted, st.calls, st.errors) == (80, 750, 0)
+        return
     # how many find a connection depends on the scheduling; none is let through
     assert admitted <= 80 and st.failed_open == 0 and st.calls + st.errors == 750
     assert st.pool_timeouts == st.failed_closed == st.errors > 0

@@ -12,9 +12,8 @@ import numpy.typing as npt
 
 from fastlimit._core import Decision
 from fastlimit.core.results import Step
-from fastlimit.errors import ConfigurationError
 from fastlimit.stores.redis import request as request_ops
-from fastlimit.stores.redis.batching import DEFAULT_BATCH_SIZE, AsyncBatcher
+from fastlimit.stores.redis.batching import DEFAULT_BATCH_SIZE, AsyncBatcher, wanted
 from fastlimit.stores.redis.common import (
     BackendBase,
     Fail,
@@ -127,11 +126,14 @@ class AsyncRedisBackend(BackendBase):
     a sync RedisBackend, and works in asyncio code with ``async with``.)
     Make it in the loop that uses it.
 
-    ``batch=True`` coalesces the script calls of concurrent coroutines into
-    pipelines, as RedisBackend's does for threads (see :mod:`.batching`): a
-    call that finds no round trip in flight goes at once; calls that arrive
-    meanwhile go together in the next one (``batch_size``, default 128).
-    Same decisions and failure answers; one server or Sentinel master only.
+    Script calls of concurrent coroutines are coalesced into pipelines, as
+    RedisBackend's are for threads (see :mod:`.batching`): a call that finds
+    no round trip in flight goes at once; calls that arrive meanwhile go
+    together in the next one (``batch_size``, default 128).  Same decisions
+    and failure answers.  On by default for one plain server
+    (``batch=None``); a cluster's backend does not batch (``batch=True`` is
+    refused) nor by default a Sentinel master's, and ``batch=False`` sends
+    every call through redis-py.
 
     Example:
         >>> backend = AsyncRedisBackend("redis://127.0.0.1:6379/0")  # doctest: +SKIP
@@ -144,13 +146,13 @@ class AsyncRedisBackend(BackendBase):
     _client_name = "redis.asyncio.Redis"
     _cluster_type = redis.asyncio.cluster.RedisCluster
 
-    def __init__(self, url_or_client: Any = "redis://127.0.0.1:6379/0", *, batch: bool = False,
-                 batch_size: int = DEFAULT_BATCH_SIZE, **options: Any) -> None:
-        if not isinstance(batch, bool):
-            raise ConfigurationError(f"batch must be True or False, got {batch!r}")
+    def __init__(self, url_or_client: Any = "redis://127.0.0.1:6379/0", *,
+                 batch: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 **options: Any) -> None:
+        wanted(batch, None)  # a bad value is refused before connecting
         super().__init__(url_or_client, **options)
         self._batcher: AsyncBatcher | None = None
-        if batch:
+        if wanted(batch, self._client):
             self._batcher = AsyncBatcher(self, batch_size)
 
     def _from_url(self, url: str, options: dict[str, Any]) -> Any:

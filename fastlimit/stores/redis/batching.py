@@ -1,5 +1,6 @@
-"""Auto-batching for the Redis backends (``RedisBackend(url, batch=True)``
-and ``AsyncRedisBackend(url, batch=True)``).
+"""Auto-batching for the Redis backends: on by default for one plain server
+(``batch=None``; see :func:`wanted`), ``batch=False`` to send each call
+through redis-py's command layer instead.
 
 Concurrent script calls of one backend's threads (or coroutines) share
 round trips: the first caller to find no round trip in flight sends its call
@@ -43,8 +44,8 @@ costs one more, to load the script, and one to send its calls again, not
 counted) and ``stats().batched`` the calls they carried, each also counted
 in ``calls``, ``errors`` or ``skipped`` as unbatched.  Batching needs one
 server (or a Sentinel master); a Redis Cluster's calls go to the nodes of
-their slots, which one pipeline does not do, so ``batch=True`` with a
-cluster is refused.
+their slots, which one pipeline does not do, so a cluster's backend does not
+batch by default and ``batch=True`` with a cluster is refused.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from fastlimit.stores.redis.common import BackendBase
     from fastlimit.stores.redis.sync import RedisBackend
 
-__all__ = ["DEFAULT_BATCH_SIZE", "AsyncBatcher", "Batcher", "Replies", "round_trip"]
+__all__ = ["DEFAULT_BATCH_SIZE", "AsyncBatcher", "Batcher", "Replies", "round_trip", "wanted"]
 
 # Calls per round trip at most: a pipeline is sent whole, and its replies
 # are read before any of its callers is answered.
@@ -89,6 +90,22 @@ def check_batch_size(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
         raise ConfigurationError(f"batch_size must be an int from 1 to 10000, got {value!r}")
     return value
+
+
+def wanted(batch: bool | None, client: Any) -> bool:
+    """Whether a backend batches for a ``batch=`` of its constructor: as
+    given, or (None, the default) on one plain server.  A lone call costs
+    less client time batched than through redis-py's command layer.  Not by
+    default on a cluster (refused) nor on a Sentinel master: after a
+    failover the batcher's reconnection still reached the demoted master
+    (READONLY until restarted), where redis-py's own connections follow."""
+    if batch is None:
+        pool = getattr(client, "connection_pool", None)
+        return type(pool).__name__ in ("ConnectionPool", "BlockingConnectionPool")
+    if not isinstance(batch, bool):
+        raise ConfigurationError(f"batch must be True, False or None (batch where possible), "
+                                 f"got {batch!r}")
+    return batch
 
 
 def refuse_cluster(backend: BackendBase) -> None:
@@ -473,13 +490,18 @@ class Batcher:
                         self._send(op[1])
                     elif op[0] is RECV:
                         result = self._recv(op[1])
-                    elif op[0] is LOAD:
-                        b._client.script_load(b._scripts[op[1]].script)
                     elif op[0] is FRESH:
                         self._drop()
                         b._fresh()
                     else:
-                        b._check_memory_policy()
+                        # through the client, on a connection of the pool:
+                        # the batcher's goes back first (with
+                        # max_connections=1 it is the only one)
+                        self.close()
+                        if op[0] is LOAD:
+                            b._client.script_load(b._scripts[op[1]].script)
+                        else:
+                            b._check_memory_policy()
                 except (RedisError, OSError) as e:
                     error = e
             try:
@@ -625,13 +647,15 @@ class AsyncBatcher:
                     await self._send(op[1])
                 elif op[0] is RECV:
                     result = await self._recv(op[1])
-                elif op[0] is LOAD:
-                    await b._client.script_load(b._scripts[op[1]].script)
                 elif op[0] is FRESH:
                     await self._drop()
                     await b._fresh()
                 else:
-                    await b._check_memory_policy()
+                    await self._give_back()  # (as Batcher._step says)
+                    if op[0] is LOAD:
+                        await b._client.script_load(b._scripts[op[1]].script)
+                    else:
+                        await b._check_memory_policy()
             except (RedisError, OSError) as e:
                 error = e
 
@@ -679,6 +703,9 @@ class AsyncBatcher:
         task, self._task = self._task, None
         if task is not None and not task.done():
             await asyncio.wait([task])
+        await self._give_back()
+
+    async def _give_back(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             await self._backend._client.connection_pool.release(conn)

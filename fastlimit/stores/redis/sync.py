@@ -11,9 +11,8 @@ import numpy.typing as npt
 
 from fastlimit._core import Decision
 from fastlimit.core.results import Step
-from fastlimit.errors import ConfigurationError
 from fastlimit.stores.redis import request as request_ops
-from fastlimit.stores.redis.batching import DEFAULT_BATCH_SIZE, Batcher
+from fastlimit.stores.redis.batching import DEFAULT_BATCH_SIZE, Batcher, wanted
 from fastlimit.stores.redis.common import (
     BackendBase,
     Fail,
@@ -172,8 +171,11 @@ class RedisBackend(BackendBase):
             pipelines (see :mod:`.batching`): a call that finds no round
             trip in flight goes at once; calls that arrive meanwhile go
             together in the next one.  Same decisions and failure answers;
-            fewer round trips under load.  One server or Sentinel master
-            only (a cluster is refused).  Default False.
+            fewer round trips under load, and less client time per call
+            even alone.  Default None: batch on one plain server, not on a
+            cluster (``batch=True`` is refused there) nor a Sentinel master
+            (``batch=True`` there does not yet follow a failover);
+            ``False``: every call through redis-py's command layer.
         batch_size: the most calls one batched round trip carries (128).
         **redis_options: more options for ``redis.Redis.from_url``, e.g.
             ``max_connections`` (default 100).  A client made from a
@@ -191,15 +193,15 @@ class RedisBackend(BackendBase):
     _client_name = "redis.Redis"
     _cluster_type = redis.cluster.RedisCluster
 
-    def __init__(self, url_or_client: Any = "redis://127.0.0.1:6379/0", *, batch: bool = False,
-                 batch_size: int = DEFAULT_BATCH_SIZE, **options: Any) -> None:
-        if not isinstance(batch, bool):
-            raise ConfigurationError(f"batch must be True or False, got {batch!r}")
+    def __init__(self, url_or_client: Any = "redis://127.0.0.1:6379/0", *,
+                 batch: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 **options: Any) -> None:
+        wanted(batch, None)  # a bad value is refused before connecting
         super().__init__(url_or_client, **options)
         self._batcher: Batcher | None = None
-        if batch:
+        if wanted(batch, self._client):
             self._batcher = Batcher(self, batch_size)
-            self._options.update(batch=batch, batch_size=batch_size)
+        self._options.update(batch=batch, batch_size=batch_size)
 
     def _from_url(self, url: str, options: dict[str, Any]) -> Any:
         from fastlimit.stores.redis.topology import connect
