@@ -5,12 +5,12 @@ Starts ``redis-server`` on a free 127.0.0.1 port (no persistence; stopped by
 PID) and, in one process, runs C clients sharing one backend, each checking
 keys over 1,000 at 1,000,000/hour (every check passes and writes):
 
-* threads: fastlimit ``RedisBackend(url)`` (one EVALSHA round trip per
+* threads: fastlimit ``RedisBackend(url, batch=False)`` (one EVALSHA round trip per
   check) and ``RedisBackend(url, batch=True)``
   (:mod:`fastlimit.stores.redis.batching`), `limits` ``RedisStorage`` with
   its fixed window (``hit``) and `throttled-py` ``RedisStore`` with its GCRA
   (``Throttled.limit``);
-* coroutines on one event loop: fastlimit ``AsyncRedisBackend(url)`` and
+* coroutines on one event loop: fastlimit ``AsyncRedisBackend(url, batch=False)`` and
   ``AsyncRedisBackend(url, batch=True)``, `limits` ``limits.aio``
   ``RedisStorage`` (redis.asyncio) fixed window, `throttled-py`
   ``throttled.asyncio`` ``RedisStore`` GCRA.
@@ -138,7 +138,7 @@ def thread_contenders(url: str) -> tuple[list[Contender], list[Any]]:
     import throttled
 
     opts: dict[str, Any] = dict(timeout=10, connect_timeout=10, max_connections=POOL)
-    plain = fastlimit.RedisBackend(url, prefix=f"p{uuid.uuid4().hex[:8]}", **opts)
+    plain = fastlimit.RedisBackend(url, prefix=f"p{uuid.uuid4().hex[:8]}", batch=False, **opts)
     batched = fastlimit.RedisBackend(url, prefix=f"b{uuid.uuid4().hex[:8]}", batch=True, **opts)
     lp = fastlimit.Limiter(RATE, store=plain, name="api")
     lb = fastlimit.Limiter(RATE, store=batched, name="api")
@@ -165,7 +165,7 @@ def coroutine_contenders(url: str, loop: asyncio.AbstractEventLoop
 
     async def make() -> tuple[list[Contender], list[Any]]:
         opts: dict[str, Any] = dict(timeout=10, connect_timeout=10, max_connections=POOL)
-        plain = AsyncRedisBackend(url, prefix=f"ap{uuid.uuid4().hex[:8]}", **opts)
+        plain = AsyncRedisBackend(url, prefix=f"ap{uuid.uuid4().hex[:8]}", batch=False, **opts)
         batched = AsyncRedisBackend(url, prefix=f"ab{uuid.uuid4().hex[:8]}", batch=True, **opts)
         lp = plain.limiter(RATE, name="api")
         lb = batched.limiter(RATE, name="api")

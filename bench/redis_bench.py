@@ -7,7 +7,7 @@ ratios; ratios hold on a noisy machine, absolute figures do not.  Measured:
 
 * the floor: redis-py ``PING`` and ``INCR`` round trips;
 * fastlimit ``RedisBackend``: ``Limiter.allow`` and ``Limiter.hit`` (one
-  EVALSHA each, server TIME), and ``hit_many`` over 1,000 keys per call;
+  EVALSHA each, server TIME), and ``hit_many`` over 1,000 keys per call, all with ``batch=False``;
   ``allow`` on ``RedisBackend(url, batch=True)`` too, whose lone calls go
   one EVALSHA per round trip, packed and parsed by the batcher;
 * `limits` 5.x ``RedisStorage`` with its fixed-window and moving-window
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     with redis_server(args.redis_server) as url:
         raw = redis.Redis.from_url(url)
         version = raw.info("server")["redis_version"]
-        backend = fastlimit.RedisBackend(url, prefix="bench", timeout=5)
+        backend = fastlimit.RedisBackend(url, prefix="bench", timeout=5, batch=False)
         allow = fastlimit.Limiter("1000/1h", store=backend, name="allow").allow
         batched = fastlimit.RedisBackend(url, prefix="bench-b", timeout=5, batch=True)
         allow_b = fastlimit.Limiter("1000/1h", store=batched, name="allow").allow
