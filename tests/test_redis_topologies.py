@@ -392,6 +392,38 @@ def _host_through_failover(url, name, i, barrier, switched, results):
     })
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_batched_backend_follows_a_sentinel_failover(redis_sentinel, asynchronous):
+    """A batcher's connection, dropped on the demoted primary's READONLY,
+    connects to the new primary (redis-py's send would reconnect to the old
+    one): every check after the switch is answered by Redis."""
+    name = _name()
+    if not asynchronous:
+        b = RedisBackend.from_url(redis_sentinel.url, batch=True, fail="closed")
+        lim = Limiter("5/1d", store=b, name=name)
+        assert [lim.allow("k") for _ in range(3)] == [True] * 3
+        redis_sentinel.failover()
+        after = [lim.allow("k") for _ in range(3)]
+        st = b.stats()
+        b.close()
+    else:
+        async def run():
+            b = AsyncRedisBackend.from_url(redis_sentinel.url, batch=True, fail="closed")
+            lim = b.limiter("5/1d", name=name)
+            assert [await lim.allow("k") for _ in range(3)] == [True] * 3
+            await asyncio.to_thread(redis_sentinel.failover)
+            after = [await lim.allow("k") for _ in range(3)]
+            st = b.stats()
+            await b.aclose()
+            return after, st
+        after, st = asyncio.run(run())
+    # the new primary has every write (failover() waits for the replica)
+    assert after == [True, True, False]
+    # (a READONLY reply, if the old connection outlived the demotion, is
+    # retried once on a fresh one: no check is left to the failure policy)
+    assert st.batches == st.calls == 6 and st.failed_closed == st.errors == 0
+
+
 @pytest.mark.slow
 def test_four_hosts_through_a_sentinel_failover(redis_sentinel, record_property):
     """A forced failover while 4 hosts check: the exhausted key stays denied

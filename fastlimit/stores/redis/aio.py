@@ -130,10 +130,9 @@ class AsyncRedisBackend(BackendBase):
     RedisBackend's are for threads (see :mod:`.batching`): a call that finds
     no round trip in flight goes at once; calls that arrive meanwhile go
     together in the next one (``batch_size``, default 128).  Same decisions
-    and failure answers.  On by default for one plain server
+    and failure answers.  On by default for one server or a Sentinel primary
     (``batch=None``); a cluster's backend does not batch (``batch=True`` is
-    refused) nor by default a Sentinel master's, and ``batch=False`` sends
-    every call through redis-py.
+    refused), and ``batch=False`` sends every call through redis-py.
 
     Example:
         >>> backend = AsyncRedisBackend("redis://127.0.0.1:6379/0")  # doctest: +SKIP
@@ -149,10 +148,10 @@ class AsyncRedisBackend(BackendBase):
     def __init__(self, url_or_client: Any = "redis://127.0.0.1:6379/0", *,
                  batch: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  **options: Any) -> None:
-        wanted(batch, None)  # a bad value is refused before connecting
+        wanted(batch, cluster=False)  # a bad value is refused before connecting
         super().__init__(url_or_client, **options)
         self._batcher: AsyncBatcher | None = None
-        if wanted(batch, self._client):
+        if wanted(batch, self._cluster):
             self._batcher = AsyncBatcher(self, batch_size)
 
     def _from_url(self, url: str, options: dict[str, Any]) -> Any:

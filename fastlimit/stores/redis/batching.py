@@ -1,6 +1,6 @@
-"""Auto-batching for the Redis backends: on by default for one plain server
-(``batch=None``; see :func:`wanted`), ``batch=False`` to send each call
-through redis-py's command layer instead.
+"""Auto-batching for the Redis backends: on by default for one server or a
+Sentinel primary (``batch=None``; see :func:`wanted`), ``batch=False`` to
+send each call through redis-py's command layer instead.
 
 Concurrent script calls of one backend's threads (or coroutines) share
 round trips: the first caller to find no round trip in flight sends its call
@@ -92,16 +92,13 @@ def check_batch_size(value: Any) -> int:
     return value
 
 
-def wanted(batch: bool | None, client: Any) -> bool:
+def wanted(batch: bool | None, cluster: bool) -> bool:
     """Whether a backend batches for a ``batch=`` of its constructor: as
-    given, or (None, the default) on one plain server.  A lone call costs
-    less client time batched than through redis-py's command layer.  Not by
-    default on a cluster (refused) nor on a Sentinel master: after a
-    failover the batcher's reconnection still reached the demoted master
-    (READONLY until restarted), where redis-py's own connections follow."""
+    given, or (None, the default) unless its client is a cluster's.  A lone
+    call costs less client time batched than through redis-py's command
+    layer, so nothing is lost where batching is allowed."""
     if batch is None:
-        pool = getattr(client, "connection_pool", None)
-        return type(pool).__name__ in ("ConnectionPool", "BlockingConnectionPool")
+        return not cluster
     if not isinstance(batch, bool):
         raise ConfigurationError(f"batch must be True, False or None (batch where possible), "
                                  f"got {batch!r}")
@@ -516,6 +513,11 @@ class Batcher:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._backend._client.connection_pool.get_connection()
+        if conn._sock is None:
+            # connect() itself: send_packed_command's own connecting skips a
+            # Sentinel connection's asking for the primary, so after a
+            # failover it would go back to the demoted one
+            conn.connect()
         # (redis-py disconnects on a failure to send)
         conn.send_packed_command([payload], check_health=False)
 
@@ -664,6 +666,8 @@ class AsyncBatcher:
         if conn is None:
             conn = self._conn = await self._backend._client.connection_pool.get_connection()
         try:
+            if not conn.is_connected:
+                await conn.connect()  # (as Batcher._send says)
             await conn.send_packed_command(payload, check_health=False)
         except BaseException:
             await conn.disconnect(nowait=True)  # (cancelled mid-write, too)

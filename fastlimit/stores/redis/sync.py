@@ -172,9 +172,8 @@ class RedisBackend(BackendBase):
             trip in flight goes at once; calls that arrive meanwhile go
             together in the next one.  Same decisions and failure answers;
             fewer round trips under load, and less client time per call
-            even alone.  Default None: batch on one plain server, not on a
-            cluster (``batch=True`` is refused there) nor a Sentinel master
-            (``batch=True`` there does not yet follow a failover);
+            even alone.  Default None: batch on one server or a Sentinel
+            primary, not on a cluster (``batch=True`` is refused there);
             ``False``: every call through redis-py's command layer.
         batch_size: the most calls one batched round trip carries (128).
         **redis_options: more options for ``redis.Redis.from_url``, e.g.
@@ -196,10 +195,10 @@ class RedisBackend(BackendBase):
     def __init__(self, url_or_client: Any = "redis://127.0.0.1:6379/0", *,
                  batch: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  **options: Any) -> None:
-        wanted(batch, None)  # a bad value is refused before connecting
+        wanted(batch, cluster=False)  # a bad value is refused before connecting
         super().__init__(url_or_client, **options)
         self._batcher: Batcher | None = None
-        if wanted(batch, self._client):
+        if wanted(batch, self._cluster):
             self._batcher = Batcher(self, batch_size)
         self._options.update(batch=batch, batch_size=batch_size)
 
