@@ -190,15 +190,29 @@ def redis_sentinel(tmp_path_factory):
 
 
 @pytest.fixture
-def own_redis_cluster3(tmp_path_factory):
-    """A 3-primary Redis Cluster of the test's own, whose nodes it may stop,
-    kill or pause (``cluster.nodes[i]``, RedisServer objects); a stopped
-    node goes unnoticed by the others for 60 s (--cluster-node-timeout)."""
+def own_cluster(tmp_path_factory):
+    """Makes Redis Clusters of the test's own, whose nodes it may stop, kill
+    or pause: ``own_cluster(**kw)`` takes redis_topologies.start_cluster's
+    options (``node_timeout_ms``, ``replicas``, ``extra``); every cluster
+    made is stopped at the end."""
     import redis_topologies
 
     _redis_binary()
-    cluster = redis_topologies.start_cluster(
-        lambda *extra: _start_server(tmp_path_factory, *extra), _free_port,
-        node_timeout_ms=60000)
-    yield cluster
-    cluster.stop()
+    made = []
+
+    def make(**kw):
+        made.append(redis_topologies.start_cluster(
+            lambda *extra: _start_server(tmp_path_factory, *extra), _free_port, **kw))
+        return made[-1]
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+@pytest.fixture
+def own_redis_cluster3(own_cluster):
+    """A 3-primary Redis Cluster of the test's own (``cluster.nodes[i]``,
+    RedisServer objects); a stopped node goes unnoticed by the others for
+    60 s (--cluster-node-timeout)."""
+    return own_cluster(node_timeout_ms=60000)

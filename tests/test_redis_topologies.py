@@ -22,6 +22,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.connection
 import redis.sentinel
+from redis.crc import key_slot
 
 from fastlimit import (
     AsyncRedisBackend,
@@ -32,6 +33,8 @@ from fastlimit import (
     store_from_url,
 )
 from fastlimit.stores.redis import topology
+
+FAST = dict(timeout=10, connect_timeout=10)  # no spurious timeouts on a loaded machine
 
 
 def _name():
@@ -531,6 +534,152 @@ def test_four_hosts_losing_a_primary_fail_only_its_keys(own_redis_cluster3):
     # retry included), then skipped until the backoff ends
     assert all(h["admitted"] == 20 and h["failed_local"] == 30 and h["calls"] == 0
                and h["errors"] == 1 and h["skipped"] == 29 for h in dead), dead
+
+
+def _backoff_clock(monkeypatch):
+    """The failure backoff's clock (only it), set by hand: [seconds]."""
+    import fastlimit.stores.redis.common as common
+
+    now = [1000.0]
+    monkeypatch.setattr(common, "_monotonic", lambda: now[0])
+    return now
+
+
+def _drive(asynchronous, url, scenario, **options):
+    """Run ``scenario(allow, stats)`` on a RedisBackend (sync) or an
+    AsyncRedisBackend made from ``url``: ``allow(key)`` is a coroutine
+    either way, one limiter "10/1h" per run."""
+    name = _name()
+
+    async def run():
+        if asynchronous:
+            b = AsyncRedisBackend.from_url(url, **options)
+            lim = b.limiter("10/1h", name=name)
+            try:
+                return await scenario(lim.allow, b.stats, lambda k: b.redis_key(name, k))
+            finally:
+                await b.aclose()
+        b = RedisBackend.from_url(url, **options)
+        lim = Limiter("10/1h", store=b, name=name)
+
+        async def allow(key):
+            return lim.allow(key)
+        try:
+            return await scenario(allow, b.stats, lambda k: b.redis_key(name, k))
+        finally:
+            b.close()
+
+    return asyncio.run(run())
+
+
+def _owner_port(node, slot):
+    with node.client(socket_timeout=2) as c:
+        for first, last, owner, *_ in c.execute_command("CLUSTER", "SLOTS"):
+            if int(first) <= slot <= int(last):
+                return int(owner[1])
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_promoted_replica_is_found_before_the_backoff_ends(own_cluster, monkeypatch,
+                                                             asynchronous):
+    """A primary killed, its replica promoted (CLUSTER FAILOVER TAKEOVER)
+    while the dead node is in its backoff: the slot map is read again at
+    most every retry_interval / 4, and the next read sends the key to the
+    new primary, which has its count (exact: 10 in all)."""
+    import redis_topologies
+
+    cluster = own_cluster(node_timeout_ms=60000, replicas=1,
+                          extra=("--cluster-replica-no-failover", "yes"))
+    now = _backoff_clock(monkeypatch)
+
+    async def scenario(allow, stats, rkey):
+        key = "user:1"
+        i = cluster.primary_of(rkey(key))
+        primary, replica = cluster.nodes[i], cluster.replicas[i][0]
+        assert await allow(key)  # counted in Redis
+        with primary.client(socket_timeout=5) as c:
+            assert c.execute_command("WAIT", 1, 5000) == 1  # and on the replica
+        primary.stop(signal.SIGKILL)
+        assert await allow(key)  # failed: answered by the local table
+        assert stats().down_nodes == (f"127.0.0.1:{primary.port}",)
+        now[0] += 1  # in the backoff (10 s): a refresh, which finds the dead node
+        assert await allow(key)
+        now[0] += 1  # 1 s since the refresh: none before 2.5 s
+        assert await allow(key)
+        with replica.client(socket_timeout=5) as c:
+            c.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        slot = key_slot(rkey(key))
+        for node in [*(n for j, n in enumerate(cluster.nodes) if j != i), replica]:
+            redis_topologies.wait_for(
+                f"node {node.port} sees the takeover",
+                lambda node=node: _owner_port(node, slot) == replica.port)
+        now[0] += 1.4  # 2.4 s since the refresh: still none
+        assert await allow(key)
+        before = stats()
+        now[0] += 0.1  # 2.5 s: the next call reads the slot map, and goes there
+        after = [await allow(key) for _ in range(10)]
+        return before, after, stats()
+
+    before, after, st = _drive(asynchronous, cluster.url, scenario, fail="local",
+                               retry_interval=10, **FAST)
+    assert (before.refreshes, before.skipped, before.failed_local) == (1, 3, 4)
+    # 1 before the kill, 9 more on the promoted replica: exact
+    assert after == [True] * 9 + [False]
+    assert st.refreshes == 2 and st.skipped == 3 and st.failed_local == 4
+    assert st.errors == 1 and st.down_nodes == () and not st.down
+    assert st.calls == 1 + 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_clusterdown_holds_a_live_node_briefly_and_never_marks_it_down(own_cluster,
+                                                                       monkeypatch,
+                                                                       asynchronous):
+    """With a primary dead and no replica, every node answers CLUSTERDOWN
+    (cluster-require-full-coverage): that is an answer, not a dead node.
+    Its calls are held for a fixed retry_interval / 4 (never doubled),
+    counted as cluster_down, and the node is not reported down; once the
+    cluster is whole again the next call after the hold is answered."""
+    import redis_topologies
+
+    cluster = own_cluster(node_timeout_ms=1000)
+    now = _backoff_clock(monkeypatch)
+
+    async def scenario(allow, stats, rkey):
+        found = {}
+        for n in range(1000):
+            found.setdefault(cluster.primary_of(rkey(f"user:{n}")), f"user:{n}")
+        live_key, dead = found[0], cluster.nodes[2]
+        assert await allow(live_key)
+        dead.stop(signal.SIGKILL)
+        with cluster.nodes[0].client(socket_timeout=2) as c:
+            redis_topologies.wait_for("the cluster says it is down", lambda: b"cluster_state:fail"
+                                      in c.execute_command("CLUSTER", "INFO"))
+        tried = []
+        for at in (0, 0.9, 1.0, 1.9, 2.0, 2.5, 3.0):  # hold: 4 / 4 = 1 s
+            now[0] = 1000.0 + at
+            before = stats().cluster_down
+            assert await allow(live_key)  # by the local table
+            tried.append(stats().cluster_down > before)
+        mid = stats()
+        dead.start()
+        with cluster.nodes[0].client(socket_timeout=2) as c:
+            redis_topologies.wait_for("the cluster is whole again", lambda: b"cluster_state:ok"
+                                      in c.execute_command("CLUSTER", "INFO"))
+        now[0] = 1004.0
+        answered = [await allow(live_key) for _ in range(10)]
+        return tried, mid, answered, stats()
+
+    tried, mid, answered, st = _drive(asynchronous, cluster.url, scenario, fail="local",
+                                      retry_interval=4, **FAST)
+    assert tried == [True, False, True, False, True, False, True]
+    assert mid.cluster_down == 4 and mid.skipped == 3 and mid.failed_local == 7
+    assert mid.connection_errors == 0 and mid.down_nodes == () and not mid.down
+    # Redis has counted 1 of its 10: 9 more pass, all answered by Redis
+    assert answered == [True] * 9 + [False]
+    assert st.calls == 1 + 10 and st.failed_local == 7 and st.cluster_down == 4
 
 
 @pytest.mark.slow

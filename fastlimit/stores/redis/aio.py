@@ -15,6 +15,7 @@ from fastlimit.core.results import Step
 from fastlimit.stores.redis import request as request_ops
 from fastlimit.stores.redis.batching import DEFAULT_BATCH_SIZE, AsyncBatcher, wanted
 from fastlimit.stores.redis.common import (
+    CALL_ERRORS,
     BackendBase,
     Fail,
     Failure,
@@ -22,7 +23,6 @@ from fastlimit.stores.redis.common import (
     NoBackoff,
     NoScriptError,
     Plan,
-    RedisError,
     RunsAsync,
     T,
     failure_kind,
@@ -229,19 +229,21 @@ class AsyncRedisBackend(BackendBase):
     async def _eval_one(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
         """One script call in a round trip of its own: its reply, or Failure raised."""
         node = self._node_of(keys)
+        if self._refresh_wanted(node):
+            node = self._refreshed(keys, node, await self._refresh(node))
         skipped = self._skip(node)
         if skipped is not None:
             raise skipped
         try:
             reply = await self._call(script, keys, args)
-        except (RedisError, OSError) as e:
+        except CALL_ERRORS as e:
             kind = failure_kind(e)
             if not (retry_safe(script, args, kind) and self._retries(node, kind)):
                 raise self._failure(e, node) from e
             await self._fresh()
             try:
                 reply = await self._call(script, keys, args)
-            except (RedisError, OSError) as e2:
+            except CALL_ERRORS as e2:
                 raise self._failure(e2, node) from e2
         self._success(node)
         if self._first_success():
@@ -260,6 +262,15 @@ class AsyncRedisBackend(BackendBase):
                 return await self._client.eval(s.script, len(keys), *keys, *args)
             await self._client.script_load(s.script)
             return await self._client.evalsha(s.sha, len(keys), *keys, *args)
+
+    async def _refresh(self, node: str) -> BaseException | None:
+        """Read the cluster's slot map again (see _refresh_wanted), the
+        node ``node`` tried last; what it raised, or None."""
+        try:
+            await self._client.nodes_manager.initialize(last_failed_node_name=node)
+        except Exception as e:  # noqa: BLE001 - the call is skipped, as it was going to be
+            return e
+        return None
 
     async def _fresh(self) -> None:
         """Drop the pool's idle connections (see RedisBackend._fresh)."""
@@ -286,7 +297,7 @@ class AsyncRedisBackend(BackendBase):
     async def _check_memory_policy(self) -> None:
         try:
             reply = await self._client.config_get("maxmemory-policy")
-        except (RedisError, OSError):  # CONFIG disabled or renamed: nothing to say
+        except CALL_ERRORS:  # CONFIG disabled or renamed: nothing to say
             return
         self._memory_policy(reply)
 
@@ -316,7 +327,7 @@ class AsyncRedisBackend(BackendBase):
             try:
                 await self._client.ping(**ask)
                 error = None
-            except (RedisError, OSError) as e:
+            except CALL_ERRORS as e:
                 error = e
             try:
                 ask = plan.send(error)

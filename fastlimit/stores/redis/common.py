@@ -31,8 +31,10 @@ try:  # redis-py, for every module of the backend
         NoScriptError,
         OutOfMemoryError,
         ReadOnlyError,
+        RedisClusterException,
         RedisError,
         ResponseError,
+        SlotNotCoveredError,
     )
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -49,11 +51,16 @@ from fastlimit.stores.table import DEFAULT_CAPACITY, SharedTable
 from fastlimit.stores.table import Kind as TableKind
 from fastlimit.stores.table import OnFull as TableOnFull
 
-__all__ = ["DEFAULT_LEASE_TTL", "SCRIPTS", "BackendBase", "Fail", "Failure", "Keyspace",
-           "NoBackoff", "NoScriptError", "RedisError", "RedisStats", "failure_kind", "key_slot",
-           "on_full_of", "redis", "retry_safe"]
+__all__ = ["CALL_ERRORS", "DEFAULT_LEASE_TTL", "SCRIPTS", "BackendBase", "Fail", "Failure",
+           "Keyspace", "NoBackoff", "NoScriptError", "RedisError", "RedisStats", "failure_kind",
+           "key_slot", "on_full_of", "redis", "retry_safe"]
 
 log = logging.getLogger("fastlimit")
+
+# What a call to Redis can raise that the failure policy answers: redis-py's
+# errors, the OS's, and its cluster client's own (a refresh that reached no
+# node, a slot no node serves), which are not RedisErrors.
+CALL_ERRORS = (RedisError, RedisClusterException, OSError)
 
 Key = str | bytes | int
 Fail = Literal["open", "closed", "raise", "local"]
@@ -153,6 +160,13 @@ class RedisStats:
         readonly: READONLY replies (the URL reaches a replica).
         moved: MOVED/ASK replies on a client that is not a cluster client
             (a configuration error: the URL reaches a Redis Cluster node).
+        cluster_down: CLUSTERDOWN replies (or a slot no node serves): the
+            cluster cannot serve the slot, e.g. a dead primary's replica has
+            not taken over yet.  The node answered, so it is not marked down;
+            its calls are answered by the failure policy for a fixed
+            ``retry_interval / 4`` (redis-py waits 0.25 s and refreshes the
+            slot map on each such reply: a call per hold pays it, not every
+            check).
         noscript: scripts Redis did not have (NOSCRIPT), loaded again.
         response_errors: other error replies.
         failed_local: checks answered by the local table (``fail="local"``).
@@ -160,6 +174,10 @@ class RedisStats:
         batches: round trips of ``batch=True`` (pipelines sent; see
             :mod:`.batching`).
         batched: script calls those round trips carried.
+        refreshes: cluster slot maps read again because a call was due to a
+            node marked down (at most one per ``retry_interval / 4``): a
+            replica may have taken its slots over, and redis-py refreshes
+            only after a call fails, which a skipped call never does.
     """
 
     calls: int
@@ -184,6 +202,8 @@ class RedisStats:
     down_nodes: tuple[str, ...] = ()
     batches: int = 0
     batched: int = 0
+    cluster_down: int = 0
+    refreshes: int = 0
 
 
 # The kinds of failure (RedisStats fields).  Only a node that cannot be
@@ -191,7 +211,7 @@ class RedisStats:
 # answer.
 _DOWN_KINDS = frozenset({"connection_errors", "timeouts"})
 _KIND_FIELDS = ("connection_errors", "timeouts", "retries", "pool_timeouts", "oom", "readonly",
-                "moved", "noscript", "response_errors", "failed_local")
+                "moved", "noscript", "response_errors", "failed_local", "cluster_down")
 # what the warning says of a failure of each kind that is not the node being down
 _ADVICE = {
     "pool_timeouts": "no connection of the pool was free within the timeout: this process has "
@@ -202,6 +222,8 @@ _ADVICE = {
                 "redis+sentinel://",
     "moved": "it is a Redis Cluster node and this client is not a cluster client: use a "
              "redis+cluster:// URL or a RedisCluster client",
+    "cluster_down": "the cluster cannot serve this slot now (a primary is down and no replica "
+                    "has taken over yet); tried again every retry_interval / 4",
 }
 
 
@@ -231,8 +253,8 @@ def failure_kind(exc: BaseException) -> str:
         return "readonly"
     if isinstance(exc, AskError):  # MovedError is one
         return "moved"
-    if isinstance(exc, ClusterDownError):  # the node cannot serve its slots
-        return "connection_errors"
+    if isinstance(exc, (ClusterDownError, SlotNotCoveredError)):  # MASTERDOWN too
+        return "cluster_down"
     if isinstance(exc, ResponseError):
         return "response_errors"
     return "connection_errors"  # ConnectionError (LOADING too), OSError, protocol errors
@@ -245,6 +267,8 @@ class _Node:
 
     def __init__(self) -> None:
         self.failures = 0  # consecutive, of the kinds that mark a node down
+        # calls before then are skipped: a down node's backoff, or the hold
+        # after a CLUSTERDOWN reply (which leaves ``failures`` as it was)
         self.down_until = 0.0
         self.last_error: str | None = None
 
@@ -453,10 +477,11 @@ class BackendBase:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(
             ("calls", "errors", "skipped", "failed_open", "failed_closed", "raised",
-             "cache_hits", *_KIND_FIELDS, "batches", "batched"), 0)
+             "cache_hits", *_KIND_FIELDS, "batches", "batched", "refreshes"), 0)
         # Failure domains: each node (a server, or a cluster node) is marked
         # down on its own, so a dead cluster primary fails only its slots.
         self._nodes: dict[str, _Node] = {}
+        self._next_refresh = 0.0  # see _refresh_wanted
         self._last_error: str | None = None
         self._next_log = 0.0
         self._unlogged = 0
@@ -635,14 +660,56 @@ class BackendBase:
         return self.address if node is None else str(node.name)
 
     def _skip(self, node: str) -> Failure | None:
-        """The failure to answer at once while ``node`` is marked down, or None."""
+        """The failure to answer at once while ``node`` is marked down (or
+        held after CLUSTERDOWN), or None."""
         state = self._nodes.get(node)
-        if state is None or not state.failures or _monotonic() >= state.down_until:
+        if state is None or _monotonic() >= state.down_until:
             return None
         with self._lock:
             self._counts["skipped"] += 1
             self._unlogged += 1
-        return Failure(f"Redis at {node} is marked down after {state.last_error}", None)
+        why = "is marked down after" if state.failures else "said"
+        return Failure(f"Redis at {node} {why} {state.last_error}", None)
+
+    def _refresh_wanted(self, node: str) -> bool:
+        """Whether a call due to ``node`` should first read the cluster's
+        slot map again: the node is marked down, so a replica may have
+        taken its slots over since, and the skipped calls would never tell
+        (redis-py refreshes after a failed call).  At most once per
+        ``retry_interval / 4`` for the backend: the caller told True does."""
+        if not self._cluster:
+            return False
+        state = self._nodes.get(node)
+        now = _monotonic()
+        if state is None or not state.failures or now >= state.down_until:
+            return False
+        with self._lock:
+            if now < self._next_refresh:
+                return False
+            self._next_refresh = now + self._retry_interval / 4
+            self._counts["refreshes"] += 1
+        return True
+
+    def _refreshed(self, keys: Sequence[bytes], node: str, error: BaseException | None) -> str:
+        """After a refresh for a call due to ``node`` (``error``: what the
+        refresh raised): the node the call goes to now.  A down node that
+        serves no slots any more (its replica took over) is forgotten, so it
+        is not reported down, nor pinged, for ever."""
+        if error is not None:
+            return node
+        try:
+            primaries = {str(n.name) for n in self._client.get_primaries()}
+        except Exception:  # noqa: BLE001 - a client that cannot say: keep what is known
+            return node
+        with self._lock:
+            gone = [n for n in self._nodes if n not in primaries]
+            for n in gone:
+                del self._nodes[n]
+        moved = self._node_of(keys)
+        if gone:
+            log.warning("fastlimit: Redis Cluster: %s serves no slots now; its keys go to the "
+                        "nodes that do (%s for this call)", ", ".join(gone), moved)
+        return moved
 
     def _retries(self, node: str, kind: str) -> bool:
         """Whether a call that failed with ``kind`` goes again on a fresh
@@ -676,6 +743,12 @@ class BackendBase:
                 # backoff: the interval doubles with each failure in a row
                 backoff = self._retry_interval * 2.0 ** min(state.failures - 1, 30)
                 state.down_until = now + min(backoff, self._max_retry_interval)
+            elif kind == "cluster_down" and mark:
+                # the node answered: a fixed hold, never doubled, so the
+                # slot is served again soon after a replica takes over
+                state = self._nodes.setdefault(node, _Node())
+                state.last_error = text
+                state.down_until = max(state.down_until, now + self._retry_interval / 4)
             emit = now >= self._next_log
             if emit:
                 unlogged, self._unlogged = self._unlogged, 0
@@ -699,11 +772,14 @@ class BackendBase:
                 revived = [n for n, st in self._nodes.items() if st.failures]
             else:
                 state = self._nodes.get(node)
+                if state is not None:
+                    state.down_until = 0.0  # a CLUSTERDOWN hold ends too
                 revived = [node] if state is not None and state.failures else []
             if not revived:
                 return
             for n in revived:
                 self._nodes[n].failures = 0
+                self._nodes[n].down_until = 0.0
             unlogged, self._unlogged = self._unlogged, 0
             self._next_log = 0.0
         log.warning("fastlimit: Redis at %s answers again (%d failures since the last warning)",

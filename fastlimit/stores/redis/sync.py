@@ -14,6 +14,7 @@ from fastlimit.core.results import Step
 from fastlimit.stores.redis import request as request_ops
 from fastlimit.stores.redis.batching import DEFAULT_BATCH_SIZE, Batcher, wanted
 from fastlimit.stores.redis.common import (
+    CALL_ERRORS,
     BackendBase,
     Fail,
     Failure,
@@ -21,7 +22,6 @@ from fastlimit.stores.redis.common import (
     NoBackoff,
     NoScriptError,
     Plan,
-    RedisError,
     Runs,
     T,
     failure_kind,
@@ -265,19 +265,21 @@ class RedisBackend(BackendBase):
     def _eval_one(self, script: str, keys: list[bytes], args: list[bytes]) -> list[int]:
         """One script call in a round trip of its own: its reply, or Failure raised."""
         node = self._node_of(keys)
+        if self._refresh_wanted(node):
+            node = self._refreshed(keys, node, self._refresh(node))
         skipped = self._skip(node)
         if skipped is not None:
             raise skipped
         try:
             reply = self._call(script, keys, args)
-        except (RedisError, OSError) as e:
+        except CALL_ERRORS as e:
             kind = failure_kind(e)
             if not (retry_safe(script, args, kind) and self._retries(node, kind)):
                 raise self._failure(e, node) from e
             self._fresh()
             try:
                 reply = self._call(script, keys, args)
-            except (RedisError, OSError) as e2:
+            except CALL_ERRORS as e2:
                 raise self._failure(e2, node) from e2
         self._success(node)
         if self._first_success():
@@ -296,6 +298,15 @@ class RedisBackend(BackendBase):
                 return self._client.eval(s.script, len(keys), *keys, *args)
             self._client.script_load(s.script)
             return self._client.evalsha(s.sha, len(keys), *keys, *args)
+
+    def _refresh(self, node: str) -> BaseException | None:
+        """Read the cluster's slot map again (see _refresh_wanted), the
+        node ``node`` tried last; what it raised, or None."""
+        try:
+            self._client.nodes_manager.initialize(last_failed_node_name=node)
+        except Exception as e:  # noqa: BLE001 - the call is skipped, as it was going to be
+            return e
+        return None
 
     def _fresh(self) -> None:
         """Drop the pool's idle connections, which a restarted server or a
@@ -324,7 +335,7 @@ class RedisBackend(BackendBase):
     def _check_memory_policy(self) -> None:
         try:
             reply = self._client.config_get("maxmemory-policy")
-        except (RedisError, OSError):  # CONFIG disabled or renamed: nothing to say
+        except CALL_ERRORS:  # CONFIG disabled or renamed: nothing to say
             return
         self._memory_policy(reply)
 
@@ -361,7 +372,7 @@ class RedisBackend(BackendBase):
             try:
                 self._client.ping(**ask)
                 error = None
-            except (RedisError, OSError) as e:
+            except CALL_ERRORS as e:
                 error = e
             try:
                 ask = plan.send(error)
