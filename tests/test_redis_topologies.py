@@ -682,6 +682,27 @@ def test_clusterdown_holds_a_live_node_briefly_and_never_marks_it_down(own_clust
     assert st.calls == 1 + 10 and st.failed_local == 7 and st.cluster_down == 4
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_cluster_with_every_node_dead_is_answered_by_the_policy(own_cluster, asynchronous):
+    """redis-py's cluster client raises its own errors, not RedisErrors,
+    when no node answers a refresh (RedisClusterUnreachableError): they are
+    failures like any other, each check answered by ``fail``, none raised."""
+    cluster = own_cluster(node_timeout_ms=60000)
+    keys = [f"user:{i}" for i in range(10)]
+
+    async def scenario(allow, stats, rkey):
+        before = [await allow(k) for k in keys]
+        for node in cluster.nodes:
+            node.stop(signal.SIGKILL)
+        return before, [await allow(k) for k in keys], stats()
+
+    before, after, st = _drive(asynchronous, cluster.url, scenario, fail="closed",
+                               retry_interval=3600, **FAST)
+    assert before == [True] * 10 and after == [False] * 10
+    assert st.failed_closed == 10 and st.raised == 0 and st.calls == 10
+    assert len(st.down_nodes) == st.errors == st.connection_errors
+
+
 @pytest.mark.slow
 def test_a_cluster_node_is_found_by_moved_where_info_is_refused(redis_cluster3):
     user = _name()
