@@ -109,7 +109,7 @@ def _host(url: str, fail: str, prefix: str, name: str, rate: str, keys: list[str
         "stats": {k: getattr(st, k) for k in (
             "calls", "errors", "skipped", "retries", "connection_errors", "timeouts",
             "readonly", "moved", "response_errors", "failed_local", "failed_open",
-            "failed_closed", "down_nodes", "last_error")},
+            "failed_closed", "down_nodes", "last_error", "cluster_down", "refreshes")},
     })
     backend.close()
 
@@ -299,8 +299,9 @@ def cluster(args: argparse.Namespace, root: str) -> None:
                 line += f", by Redis again from {h['t'][back].min() - t0:+.3f} s"
             st = h["stats"]
             print(line + f"; errors {st['errors']} (connection {st['connection_errors']}, "
-                  f"timeouts {st['timeouts']}), skipped {st['skipped']}, "
-                  f"retries {st['retries']}; last error: {st['last_error']}")
+                  f"timeouts {st['timeouts']}, cluster_down {st['cluster_down']}), "
+                  f"skipped {st['skipped']}, retries {st['retries']}, slot map refreshes "
+                  f"{st['refreshes']}; last error: {st['last_error']}")
     finally:
         made.stop()
 
