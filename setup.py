@@ -33,7 +33,8 @@ extensions = [
                 depends=["fastlimit/_core.pxd", "fastlimit/http/_addr.pxd"],
                 extra_compile_args=compile_args)
       for name in ("fastlimit.http._fields", "fastlimit.limiters._counting",
-                   "fastlimit.policy._plan", "fastlimit.http._addr", "fastlimit.web._serve")),
+                   "fastlimit.policy._plan", "fastlimit.http._addr", "fastlimit.web._serve",
+                   "fastlimit.stores._fleet")),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, language_level=3),

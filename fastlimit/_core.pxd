@@ -94,6 +94,8 @@ cdef class Gcra(_Keyed):
                      fl_answer* out) except -1
     cdef int check(self, key, object cost, bint consume, fl_answer* out) except -1
     cdef int give_back(self, key, object cost) except -1
+    cdef int64_t take_at(self, key, uint64_t fp, int64_t now, int64_t cost) except -3
+    cdef int64_t now_ns(self) except? -1
 
 
 @cython.final

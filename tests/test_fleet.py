@@ -240,3 +240,26 @@ def test_quota_and_policy_take_a_fleet_store(redis_server, clock):
     ident = Identity.session("s1")
     assert [policy.hit("GET", "/", ident).allowed for _ in range(3)] == [True, True, False]
     assert isinstance(fleet.rate_state("c", S, 3, clock=clock), RateState)
+
+
+def test_a_leased_keys_checks_of_any_cost_up_to_the_lease_are_served_exactly(redis_server, clock):
+    # hit and allow, cost 1 to the lease, from the host's lease: every unit
+    # paid on Redis is served, none more, and a spent lease denies
+    fleet = fleet_for(redis_server, lease=10)
+    lim = Limiter("50/1s", store=fleet, name="costs", clock=clock)
+    served = 0
+    costs = [1, 3, 10, 2, 1, 7, 4, 1, 1, 5] * 8
+    for i, cost in enumerate(costs):
+        if i % 2:
+            ok = lim.allow("k", cost)
+        else:
+            d = lim.hit("k", cost)
+            ok = d.allowed
+            assert d.retry_after_ns == 0 if ok else d.retry_after_ns > 0
+        served += cost if ok else 0
+    st = fleet.stats()
+    assert served == 50  # the burst, at one instant
+    # the first checks (until the key is hot) went to Redis, the rest was leased
+    assert (st.cold, st.taken, st.returned, st.stranded) == (4, 50 - sum(costs[:4]), 0, 0), st
+    clock.advance(0.2)  # 10 units accrue: the next lease serves them
+    assert sum(c for c in (2, 3, 5, 1) if lim.allow("k", c)) == 10

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMPILED = ["fastlimit._core", "fastlimit.http._fields", "fastlimit.limiters._counting",
-            "fastlimit.policy._plan", "fastlimit.web._serve"]
+            "fastlimit.policy._plan", "fastlimit.web._serve", "fastlimit.stores._fleet"]
 
 
 @pytest.mark.slow

@@ -610,3 +610,21 @@ def test_a_table_can_be_made_for_one_clock(table_name, clock):
     with pytest.raises(ConfigurationError, match="'c2' runs on an injected clock"):
         ConcurrencyLimit(2, m, name="c2", clock=time.time_ns)
     assert m.clock == "monotonic"
+
+
+@pytest.mark.parametrize("on_full", ["deny", "allow"])
+def test_a_rate_states_take_is_hits_remaining_or_minus_one(clock, on_full):
+    # take(k, c) == d.remaining if d.allowed else -1 for d = hit(k, c), on twin
+    # states: denials, cost 0, and new keys in a small table by its on_full
+    t = SharedTable.anonymous(capacity=8, on_full=on_full)
+    took = t.rate_state("took", 10**8, 5, clock=clock)
+    hits = t.rate_state("hits", 10**8, 5, clock=clock)
+    got, want = [], []
+    for i, cost in enumerate([1, 2, 0, 3, 1, 1, 0, 5, 2, 1] * 3):
+        key = f"k{i % 3}" if i % 4 else f"new{i}"
+        got.append(took.take(key, cost))
+        d = hits.hit(key, cost)
+        want.append(d.remaining if d.allowed else -1)
+        clock.advance(0.01)
+    assert got == want
+    assert -1 in got and 0 in got

@@ -33,7 +33,7 @@ def test_the_wheel_holds_extensions_and_stubs_and_no_sources(built: Built) -> No
         stubs = {f.removesuffix(".pyi") for f in files if f.endswith(".pyi")}
         assert extensions == {"fastlimit/_core", "fastlimit/http/_fields", "fastlimit/http/_addr",
                               "fastlimit/limiters/_counting", "fastlimit/policy/_plan",
-                              "fastlimit/web/_serve"}
+                              "fastlimit/web/_serve", "fastlimit/stores/_fleet"}
         assert extensions <= stubs
         assert "fastlimit/py.typed" in files
         assert "fastlimit/stores/redis/lua/gcra.lua" in files

@@ -16,7 +16,8 @@ import tempfile
 
 SOURCE = pathlib.Path(__file__).resolve().parent.parent
 COMPILED = ["fastlimit._core", "fastlimit.http._fields", "fastlimit.http._addr",
-            "fastlimit.limiters._counting", "fastlimit.policy._plan", "fastlimit.web._serve"]
+            "fastlimit.limiters._counting", "fastlimit.policy._plan", "fastlimit.web._serve",
+            "fastlimit.stores._fleet"]
 
 
 def main() -> None:

@@ -328,6 +328,34 @@ cdef class Gcra(_Keyed):
         self.check(key, cost, False, &a)
         return decision_of(&a)
 
+    def take(self, key, cost=1):
+        """Count a hit of ``cost`` on ``key`` if it passes; return its
+        ``remaining`` (hits of cost 1 left after it), or -1 if it was denied.
+
+        :meth:`hit` without a Decision object, for callers that need only the
+        count: ``take(k, c)`` is ``d.remaining if d.allowed else -1`` for
+        ``d = hit(k, c)``, on_full and ``cost=0`` included.
+        """
+        cdef uint64_t fp = _fingerprint(self, key)
+        cdef int64_t n = _cost(self, cost)
+        return self.take_at(key, fp, _now(self), n)
+
+    cdef int64_t take_at(self, key, uint64_t fp, int64_t now, int64_t cost) except -3:
+        """:meth:`take` of ``cost`` (checked by the caller) on ``key``, whose
+        fingerprint is ``fp``, at ``now`` (a reading of this state's clock):
+        for compiled callers that keep a key's fingerprint and test the same
+        clock reading against times of their own."""
+        cdef fl_answer a
+        cdef int64_t tat, inc = _increment(self, cost)
+        cdef int r = gcra(_engine(self), fp, now, inc, self.tolerance_ns, cost != 0, &tat)
+        _count(self, r, 1)
+        self._answer(key, r, now, tat, inc, &a)
+        return a.remaining if a.allowed else -1
+
+    cdef int64_t now_ns(self) except? -1:
+        """A reading of this state's clock (CLOCK_MONOTONIC, or the injected one)."""
+        return _now(self)
+
     cdef int check(self, key, object cost, bint consume, fl_answer* out) except -1:
         """:meth:`hit` (``consume``) or :meth:`peek` into ``out``: what the
         counting loop of composite checks calls, without a Decision object."""

@@ -57,10 +57,14 @@ only while its lease is live (``lease_period`` <= 0.5 s) and is given back
 only while its lease clock says it is younger than ``4 x lease_period``.  A
 state the table does not hold reads as fresh (``M`` units): a check that
 finds more than ``2 x lease + 32`` units knows the balance was never filled
-and is not served from it.  The one gap: a worker stopped for more than
-``T_L - lease_period`` (3.8 s) between reading the clock and the table's
-compare-and-swap, on a key no other worker of the host checked meanwhile,
-could be served the units such a wait accrues (one per 4.3 s).
+and is not served from it.  The hot path (stores/_fleet.pyx) steps the
+balance at the same clock reading that found the lease live, so a wait
+between the two accrues nothing (a balance read at an earlier time holds
+no more units).  The one gap is the slow path's, which reads the clock
+again for its step: a worker stopped there for more than
+``T_L - lease_period`` (3.8 s) between reading the lease's clock and the
+table's compare-and-swap, on a key no other worker of the host checked
+meanwhile, could be served the units such a wait accrues (one per 4.3 s).
 
 Failure: a host that loses Redis keeps serving the lease it holds (an
 expired lease is carried into the next without Redis), and once it is spent
@@ -95,6 +99,7 @@ from fastlimit._core import Decision
 from fastlimit.clock import NS_PER_S, monotonic_ns
 from fastlimit.core import gcra
 from fastlimit.errors import ConfigurationError
+from fastlimit.stores._fleet import Held, LeaseFront
 from fastlimit.stores.contract import Key, Kind, OnFullName, key_identity, key_list
 from fastlimit.stores.table import SharedTable
 
@@ -294,11 +299,13 @@ def _local_key(key: Key) -> bytes:
     return b"s" + identity
 
 
-class FleetGcra:
+class FleetGcra(LeaseFront):
     """One limiter's GCRA in fleet mode: the store contract's RateState.
 
-    The hot path (:meth:`allow` of a key leased on this host) is a clock
-    read and one compare-and-swap on the shared table."""
+    The hot path (:meth:`allow` or :meth:`hit` of a key leased on this
+    host) is compiled (stores/_fleet.pyx, the base class): a dict lookup, a
+    clock reading and one compare-and-swap on the shared table; the rest,
+    from :meth:`_check`, is here."""
 
     def __init__(self, fleet: FleetBackend, name: str, emission_interval_ns: int, burst: int,
                  clock: Callable[[], int] | None, on_full: OnFullName | None) -> None:
@@ -329,7 +336,6 @@ class FleetGcra:
                                     register=False)
 
         self._bal = state("bal", T_L, self._M)
-        self._bal_hit = self._bal.hit
         self._clk = state("clock", 1, self._K0)        # tat = the lease clock's end
         self._cnt = state("count", _T_C, _C_BURST)     # units deposited in the lease
         self._view = state("view", T, burst)           # the global bucket, as last seen
@@ -337,48 +343,21 @@ class FleetGcra:
         self._heat = state("heat", max(1, self._P // self._hot_n), self._hot_n, "allow")
         self._gate = table.lease_slots(f"{base}:gate", on_full="deny")
         self._tau = tau
-        # this process's leased keys (see _remember)
-        self._hot: dict[Key, list[Any]] = {}
+        self._hot = {}  # this process's leased keys (see _remember)
 
     @property
     def on_full(self) -> int:
         code: int = self._remote.on_full
         return code
 
-    # -- the hot path -----------------------------------------------------------------
-
-    def allow(self, key: Key, cost: int = 1) -> bool:
-        e = self._hot.get(key)
-        if e is not None and cost == 1:
-            now = self._now()
-            if now < e[0]:
-                d = self._bal_hit(e[1], 1)
-                if d.allowed:
-                    if d.remaining < self._valid:
-                        return True
-                elif now < e[3]:
-                    return False  # lease spent, and the global bucket known empty until then
-        return self._check(key, cost).allowed
-
-    def hit(self, key: Key, cost: int = 1) -> Decision:
-        e = self._hot.get(key)
-        if e is not None and cost == 1:
-            now = self._now()
-            if now < e[0]:
-                d = self._bal_hit(e[1], 1)
-                if d.allowed:
-                    if d.remaining < self._valid:
-                        return self._served(e[2], d.remaining)
-                elif now < e[3]:
-                    return Decision(False, self.burst, 0, max(0, e[4] - now), e[3] - now)
-        return self._check(key, cost)
+    # -- beside the hot path (allow and hit: LeaseFront's) -------------------------------
 
     def peek(self, key: Key, cost: int = 1) -> Decision:
         e = self._hot.get(key)
-        if e is not None and 1 <= cost <= self.lease and self._now() < e[0]:
-            d = self._bal.peek(e[1], cost)
+        if e is not None and 1 <= cost <= self.lease and self._now() < e.end_ns:
+            d = self._bal.peek(e.balance, cost)
             if d.allowed and d.remaining < self._valid:
-                return self._served(e[2], d.remaining - cost)
+                return self._served(e.kb, d.remaining - cost)
         return self._remote.peek(key, cost)
 
     def refund(self, key: Key, cost: int = 1) -> bool:
@@ -398,14 +377,7 @@ class FleetGcra:
                  cost: int = 1) -> npt.NDArray[np.bool_]:
         return np.fromiter((self.allow(k, cost) for k in key_list(keys)), dtype=np.bool_)
 
-    # -- decisions ----------------------------------------------------------------------
-
-    def _served(self, kb: bytes, balance: int) -> Decision:
-        """An allowed check served from the lease: the host's balance after
-        it plus what its view of the global bucket has free."""
-        v = self._view.peek(kb)
-        return Decision(True, self.burst, min(self.burst, max(0, balance) + v.remaining),
-                        v.reset_after_ns, 0)
+    # -- decisions (served: LeaseFront._served) ----------------------------------------
 
     def _denied(self, kb: bytes, retry_ns: int, key: Key | None = None,
                 now: int = 0) -> Decision:
@@ -414,8 +386,8 @@ class FleetGcra:
         if e is not None and now:
             # denied in this process too, with no table call, until then
             # (``now`` was read before the wait was: never past its end)
-            e[3] = now + retry_ns
-            e[4] = now + v.reset_after_ns
+            e.denied_until_ns = now + retry_ns
+            e.full_at_ns = now + v.reset_after_ns
         return Decision(False, self.burst, 0, v.reset_after_ns, max(1, retry_ns))
 
     # -- the slow path ------------------------------------------------------------------
@@ -483,10 +455,9 @@ class FleetGcra:
                     ahead: int) -> Decision | None:
         """The answer of the host's live lease: served from its balance, or
         denied while Redis said the bucket is empty; None: a refill is due."""
-        d = self._bal_hit(bkey, cost)
-        if d.allowed and d.remaining < self._valid:
-            self._remember(key, kb, bkey, now, ahead)
-            return self._served(kb, d.remaining)
+        answer = self._serve_from(key, kb, bkey, cost, now, ahead)
+        if answer is not None:
+            return answer
         w = self._wait.peek(kb)
         if not w.allowed:
             self.fleet._count("denied")
@@ -494,13 +465,23 @@ class FleetGcra:
             return self._denied(kb, w.retry_after_ns, key, now)
         return None
 
+    def _serve_from(self, key: Key, kb: bytes, bkey: bytes, cost: int, now: int,
+                    ahead: int) -> Decision | None:
+        """Served from the balance ``bkey`` of a live lease, or None (it
+        lacks ``cost`` units, or was never filled)."""
+        left = self._bal.take(bkey, cost)
+        if not 0 <= left < self._valid:
+            return None
+        self._remember(key, kb, bkey, now, ahead)
+        return self._served(kb, left)
+
     def _remember(self, key: Key, kb: bytes, bkey: bytes, now: int, ahead: int) -> None:
         if len(self._hot) > 65536:
             self._hot.clear()
         # the lease ends at its clock's tat - (K0 - P); ``now`` was read
         # before the clock was, so this end is never later than the lease's
-        # [lease end, balance key, key, denied until, the global tat as last seen]
-        self._hot[key] = [now + ahead - (self._K0 - self._P), bkey, kb, 0, 0]
+        self._hot[key] = Held(now + ahead - (self._K0 - self._P), bkey, kb,
+                              self._bal.fingerprint(bkey))
 
     def _refill(self, key: Key, kb: bytes, cost: int, inc: int) -> Decision:
         """Under the host's refill gate: a lease that ran out takes more; an
@@ -510,10 +491,10 @@ class FleetGcra:
         P, K0 = self._P, self._K0
         send_now = None if self.clock is None else now
         if bkey is not None and ahead > K0 - P:
-            d = self._bal_hit(bkey, cost)  # refilled while this one waited for the gate
-            if d.allowed and d.remaining < self._valid:
-                self._remember(key, kb, bkey, now, ahead)
-                return self._served(kb, d.remaining)
+            # refilled while this one waited for the gate?
+            answer = self._serve_from(key, kb, bkey, cost, now, ahead)
+            if answer is not None:
+                return answer
             w = self._wait.peek(kb)
             if not w.allowed:
                 self.fleet._count("denied")
@@ -532,10 +513,9 @@ class FleetGcra:
             if granted:
                 self._bal.refund(bkey, granted)
                 self._cnt.hit(kb, granted)
-            d = self._bal_hit(bkey, cost)
-            if d.allowed and d.remaining < self._valid:
-                self._remember(key, kb, bkey, now, ahead)
-                return self._served(kb, d.remaining)
+            answer = self._serve_from(key, kb, bkey, cost, now, ahead)
+            if answer is not None:
+                return answer
             return self._denied(kb, self._retry(kb, seen, inc))
         # rollover: drain the old lease (its units are then nobody's)
         left = 0
@@ -589,11 +569,10 @@ class FleetGcra:
             self._clk.reset(kb + part)
         self._clk.hit(new, K0)
         now = self._now()
-        d = self._bal_hit(new, cost)
         ahead = self._clk.peek(new).reset_after_ns
-        if d.allowed and d.remaining < self._valid:
-            self._remember(key, kb, new, now, ahead)
-            return self._served(kb, d.remaining)
+        answer = self._serve_from(key, kb, new, cost, now, ahead)
+        if answer is not None:
+            return answer
         if g_ahead is None and balance == 0 and not (give or ask) and self._wait.peek(kb).allowed:
             return self._remote.hit(key, cost)
         if g_ahead is None and (give or ask):
@@ -638,7 +617,7 @@ class FleetGcra:
                 # never filled (or forgotten): reads as M; nothing legit in it
                 self._bal.reset(bkey)
                 return 0
-            if r == 0 or self._bal_hit(bkey, r).allowed:
+            if r == 0 or self._bal.take(bkey, r) >= 0:
                 units: int = r
                 return units
 
@@ -646,7 +625,7 @@ class FleetGcra:
         """Make ``bkey`` hold ``units``: from fresh (M), one hit of M - units;
         stray hits meanwhile (a worker that read an old clock) are drained."""
         self._bal.reset(bkey)
-        while not self._bal_hit(bkey, self._M - units).allowed:
+        while self._bal.take(bkey, self._M - units) < 0:
             r = self._bal.peek(bkey).remaining
             if r <= units:
                 # (cannot happen without M - units stray units) keep it empty
@@ -654,7 +633,7 @@ class FleetGcra:
                 if units:
                     self._bal.refund(bkey, units)
                 return
-            if self._bal_hit(bkey, r - units).allowed:
+            if self._bal.take(bkey, r - units) >= 0:
                 return
 
     def _forget(self, kb: bytes) -> None:
