@@ -10,7 +10,9 @@ TIME.  Measured, per contender:
 * admitted, and the share of the budget served: admitted / (B + run / T),
   one global GCRA's bound over the run (first to last check, host clock;
   it counts the start, while hosts find the key hot and size their
-  leases, and the leases held at the end); and the steady state: admitted
+  leases, and the end: the leases held when the workers stop, and what
+  the global bucket gained after the last takes, printed below the
+  table for the global contenders); and the steady state: admitted
   from 0.5 s after the start to 0.5 s before the end, over the limit's
   rate for that time;
 * Redis round trips per admitted request (client-side counts: the
@@ -118,8 +120,18 @@ def worker(kind: str, url: str, prefix: str, table_name: str, burst: int, lease:
     calls = (stats_of.stats().calls - calls0) if stats_of is not None else checks
     fleet = getattr(getattr(check, "__self__", None), "fleet", None)
     counts = fleet.stats().__dict__ if fleet is not None else {}
+    bucket = None
+    if kind in ("fleet", "redis"):
+        # the global bucket right after this worker's last check (one peek,
+        # after the counts): what it held at the run's end, if this worker
+        # made the run's last check, is what accrued after the last takes
+        import fastlimit
+
+        peek = fastlimit.Limiter(f"{LIMIT}/1s", store=stats_of, name="global",
+                                 burst=burst).peek("hot")
+        bucket = (time.monotonic_ns(), peek.remaining)
     out.put((admitted, checks, calls, first, last, samples, counts,
-             (at_cool or admitted) - (at_warm or 0)))
+             (at_cool or admitted) - (at_warm or 0), bucket))
 
 
 def host(kind: str, url: str, prefix: str, index: int, workers: int, burst: int,
@@ -142,6 +154,7 @@ def host(kind: str, url: str, prefix: str, index: int, workers: int, burst: int,
 
 def run(kind: str, url: str, workers: int, burst: int, lease: int | None,
         seconds: float) -> dict[str, Any]:
+    T = -(-10**9 // LIMIT)
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     prefix = f"b{uuid.uuid4().hex[:8]}"
@@ -153,13 +166,14 @@ def run(kind: str, url: str, workers: int, burst: int, lease: int | None,
     results = [out.get(timeout=120 + seconds) for _ in range(HOSTS * workers)]
     for h in hosts:
         h.join()
+    final = max(results, key=lambda r: r[4])  # the run's last check: its worker's reading
+    left = None if final[8] is None else max(0, final[8][1] - (final[8][0] - final[4]) // T)
     admitted = sum(r[0] for r in results)
     checks = sum(r[1] for r in results)
     calls = sum(r[2] for r in results)
     first = min(r[3] for r in results)
     last = max(r[4] for r in results)
     samples = sorted(s for r in results for s in r[5])
-    T = -(-10**9 // LIMIT)
     bound = burst + (last - first) // T
     steady = sum(r[7] for r in results) / ((seconds - 2 * WARM) * 1e9 / T)
     counts: dict[str, int] = {}
@@ -167,6 +181,7 @@ def run(kind: str, url: str, workers: int, burst: int, lease: int | None,
         for k, v in r[6].items():
             counts[k] = counts.get(k, 0) + v
     return dict(kind=kind, counts=counts, admitted=admitted, steady=steady, checks=checks,
+                left=left,
                 calls=calls, bound=bound,
                 share=admitted / bound, per_admitted=calls / max(admitted, 1),
                 median=statistics.median(samples), p99=samples[int(0.99 * len(samples))],
@@ -211,6 +226,13 @@ def main() -> None:
                   f"{r['seconds']:.3f} s: {r['admitted'] <= r['bound']}")
             if r["counts"]:
                 print(f"#   its counters, all processes: {r['counts']}")
+            c = r["counts"]
+            if r["left"] is not None and c:
+                held = c["taken"] - c["returned"] - (r["admitted"] - c["direct"] - c["cold"])
+                print(f"#   the bound's units: admitted {r['admitted']:,}; taken by leases, "
+                      f"not served (held at the end) {held:,}; left in Redis at the last "
+                      f"check {r['left']:,}; the rest, never taken (the bucket was full) "
+                      f"{r['bound'] - r['admitted'] - held - r['left']:,}")
 
 
 if __name__ == "__main__":
