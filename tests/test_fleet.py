@@ -7,6 +7,7 @@ worker processes of its own, on one shared fake clock)."""
 import random
 import uuid
 
+import numpy as np
 import pytest
 from model import Model
 
@@ -263,3 +264,16 @@ def test_a_leased_keys_checks_of_any_cost_up_to_the_lease_are_served_exactly(red
     assert (st.cold, st.taken, st.returned, st.stranded) == (4, 50 - sum(costs[:4]), 0, 0), st
     clock.advance(0.2)  # 10 units accrue: the next lease serves them
     assert sum(c for c in (2, 3, 5, 1) if lim.allow("k", c)) == 10
+
+
+def test_hit_many_answers_as_allow_does_key_by_key(redis_server, clock):
+    # leased and cold keys, denials, a numpy array: the same answers as
+    # allow on a twin limiter of the same store kind, on the same clock
+    many = Limiter("30/1s", store=fleet_for(redis_server, lease=5), name="many", clock=clock)
+    one = Limiter("30/1s", store=fleet_for(redis_server, lease=5), name="many", clock=clock)
+    keys = [7, 7, 8, 7, 9, 7, 7, 8] * 6
+    for _ in range(3):
+        got = many.hit_many(np.array(keys, dtype=np.int64))
+        assert got.dtype == np.bool_ and got.tolist() == [one.allow(k) for k in keys]
+        clock.advance(0.05)
+    assert 0 < sum(got) < len(keys)

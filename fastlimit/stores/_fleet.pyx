@@ -91,6 +91,18 @@ cdef class LeaseFront:
 
     def allow(self, key, cost=1):
         """Count a hit of ``cost`` on ``key`` if it passes; return whether it did."""
+        return self._allow(key, cost)
+
+    def _allow_each(self, list keys not None, cost):
+        """:meth:`allow` of each key in turn: a bytearray of 0/1 (hit_many's
+        loop, with no Python call for the keys a live lease answers)."""
+        cdef Py_ssize_t i, n = len(keys)
+        cdef bytearray out = bytearray(n)
+        for i in range(n):
+            out[i] = self._allow(keys[i], cost)
+        return out
+
+    cdef bint _allow(self, key, object cost) except -1:
         cdef int64_t now, r
         cdef object e = self._hot.get(key)
         if e is not None:

@@ -81,7 +81,9 @@ bucket's own retry for a check sent to Redis: never 0.  Cold keys and
 checks sent to Redis answer as :class:`~fastlimit.RedisBackend` does.
 
 Sync only (a :class:`~fastlimit.RedisBackend`, not the asyncio one);
-``hit_many`` checks one key at a time; ``refund`` gives back on Redis.
+``hit_many`` checks one key at a time, in C for keys with a live lease
+(a key without one takes the slow path, one Redis call or a refill, as
+``allow`` does); ``refund`` gives back on Redis.
 """
 
 from __future__ import annotations
@@ -375,7 +377,7 @@ class FleetGcra(LeaseFront):
 
     def hit_many(self, keys: Iterable[Key] | npt.NDArray[np.integer[Any]],
                  cost: int = 1) -> npt.NDArray[np.bool_]:
-        return np.fromiter((self.allow(k, cost) for k in key_list(keys)), dtype=np.bool_)
+        return np.frombuffer(self._allow_each(key_list(keys), cost), dtype=np.bool_)
 
     # -- decisions (served: LeaseFront._served) ----------------------------------------
 
