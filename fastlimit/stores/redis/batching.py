@@ -668,9 +668,24 @@ class AsyncBatcher:
         try:
             if not conn.is_connected:
                 await conn.connect()  # (as Batcher._send says)
-            await conn.send_packed_command(payload, check_health=False)
-        except BaseException:
+            writer = conn._writer
+            writer.write(payload)
+            # redis-py's send wraps every write in wait_for, a task of its
+            # own (two turns of the loop); the buffer is almost always empty
+            # again at once, and only a full one is waited for
+            if writer.transport.get_write_buffer_size():
+                timeout = conn.socket_timeout
+                if timeout:
+                    async with _timeout(timeout):
+                        await writer.drain()
+                else:
+                    await writer.drain()
+        except BaseException as e:
             await conn.disconnect(nowait=True)  # (cancelled mid-write, too)
+            if isinstance(e, asyncio.TimeoutError):
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            if isinstance(e, OSError):
+                raise RedisConnectionError(f"Error while writing to socket: {e}") from e
             raise
 
     async def _recv(self, n: int) -> list[Any]:

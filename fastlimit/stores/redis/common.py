@@ -630,6 +630,13 @@ class BackendBase:
     @property
     def address(self) -> str:
         """Where Redis is, for messages (never with credentials)."""
+        # named on every call's failure-state lookup: worked out once
+        address: str | None = self.__dict__.get("_address")
+        if address is None:
+            address = self.__dict__["_address"] = self._find_address()
+        return address
+
+    def _find_address(self) -> str:
         if self._url is not None:
             # a cluster or Sentinel URL names several hosts: its first one
             from fastlimit.stores.redis.topology import address_of
