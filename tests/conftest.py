@@ -15,6 +15,19 @@ from fastlimit.stores.table import beside, shm_dir
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
+@pytest.fixture(autouse=True, scope="session")
+def hermetic_session(tmp_path_factory):
+    """Session and module fixtures (the wheel build's pip, mkdocs, the
+    servers) run before any test's own HOME is set: they get one of the
+    session's, so nothing they start writes caches into the user's."""
+    root = tmp_path_factory.mktemp("session-env")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+            (root / var).mkdir()
+            mp.setenv(var, str(root / var))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path_factory, monkeypatch):
     """Every test runs with a HOME, a state directory and a table directory
