@@ -5,6 +5,7 @@ marked down) and the script calls' arguments.  The operations themselves are san
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import logging
@@ -627,16 +628,10 @@ class BackendBase:
         """The local deny cache, if any."""
         return self._deny_table
 
-    @property
+    @functools.cached_property
     def address(self) -> str:
         """Where Redis is, for messages (never with credentials)."""
-        # named on every call's failure-state lookup: worked out once
-        address: str | None = self.__dict__.get("_address")
-        if address is None:
-            address = self.__dict__["_address"] = self._find_address()
-        return address
-
-    def _find_address(self) -> str:
+        # (cached: every call's failure-state lookup names it)
         if self._url is not None:
             # a cluster or Sentinel URL names several hosts: its first one
             from fastlimit.stores.redis.topology import address_of
