@@ -11,7 +11,6 @@ import logging
 import multiprocessing
 import signal
 import threading
-import time
 import uuid
 
 import pytest
@@ -308,36 +307,11 @@ def test_async_backend_warns_of_eviction_and_counts_oom(tmp_path_factory, clock,
 
 
 @pytest.fixture
-def cluster3(tmp_path_factory):
-    """Three primaries (no replicas), slots split in thirds, met by CLUSTER MEET."""
-    servers = [_start_server(tmp_path_factory, "--cluster-enabled", "yes",
-                             "--cluster-config-file", "nodes.conf",
-                             "--cluster-node-timeout", "60000") for _ in range(3)]
-    try:
-        ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
-        for server, (lo, hi) in zip(servers, ranges, strict=True):
-            with server.client() as c:
-                c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        with servers[0].client() as c:
-            for other in servers[1:]:
-                c.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port)
-        deadline = time.monotonic() + 30
-        for server in servers:
-            with server.client() as c:
-                while True:
-                    info = c.execute_command("CLUSTER", "INFO")
-                    slots = c.execute_command("CLUSTER", "SLOTS")
-                    if b"cluster_state:ok" in info and len(slots) == 3:
-                        break
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the three-node cluster did not come up")
-                    time.sleep(0.01)
-        yield servers
-    finally:
-        for server in servers:
-            if server.proc is not None:
-                server.resume()
-            server.stop()
+def cluster3(own_cluster):
+    """Three primaries (no replicas), as RedisServer objects; a stopped node
+    goes unnoticed by the others for 60 s (conftest's own_cluster: its
+    launcher picks each node's bus port and retries a taken one)."""
+    return own_cluster(node_timeout_ms=60000).nodes
 
 
 def _cluster_backend(servers, **kw):
