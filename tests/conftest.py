@@ -154,22 +154,16 @@ def store(store_factory):
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
-    """A one-node Redis Cluster (every slot on one server): enough for the
-    server to refuse a script whose keys span slots, as a real cluster does."""
-    import time
+    """A one-node Redis Cluster (every slot on one server, a RedisServer):
+    enough for the server to refuse a script whose keys span slots, as a
+    real cluster does."""
+    import redis_topologies
 
-    server = _start_server(tmp_path_factory, "--cluster-enabled", "yes",
-                           "--cluster-config-file", "nodes.conf")
-    with server.client() as c:
-        c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        deadline = time.monotonic() + 30
-        while b"cluster_state:ok" not in c.execute_command("CLUSTER", "INFO"):
-            if time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError("the one-node cluster did not come up")
-            time.sleep(0.01)
-    yield server
-    server.stop()
+    _redis_binary()
+    cluster = redis_topologies.start_cluster(
+        lambda *extra: _start_server(tmp_path_factory, *extra), _free_port, primaries=1)
+    yield cluster.nodes[0]
+    cluster.stop()
 
 
 # -- real topologies: a 3-primary Redis Cluster, Sentinel (tests/redis_topologies.py) ---
